@@ -1,0 +1,214 @@
+//! The tape: nodes in creation order, each with the closure that runs its backward pass.
+
+use nst_tensor::{Backend, Error, Result, Tensor};
+use std::cell::RefCell;
+
+/// Maps the gradient of a node's output to the gradients of its parents, by parent id.
+pub(crate) type BackwardFn<B> = Box<dyn FnOnce(&Tensor<B>) -> Result<Vec<(usize, Tensor<B>)>>>;
+
+struct Node<B: Backend> {
+    /// Whether a gradient flows into this node (it is a variable or depends on one).
+    requires_grad: bool,
+    /// Whether this node was made by an op (as opposed to a leaf).
+    has_grad_fn: bool,
+    /// The backward closure; `None` for leaves, constants and once backward has consumed it.
+    backward: Option<BackwardFn<B>>,
+}
+
+/// A reverse-mode autodiff tape over backend `B`.
+///
+/// Nodes are pushed in creation order, which is already a topological order, so
+/// [`Tape::backward`] simply walks them in reverse. Each backward closure is dropped as soon
+/// as it has run, releasing what it captured.
+///
+/// ```
+/// use nst_autodiff::Tape;
+/// use nst_cpu::Cpu;
+/// use nst_tensor::Tensor;
+/// # fn main() -> nst_tensor::Result<()> {
+/// let cpu = Cpu::new(1);
+/// let tape = Tape::new();
+/// let x = tape.var(Tensor::from_f32(&cpu, &[1.0, 2.0, 3.0], [3])?);
+/// let loss = x.mul(&x)?.sum()?; // Σ x²
+/// let grads = tape.backward(&loss)?;
+/// assert_eq!(grads.get(&x).unwrap().to_f32()?, vec![2.0, 4.0, 6.0]);
+/// # Ok(()) }
+/// ```
+pub struct Tape<B: Backend> {
+    nodes: RefCell<Vec<Node<B>>>,
+}
+
+impl<B: Backend> Default for Tape<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A value recorded on a [`Tape`]: its tensor and its node id. Cloning is cheap.
+pub struct Var<'t, B: Backend> {
+    pub(crate) tape: &'t Tape<B>,
+    pub(crate) id: usize,
+    pub(crate) value: Tensor<B>,
+    pub(crate) requires_grad: bool,
+}
+
+impl<B: Backend> Clone for Var<'_, B> {
+    fn clone(&self) -> Self {
+        Var {
+            tape: self.tape,
+            id: self.id,
+            value: self.value.clone(),
+            requires_grad: self.requires_grad,
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Var<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var#{}({:?})", self.id, self.value)
+    }
+}
+
+impl<B: Backend> Tape<B> {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Tape {
+            nodes: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn push(&self, requires_grad: bool, backward: Option<BackwardFn<B>>) -> usize {
+        let mut nodes = self.nodes.borrow_mut();
+        nodes.push(Node {
+            requires_grad,
+            has_grad_fn: backward.is_some(),
+            backward,
+        });
+        nodes.len() - 1
+    }
+
+    /// A leaf whose gradient [`Tape::backward`] computes.
+    pub fn var(&self, value: Tensor<B>) -> Var<'_, B> {
+        let id = self.push(true, None);
+        Var {
+            tape: self,
+            id,
+            value,
+            requires_grad: true,
+        }
+    }
+
+    /// A leaf that never gets a gradient (frozen weights, targets): nothing is computed or
+    /// stored for it.
+    pub fn constant(&self, value: Tensor<B>) -> Var<'_, B> {
+        let id = self.push(false, None);
+        Var {
+            tape: self,
+            id,
+            value,
+            requires_grad: false,
+        }
+    }
+
+    /// Records the result of an op. `backward` is called only if some parent requires a
+    /// gradient; it must return gradients only for parents that do.
+    pub(crate) fn record(
+        &self,
+        value: Tensor<B>,
+        requires_grad: bool,
+        backward: impl FnOnce(&Tensor<B>) -> Result<Vec<(usize, Tensor<B>)>> + 'static,
+    ) -> Var<'_, B> {
+        let f: Option<BackwardFn<B>> = if requires_grad {
+            Some(Box::new(backward))
+        } else {
+            None
+        };
+        let id = self.push(requires_grad, f);
+        Var {
+            tape: self,
+            id,
+            value,
+            requires_grad,
+        }
+    }
+
+    /// The number of nodes recorded so far.
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Back-propagates from the scalar `loss` and returns the gradients of the variables.
+    ///
+    /// Consumes the backward closures of the nodes it passes through (each is dropped once it
+    /// has run, so memory is released as the walk goes); running it twice through the same
+    /// nodes is an error.
+    pub fn backward(&self, loss: &Var<'_, B>) -> Result<Gradients<B>> {
+        if loss.value.numel() != 1 {
+            return Err(Error::invalid(
+                "backward",
+                format!("the loss must be a scalar, got shape {}", loss.value.shape()),
+            ));
+        }
+        let n = loss.id + 1;
+        let mut grads: Vec<Option<Tensor<B>>> = vec![None; n];
+        let mut leaves: Vec<Option<Tensor<B>>> = vec![None; n];
+        if loss.requires_grad {
+            grads[loss.id] = Some(Tensor::full(
+                loss.value.backend(),
+                loss.value.shape().clone(),
+                1.0,
+            )?);
+        }
+        for i in (0..n).rev() {
+            let Some(g) = grads[i].take() else {
+                continue;
+            };
+            let (f, requires_grad, has_grad_fn) = {
+                let mut nodes = self.nodes.borrow_mut();
+                let node = &mut nodes[i];
+                (node.backward.take(), node.requires_grad, node.has_grad_fn)
+            };
+            match f {
+                Some(f) => {
+                    for (pid, pg) in f(&g)? {
+                        grads[pid] = Some(match grads[pid].take() {
+                            Some(acc) => acc.add(&pg)?,
+                            None => pg,
+                        });
+                    }
+                }
+                None if has_grad_fn => {
+                    return Err(Error::invalid(
+                        "backward",
+                        "backward already ran through this part of the graph",
+                    ))
+                }
+                None if requires_grad => leaves[i] = Some(g),
+                None => {}
+            }
+        }
+        Ok(Gradients { grads: leaves })
+    }
+}
+
+/// The gradients of the variables of a tape, from [`Tape::backward`].
+pub struct Gradients<B: Backend> {
+    grads: Vec<Option<Tensor<B>>>,
+}
+
+impl<B: Backend> Gradients<B> {
+    /// The gradient of `var`, if the loss depends on it.
+    pub fn get(&self, var: &Var<'_, B>) -> Option<&Tensor<B>> {
+        self.grads.get(var.id).and_then(|g| g.as_ref())
+    }
+
+    /// Takes the gradient of `var` out, if the loss depends on it.
+    pub fn take(&mut self, var: &Var<'_, B>) -> Option<Tensor<B>> {
+        self.grads.get_mut(var.id).and_then(|g| g.take())
+    }
+}

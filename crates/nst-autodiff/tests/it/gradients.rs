@@ -1,0 +1,122 @@
+//! Every differentiable op, and compositions of them, against central finite differences in
+//! f64 on random shapes and values.
+
+use super::{cases, cpu, rand_tensor};
+use nst_autodiff::gradcheck::{check, Tolerance};
+use nst_autodiff::{Tape, Var};
+use nst_cpu::Cpu64;
+use nst_tensor::{PoolKind, Result, Tensor};
+use proptest::prelude::*;
+
+/// Weights the output by a fixed random tensor before summing, so that upstream gradients
+/// vary from element to element.
+fn weighted_sum<'t>(tape: &'t Tape<Cpu64>, y: &Var<'t, Cpu64>, seed: u64) -> Result<Var<'t, Cpu64>> {
+    let r = tape.constant(rand_tensor(&cpu(), y.shape().dims(), seed ^ 0x5eed, 0.0));
+    y.mul(&r)?.sum()
+}
+
+fn assert_grad<F>(inputs: &[Tensor<Cpu64>], f: F)
+where
+    F: for<'t> Fn(&'t Tape<Cpu64>, &[Var<'t, Cpu64>]) -> Result<Var<'t, Cpu64>>,
+{
+    let report = check(inputs, f, Tolerance::default()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert!(report.checked > 0);
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig::with_cases(cases())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn elementwise_ops(n in 1usize..40, seed in any::<u64>()) {
+        let b = cpu();
+        let x = rand_tensor(&b, &[n], seed, 0.05);
+        let y = rand_tensor(&b, &[n], seed.wrapping_add(1), 0.05);
+        assert_grad(&[x.clone(), y.clone()], |t, v| weighted_sum(t, &v[0].add(&v[1])?, seed));
+        assert_grad(&[x.clone(), y.clone()], |t, v| weighted_sum(t, &v[0].sub(&v[1])?, seed));
+        assert_grad(&[x.clone(), y.clone()], |t, v| weighted_sum(t, &v[0].mul(&v[1])?, seed));
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].affine(-1.7, 0.3)?, seed));
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].square()?, seed));
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].relu()?, seed));
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].exp()?, seed));
+        assert_grad(&[x], |_, v| v[0].exp()?.mean());
+    }
+
+    #[test]
+    fn reductions_and_movement(
+        d0 in 1usize..5, d1 in 1usize..6, d2 in 1usize..7, axis in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let b = cpu();
+        let x = rand_tensor(&b, &[d0, d1, d2], seed, 0.0);
+        let dims = [d0, d1, d2];
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].sum_axis(axis)?, seed));
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].mean_axis(axis)?, seed));
+        assert_grad(&[x.clone()], |_, v| v[0].square()?.mean());
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].reshape([d0 * d1, d2])?, seed));
+        let start = dims[axis] / 3;
+        let len = dims[axis] - start;
+        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].narrow(axis, start, len)?, seed));
+        let small = rand_tensor(&b, &[d0, 1, d2], seed, 0.0);
+        assert_grad(&[small], |t, v| weighted_sum(t, &v[0].broadcast_to([d0, d1, d2])?, seed));
+    }
+
+    #[test]
+    fn matmul_with_transposes(
+        m in 1usize..7, k in 1usize..7, n in 1usize..7, ta: bool, tb: bool, seed in any::<u64>(),
+    ) {
+        let b = cpu();
+        let a = rand_tensor(&b, &if ta { [k, m] } else { [m, k] }, seed, 0.0);
+        let bb = rand_tensor(&b, &if tb { [n, k] } else { [k, n] }, seed ^ 7, 0.0);
+        assert_grad(&[a, bb], |t, v| weighted_sum(t, &v[0].matmul_t(&v[1], ta, tb)?, seed));
+    }
+
+    #[test]
+    fn conv2d_all_operands(
+        n in 1usize..3, cin in 1usize..4, cout in 1usize..4, h in 1usize..8, w in 1usize..8,
+        k in 1usize..4, stride in 1usize..3, pad in 0usize..3, seed in any::<u64>(),
+    ) {
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+        let b = cpu();
+        let x = rand_tensor(&b, &[n, cin, h, w], seed, 0.0);
+        let wt = rand_tensor(&b, &[cout, cin, k, k], seed ^ 1, 0.0);
+        let bias = rand_tensor(&b, &[cout], seed ^ 2, 0.0);
+        assert_grad(&[x, wt, bias], |t, v| {
+            weighted_sum(t, &v[0].conv2d(&v[1], Some(&v[2]), stride, pad)?, seed)
+        });
+    }
+
+    #[test]
+    fn pooling(
+        n in 1usize..3, c in 1usize..3, h in 2usize..9, w in 2usize..9,
+        k in 1usize..4, stride in 1usize..4, max: bool, seed in any::<u64>(),
+    ) {
+        prop_assume!(h >= k && w >= k);
+        let b = cpu();
+        let x = rand_tensor(&b, &[n, c, h, w], seed, 0.0);
+        let kind = if max { PoolKind::Max } else { PoolKind::Avg };
+        assert_grad(&[x], |t, v| weighted_sum(t, &v[0].pool2d(kind, k, stride)?, seed));
+    }
+
+    #[test]
+    fn conv_relu_pool_gram_mse(
+        cin in 1usize..4, cout in 1usize..5, h in 2usize..9, w in 2usize..9, seed in any::<u64>(),
+    ) {
+        let b = cpu();
+        let x = rand_tensor(&b, &[1, cin, h, w], seed, 0.0);
+        let wt = rand_tensor(&b, &[cout, cin, 3, 3], seed ^ 3, 0.0);
+        let bias = rand_tensor(&b, &[cout], seed ^ 4, 0.0);
+        let (oh, ow) = (h / 2, w / 2);
+        let target = rand_tensor(&b, &[cout, cout], seed ^ 5, 0.0);
+        assert_grad(&[x, wt, bias], |t, v| {
+            let f = v[0].conv2d(&v[1], Some(&v[2]), 1, 1)?.relu()?.pool2d(PoolKind::Max, 2, 2)?;
+            let f = f.reshape([cout, oh * ow])?;
+            let gram = f.matmul_t(&f, false, true)?.scale(1.0 / (cout * oh * ow) as f64)?;
+            gram.sub(&t.constant(target.clone()))?.square()?.mean()
+        });
+    }
+}

@@ -1,0 +1,82 @@
+//! The tape's bookkeeping: accumulation, constants, errors.
+
+use super::{cpu, rand_tensor};
+use nst_autodiff::Tape;
+use nst_tensor::Tensor;
+
+#[test]
+fn x_times_x_sums_both_uses() {
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(Tensor::from_f64(&b, &[3.0, -2.0], [2]).unwrap());
+    let y = x.mul(&x).unwrap().sum().unwrap();
+    let g = tape.backward(&y).unwrap();
+    assert_eq!(g.get(&x).unwrap().to_f64().unwrap(), vec![6.0, -4.0]);
+}
+
+#[test]
+fn diamond_accumulates() {
+    // y = (2x) + (x²): dy/dx = 2 + 2x.
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(Tensor::from_f64(&b, &[1.5, -0.5, 4.0], [3]).unwrap());
+    let left = x.scale(2.0).unwrap();
+    let right = x.square().unwrap();
+    let y = left.add(&right).unwrap().sum().unwrap();
+    let g = tape.backward(&y).unwrap();
+    assert_eq!(g.get(&x).unwrap().to_f64().unwrap(), vec![5.0, 1.0, 10.0]);
+}
+
+#[test]
+fn constants_get_no_gradient() {
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(rand_tensor(&b, &[1, 2, 5, 5], 1, 0.0));
+    let w = tape.constant(rand_tensor(&b, &[3, 2, 3, 3], 2, 0.0));
+    let y = x.conv2d(&w, None, 1, 1).unwrap().sum().unwrap();
+    assert!(!w.requires_grad());
+    let g = tape.backward(&y).unwrap();
+    assert!(g.get(&w).is_none());
+    assert_eq!(g.get(&x).unwrap().dims(), &[1, 2, 5, 5]);
+}
+
+#[test]
+fn unrelated_variable_has_no_gradient() {
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(rand_tensor(&b, &[4], 1, 0.0));
+    let z = tape.var(rand_tensor(&b, &[4], 2, 0.0));
+    let y = x.sum().unwrap();
+    let g = tape.backward(&y).unwrap();
+    assert!(g.get(&z).is_none());
+    assert!(g.get(&x).is_some());
+}
+
+#[test]
+fn backward_twice_is_an_error() {
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(rand_tensor(&b, &[4], 1, 0.0));
+    let y = x.square().unwrap().sum().unwrap();
+    tape.backward(&y).unwrap();
+    assert!(tape.backward(&y).is_err());
+}
+
+#[test]
+fn non_scalar_loss_is_an_error() {
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(rand_tensor(&b, &[4], 1, 0.0));
+    let err = tape.backward(&x).err().unwrap();
+    assert!(err.to_string().contains("scalar"), "{err}");
+}
+
+#[test]
+fn shape_errors_name_the_op() {
+    let b = cpu();
+    let tape = Tape::new();
+    let x = tape.var(rand_tensor(&b, &[4], 1, 0.0));
+    let y = tape.var(rand_tensor(&b, &[5], 1, 0.0));
+    let err = x.add(&y).err().unwrap().to_string();
+    assert!(err.contains("add") && err.contains("[4]") && err.contains("[5]"), "{err}");
+}

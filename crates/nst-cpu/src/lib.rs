@@ -1,0 +1,269 @@
+//! The CPU backend of nst: flat `ndarray` buffers, GEMM-lowered convolutions, rayon threads.
+//!
+//! [`Cpu`] (`f32`, the working precision) and [`Cpu64`] (`f64`, for gradient checks) implement
+//! [`nst_tensor::Backend`]. Convolutions are lowered to a cache-blocked im2col plus the `gemm`
+//! crate's multi-threaded kernels (AVX-512 chosen at run time where the processor has it);
+//! everything else is parallel loops over large chunks. All reductions use a fixed split that
+//! does not depend on the thread count, so results are bit-identical across runs.
+
+mod element;
+mod ops;
+
+pub use element::Element;
+
+use ndarray::{Array1, ArrayD, IxDyn};
+use nst_tensor::{
+    Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
+};
+use std::sync::{Arc, Mutex};
+
+/// A flat buffer of the CPU backend.
+#[derive(Debug, Clone)]
+pub struct CpuBuffer<E: Element>(pub(crate) Array1<E>);
+
+impl<E: Element> CpuBuffer<E> {
+    /// The elements.
+    pub fn as_slice(&self) -> &[E] {
+        self.0.as_slice().expect("CpuBuffer is always contiguous")
+    }
+
+    pub(crate) fn from_vec(v: Vec<E>) -> Self {
+        CpuBuffer(Array1::from_vec(v))
+    }
+}
+
+/// The CPU backend, generic over its element type.
+#[derive(Clone)]
+pub struct CpuBackend<E: Element> {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    scratch: Arc<Mutex<Vec<E>>>,
+}
+
+/// The CPU backend in `f32`, the working precision.
+pub type Cpu = CpuBackend<f32>;
+/// The CPU backend in `f64`, for gradient checks.
+pub type Cpu64 = CpuBackend<f64>;
+
+impl<E: Element> std::fmt::Debug for CpuBackend<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuBackend<{}>({} threads)", E::NAME, self.threads)
+    }
+}
+
+impl<E: Element> Default for CpuBackend<E> {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl<E: Element> CpuBackend<E> {
+    /// A backend with its own pool of `threads` threads (0: one per core).
+    pub fn new(threads: usize) -> Self {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("nst-cpu-{i}"))
+            .build()
+            .or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .expect("a one-thread pool can always be built");
+        CpuBackend {
+            pool: Arc::new(pool),
+            threads,
+            scratch: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on this backend's thread pool.
+    pub(crate) fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// Borrows the reusable scratch buffer, grown to at least `len` elements.
+    pub(crate) fn with_scratch<R>(&self, len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
+        let mut buf = std::mem::take(&mut *self.scratch.lock().unwrap_or_else(|e| e.into_inner()));
+        if buf.len() < len {
+            buf.resize(len, E::zero());
+        }
+        let r = f(&mut buf[..len]);
+        let mut slot = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.len() < buf.len() {
+            *slot = buf;
+        }
+        r
+    }
+
+    /// Wraps an `ndarray` array (any shape, converted to a contiguous buffer) as a tensor.
+    pub fn tensor_from_array(&self, a: &ArrayD<E>) -> Result<Tensor<Self>> {
+        let shape = Shape::new(a.shape());
+        let data: Vec<E> = a.iter().copied().collect();
+        Tensor::from_buffer(self, CpuBuffer::from_vec(data), shape)
+    }
+
+    /// Copies a tensor into an `ndarray` array of its shape.
+    pub fn tensor_to_array(t: &Tensor<Self>) -> Result<ArrayD<E>> {
+        ArrayD::from_shape_vec(IxDyn(t.dims()), t.buffer().as_slice().to_vec())
+            .map_err(|e| Error::invalid("to_array", e.to_string()))
+    }
+}
+
+fn lengths<E: Element>(op: &'static str, a: &CpuBuffer<E>, b: &CpuBuffer<E>) -> Result<()> {
+    if a.0.len() != b.0.len() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: Shape::new([a.0.len()]),
+            rhs: Shape::new([b.0.len()]),
+        });
+    }
+    Ok(())
+}
+
+impl<E: Element> Backend for CpuBackend<E> {
+    type Buffer = CpuBuffer<E>;
+
+    fn name(&self) -> String {
+        format!("cpu-{}", E::NAME)
+    }
+
+    fn from_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
+        Ok(CpuBuffer::from_vec(data.iter().map(|&v| E::of32(v)).collect()))
+    }
+
+    fn from_f64(&self, data: &[f64]) -> Result<Self::Buffer> {
+        Ok(CpuBuffer::from_vec(data.iter().map(|&v| E::of(v)).collect()))
+    }
+
+    fn to_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>> {
+        Ok(buf.as_slice().iter().map(|v| v.f32()).collect())
+    }
+
+    fn to_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>> {
+        Ok(buf.as_slice().iter().map(|v| v.f64()).collect())
+    }
+
+    fn len(&self, buf: &Self::Buffer) -> usize {
+        buf.0.len()
+    }
+
+    fn full(&self, len: usize, value: f64) -> Result<Self::Buffer> {
+        Ok(CpuBuffer(Array1::from_elem(len, E::of(value))))
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::elementwise::unary(op, x.as_slice())))
+    }
+
+    fn affine(&self, x: &Self::Buffer, mul: f64, add: f64) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::elementwise::affine(x.as_slice(), E::of(mul), E::of(add))))
+    }
+
+    fn binary(&self, op: BinaryOp, a: &Self::Buffer, b: &Self::Buffer) -> Result<Self::Buffer> {
+        lengths("binary", a, b)?;
+        Ok(self.run(|| ops::elementwise::binary(op, a.as_slice(), b.as_slice())))
+    }
+
+    fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::reduce::sum_all(x.as_slice())))
+    }
+
+    fn sum_axis(&self, x: &Self::Buffer, shape: &Shape, axis: usize) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::reduce::sum_axis(x.as_slice(), shape, axis)))
+    }
+
+    fn broadcast(&self, x: &Self::Buffer, from: &Shape, to: &Shape) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::reduce::broadcast(x.as_slice(), from, to)))
+    }
+
+    fn narrow(
+        &self,
+        x: &Self::Buffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::reduce::narrow(x.as_slice(), shape, axis, start, len)))
+    }
+
+    fn narrow_backward(
+        &self,
+        dy: &Self::Buffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        full: usize,
+    ) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::reduce::narrow_backward(dy.as_slice(), shape, axis, start, full)))
+    }
+
+    fn matmul(
+        &self,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Self::Buffer> {
+        if a.0.len() != m * k || b.0.len() != k * n {
+            return Err(Error::invalid(
+                "matmul",
+                format!("buffers of {} and {} elements for {m}x{k} · {k}x{n}", a.0.len(), b.0.len()),
+            ));
+        }
+        Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
+    }
+
+    fn conv2d(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        Ok(self.run(|| {
+            ops::conv::forward(self, x.as_slice(), w.as_slice(), bias.map(|b| b.as_slice()), p)
+        }))
+    }
+
+    fn conv2d_backward_input(
+        &self,
+        dy: &Self::Buffer,
+        w: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::conv::backward_input(self, dy.as_slice(), w.as_slice(), p)))
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::conv::backward_weight(self, x.as_slice(), dy.as_slice(), p)))
+    }
+
+    fn pool2d(&self, x: &Self::Buffer, p: &Pool2dParams) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::pool::forward(x.as_slice(), p)))
+    }
+
+    fn pool2d_backward(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        p: &Pool2dParams,
+    ) -> Result<Self::Buffer> {
+        Ok(self.run(|| ops::pool::backward(x.as_slice(), dy.as_slice(), p)))
+    }
+}

@@ -1,0 +1,105 @@
+//! Matrix products through the `gemm` crate.
+
+use crate::{CpuBuffer, Element};
+
+/// The layout of one GEMM operand: base pointer plus row and column strides, in elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<P> {
+    pub(crate) ptr: P,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
+}
+
+impl<P> Mat<P> {
+    /// A row-major matrix with `cols` columns, or its transpose when `t` (stored `cols x rows`).
+    pub(crate) fn rowmajor(ptr: P, stored_cols: usize, t: bool) -> Self {
+        if t {
+            Mat {
+                ptr,
+                rs: 1,
+                cs: stored_cols as isize,
+            }
+        } else {
+            Mat {
+                ptr,
+                rs: stored_cols as isize,
+                cs: 1,
+            }
+        }
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + lhs · rhs` with `lhs` `m x k` and `rhs` `k x n`, all on the
+/// current rayon pool.
+///
+/// # Safety
+/// Every pointer with its strides must address valid memory for the given sizes, and `dst`
+/// must not alias `lhs` or `rhs`.
+pub(crate) unsafe fn gemm<E: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat<*mut E>,
+    accumulate: bool,
+    lhs: Mat<*const E>,
+    rhs: Mat<*const E>,
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && (m * n * k) > 32 * 32 * 32 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller guarantees the operands; gemm reads `dst` only when `accumulate`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.cs,
+            dst.rs,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            E::one(),
+            E::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+pub(crate) fn matmul<E: Element>(
+    a: &[E],
+    b: &[E],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) -> CpuBuffer<E> {
+    let mut out = vec![E::zero(); m * n];
+    if m > 0 && n > 0 && k > 0 {
+        // SAFETY: `a` holds m*k, `b` k*n and `out` m*n elements, laid out as described; the
+        // output is a fresh allocation.
+        unsafe {
+            gemm(
+                m,
+                n,
+                k,
+                Mat::rowmajor(out.as_mut_ptr(), n, false),
+                false,
+                Mat::rowmajor(a.as_ptr(), if ta { m } else { k }, ta),
+                Mat::rowmajor(b.as_ptr(), if tb { k } else { n }, tb),
+            )
+        }
+    }
+    CpuBuffer::from_vec(out)
+}

@@ -1,0 +1,99 @@
+//! Reductions and data movement: sums, broadcast, narrow.
+
+use super::CHUNK;
+use crate::{CpuBuffer, Element};
+use nst_tensor::Shape;
+use rayon::prelude::*;
+
+/// Sums in `f64` over fixed chunks, then adds the chunk sums in order: the result does not
+/// depend on the number of threads.
+pub(crate) fn sum_all<E: Element>(x: &[E]) -> CpuBuffer<E> {
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|v| v.f64()).sum::<f64>())
+        .collect();
+    CpuBuffer::from_vec(vec![E::of(parts.iter().sum())])
+}
+
+pub(crate) fn sum_axis<E: Element>(x: &[E], shape: &Shape, axis: usize) -> CpuBuffer<E> {
+    let (outer, n, inner) = shape.split_at_axis(axis);
+    let mut out = vec![E::zero(); outer * inner];
+    if inner == 0 || outer == 0 {
+        return CpuBuffer::from_vec(out);
+    }
+    out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+        let base = o * n * inner;
+        for j in 0..n {
+            let src = &x[base + j * inner..base + (j + 1) * inner];
+            row.iter_mut().zip(src).for_each(|(r, &s)| *r += s);
+        }
+    });
+    CpuBuffer::from_vec(out)
+}
+
+pub(crate) fn broadcast<E: Element>(x: &[E], from: &Shape, to: &Shape) -> CpuBuffer<E> {
+    if x.len() == 1 {
+        return CpuBuffer::from_vec(vec![x[0]; to.numel()]);
+    }
+    // Strides of `from` in elements, with 0 for broadcast dimensions.
+    let rank = to.rank();
+    let mut strides = vec![0usize; rank];
+    let mut s = 1;
+    for d in (0..rank).rev() {
+        strides[d] = if from.dim(d) == 1 { 0 } else { s };
+        s *= from.dim(d);
+    }
+    let last = to.dims().last().copied().unwrap_or(1).max(1);
+    let mut out = vec![E::zero(); to.numel()];
+    out.par_chunks_mut(last).enumerate().for_each(|(row, dst)| {
+        // Decompose the row index over the leading dims.
+        let mut rem = row;
+        let mut base = 0;
+        for d in (0..rank.saturating_sub(1)).rev() {
+            base += (rem % to.dim(d)) * strides[d];
+            rem /= to.dim(d);
+        }
+        let ls = if rank == 0 { 0 } else { strides[rank - 1] };
+        dst.iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = x[base + i * ls]);
+    });
+    CpuBuffer::from_vec(out)
+}
+
+pub(crate) fn narrow<E: Element>(
+    x: &[E],
+    shape: &Shape,
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> CpuBuffer<E> {
+    let (outer, n, inner) = shape.split_at_axis(axis);
+    let mut out = vec![E::zero(); outer * len * inner];
+    if !out.is_empty() {
+        out.par_chunks_mut(len * inner).enumerate().for_each(|(o, dst)| {
+            let src = o * n * inner + start * inner;
+            dst.copy_from_slice(&x[src..src + len * inner]);
+        });
+    }
+    CpuBuffer::from_vec(out)
+}
+
+pub(crate) fn narrow_backward<E: Element>(
+    dy: &[E],
+    shape: &Shape,
+    axis: usize,
+    start: usize,
+    full: usize,
+) -> CpuBuffer<E> {
+    let (outer, len, inner) = shape.split_at_axis(axis);
+    let mut out = vec![E::zero(); outer * full * inner];
+    if !out.is_empty() {
+        out.par_chunks_mut(full * inner).enumerate().for_each(|(o, dst)| {
+            let src = o * len * inner;
+            dst[start * inner..(start + len) * inner]
+                .copy_from_slice(&dy[src..src + len * inner]);
+        });
+    }
+    CpuBuffer::from_vec(out)
+}

@@ -1,0 +1,191 @@
+//! The CPU backend's ops against naive f64 references, in f32 and f64, and its determinism.
+
+use nst_cpu::{Cpu, Cpu64, CpuBackend, Element};
+use nst_tensor::{PoolKind, Tensor};
+use proptest::prelude::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16)
+}
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// Direct-loop convolution in f64.
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    x: &[f64],
+    w: &[f64],
+    b: &[f64],
+    [n, cin, h, wd]: [usize; 4],
+    cout: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+) -> Vec<f64> {
+    let oh = (h + 2 * pad - k) / s + 1;
+    let ow = (wd + 2 * pad - k) / s + 1;
+    let mut y = vec![0.0; n * cout * oh * ow];
+    for img in 0..n {
+        for o in 0..cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b[o];
+                    for c in 0..cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - pad as isize;
+                                let ix = (ox * s + kx) as isize - pad as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    acc += x[((img * cin + c) * h + iy as usize) * wd + ix as usize]
+                                        * w[((o * cin + c) * k + ky) * k + kx];
+                                }
+                            }
+                        }
+                    }
+                    y[((img * cout + o) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+fn naive_pool(x: &[f64], [n, c, h, w]: [usize; 4], k: usize, s: usize, max: bool) -> Vec<f64> {
+    let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+    let mut y = Vec::new();
+    for pl in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let vals: Vec<f64> = (0..k)
+                    .flat_map(|ky| (0..k).map(move |kx| (ky, kx)))
+                    .map(|(ky, kx)| x[pl * h * w + (oy * s + ky) * w + ox * s + kx])
+                    .collect();
+                y.push(if max {
+                    vals.iter().cloned().fold(f64::MIN, f64::max)
+                } else {
+                    vals.iter().sum::<f64>() / vals.len() as f64
+                });
+            }
+        }
+    }
+    y
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {i}: {g} vs {w}");
+    }
+}
+
+fn conv_case<E: Element>(be: &CpuBackend<E>, dims: [usize; 4], cout: usize, k: usize, s: usize, pad: usize, seed: u64, tol: f64) {
+    let [n, cin, h, w] = dims;
+    let x = rand_vec(n * cin * h * w, seed);
+    let wt = rand_vec(cout * cin * k * k, seed ^ 1);
+    let b = rand_vec(cout, seed ^ 2);
+    let tx = Tensor::from_f64(be, &x, dims).unwrap();
+    let tw = Tensor::from_f64(be, &wt, [cout, cin, k, k]).unwrap();
+    let tb = Tensor::from_f64(be, &b, [cout]).unwrap();
+    let y = tx.conv2d(&tw, Some(&tb), s, pad).unwrap();
+    assert_close(&y.to_f64().unwrap(), &naive_conv(&x, &wt, &b, dims, cout, k, s, pad), tol);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn conv_matches_naive(
+        n in 1usize..3, cin in 1usize..5, cout in 1usize..6, h in 1usize..12, w in 1usize..12,
+        k in 1usize..4, s in 1usize..3, pad in 0usize..3, seed in any::<u64>(),
+    ) {
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+        conv_case(&Cpu64::new(2), [n, cin, h, w], cout, k, s, pad, seed, 1e-12);
+        conv_case(&Cpu::new(2), [n, cin, h, w], cout, k, s, pad, seed, 1e-5);
+    }
+
+    #[test]
+    fn pool_matches_naive(
+        n in 1usize..3, c in 1usize..4, h in 1usize..12, w in 1usize..12,
+        k in 1usize..4, s in 1usize..4, max: bool, seed in any::<u64>(),
+    ) {
+        prop_assume!(h >= k && w >= k);
+        let be = Cpu64::new(2);
+        let x = rand_vec(n * c * h * w, seed);
+        let t = Tensor::from_f64(&be, &x, [n, c, h, w]).unwrap();
+        let kind = if max { PoolKind::Max } else { PoolKind::Avg };
+        let y = t.pool2d(kind, k, s).unwrap();
+        assert_close(&y.to_f64().unwrap(), &naive_pool(&x, [n, c, h, w], k, s, max), 1e-12);
+    }
+
+    #[test]
+    fn matmul_matches_naive(m in 1usize..20, k in 1usize..20, n in 1usize..20, ta: bool, tb: bool, seed in any::<u64>()) {
+        let be = Cpu64::new(2);
+        let a = rand_vec(m * k, seed);
+        let b = rand_vec(k * n, seed ^ 3);
+        let ta_t = Tensor::from_f64(&be, &a, if ta { [k, m] } else { [m, k] }).unwrap();
+        let tb_t = Tensor::from_f64(&be, &b, if tb { [n, k] } else { [k, n] }).unwrap();
+        let c = ta_t.matmul_t(&tb_t, ta, tb).unwrap().to_f64().unwrap();
+        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                prop_assert!((c[i * n + j] - want).abs() < 1e-12);
+            }
+        }
+    }
+}
+
+#[test]
+fn large_conv_blocks_match_naive() {
+    // Wide enough that the spatial dimension is split into several column blocks.
+    conv_case(&Cpu::new(2), [1, 3, 140, 130], 4, 3, 1, 1, 7, 1e-5);
+    conv_case(&Cpu::new(2), [1, 64, 40, 41], 8, 3, 1, 1, 8, 1e-4);
+}
+
+#[test]
+fn reductions_and_movement() {
+    let be = Cpu64::new(2);
+    let x = Tensor::from_f64(&be, &(0..24).map(f64::from).collect::<Vec<_>>(), [2, 3, 4]).unwrap();
+    assert_eq!(x.sum().unwrap().scalar().unwrap(), 276.0);
+    assert_eq!(x.sum_axis(1).unwrap().to_f64().unwrap(), vec![12., 15., 18., 21., 48., 51., 54., 57.]);
+    assert_eq!(x.narrow(2, 1, 2).unwrap().to_f64().unwrap()[..4], [1., 2., 5., 6.]);
+    let back = x.narrow(2, 1, 2).unwrap().narrow_backward(2, 1, 4).unwrap().to_f64().unwrap();
+    assert_eq!(back[..8], [0., 1., 2., 0., 0., 5., 6., 0.]);
+    let col = Tensor::from_f64(&be, &[1.0, 2.0], [2, 1]).unwrap();
+    assert_eq!(col.broadcast_to([2, 3]).unwrap().to_f64().unwrap(), vec![1., 1., 1., 2., 2., 2.]);
+    assert!(x.narrow(2, 3, 2).is_err());
+    assert!(x.sum_axis(3).is_err());
+    assert!(col.broadcast_to([3, 3]).is_err());
+}
+
+#[test]
+fn same_inputs_same_bytes_across_runs_and_threads() {
+    let run = |threads: usize| {
+        let be = Cpu::new(threads);
+        let x = Tensor::from_f64(&be, &rand_vec(64 * 50 * 50, 1), [1, 64, 50, 50]).unwrap();
+        let w = Tensor::from_f64(&be, &rand_vec(64 * 64 * 9, 2), [64, 64, 3, 3]).unwrap();
+        let y = x.conv2d(&w, None, 1, 1).unwrap();
+        let dx = y.conv2d_backward_input(&w, &x.conv2d_params(&w, 1, 1).unwrap()).unwrap();
+        (y.to_f32().unwrap(), dx.to_f32().unwrap(), y.sum().unwrap().to_f32().unwrap())
+    };
+    let a = run(2);
+    assert!(a == run(2), "two runs with 2 threads differ");
+    assert!(a == run(1), "1 and 2 threads differ");
+}
+
+#[test]
+fn ndarray_round_trip() {
+    let be = Cpu::new(1);
+    let a = ndarray::Array::from_shape_fn(ndarray::IxDyn(&[2, 3]), |i| (i[0] * 3 + i[1]) as f32);
+    let t = be.tensor_from_array(&a).unwrap();
+    assert_eq!(t.dims(), &[2, 3]);
+    assert_eq!(Cpu::tensor_to_array(&t).unwrap(), a);
+}

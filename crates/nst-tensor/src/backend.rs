@@ -1,0 +1,111 @@
+//! The `Backend` trait: the one seam between the math and the hardware.
+
+use crate::{BinaryOp, Conv2dParams, Pool2dParams, Result, Shape, UnaryOp};
+use std::fmt::Debug;
+
+/// A device that stores flat buffers and runs the ops nst needs on them.
+///
+/// Buffers are flat and contiguous; the caller (usually [`crate::Tensor`]) owns the shape and
+/// has validated it before calling. `&self` is the device. Every method returns a new buffer;
+/// buffers are never mutated after creation, so they can be shared freely.
+pub trait Backend: Clone + Debug + Send + Sync + 'static {
+    /// A flat buffer of elements on this device.
+    type Buffer: Debug + Send + Sync + 'static;
+
+    /// A short name for messages, e.g. `cpu-f32` or `cuda:0`.
+    fn name(&self) -> String;
+
+    /// Copies host `f32` data to a new buffer.
+    fn from_f32(&self, data: &[f32]) -> Result<Self::Buffer>;
+    /// Copies host `f64` data to a new buffer (rounded when the device works in `f32`).
+    fn from_f64(&self, data: &[f64]) -> Result<Self::Buffer>;
+    /// Copies a buffer back to the host as `f32`.
+    fn to_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    /// Copies a buffer back to the host as `f64`.
+    fn to_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>>;
+    /// The number of elements of a buffer.
+    fn len(&self, buf: &Self::Buffer) -> usize;
+
+    /// A buffer of `len` copies of `value`.
+    fn full(&self, len: usize, value: f64) -> Result<Self::Buffer>;
+    /// An elementwise op on one operand.
+    fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer>;
+    /// `x * mul + add`, elementwise.
+    fn affine(&self, x: &Self::Buffer, mul: f64, add: f64) -> Result<Self::Buffer>;
+    /// An elementwise op on two buffers of the same length.
+    fn binary(&self, op: BinaryOp, a: &Self::Buffer, b: &Self::Buffer) -> Result<Self::Buffer>;
+
+    /// The sum of all elements, as a one-element buffer.
+    fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer>;
+    /// Sums a tensor of `shape` along `axis`, which becomes size 1.
+    fn sum_axis(&self, x: &Self::Buffer, shape: &Shape, axis: usize) -> Result<Self::Buffer>;
+    /// Repeats a tensor of shape `from` to shape `to`: same rank, every dim of `from` is 1 or equal.
+    fn broadcast(&self, x: &Self::Buffer, from: &Shape, to: &Shape) -> Result<Self::Buffer>;
+    /// `len` entries of `axis` from `start` of a tensor of `shape`.
+    fn narrow(
+        &self,
+        x: &Self::Buffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Buffer>;
+    /// The adjoint of [`Backend::narrow`]: places `dy` (shape `shape` with `axis` narrowed) at
+    /// `start` of a zero tensor whose `axis` has `full` entries.
+    fn narrow_backward(
+        &self,
+        dy: &Self::Buffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        full: usize,
+    ) -> Result<Self::Buffer>;
+
+    /// `op(a) · op(b)` where `op(a)` is `m x k` and `op(b)` is `k x n`; `ta`/`tb` say the
+    /// operand is stored transposed (`a` as `k x m`, `b` as `n x k`).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Self::Buffer>;
+
+    /// 2-D convolution (cross-correlation) of NCHW `x` with OIHW `w`, plus an optional bias per
+    /// output channel.
+    fn conv2d(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer>;
+    /// Gradient of the convolution w.r.t. its input, given the output gradient `dy`.
+    fn conv2d_backward_input(
+        &self,
+        dy: &Self::Buffer,
+        w: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer>;
+    /// Gradient of the convolution w.r.t. its weights, given the input and `dy`.
+    fn conv2d_backward_weight(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer>;
+
+    /// 2-D max or average pooling.
+    fn pool2d(&self, x: &Self::Buffer, p: &Pool2dParams) -> Result<Self::Buffer>;
+    /// Gradient of the pooling w.r.t. its input `x`, given the output gradient `dy`.
+    fn pool2d_backward(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        p: &Pool2dParams,
+    ) -> Result<Self::Buffer>;
+}

@@ -1,0 +1,14 @@
+//! Shapes, the [`Backend`] trait and the [`Tensor`] handle that every nst crate builds on.
+//!
+//! This crate knows nothing of any particular device, of files or of autodiff: backends
+//! (`nst-cpu`, `nst-cuda`) implement [`Backend`], and everything above works on [`Tensor<B>`].
+
+mod backend;
+mod error;
+mod shape;
+mod tensor;
+
+pub use backend::Backend;
+pub use error::{Error, Result};
+pub use shape::{BinaryOp, Conv2dParams, Pool2dParams, PoolKind, Shape, UnaryOp};
+pub use tensor::Tensor;

@@ -1,0 +1,5 @@
+//! nst, neural style transfer: one dependency that re-exports the workspace's crates.
+
+pub use nst_autodiff as autodiff;
+pub use nst_cpu as cpu;
+pub use nst_tensor as tensor;
