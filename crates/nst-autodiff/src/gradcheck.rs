@@ -86,7 +86,9 @@ fn sample(n: usize, max: usize, seed: u64) -> Vec<usize> {
     if n <= max {
         return (0..n).collect();
     }
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut picked = std::collections::BTreeSet::new();
     while picked.len() < max {
         state = state
@@ -138,7 +140,8 @@ where
             let err = (numeric - a).abs();
             report.checked += 1;
             report.max_abs_err = report.max_abs_err.max(err);
-            if !(err <= tol.atol + tol.rtol * numeric.abs()) {
+            let passed = err <= tol.atol + tol.rtol * numeric.abs();
+            if !passed {
                 report.failures.push(Mismatch {
                     input: i,
                     element: e,

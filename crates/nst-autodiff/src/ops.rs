@@ -33,8 +33,9 @@ impl<'t, B: Backend> Var<'t, B> {
         backward: impl FnOnce(&Tensor<B>) -> Result<Tensor<B>> + 'static,
     ) -> Var<'t, B> {
         let id = self.id;
-        self.tape
-            .record(value, self.requires_grad, move |g| Ok(vec![(id, backward(g)?)]))
+        self.tape.record(value, self.requires_grad, move |g| {
+            Ok(vec![(id, backward(g)?)])
+        })
     }
 
     /// `a + b`.
@@ -42,7 +43,10 @@ impl<'t, B: Backend> Var<'t, B> {
         let y = self.value.add(&rhs.value)?;
         let (a, b) = ((self.requires_grad, self.id), (rhs.requires_grad, rhs.id));
         Ok(self.tape.record(y, a.0 || b.0, move |g| {
-            Ok(grads([(a.0, a.1, Some(g.clone())), (b.0, b.1, Some(g.clone()))]))
+            Ok(grads([
+                (a.0, a.1, Some(g.clone())),
+                (b.0, b.1, Some(g.clone())),
+            ]))
         }))
     }
 

@@ -151,7 +151,10 @@ impl<B: Backend> Tape<B> {
         if loss.value.numel() != 1 {
             return Err(Error::invalid(
                 "backward",
-                format!("the loss must be a scalar, got shape {}", loss.value.shape()),
+                format!(
+                    "the loss must be a scalar, got shape {}",
+                    loss.value.shape()
+                ),
             ));
         }
         let n = loss.id + 1;

@@ -8,8 +8,10 @@
 
 mod element;
 mod ops;
+mod pool;
 
 pub use element::Element;
+pub use pool::BufPool;
 
 use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
@@ -29,6 +31,14 @@ impl<E: Element> CpuBuffer<E> {
 
     pub(crate) fn from_vec(v: Vec<E>) -> Self {
         CpuBuffer(Array1::from_vec(v))
+    }
+}
+
+impl<E: Element> Drop for CpuBuffer<E> {
+    fn drop(&mut self) {
+        let a = std::mem::replace(&mut self.0, Array1::from_vec(Vec::new()));
+        let (v, _) = a.into_raw_vec_and_offset();
+        E::pool().put(v);
     }
 }
 
@@ -134,19 +144,23 @@ impl<E: Element> Backend for CpuBackend<E> {
         format!("cpu-{}", E::NAME)
     }
 
-    fn from_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
-        Ok(CpuBuffer::from_vec(data.iter().map(|&v| E::of32(v)).collect()))
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
+        Ok(CpuBuffer::from_vec(
+            data.iter().map(|&v| E::of32(v)).collect(),
+        ))
     }
 
-    fn from_f64(&self, data: &[f64]) -> Result<Self::Buffer> {
-        Ok(CpuBuffer::from_vec(data.iter().map(|&v| E::of(v)).collect()))
+    fn upload_f64(&self, data: &[f64]) -> Result<Self::Buffer> {
+        Ok(CpuBuffer::from_vec(
+            data.iter().map(|&v| E::of(v)).collect(),
+        ))
     }
 
-    fn to_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>> {
+    fn download_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>> {
         Ok(buf.as_slice().iter().map(|v| v.f32()).collect())
     }
 
-    fn to_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>> {
+    fn download_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>> {
         Ok(buf.as_slice().iter().map(|v| v.f64()).collect())
     }
 
@@ -155,7 +169,9 @@ impl<E: Element> Backend for CpuBackend<E> {
     }
 
     fn full(&self, len: usize, value: f64) -> Result<Self::Buffer> {
-        Ok(CpuBuffer(Array1::from_elem(len, E::of(value))))
+        let mut v = E::pool().zeroed(len);
+        v.iter_mut().for_each(|x| *x = E::of(value));
+        Ok(CpuBuffer::from_vec(v))
     }
 
     fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer> {
@@ -218,7 +234,11 @@ impl<E: Element> Backend for CpuBackend<E> {
         if a.0.len() != m * k || b.0.len() != k * n {
             return Err(Error::invalid(
                 "matmul",
-                format!("buffers of {} and {} elements for {m}x{k} · {k}x{n}", a.0.len(), b.0.len()),
+                format!(
+                    "buffers of {} and {} elements for {m}x{k} · {k}x{n}",
+                    a.0.len(),
+                    b.0.len()
+                ),
             ));
         }
         Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
@@ -232,7 +252,13 @@ impl<E: Element> Backend for CpuBackend<E> {
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
         Ok(self.run(|| {
-            ops::conv::forward(self, x.as_slice(), w.as_slice(), bias.map(|b| b.as_slice()), p)
+            ops::conv::forward(
+                self,
+                x.as_slice(),
+                w.as_slice(),
+                bias.map(|b| b.as_slice()),
+                p,
+            )
         }))
     }
 

@@ -16,13 +16,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn name(&self) -> String;
 
     /// Copies host `f32` data to a new buffer.
-    fn from_f32(&self, data: &[f32]) -> Result<Self::Buffer>;
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer>;
     /// Copies host `f64` data to a new buffer (rounded when the device works in `f32`).
-    fn from_f64(&self, data: &[f64]) -> Result<Self::Buffer>;
+    fn upload_f64(&self, data: &[f64]) -> Result<Self::Buffer>;
     /// Copies a buffer back to the host as `f32`.
-    fn to_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    fn download_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     /// Copies a buffer back to the host as `f64`.
-    fn to_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>>;
+    fn download_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>>;
     /// The number of elements of a buffer.
     fn len(&self, buf: &Self::Buffer) -> usize;
 

@@ -1,6 +1,8 @@
 //! `Tensor<B>`: an immutable, cheaply cloned buffer on a backend together with its shape.
 
-use crate::{Backend, BinaryOp, Conv2dParams, Error, PoolKind, Pool2dParams, Result, Shape, UnaryOp};
+use crate::{
+    Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, PoolKind, Result, Shape, UnaryOp,
+};
 use std::sync::Arc;
 
 /// An immutable tensor on backend `B`: a shared buffer plus its shape.
@@ -101,7 +103,7 @@ impl<B: Backend> Tensor<B> {
     pub fn from_f32(backend: &B, data: &[f32], shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
         Self::check_host(&shape, data.len())?;
-        let buf = backend.from_f32(data)?;
+        let buf = backend.upload_f32(data)?;
         Self::from_buffer(backend, buf, shape)
     }
 
@@ -109,7 +111,7 @@ impl<B: Backend> Tensor<B> {
     pub fn from_f64(backend: &B, data: &[f64], shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
         Self::check_host(&shape, data.len())?;
-        let buf = backend.from_f64(data)?;
+        let buf = backend.upload_f64(data)?;
         Self::from_buffer(backend, buf, shape)
     }
 
@@ -152,12 +154,12 @@ impl<B: Backend> Tensor<B> {
 
     /// Copies the data to the host as `f32`.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        self.backend.to_f32(&self.buf)
+        self.backend.download_f32(&self.buf)
     }
 
     /// Copies the data to the host as `f64`.
     pub fn to_f64(&self) -> Result<Vec<f64>> {
-        self.backend.to_f64(&self.buf)
+        self.backend.download_f64(&self.buf)
     }
 
     /// The value of a one-element tensor.
@@ -210,7 +212,10 @@ impl<B: Backend> Tensor<B> {
 
     /// `x * mul + add`.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Self> {
-        Ok(self.wrap(self.backend.affine(&self.buf, mul, add)?, self.shape.clone()))
+        Ok(self.wrap(
+            self.backend.affine(&self.buf, mul, add)?,
+            self.shape.clone(),
+        ))
     }
 
     /// `x * s`.
@@ -326,7 +331,10 @@ impl<B: Backend> Tensor<B> {
         if start + self.shape.dim(axis) > full {
             return Err(Error::invalid(
                 "narrow_backward",
-                format!("slice of shape {} at {start} exceeds length {full}", self.shape),
+                format!(
+                    "slice of shape {} at {start} exceeds length {full}",
+                    self.shape
+                ),
             ));
         }
         let out = self.shape.with_dim(axis, full);
@@ -358,8 +366,7 @@ impl<B: Backend> Tensor<B> {
             });
         }
         Ok(self.wrap(
-            self.backend
-                .matmul(&self.buf, &rhs.buf, m, k, n, ta, tb)?,
+            self.backend.matmul(&self.buf, &rhs.buf, m, k, n, ta, tb)?,
             Shape::new([m, n]),
         ))
     }
@@ -370,7 +377,12 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Validates a convolution of `self` (NCHW) with `weight` (OIHW) and returns its geometry.
-    pub fn conv2d_params(&self, weight: &Self, stride: usize, padding: usize) -> Result<Conv2dParams> {
+    pub fn conv2d_params(
+        &self,
+        weight: &Self,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2dParams> {
         let bad = || Error::ShapeMismatch {
             op: "conv2d",
             lhs: self.shape.clone(),
@@ -387,9 +399,7 @@ impl<B: Backend> Tensor<B> {
         if h + 2 * padding < kh || w + 2 * padding < kw || kh == 0 || kw == 0 {
             return Err(Error::invalid(
                 "conv2d",
-                format!(
-                    "kernel {kh}x{kw} does not fit input {h}x{w} with padding {padding}"
-                ),
+                format!("kernel {kh}x{kw} does not fit input {h}x{w} with padding {padding}"),
             ));
         }
         Ok(Conv2dParams {
@@ -450,7 +460,12 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Validates a pooling of `self` (NCHW) and returns its geometry.
-    pub fn pool2d_params(&self, kind: PoolKind, kernel: usize, stride: usize) -> Result<Pool2dParams> {
+    pub fn pool2d_params(
+        &self,
+        kind: PoolKind,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<Pool2dParams> {
         let [n, c, h, w] = self.shape.nchw().ok_or_else(|| {
             Error::invalid("pool2d", format!("expected NCHW input, got {}", self.shape))
         })?;

@@ -10,7 +10,11 @@ use proptest::prelude::*;
 
 /// Weights the output by a fixed random tensor before summing, so that upstream gradients
 /// vary from element to element.
-fn weighted_sum<'t>(tape: &'t Tape<Cpu64>, y: &Var<'t, Cpu64>, seed: u64) -> Result<Var<'t, Cpu64>> {
+fn weighted_sum<'t>(
+    tape: &'t Tape<Cpu64>,
+    y: &Var<'t, Cpu64>,
+    seed: u64,
+) -> Result<Var<'t, Cpu64>> {
     let r = tape.constant(rand_tensor(&cpu(), y.shape().dims(), seed ^ 0x5eed, 0.0));
     y.mul(&r)?.sum()
 }
@@ -39,10 +43,10 @@ proptest! {
         assert_grad(&[x.clone(), y.clone()], |t, v| weighted_sum(t, &v[0].add(&v[1])?, seed));
         assert_grad(&[x.clone(), y.clone()], |t, v| weighted_sum(t, &v[0].sub(&v[1])?, seed));
         assert_grad(&[x.clone(), y.clone()], |t, v| weighted_sum(t, &v[0].mul(&v[1])?, seed));
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].affine(-1.7, 0.3)?, seed));
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].square()?, seed));
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].relu()?, seed));
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].exp()?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].affine(-1.7, 0.3)?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].square()?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].relu()?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].exp()?, seed));
         assert_grad(&[x], |_, v| v[0].exp()?.mean());
     }
 
@@ -54,13 +58,13 @@ proptest! {
         let b = cpu();
         let x = rand_tensor(&b, &[d0, d1, d2], seed, 0.0);
         let dims = [d0, d1, d2];
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].sum_axis(axis)?, seed));
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].mean_axis(axis)?, seed));
-        assert_grad(&[x.clone()], |_, v| v[0].square()?.mean());
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].reshape([d0 * d1, d2])?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].sum_axis(axis)?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].mean_axis(axis)?, seed));
+        assert_grad(std::slice::from_ref(&x), |_, v| v[0].square()?.mean());
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].reshape([d0 * d1, d2])?, seed));
         let start = dims[axis] / 3;
         let len = dims[axis] - start;
-        assert_grad(&[x.clone()], |t, v| weighted_sum(t, &v[0].narrow(axis, start, len)?, seed));
+        assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].narrow(axis, start, len)?, seed));
         let small = rand_tensor(&b, &[d0, 1, d2], seed, 0.0);
         assert_grad(&[small], |t, v| weighted_sum(t, &v[0].broadcast_to([d0, d1, d2])?, seed));
     }

@@ -9,7 +9,11 @@ use proptest::prelude::*;
 fn gram(f: &Tensor<Cpu64>) -> Vec<f64> {
     let tape = Tape::new();
     let v = tape.constant(f.clone());
-    v.matmul_t(&v, false, true).unwrap().value().to_f64().unwrap()
+    v.matmul_t(&v, false, true)
+        .unwrap()
+        .value()
+        .to_f64()
+        .unwrap()
 }
 
 fn close(a: f64, b: f64) -> bool {

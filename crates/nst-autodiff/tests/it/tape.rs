@@ -78,5 +78,8 @@ fn shape_errors_name_the_op() {
     let x = tape.var(rand_tensor(&b, &[4], 1, 0.0));
     let y = tape.var(rand_tensor(&b, &[5], 1, 0.0));
     let err = x.add(&y).err().unwrap().to_string();
-    assert!(err.contains("add") && err.contains("[4]") && err.contains("[5]"), "{err}");
+    assert!(
+        err.contains("add") && err.contains("[4]") && err.contains("[5]"),
+        "{err}"
+    );
 }

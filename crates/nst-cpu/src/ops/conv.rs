@@ -13,11 +13,16 @@ use rayon::prelude::*;
 
 /// The widest column block.
 const MAX_BLOCK_COLS: usize = 16 * 1024;
+/// The largest patch length (C_in·kh·kw) for which the bias is folded into the GEMM.
+const FOLD_BIAS_MAX_K: usize = 64;
 /// The largest im2col block, in elements.
 const MAX_BLOCK_ELEMS: usize = 8 << 20;
 
 fn block_cols(kk: usize, hw: usize) -> usize {
-    (MAX_BLOCK_ELEMS / kk.max(1)).clamp(256, MAX_BLOCK_COLS).min(hw).max(1)
+    (MAX_BLOCK_ELEMS / kk.max(1))
+        .clamp(256, MAX_BLOCK_COLS)
+        .min(hw)
+        .max(1)
 }
 
 /// For kernel offset `k` (row or column), the range of output indices whose input index
@@ -131,7 +136,9 @@ fn col2im<E: Element>(col: &[E], p: &Conv2dParams, c0: usize, nc: usize, dx: &mu
                             .zip(g)
                             .for_each(|(d, &v)| *d += v);
                     } else {
-                        g.iter().enumerate().for_each(|(t, &v)| line[ix + t * s] += v);
+                        g.iter()
+                            .enumerate()
+                            .for_each(|(t, &v)| line[ix + t * s] += v);
                     }
                 }
             });
@@ -149,39 +156,65 @@ pub(crate) fn forward<E: Element>(
     let hw = p.out_h() * p.out_w();
     let kk = p.in_channels * p.kh * p.kw;
     let cout = p.out_channels;
-    let mut y = vec![E::zero(); p.batch * cout * hw];
-    if let Some(b) = bias {
-        y.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(i, row)| row.fill(b[i % cout]));
-    }
     if hw == 0 || cout == 0 || kk == 0 {
+        let mut y = E::pool().zeroed(p.batch * cout * hw);
+        if let Some(b) = bias {
+            y.chunks_mut(hw.max(1))
+                .enumerate()
+                .for_each(|(i, row)| row.fill(b[i % cout]));
+        }
         return CpuBuffer::from_vec(y);
     }
-    let cb = block_cols(kk, hw);
+    // With few input rows the output pass dominates: fold the bias into the GEMM as an extra
+    // row of ones under the patches, so the output is written exactly once.
+    let fold_bias = bias.filter(|_| kk <= FOLD_BIAS_MAX_K);
+    let wa: Vec<E>;
+    let (w, kk_eff) = match fold_bias {
+        Some(b) => {
+            wa = (0..cout)
+                .flat_map(|o| w[o * kk..(o + 1) * kk].iter().copied().chain([b[o]]))
+                .collect();
+            (&wa[..], kk + 1)
+        }
+        None => (w, kk),
+    };
+    let mut y = E::pool().scratch(p.batch * cout * hw);
+    let accumulate = match (bias, fold_bias) {
+        (Some(b), None) => {
+            y.par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(i, row)| row.fill(b[i % cout]));
+            true
+        }
+        _ => false,
+    };
+    let cb = block_cols(kk_eff, hw);
     let in_img = p.in_channels * p.in_h * p.in_w;
-    be.with_scratch(kk * cb, |col| {
+    be.with_scratch(kk_eff * cb, |col| {
         for img in 0..p.batch {
             let xi = &x[img * in_img..(img + 1) * in_img];
             let yi = &mut y[img * cout * hw..(img + 1) * cout * hw];
             for c0 in (0..hw).step_by(cb) {
                 let nc = cb.min(hw - c0);
-                let col = &mut col[..kk * nc];
-                im2col(xi, p, c0, nc, col);
-                // SAFETY: `w` is cout x kk, `col` kk x nc, and the destination is columns
-                // c0..c0+nc of the cout x hw output of this image, all in bounds.
+                let col = &mut col[..kk_eff * nc];
+                im2col(xi, p, c0, nc, &mut col[..kk * nc]);
+                if kk_eff > kk {
+                    col[kk * nc..].fill(E::one());
+                }
+                // SAFETY: `w` is cout x kk_eff, `col` kk_eff x nc, and the destination is
+                // columns c0..c0+nc of the cout x hw output of this image, all in bounds.
                 unsafe {
                     gemm(
                         cout,
                         nc,
-                        kk,
+                        kk_eff,
                         Mat {
                             ptr: yi.as_mut_ptr().add(c0),
                             rs: hw as isize,
                             cs: 1,
                         },
-                        bias.is_some(),
-                        Mat::rowmajor(w.as_ptr(), kk, false),
+                        accumulate,
+                        Mat::rowmajor(w.as_ptr(), kk_eff, false),
                         Mat::rowmajor(col.as_ptr(), nc, false),
                     );
                 }
@@ -201,7 +234,7 @@ pub(crate) fn backward_input<E: Element>(
     let kk = p.in_channels * p.kh * p.kw;
     let cout = p.out_channels;
     let in_img = p.in_channels * p.in_h * p.in_w;
-    let mut dx = vec![E::zero(); p.batch * in_img];
+    let mut dx = E::pool().zeroed(p.batch * in_img);
     if hw == 0 || cout == 0 || kk == 0 {
         return CpuBuffer::from_vec(dx);
     }
@@ -247,7 +280,7 @@ pub(crate) fn backward_weight<E: Element>(
     let kk = p.in_channels * p.kh * p.kw;
     let cout = p.out_channels;
     let in_img = p.in_channels * p.in_h * p.in_w;
-    let mut dw = vec![E::zero(); cout * kk];
+    let mut dw = E::pool().zeroed(cout * kk);
     if hw == 0 || cout == 0 || kk == 0 {
         return CpuBuffer::from_vec(dw);
     }

@@ -6,7 +6,7 @@ use nst_tensor::{BinaryOp, UnaryOp};
 use rayon::prelude::*;
 
 fn map1<E: Element>(x: &[E], f: impl Fn(E) -> E + Sync) -> CpuBuffer<E> {
-    let mut out = vec![E::zero(); x.len()];
+    let mut out = E::pool().scratch(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
@@ -14,7 +14,7 @@ fn map1<E: Element>(x: &[E], f: impl Fn(E) -> E + Sync) -> CpuBuffer<E> {
 }
 
 fn map2<E: Element>(a: &[E], b: &[E], f: impl Fn(E, E) -> E + Sync) -> CpuBuffer<E> {
-    let mut out = vec![E::zero(); a.len()];
+    let mut out = E::pool().scratch(a.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {

@@ -85,7 +85,7 @@ pub(crate) fn matmul<E: Element>(
     ta: bool,
     tb: bool,
 ) -> CpuBuffer<E> {
-    let mut out = vec![E::zero(); m * n];
+    let mut out = E::pool().scratch(m * n);
     if m > 0 && n > 0 && k > 0 {
         // SAFETY: `a` holds m*k, `b` k*n and `out` m*n elements, laid out as described; the
         // output is a fresh allocation.

@@ -23,7 +23,7 @@ pub(crate) fn forward<E: Element>(x: &[E], p: &Pool2dParams) -> CpuBuffer<E> {
     let (oh, ow) = (p.out_h(), p.out_w());
     let plane = p.in_h * p.in_w;
     let inv = E::of(1.0 / (p.kernel * p.kernel) as f64);
-    let mut y = vec![E::zero(); p.batch * p.channels * oh * ow];
+    let mut y = E::pool().scratch(p.batch * p.channels * oh * ow);
     y.par_chunks_mut(oh * ow).enumerate().for_each(|(c, yp)| {
         let xp = &x[c * plane..(c + 1) * plane];
         for oy in 0..oh {
@@ -49,7 +49,7 @@ pub(crate) fn backward<E: Element>(x: &[E], dy: &[E], p: &Pool2dParams) -> CpuBu
     let (oh, ow) = (p.out_h(), p.out_w());
     let plane = p.in_h * p.in_w;
     let inv = E::of(1.0 / (p.kernel * p.kernel) as f64);
-    let mut dx = vec![E::zero(); x.len()];
+    let mut dx = E::pool().zeroed(x.len());
     dx.par_chunks_mut(plane).enumerate().for_each(|(c, dp)| {
         let xp = &x[c * plane..(c + 1) * plane];
         let gp = &dy[c * oh * ow..(c + 1) * oh * ow];
@@ -61,7 +61,9 @@ pub(crate) fn backward<E: Element>(x: &[E], dy: &[E], p: &Pool2dParams) -> CpuBu
                     PoolKind::Avg => {
                         for ky in 0..p.kernel {
                             let row = (oy * p.stride + ky) * p.in_w + ox * p.stride;
-                            dp[row..row + p.kernel].iter_mut().for_each(|d| *d += g * inv);
+                            dp[row..row + p.kernel]
+                                .iter_mut()
+                                .for_each(|d| *d += g * inv);
                         }
                     }
                 }

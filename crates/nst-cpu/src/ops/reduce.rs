@@ -17,7 +17,7 @@ pub(crate) fn sum_all<E: Element>(x: &[E]) -> CpuBuffer<E> {
 
 pub(crate) fn sum_axis<E: Element>(x: &[E], shape: &Shape, axis: usize) -> CpuBuffer<E> {
     let (outer, n, inner) = shape.split_at_axis(axis);
-    let mut out = vec![E::zero(); outer * inner];
+    let mut out = E::pool().zeroed(outer * inner);
     if inner == 0 || outer == 0 {
         return CpuBuffer::from_vec(out);
     }
@@ -44,7 +44,7 @@ pub(crate) fn broadcast<E: Element>(x: &[E], from: &Shape, to: &Shape) -> CpuBuf
         s *= from.dim(d);
     }
     let last = to.dims().last().copied().unwrap_or(1).max(1);
-    let mut out = vec![E::zero(); to.numel()];
+    let mut out = E::pool().scratch(to.numel());
     out.par_chunks_mut(last).enumerate().for_each(|(row, dst)| {
         // Decompose the row index over the leading dims.
         let mut rem = row;
@@ -69,12 +69,14 @@ pub(crate) fn narrow<E: Element>(
     len: usize,
 ) -> CpuBuffer<E> {
     let (outer, n, inner) = shape.split_at_axis(axis);
-    let mut out = vec![E::zero(); outer * len * inner];
+    let mut out = E::pool().scratch(outer * len * inner);
     if !out.is_empty() {
-        out.par_chunks_mut(len * inner).enumerate().for_each(|(o, dst)| {
-            let src = o * n * inner + start * inner;
-            dst.copy_from_slice(&x[src..src + len * inner]);
-        });
+        out.par_chunks_mut(len * inner)
+            .enumerate()
+            .for_each(|(o, dst)| {
+                let src = o * n * inner + start * inner;
+                dst.copy_from_slice(&x[src..src + len * inner]);
+            });
     }
     CpuBuffer::from_vec(out)
 }
@@ -87,13 +89,15 @@ pub(crate) fn narrow_backward<E: Element>(
     full: usize,
 ) -> CpuBuffer<E> {
     let (outer, len, inner) = shape.split_at_axis(axis);
-    let mut out = vec![E::zero(); outer * full * inner];
+    let mut out = E::pool().zeroed(outer * full * inner);
     if !out.is_empty() {
-        out.par_chunks_mut(full * inner).enumerate().for_each(|(o, dst)| {
-            let src = o * len * inner;
-            dst[start * inner..(start + len) * inner]
-                .copy_from_slice(&dy[src..src + len * inner]);
-        });
+        out.par_chunks_mut(full * inner)
+            .enumerate()
+            .for_each(|(o, dst)| {
+                let src = o * len * inner;
+                dst[start * inner..(start + len) * inner]
+                    .copy_from_slice(&dy[src..src + len * inner]);
+            });
     }
     CpuBuffer::from_vec(out)
 }

@@ -43,7 +43,8 @@ fn naive_conv(
                                 let iy = (oy * s + ky) as isize - pad as isize;
                                 let ix = (ox * s + kx) as isize - pad as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    acc += x[((img * cin + c) * h + iy as usize) * wd + ix as usize]
+                                    acc += x
+                                        [((img * cin + c) * h + iy as usize) * wd + ix as usize]
                                         * w[((o * cin + c) * k + ky) * k + kx];
                                 }
                             }
@@ -81,11 +82,24 @@ fn naive_pool(x: &[f64], [n, c, h, w]: [usize; 4], k: usize, s: usize, max: bool
 fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {i}: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "element {i}: {g} vs {w}"
+        );
     }
 }
 
-fn conv_case<E: Element>(be: &CpuBackend<E>, dims: [usize; 4], cout: usize, k: usize, s: usize, pad: usize, seed: u64, tol: f64) {
+#[allow(clippy::too_many_arguments)]
+fn conv_case<E: Element>(
+    be: &CpuBackend<E>,
+    dims: [usize; 4],
+    cout: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    seed: u64,
+    tol: f64,
+) {
     let [n, cin, h, w] = dims;
     let x = rand_vec(n * cin * h * w, seed);
     let wt = rand_vec(cout * cin * k * k, seed ^ 1);
@@ -94,7 +108,11 @@ fn conv_case<E: Element>(be: &CpuBackend<E>, dims: [usize; 4], cout: usize, k: u
     let tw = Tensor::from_f64(be, &wt, [cout, cin, k, k]).unwrap();
     let tb = Tensor::from_f64(be, &b, [cout]).unwrap();
     let y = tx.conv2d(&tw, Some(&tb), s, pad).unwrap();
-    assert_close(&y.to_f64().unwrap(), &naive_conv(&x, &wt, &b, dims, cout, k, s, pad), tol);
+    assert_close(
+        &y.to_f64().unwrap(),
+        &naive_conv(&x, &wt, &b, dims, cout, k, s, pad),
+        tol,
+    );
 }
 
 proptest! {
@@ -155,12 +173,27 @@ fn reductions_and_movement() {
     let be = Cpu64::new(2);
     let x = Tensor::from_f64(&be, &(0..24).map(f64::from).collect::<Vec<_>>(), [2, 3, 4]).unwrap();
     assert_eq!(x.sum().unwrap().scalar().unwrap(), 276.0);
-    assert_eq!(x.sum_axis(1).unwrap().to_f64().unwrap(), vec![12., 15., 18., 21., 48., 51., 54., 57.]);
-    assert_eq!(x.narrow(2, 1, 2).unwrap().to_f64().unwrap()[..4], [1., 2., 5., 6.]);
-    let back = x.narrow(2, 1, 2).unwrap().narrow_backward(2, 1, 4).unwrap().to_f64().unwrap();
+    assert_eq!(
+        x.sum_axis(1).unwrap().to_f64().unwrap(),
+        vec![12., 15., 18., 21., 48., 51., 54., 57.]
+    );
+    assert_eq!(
+        x.narrow(2, 1, 2).unwrap().to_f64().unwrap()[..4],
+        [1., 2., 5., 6.]
+    );
+    let back = x
+        .narrow(2, 1, 2)
+        .unwrap()
+        .narrow_backward(2, 1, 4)
+        .unwrap()
+        .to_f64()
+        .unwrap();
     assert_eq!(back[..8], [0., 1., 2., 0., 0., 5., 6., 0.]);
     let col = Tensor::from_f64(&be, &[1.0, 2.0], [2, 1]).unwrap();
-    assert_eq!(col.broadcast_to([2, 3]).unwrap().to_f64().unwrap(), vec![1., 1., 1., 2., 2., 2.]);
+    assert_eq!(
+        col.broadcast_to([2, 3]).unwrap().to_f64().unwrap(),
+        vec![1., 1., 1., 2., 2., 2.]
+    );
     assert!(x.narrow(2, 3, 2).is_err());
     assert!(x.sum_axis(3).is_err());
     assert!(col.broadcast_to([3, 3]).is_err());
@@ -173,8 +206,14 @@ fn same_inputs_same_bytes_across_runs_and_threads() {
         let x = Tensor::from_f64(&be, &rand_vec(64 * 50 * 50, 1), [1, 64, 50, 50]).unwrap();
         let w = Tensor::from_f64(&be, &rand_vec(64 * 64 * 9, 2), [64, 64, 3, 3]).unwrap();
         let y = x.conv2d(&w, None, 1, 1).unwrap();
-        let dx = y.conv2d_backward_input(&w, &x.conv2d_params(&w, 1, 1).unwrap()).unwrap();
-        (y.to_f32().unwrap(), dx.to_f32().unwrap(), y.sum().unwrap().to_f32().unwrap())
+        let dx = y
+            .conv2d_backward_input(&w, &x.conv2d_params(&w, 1, 1).unwrap())
+            .unwrap();
+        (
+            y.to_f32().unwrap(),
+            dx.to_f32().unwrap(),
+            y.sum().unwrap().to_f32().unwrap(),
+        )
     };
     let a = run(2);
     assert!(a == run(2), "two runs with 2 threads differ");
