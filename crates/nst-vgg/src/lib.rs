@@ -1,0 +1,34 @@
+//! VGG19 (and VGG16): the layer tables with the classic names, loading frozen weights from
+//! safetensors, the image <-> model-space conversion, and a forward pass over plain tensors
+//! or tape variables.
+
+mod arch;
+pub mod convention;
+mod model;
+
+pub use arch::{Arch, Layer, LayerOp};
+pub use convention::InputConvention;
+pub use model::{Activation, Vgg};
+
+/// Errors of the model crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tensor op failed.
+    #[error(transparent)]
+    Tensor(#[from] nst_tensor::Error),
+    /// The weights are missing, malformed or do not fit the network.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// A layer name that the network does not have.
+    #[error("unknown layer {name:?}; valid layers: {valid}")]
+    UnknownLayer {
+        /// The name asked for.
+        name: String,
+        /// The valid names, comma-separated.
+        valid: String,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

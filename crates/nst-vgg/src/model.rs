@@ -1,0 +1,215 @@
+//! The VGG model: its layer table and frozen parameters on a backend, and a forward pass that
+//! stops at the deepest layer asked for.
+
+use crate::{Arch, Error, InputConvention, Layer, LayerOp, Result};
+use nst_autodiff::Var;
+use nst_tensor::{Backend, PoolKind, Tensor};
+use std::collections::BTreeMap;
+
+/// Something the network can run on: a plain tensor (inference only) or a tape variable.
+pub trait Activation<B: Backend>: Sized {
+    /// 3x3 convolution, stride 1, padding 1, plus bias, with frozen parameters.
+    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self>;
+    /// ReLU.
+    fn relu(&self) -> Result<Self>;
+    /// 2x2 pooling with stride 2.
+    fn pool(&self, kind: PoolKind) -> Result<Self>;
+}
+
+impl<B: Backend> Activation<B> for Tensor<B> {
+    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        Ok(self.conv2d(weight, Some(bias), 1, 1)?)
+    }
+    fn relu(&self) -> Result<Self> {
+        Ok(Tensor::relu(self)?)
+    }
+    fn pool(&self, kind: PoolKind) -> Result<Self> {
+        Ok(self.pool2d(kind, 2, 2)?)
+    }
+}
+
+impl<B: Backend> Activation<B> for Var<'_, B> {
+    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        let tape = self.tape();
+        let (w, b) = (tape.constant(weight.clone()), tape.constant(bias.clone()));
+        Ok(self.conv2d(&w, Some(&b), 1, 1)?)
+    }
+    fn relu(&self) -> Result<Self> {
+        Ok(Var::relu(self)?)
+    }
+    fn pool(&self, kind: PoolKind) -> Result<Self> {
+        Ok(self.pool2d(kind, 2, 2)?)
+    }
+}
+
+/// A VGG network's convolutional part with frozen weights on backend `B`.
+pub struct Vgg<B: Backend> {
+    arch: Arch,
+    layers: Vec<Layer>,
+    /// (weight, bias) per layer index; `None` for ReLU and pooling layers.
+    params: Vec<Option<(Tensor<B>, Tensor<B>)>>,
+    pooling: PoolKind,
+    convention: InputConvention,
+    metadata: BTreeMap<String, String>,
+}
+
+fn f32s(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<f32>> {
+    if view.dtype() != safetensors::Dtype::F32 {
+        return Err(Error::Weights(format!(
+            "{name} has dtype {:?}, expected F32",
+            view.dtype()
+        )));
+    }
+    Ok(view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+impl<B: Backend> Vgg<B> {
+    /// Loads the network from safetensors bytes in nst's layout (`convB_I.weight`
+    /// `[out, in, 3, 3]` and `convB_I.bias` `[out]`), validating every name and shape. The
+    /// architecture is VGG19 when 16 convolutions are present, VGG16 for 13. The input
+    /// convention comes from the metadata (Caffe BGR when absent).
+    pub fn from_safetensors(backend: &B, bytes: &[u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+        let metadata: BTreeMap<String, String> = meta
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let convention = match metadata.get(crate::convention::METADATA_KEY) {
+            Some(v) => InputConvention::from_metadata(v)?,
+            None => InputConvention::CaffeBgr,
+        };
+        let n_conv = st.names().iter().filter(|n| n.ends_with(".weight")).count();
+        let arch = match n_conv {
+            16 => Arch::Vgg19,
+            13 => Arch::Vgg16,
+            n => {
+                return Err(Error::Weights(format!(
+                    "expected 16 (VGG19) or 13 (VGG16) convolution weights, found {n}"
+                )))
+            }
+        };
+        let layers = arch.layers();
+        let mut params = Vec::with_capacity(layers.len());
+        for layer in &layers {
+            let LayerOp::Conv { cin, cout } = layer.op else {
+                params.push(None);
+                continue;
+            };
+            let load = |suffix: &str, shape: &[usize]| -> Result<Tensor<B>> {
+                let name = format!("{}.{suffix}", layer.name);
+                let view = st
+                    .tensor(&name)
+                    .map_err(|_| Error::Weights(format!("missing tensor {name}")))?;
+                if view.shape() != shape {
+                    return Err(Error::Weights(format!(
+                        "{name} has shape {:?}, expected {shape:?}",
+                        view.shape()
+                    )));
+                }
+                let data = f32s(&view, &name)?;
+                if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Weights(format!(
+                        "{name} holds a non-finite value at {i}"
+                    )));
+                }
+                Ok(Tensor::from_f32(backend, &data, shape.to_vec())?)
+            };
+            params.push(Some((
+                load("weight", &[cout, cin, 3, 3])?,
+                load("bias", &[cout])?,
+            )));
+        }
+        Ok(Vgg {
+            arch,
+            layers,
+            params,
+            pooling: PoolKind::Max,
+            convention,
+            metadata,
+        })
+    }
+
+    /// The same network with another pooling (max by default; average as in the paper's
+    /// variant).
+    pub fn with_pooling(mut self, pooling: PoolKind) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The pooling used.
+    pub fn pooling(&self) -> PoolKind {
+        self.pooling
+    }
+
+    /// How the network expects its input.
+    pub fn convention(&self) -> InputConvention {
+        self.convention
+    }
+
+    /// The safetensors metadata of the weights.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The layer table.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The index of a layer by name, or an error listing the valid names.
+    pub fn layer_index(&self, name: &str) -> Result<usize> {
+        self.layers
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| Error::UnknownLayer {
+                name: name.to_string(),
+                valid: self
+                    .layers
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The parameters (weight, bias) of a convolution layer.
+    pub fn conv_params(&self, index: usize) -> Option<&(Tensor<B>, Tensor<B>)> {
+        self.params.get(index).and_then(|p| p.as_ref())
+    }
+
+    /// Runs the layers `0..=last` on `x` (`[N, 3, H, W]` in model space), calling `visit`
+    /// with each layer's index and output. Nothing past `last` is computed.
+    pub fn forward<A: Activation<B>>(
+        &self,
+        x: A,
+        last: usize,
+        mut visit: impl FnMut(usize, &A) -> Result<()>,
+    ) -> Result<()> {
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate().take(last + 1) {
+            h = match (&layer.op, &self.params[i]) {
+                (LayerOp::Conv { .. }, Some((w, b))) => h.conv(w, b)?,
+                (LayerOp::Relu, _) => h.relu()?,
+                (LayerOp::Pool, _) => h.pool(self.pooling)?,
+                (LayerOp::Conv { .. }, None) => {
+                    return Err(Error::Weights(format!("{} has no weights", layer.name)))
+                }
+            };
+            visit(i, &h)?;
+        }
+        Ok(())
+    }
+}
