@@ -72,8 +72,13 @@ fn status(mut c: Command) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    let root = root();
+    weights::fetch(&root, &[])?;
     let mut c = cargo();
-    c.args(["test", "--workspace"]).args(extra);
+    c.env("NST_WEIGHTS", weights::vgg19_path(&root))
+        .env("NST_REQUIRE_WEIGHTS", "1")
+        .args(["test", "--workspace"])
+        .args(extra);
     status(c)
 }
 

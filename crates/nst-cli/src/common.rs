@@ -1,0 +1,155 @@
+//! Arguments shared by the subcommands: the model, the objective, the style images.
+
+use crate::io;
+use anyhow::{bail, Context, Result};
+use nst_cpu::Cpu;
+use nst_style::{Image, ObjectiveConfig};
+use nst_tensor::PoolKind;
+use std::path::PathBuf;
+
+/// Pooling in the network.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Pooling {
+    /// Max pooling (the classic choice).
+    Max,
+    /// Average pooling.
+    Avg,
+}
+
+impl From<Pooling> for PoolKind {
+    fn from(p: Pooling) -> Self {
+        match p {
+            Pooling::Max => PoolKind::Max,
+            Pooling::Avg => PoolKind::Avg,
+        }
+    }
+}
+
+/// Where to run and which network.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct ModelArgs {
+    /// The weights (default: $NST_WEIGHTS, else weights/vgg19.safetensors).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) weights: Option<PathBuf>,
+    /// Pooling used by the network.
+    #[arg(long, value_enum, default_value = "max")]
+    pub(crate) pooling: Pooling,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) threads: usize,
+    /// The device: cpu (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub(crate) device: String,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = io::DEFAULT_MAX_PIXELS, value_name = "N")]
+    pub(crate) max_pixels: u64,
+}
+
+impl ModelArgs {
+    /// The CPU backend, or an error naming the unavailable device.
+    pub(crate) fn cpu(&self) -> Result<Cpu> {
+        match self.device.as_str() {
+            "cpu" => Ok(Cpu::new(self.threads)),
+            d if d == "cuda" || d.starts_with("cuda:") => bail!(
+                "device {d} is not available: this nst was built without CUDA support (rebuild with `--features cuda`)"
+            ),
+            d => bail!("unknown device {d:?} (expected cpu, cuda or cuda:N)"),
+        }
+    }
+
+    /// Loads the network with the chosen pooling.
+    pub(crate) fn model(&self, cpu: &Cpu) -> Result<nst_vgg::Vgg<Cpu>> {
+        Ok(io::load_model(cpu, self.weights.as_deref())?.with_pooling(self.pooling.into()))
+    }
+}
+
+/// The objective's weights and layers.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct ObjectiveArgs {
+    /// Weight of the content loss (w_c).
+    #[arg(long, default_value_t = 5.0, value_name = "W")]
+    content_weight: f64,
+    /// Weight of the style loss (w_s).
+    #[arg(long, default_value_t = 100.0, value_name = "W")]
+    style_weight: f64,
+    /// Weight of the total-variation loss (w_tv).
+    #[arg(long, default_value_t = 1e-3, value_name = "W")]
+    tv_weight: f64,
+    /// Content layers, comma-separated, each optionally `name:multiplier`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "relu4_2",
+        value_name = "LAYERS"
+    )]
+    content_layers: Vec<String>,
+    /// Style layers, comma-separated, each optionally `name:multiplier`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+        value_name = "LAYERS"
+    )]
+    style_layers: Vec<String>,
+}
+
+fn layer_list(specs: &[String], what: &str) -> Result<Vec<(String, f64)>> {
+    specs
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match s.split_once(':') {
+            None => Ok((s.trim().to_string(), 1.0)),
+            Some((n, w)) => {
+                let w: f64 = w
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad multiplier in {what} layer {s:?}"))?;
+                Ok((n.trim().to_string(), w))
+            }
+        })
+        .collect()
+}
+
+impl ObjectiveArgs {
+    /// The objective's settings.
+    pub(crate) fn config(&self) -> Result<ObjectiveConfig> {
+        Ok(ObjectiveConfig {
+            content_weight: self.content_weight,
+            style_weight: self.style_weight,
+            tv_weight: self.tv_weight,
+            content_layers: layer_list(&self.content_layers, "content")?,
+            style_layers: layer_list(&self.style_layers, "style")?,
+        })
+    }
+}
+
+/// Loads every style image.
+pub(crate) fn load_styles(paths: &[PathBuf], max_pixels: u64) -> Result<Vec<Image>> {
+    if paths.is_empty() {
+        bail!("at least one style image is needed (--style)");
+    }
+    paths
+        .iter()
+        .map(|p| io::load_image(p, max_pixels))
+        .collect()
+}
+
+/// A JSON number (`null` when not finite).
+pub(crate) fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+/// A JSON object of `(key, number)` pairs plus preformatted leading fields.
+pub(crate) fn json_object(lead: &[(&str, String)], terms: &[(String, f64)]) -> String {
+    let mut parts: Vec<String> = lead.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    parts.extend(
+        terms
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{}", json_num(*v))),
+    );
+    format!("{{{}}}", parts.join(","))
+}

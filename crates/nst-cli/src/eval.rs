@@ -1,0 +1,72 @@
+//! `nst eval`: the objective and its gradient for a given image, at native sizes.
+
+use crate::common::{self, ModelArgs, ObjectiveArgs};
+use crate::io;
+use anyhow::{ensure, Result};
+use nst_style::Objective;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The content image.
+    #[arg(long)]
+    content: PathBuf,
+    /// The style image(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    style: Vec<PathBuf>,
+    /// Blend weights of the style images, comma-separated (equal by default).
+    #[arg(long, value_delimiter = ',')]
+    style_blend: Vec<f64>,
+    /// The image to evaluate (the same size as the content).
+    #[arg(long)]
+    image: PathBuf,
+    /// Where to write the gradient: safetensors with `grad`, f32 [3, H, W], RGB, per 0-255
+    /// pixel value.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    objective: ObjectiveArgs,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    let cpu = a.model.cpu()?;
+    let cfg = a.objective.config()?;
+    let content = io::load_image(&a.content, a.model.max_pixels)?;
+    let styles = common::load_styles(&a.style, a.model.max_pixels)?;
+    let image = io::load_image(&a.image, a.model.max_pixels)?;
+    ensure!(
+        (image.width, image.height) == (content.width, content.height),
+        "the image is {}x{} but the content is {}x{}: they must have the same size",
+        image.width,
+        image.height,
+        content.width,
+        content.height
+    );
+    io::check_writable(&a.out)?;
+    let model = a.model.model(&cpu)?;
+    let conv = model.convention();
+    let style_t = styles
+        .iter()
+        .map(|s| s.to_model(&cpu, conv))
+        .collect::<nst_tensor::Result<Vec<_>>>()?;
+    let objective = Objective::new(
+        &model,
+        &cfg,
+        &content.to_model(&cpu, conv)?,
+        &style_t,
+        &a.style_blend,
+    )?;
+    let e = objective.evaluate(&image.to_model(&cpu, conv)?)?;
+    let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height, image.width);
+    io::save_tensors(
+        &a.out,
+        &[("grad".to_string(), vec![3, image.height, image.width], g)],
+    )?;
+    println!(
+        "{}",
+        common::json_object(&[("total", common::json_num(e.total))], &e.terms)
+    );
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `nst features`: activations at named layers, written as safetensors.
+
+use crate::common::ModelArgs;
+use crate::io;
+use anyhow::{Context, Result};
+use nst_features::FeatureExtractor;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The image.
+    #[arg(long)]
+    image: PathBuf,
+    /// Comma-separated layer names, e.g. relu1_1,relu4_2.
+    #[arg(long, value_delimiter = ',', required = true)]
+    layers: Vec<String>,
+    /// The output safetensors file: one f32 tensor [C, H, W] per layer, named by the layer.
+    #[arg(long)]
+    out: PathBuf,
+    /// Scale the image so its longer side is N pixels (default: native size).
+    #[arg(long, value_name = "N")]
+    max_size: Option<usize>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    let cpu = a.model.cpu()?;
+    let model = a.model.model(&cpu)?;
+    let fx = FeatureExtractor::new(&model, &a.layers)?;
+    io::check_writable(&a.out)?;
+    let mut img = io::load_image(&a.image, a.model.max_pixels)?;
+    if let Some(n) = a.max_size {
+        anyhow::ensure!(n > 0, "--max-size must be positive");
+        img = img.fit(n);
+    }
+    let x = img.to_model(&cpu, model.convention())?;
+    let feats = fx
+        .extract(&x)
+        .with_context(|| format!("running the network on {}", a.image.display()))?;
+    let tensors = feats
+        .into_vec()
+        .into_iter()
+        .map(|(name, t)| {
+            let dims = t.dims()[1..].to_vec();
+            Ok((name, dims, t.to_f32()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    io::save_tensors(&a.out, &tensors)?;
+    eprintln!(
+        "wrote {} layers of {}x{} {} to {}",
+        tensors.len(),
+        img.width,
+        img.height,
+        a.image.display(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Files: decoding images, finding and loading the weights, writing outputs atomically.
+
+use anyhow::{bail, Context, Result};
+use nst_style::Image;
+use std::path::{Path, PathBuf};
+
+/// Default limit on decoded image size, in pixels.
+pub(crate) const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
+
+/// Decodes an image file (PNG, JPEG, WebP, BMP, TIFF) to RGB, refusing empty files, images
+/// without pixels and images over `max_pixels`.
+pub(crate) fn load_image(path: &Path, max_pixels: u64) -> Result<Image> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read image {shown}"))?;
+    if meta.is_dir() {
+        bail!("image {shown} is a folder, not a file");
+    }
+    if meta.len() == 0 {
+        bail!("image {shown} is an empty file");
+    }
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("cannot read image {shown}"))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {shown}"))?;
+    if reader.format().is_none() {
+        bail!("image {shown} is not in a supported format (PNG, JPEG, WebP, BMP, TIFF)");
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| anyhow::anyhow!("cannot decode image {shown}: {e}"))?;
+    if w == 0 || h == 0 {
+        bail!("image {shown} has no pixels ({w}x{h})");
+    }
+    if w as u64 * h as u64 > max_pixels {
+        bail!(
+            "image {shown} is {w}x{h} = {} pixels, over the limit of {max_pixels} (raise it with --max-pixels)",
+            w as u64 * h as u64
+        );
+    }
+    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    reader.no_limits();
+    let img = reader
+        .decode()
+        .map_err(|e| anyhow::anyhow!("cannot decode image {shown}: {e}"))?
+        .into_rgb8();
+    let data = img.as_raw().iter().map(|&v| v as f32).collect();
+    Image::new(img.width() as usize, img.height() as usize, data)
+        .with_context(|| format!("image {shown} has no pixels"))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// failed or interrupted write never leaves a partial file behind.
+pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("cannot write {}: not a file path", path.display()))?;
+    // Keep the extension last so that format detection by extension still works.
+    let tmp = dir.join(format!(".nst-tmp-{}-{name}", std::process::id()));
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Saves an image; the format follows the extension (PNG when there is none).
+pub(crate) fn save_image(img: &Image, path: &Path) -> Result<()> {
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        None => image::ImageFormat::Png,
+        Some(ext) => image::ImageFormat::from_extension(ext).with_context(|| {
+            format!(
+                "cannot write {}: unknown image extension .{ext}",
+                path.display()
+            )
+        })?,
+    };
+    let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.to_rgb8())
+        .context("image buffer does not match its size")?;
+    write_atomic(path, |tmp| {
+        rgb.save_with_format(tmp, format)
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+/// Writes named f32 tensors as a safetensors file, atomically.
+pub(crate) fn save_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                s.clone(),
+                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, d)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, &data).with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+/// Finds the weights: `--weights`, else `$NST_WEIGHTS`, else `weights/vgg19.safetensors` in
+/// the current folder or above the executable.
+pub(crate) fn weights_path(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("NST_WEIGHTS") {
+        return Ok(PathBuf::from(p));
+    }
+    let rel = Path::new("weights").join("vgg19.safetensors");
+    let mut candidates = vec![rel.clone()];
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).map(|a| a.join(&rel)));
+    }
+    Ok(candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .unwrap_or(rel))
+}
+
+/// Reads and validates the weights into a model on `backend`.
+pub(crate) fn load_model<B: nst_tensor::Backend>(
+    backend: &B,
+    given: Option<&Path>,
+) -> Result<nst_vgg::Vgg<B>> {
+    let path = weights_path(given)?;
+    let bytes = std::fs::read(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read weights {}: {e}; run `cargo xtask fetch-weights` (or pass --weights)",
+            path.display()
+        )
+    })?;
+    nst_vgg::Vgg::from_safetensors(backend, &bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "weights {} are corrupt or not VGG weights ({e}); run `cargo xtask fetch-weights` to fetch them again",
+            path.display()
+        )
+    })
+}
+
+/// The folder a path's file goes in.
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Fails early when `path` cannot be written (missing folder, no permission), before any
+/// long computation.
+pub(crate) fn check_writable(path: &Path) -> Result<()> {
+    let dir = folder_of(path);
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("cannot write {}: it is a folder", path.display());
+    }
+    let probe = dir.join(format!(".nst-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("cannot write {}", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! `nst`: neural style transfer from the command line (a thin layer over the nst crates).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod common;
+mod eval;
+mod features;
+mod io;
+mod render;
+
+use clap::{Parser, Subcommand};
+
+/// Neural style transfer: repaint a photo in the style of a painting.
+#[derive(Parser)]
+#[command(name = "nst", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Repaint a photo in the style of one or more paintings.
+    Render(Box<render::Args>),
+    /// Print the objective's terms for an image and write its gradient.
+    Eval(Box<eval::Args>),
+    /// Write a network's activations at named layers for one image.
+    Features(features::Args),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // One line: clap's first line, which names the argument and the problem.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{}", first.trim_end());
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Render(a) => render::run(*a),
+        Command::Eval(a) => eval::run(*a),
+        Command::Features(a) => features::run(a),
+    };
+    if let Err(e) = result {
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("error: {msg}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,200 @@
+//! `nst features`: outputs and error messages.
+
+use super::{images, nst, weights};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// Asserts a failed run with exactly one line on stderr containing every `needle`.
+pub(crate) fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line: {err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} lacks {n:?}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+pub(crate) fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nst-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn features_writes_each_layer_at_native_size() {
+    if weights().is_none() {
+        return;
+    }
+    let out = tmp("feat.safetensors");
+    let img = images().join("hoovertowernight.jpg");
+    let dims = image::image_dimensions(&img).unwrap();
+    let r = nst(&[
+        "features",
+        "--image",
+        s(&img),
+        "--layers",
+        "relu1_1,pool2",
+        "--out",
+        s(&out),
+        "--max-size",
+        "96",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (w, h) = (dims.0 as f64, dims.1 as f64);
+    let sc = 96.0 / w.max(h);
+    let (nw, nh) = ((w * sc).round() as usize, (h * sc).round() as usize);
+    assert_eq!(st.tensor("relu1_1").unwrap().shape(), &[64, nh, nw]);
+    assert_eq!(st.tensor("pool2").unwrap().shape(), &[128, nh / 4, nw / 4]);
+    assert_eq!(
+        st.tensor("relu1_1").unwrap().dtype(),
+        safetensors::Dtype::F32
+    );
+    // Same inputs, same bytes.
+    let out2 = tmp("feat2.safetensors");
+    let r = nst(&[
+        "features",
+        "--image",
+        s(&img),
+        "--layers",
+        "relu1_1,pool2",
+        "--out",
+        s(&out2),
+        "--max-size",
+        "96",
+    ]);
+    assert!(r.status.success());
+    assert!(bytes == std::fs::read(&out2).unwrap());
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    if weights().is_none() {
+        return;
+    }
+    let out = tmp("never.safetensors");
+    let img = images().join("tubingen.jpg");
+    let missing = tmp("missing.jpg");
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&missing),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+        ]),
+        &["missing.jpg"],
+    );
+    let empty = tmp("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&empty),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+        ]),
+        &["empty.png", "empty"],
+    );
+    let junk = tmp("junk.jpg");
+    std::fs::write(&junk, b"\xff\xd8\xff\xe0 definitely not a jpeg").unwrap();
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&junk),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+        ]),
+        &["junk.jpg"],
+    );
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&img),
+            "--layers",
+            "relu1_1,conv9_9",
+            "--out",
+            s(&out),
+        ]),
+        &["conv9_9", "relu5_1"],
+    );
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&img),
+            "--layers",
+            "relu1_1",
+            "--out",
+            "/nonexistent-dir/x.safetensors",
+            "--max-size",
+            "32",
+        ]),
+        &["/nonexistent-dir"],
+    );
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&img),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+            "--max-pixels",
+            "1000",
+        ]),
+        &["1000", "limit"],
+    );
+    let corrupt = tmp("corrupt.safetensors");
+    std::fs::write(&corrupt, b"garbage weights").unwrap();
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&img),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+            "--weights",
+            s(&corrupt),
+        ]),
+        &["corrupt.safetensors", "fetch-weights"],
+    );
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&img),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+            "--weights",
+            s(&missing),
+        ]),
+        &["fetch-weights"],
+    );
+    assert!(!out.exists(), "nothing may be written on failure");
+}

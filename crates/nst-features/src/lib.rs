@@ -1,0 +1,127 @@
+//! The feature extractor: the activations of a pretrained network, for an image, at
+//! arbitrary named layers.
+//!
+//! Two modes: [`FeatureExtractor::extract`] runs on plain tensors (inference only: nothing is
+//! kept for a backward pass, and each intermediate activation is dropped as soon as the next
+//! one exists) and [`FeatureExtractor::extract_var`] runs on a tape, so losses can be built
+//! on the activations. Either way the pass stops at the deepest layer asked for.
+//!
+//! ```no_run
+//! # fn demo(weights: &[u8], image: nst_tensor::Tensor<nst_cpu::Cpu>) -> nst_vgg::Result<()> {
+//! use nst_features::FeatureExtractor;
+//! use nst_vgg::Vgg;
+//! let cpu = nst_cpu::Cpu::new(0);
+//! let vgg = Vgg::from_safetensors(&cpu, weights)?;
+//! let fx = FeatureExtractor::new(&vgg, &["relu1_1", "relu4_2"])?;
+//! let feats = fx.extract(&image)?; // image: [1, 3, H, W] in model space
+//! let relu4_2 = feats.get("relu4_2").unwrap();
+//! # Ok(()) }
+//! ```
+
+use nst_autodiff::Var;
+use nst_tensor::{Backend, Tensor};
+use nst_vgg::{Activation, Result, Vgg};
+
+/// Activations by layer name, in the order the layers were asked for.
+#[derive(Clone, Debug)]
+pub struct Features<A> {
+    items: Vec<(String, A)>,
+}
+
+impl<A> Features<A> {
+    /// The activation of layer `name`, if it was asked for.
+    pub fn get(&self, name: &str) -> Option<&A> {
+        self.items.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+
+    /// `(name, activation)` pairs in the order asked for.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &A)> {
+        self.items.iter().map(|(n, a)| (n.as_str(), a))
+    }
+
+    /// Consumes into `(name, activation)` pairs.
+    pub fn into_vec(self) -> Vec<(String, A)> {
+        self.items
+    }
+
+    /// The number of layers.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether no layer was asked for.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Extracts the activations of `model` at a fixed set of named layers.
+pub struct FeatureExtractor<'m, B: Backend> {
+    model: &'m Vgg<B>,
+    /// (name, layer index) in the order asked for.
+    layers: Vec<(String, usize)>,
+    deepest: usize,
+}
+
+impl<'m, B: Backend> FeatureExtractor<'m, B> {
+    /// An extractor for the named layers (e.g. `relu1_1`, `relu4_2`, `pool3`); an unknown
+    /// name is an error listing the valid ones. Duplicates are kept once.
+    pub fn new<S: AsRef<str>>(model: &'m Vgg<B>, layers: &[S]) -> Result<Self> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for name in layers {
+            let name = name.as_ref().trim();
+            let idx = model.layer_index(name)?;
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.to_string(), idx));
+            }
+        }
+        let deepest = out.iter().map(|(_, i)| *i).max().unwrap_or(0);
+        Ok(FeatureExtractor {
+            model,
+            layers: out,
+            deepest,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Vgg<B> {
+        self.model
+    }
+
+    /// The layer names, in the order asked for.
+    pub fn layer_names(&self) -> impl Iterator<Item = &str> {
+        self.layers.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn run<A: Activation<B> + Clone>(&self, x: A) -> Result<Features<A>> {
+        let mut found: Vec<Option<A>> = vec![None; self.layers.len()];
+        if !self.layers.is_empty() {
+            self.model.forward(x, self.deepest, |i, a| {
+                for (slot, (_, idx)) in found.iter_mut().zip(&self.layers) {
+                    if *idx == i {
+                        *slot = Some(a.clone());
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let items = self
+            .layers
+            .iter()
+            .zip(found)
+            .filter_map(|((n, _), a)| a.map(|a| (n.clone(), a)))
+            .collect();
+        Ok(Features { items })
+    }
+
+    /// Inference-only: activations of `x` (`[N, 3, H, W]`, model space) as plain tensors.
+    pub fn extract(&self, x: &Tensor<B>) -> Result<Features<Tensor<B>>> {
+        self.run(x.clone())
+    }
+
+    /// On a tape: activations of `x` as variables, so losses can be built on them and
+    /// differentiated w.r.t. `x`. The network's weights enter as constants.
+    pub fn extract_var<'t>(&self, x: &Var<'t, B>) -> Result<Features<Var<'t, B>>> {
+        self.run(x.clone())
+    }
+}

@@ -1,0 +1,108 @@
+//! The losses of neural style transfer, each usable on its own, on the autodiff tape.
+//!
+//! With `F` a layer's activation (`[1, C, H, W]` or `[C, H, W]`, `N = C·H·W`):
+//! - [`gram`]: `G = F̂ F̂ᵀ / N` with `F̂` the `C x (H·W)` reshape;
+//! - [`content`]: `w · mean((F − P)²)`;
+//! - [`style`]: `w · mean((G(F) − A)²)` against a target Gram matrix `A`;
+//! - [`total_variation`]: `w · Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] − x[i,j])²` over channels.
+//!
+//! ```
+//! use nst_autodiff::Tape;
+//! use nst_cpu::Cpu;
+//! use nst_tensor::Tensor;
+//! # fn main() -> nst_tensor::Result<()> {
+//! let cpu = Cpu::new(1);
+//! let tape = Tape::new();
+//! let f = tape.var(Tensor::from_f32(&cpu, &[1.0, 2.0, 3.0, 4.0], [2, 1, 2])?);
+//! let target = nst_loss::gram_tensor(&Tensor::zeros(&cpu, [2, 1, 2])?)?;
+//! let loss = nst_loss::style(&f, &target, 1.0)?;
+//! let grads = tape.backward(&loss)?;
+//! assert!(grads.get(&f).is_some());
+//! # Ok(()) }
+//! ```
+
+use nst_autodiff::Var;
+use nst_tensor::{Backend, Error, Result, Tensor};
+
+/// `(C, H·W)` of an activation shaped `[1, C, H, W]` or `[C, H, W]`.
+fn channels_positions(dims: &[usize]) -> Result<(usize, usize)> {
+    match dims {
+        [1, c, h, w] | [c, h, w] => Ok((*c, h * w)),
+        _ => Err(Error::invalid(
+            "gram",
+            format!("expected an activation [1, C, H, W] or [C, H, W], got {dims:?}"),
+        )),
+    }
+}
+
+/// The Gram matrix `F̂ F̂ᵀ / N` of an activation on the tape.
+pub fn gram<'t, B: Backend>(f: &Var<'t, B>) -> Result<Var<'t, B>> {
+    let (c, hw) = channels_positions(f.shape().dims())?;
+    let flat = f.reshape([c, hw])?;
+    flat.matmul_t(&flat, false, true)?
+        .scale(1.0 / (c * hw).max(1) as f64)
+}
+
+/// The Gram matrix `F̂ F̂ᵀ / N` of a plain tensor (for targets).
+pub fn gram_tensor<B: Backend>(f: &Tensor<B>) -> Result<Tensor<B>> {
+    let (c, hw) = channels_positions(f.dims())?;
+    let flat = f.reshape([c, hw])?;
+    flat.matmul_t(&flat, false, true)?
+        .scale(1.0 / (c * hw).max(1) as f64)
+}
+
+/// Content loss `weight · mean((f − target)²)`.
+pub fn content<'t, B: Backend>(
+    f: &Var<'t, B>,
+    target: &Tensor<B>,
+    weight: f64,
+) -> Result<Var<'t, B>> {
+    let t = f.tape().constant(target.clone());
+    f.sub(&t)?.square()?.mean()?.scale(weight)
+}
+
+/// Style loss `weight · mean((gram(f) − target_gram)²)`.
+pub fn style<'t, B: Backend>(
+    f: &Var<'t, B>,
+    target_gram: &Tensor<B>,
+    weight: f64,
+) -> Result<Var<'t, B>> {
+    let a = f.tape().constant(target_gram.clone());
+    gram(f)?.sub(&a)?.square()?.mean()?.scale(weight)
+}
+
+/// Total variation `weight · Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] − x[i,j])²` of an image
+/// `[N, C, H, W]`, summed over every channel and position.
+pub fn total_variation<'t, B: Backend>(x: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
+    let dims = x.shape().dims().to_vec();
+    if dims.len() != 4 {
+        return Err(Error::invalid(
+            "total_variation",
+            format!("expected an image [N, C, H, W], got {dims:?}"),
+        ));
+    }
+    let (h, w) = (dims[2], dims[3]);
+    let mut terms = Vec::new();
+    if h > 1 {
+        terms.push(
+            x.narrow(2, 1, h - 1)?
+                .sub(&x.narrow(2, 0, h - 1)?)?
+                .square()?
+                .sum()?,
+        );
+    }
+    if w > 1 {
+        terms.push(
+            x.narrow(3, 1, w - 1)?
+                .sub(&x.narrow(3, 0, w - 1)?)?
+                .square()?
+                .sum()?,
+        );
+    }
+    let total = match terms.len() {
+        0 => x.scale(0.0)?.sum()?,
+        1 => terms.remove(0),
+        _ => terms[0].add(&terms[1])?,
+    };
+    total.scale(weight)
+}

@@ -1,0 +1,312 @@
+//! L-BFGS: the classic choice for style transfer (a fixed step of 1 and no line search, as
+//! the classic implementations run it), with an optional strong-Wolfe line search.
+
+use crate::{dot, Optimizer, Step};
+use std::collections::VecDeque;
+
+/// How L-BFGS chooses its step length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineSearch {
+    /// A fixed step of `learning_rate` (the first step is scaled by `min(1, 1/‖g‖₁)`).
+    None,
+    /// A line search satisfying the strong Wolfe conditions (c1 = 1e-4, c2 = 0.9).
+    StrongWolfe,
+}
+
+/// L-BFGS settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LbfgsConfig {
+    /// Step length (the initial trial step with a line search).
+    pub learning_rate: f64,
+    /// Number of correction pairs kept.
+    pub history: usize,
+    /// Step length selection.
+    pub line_search: LineSearch,
+    /// Converged when the largest gradient entry is at most this.
+    pub tolerance_grad: f64,
+    /// Most objective evaluations of one line search.
+    pub max_line_search_evals: usize,
+}
+
+impl Default for LbfgsConfig {
+    fn default() -> Self {
+        LbfgsConfig {
+            learning_rate: 1.0,
+            history: 100,
+            line_search: LineSearch::None,
+            tolerance_grad: 0.0,
+            max_line_search_evals: 25,
+        }
+    }
+}
+
+/// Limited-memory BFGS with the two-loop recursion.
+#[derive(Clone, Debug)]
+pub struct Lbfgs {
+    cfg: LbfgsConfig,
+    /// Correction pairs (s, y, 1/(yᵀs)), oldest first.
+    pairs: VecDeque<(Vec<f32>, Vec<f32>, f64)>,
+    /// The last step taken and the gradient at its start.
+    last: Option<(Vec<f32>, Vec<f32>)>,
+    h_diag: f64,
+    /// An evaluation made by the line search at the point the next step starts from.
+    cached: Option<(Vec<f32>, f64, Vec<f32>)>,
+}
+
+impl Lbfgs {
+    /// A fresh optimizer.
+    pub fn new(cfg: LbfgsConfig) -> Self {
+        Lbfgs {
+            cfg,
+            pairs: VecDeque::new(),
+            last: None,
+            h_diag: 1.0,
+            cached: None,
+        }
+    }
+
+    /// Forgets the curvature history (e.g. after the problem changed size).
+    pub fn reset(&mut self) {
+        self.pairs.clear();
+        self.last = None;
+        self.h_diag = 1.0;
+        self.cached = None;
+    }
+
+    /// The search direction `-H·g` by the two-loop recursion.
+    fn direction(&self, g: &[f32]) -> Vec<f32> {
+        let mut q: Vec<f64> = g.iter().map(|&v| -(v as f64)).collect();
+        let mut alpha = vec![0.0; self.pairs.len()];
+        for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
+            let a = rho * s.iter().zip(&q).map(|(&s, &q)| s as f64 * q).sum::<f64>();
+            alpha[i] = a;
+            q.iter_mut().zip(y).for_each(|(q, &y)| *q -= a * y as f64);
+        }
+        q.iter_mut().for_each(|v| *v *= self.h_diag);
+        for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
+            let b = rho * y.iter().zip(&q).map(|(&y, &r)| y as f64 * r).sum::<f64>();
+            q.iter_mut()
+                .zip(s)
+                .for_each(|(r, &s)| *r += s as f64 * (alpha[i] - b));
+        }
+        q.into_iter().map(|v| v as f32).collect()
+    }
+}
+
+/// `x + t·d`.
+fn along(x: &[f32], t: f64, d: &[f32]) -> Vec<f32> {
+    x.iter()
+        .zip(d)
+        .map(|(&x, &d)| (x as f64 + t * d as f64) as f32)
+        .collect()
+}
+
+/// The minimiser of the cubic through (x1, f1, g1) and (x2, f2, g2), kept inside `bounds`
+/// (bisection when the cubic has no minimum).
+fn cubic_min(x1: f64, f1: f64, g1: f64, x2: f64, f2: f64, g2: f64, bounds: (f64, f64)) -> f64 {
+    let (lo, hi) = if bounds.0 <= bounds.1 {
+        bounds
+    } else {
+        (bounds.1, bounds.0)
+    };
+    let d1 = g1 + g2 - 3.0 * (f1 - f2) / (x1 - x2);
+    let d2sq = d1 * d1 - g1 * g2;
+    if d2sq >= 0.0 && (x1 - x2).abs() > 0.0 {
+        let d2 = d2sq.sqrt() * if x2 >= x1 { 1.0 } else { -1.0 };
+        let t = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2.0 * d2));
+        if t.is_finite() {
+            return t.clamp(lo, hi);
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+struct Trial {
+    t: f64,
+    f: f64,
+    g: Vec<f32>,
+    gtd: f64,
+}
+
+/// A strong-Wolfe line search along `d` from `x` (Nocedal & Wright, algorithms 3.5 and 3.6).
+#[allow(clippy::too_many_arguments)]
+fn strong_wolfe<E, F>(
+    f: &mut F,
+    x: &[f32],
+    d: &[f32],
+    t0: f64,
+    f0: f64,
+    g0: &[f32],
+    gtd0: f64,
+    max_evals: usize,
+    evals: &mut usize,
+) -> Result<Trial, E>
+where
+    F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>,
+{
+    const C1: f64 = 1e-4;
+    const C2: f64 = 0.9;
+    let mut eval = |t: f64, evals: &mut usize| -> Result<Trial, E> {
+        let (fv, g) = f(&along(x, t, d))?;
+        *evals += 1;
+        let gtd = dot(&g, d);
+        Ok(Trial { t, f: fv, g, gtd })
+    };
+    let mut prev = Trial {
+        t: 0.0,
+        f: f0,
+        g: g0.to_vec(),
+        gtd: gtd0,
+    };
+    let mut t = t0;
+    let (mut lo, mut hi);
+    loop {
+        let cur = eval(t, evals)?;
+        if !cur.f.is_finite() {
+            // Shrink into the region where the objective is defined.
+            if *evals >= max_evals {
+                return Ok(prev);
+            }
+            t = (prev.t + t) / 2.0;
+            continue;
+        }
+        if cur.f > f0 + C1 * cur.t * gtd0 || (*evals > 1 && cur.f >= prev.f) {
+            (lo, hi) = (prev, cur);
+            break;
+        }
+        if cur.gtd.abs() <= -C2 * gtd0 {
+            return Ok(cur);
+        }
+        if cur.gtd >= 0.0 {
+            (lo, hi) = (cur, prev);
+            break;
+        }
+        if *evals >= max_evals {
+            return Ok(cur);
+        }
+        let next = cubic_min(
+            prev.t,
+            prev.f,
+            prev.gtd,
+            cur.t,
+            cur.f,
+            cur.gtd,
+            (cur.t + 0.01 * (cur.t - prev.t), cur.t * 10.0),
+        );
+        prev = cur;
+        t = next;
+    }
+    // Zoom: `lo` satisfies sufficient decrease and has the lower value.
+    loop {
+        if *evals >= max_evals || (hi.t - lo.t).abs() < 1e-12 {
+            return Ok(lo);
+        }
+        let (a, b) = (lo.t.min(hi.t), lo.t.max(hi.t));
+        let margin = 0.1 * (b - a);
+        let t = cubic_min(
+            lo.t,
+            lo.f,
+            lo.gtd,
+            hi.t,
+            hi.f,
+            hi.gtd,
+            (a + margin, b - margin),
+        );
+        let cur = eval(t, evals)?;
+        if !cur.f.is_finite() || cur.f > f0 + C1 * cur.t * gtd0 || cur.f >= lo.f {
+            hi = cur;
+        } else {
+            if cur.gtd.abs() <= -C2 * gtd0 {
+                return Ok(cur);
+            }
+            if cur.gtd * (hi.t - lo.t) >= 0.0 {
+                hi = std::mem::replace(&mut lo, cur);
+            } else {
+                lo = cur;
+            }
+        }
+    }
+}
+
+impl Optimizer for Lbfgs {
+    fn step<E, F>(&mut self, x: &mut [f32], f: &mut F) -> Result<Step, E>
+    where
+        F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>,
+    {
+        let mut evaluations = 0;
+        let (loss, g) = match self.cached.take() {
+            Some((at, loss, g)) if at == x => (loss, g),
+            _ => {
+                evaluations += 1;
+                f(x)?
+            }
+        };
+        let gmax = g.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+        if gmax <= self.cfg.tolerance_grad {
+            return Ok(Step {
+                loss,
+                evaluations,
+                converged: true,
+            });
+        }
+        let first = self.last.is_none();
+        if let Some((s, g_prev)) = self.last.take() {
+            let y: Vec<f32> = g.iter().zip(&g_prev).map(|(a, b)| a - b).collect();
+            let ys = dot(&y, &s);
+            if ys > 1e-10 {
+                if self.pairs.len() == self.cfg.history.max(1) {
+                    self.pairs.pop_front();
+                }
+                self.h_diag = ys / dot(&y, &y);
+                self.pairs.push_back((s, y, 1.0 / ys));
+            }
+        }
+        let mut d = self.direction(&g);
+        let mut gtd = dot(&g, &d);
+        let mut restart = first;
+        if gtd >= 0.0 || !gtd.is_finite() {
+            restart = true;
+            // Not a descent direction: start the curvature history again.
+            self.pairs.clear();
+            self.h_diag = 1.0;
+            d = g.iter().map(|v| -v).collect();
+            gtd = dot(&g, &d);
+        }
+        // The very first step (and a restart) has no curvature information: scale it down.
+        let t = if restart {
+            let l1: f64 = g.iter().map(|v| (*v as f64).abs()).sum();
+            (1.0f64).min(1.0 / l1) * self.cfg.learning_rate
+        } else {
+            self.cfg.learning_rate
+        };
+        let t = match self.cfg.line_search {
+            LineSearch::None => t,
+            LineSearch::StrongWolfe => {
+                let trial = strong_wolfe(
+                    f,
+                    x,
+                    &d,
+                    t,
+                    loss,
+                    &g,
+                    gtd,
+                    self.cfg.max_line_search_evals.max(1),
+                    &mut evaluations,
+                )?;
+                if trial.t > 0.0 {
+                    self.cached = Some((along(x, trial.t, &d), trial.f, trial.g));
+                }
+                trial.t
+            }
+        };
+        let s: Vec<f32> = d.iter().map(|&v| (t * v as f64) as f32).collect();
+        x.iter_mut().zip(&s).for_each(|(x, s)| *x += s);
+        let converged = t == 0.0;
+        self.last = Some((s, g));
+        Ok(Step {
+            loss,
+            evaluations,
+            converged,
+        })
+    }
+}

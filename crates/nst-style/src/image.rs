@@ -1,0 +1,115 @@
+//! `Image`: RGB pixels as `f32` in 0-255, and the resampling and colour operations the render
+//! loop needs. No file access here: the CLI decodes and encodes.
+
+use nst_tensor::{Backend, Result, Tensor};
+use nst_vgg::InputConvention;
+
+/// An RGB image, interleaved (`h x w x 3`), values in 0-255 (unclamped while optimising).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `height · width · 3` values.
+    pub data: Vec<f32>,
+}
+
+impl Image {
+    /// An image from interleaved RGB values; `None` when the length does not match.
+    pub fn new(width: usize, height: usize, data: Vec<f32>) -> Option<Self> {
+        (data.len() == width * height * 3 && width > 0 && height > 0).then_some(Image {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// The size with the longer side scaled to `size` (unchanged when it already is).
+    pub fn fitted_size(&self, size: usize) -> (usize, usize) {
+        let long = self.width.max(self.height);
+        if long == size {
+            return (self.width, self.height);
+        }
+        let s = size as f64 / long as f64;
+        (
+            ((self.width as f64 * s).round() as usize).max(1),
+            ((self.height as f64 * s).round() as usize).max(1),
+        )
+    }
+
+    /// The image with its longer side scaled to `size`; as is, pixel for pixel, when it
+    /// already has that size.
+    pub fn fit(&self, size: usize) -> Image {
+        let (w, h) = self.fitted_size(size);
+        self.resize(w, h)
+    }
+
+    /// Resampled to exactly `w x h` (Lanczos when shrinking, Catmull-Rom when enlarging); a
+    /// copy when the size is unchanged.
+    pub fn resize(&self, w: usize, h: usize) -> Image {
+        if w == self.width && h == self.height {
+            return self.clone();
+        }
+        let buf = image::ImageBuffer::<image::Rgb<f32>, Vec<f32>>::from_raw(
+            self.width as u32,
+            self.height as u32,
+            self.data.clone(),
+        )
+        .expect("the buffer matches its dimensions");
+        let filter = if w < self.width {
+            image::imageops::FilterType::Lanczos3
+        } else {
+            image::imageops::FilterType::CatmullRom
+        };
+        let out = image::imageops::resize(&buf, w as u32, h as u32, filter);
+        Image {
+            width: w,
+            height: h,
+            data: out.into_raw(),
+        }
+    }
+
+    /// Rounded and clamped to 8-bit RGB.
+    pub fn to_rgb8(&self) -> Vec<u8> {
+        self.data
+            .iter()
+            .map(|v| v.round().clamp(0.0, 255.0) as u8)
+            .collect()
+    }
+
+    /// This image's luminance with `colors`' chroma (BT.601 YUV): the output keeps the
+    /// colours of `colors` (resized to this size).
+    pub fn with_colors_of(&self, colors: &Image) -> Image {
+        let colors = colors.resize(self.width, self.height);
+        let mut data = Vec::with_capacity(self.data.len());
+        for (p, c) in self.data.chunks_exact(3).zip(colors.data.chunks_exact(3)) {
+            let y = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+            let u = -0.14713 * c[0] - 0.28886 * c[1] + 0.436 * c[2];
+            let v = 0.615 * c[0] - 0.51499 * c[1] - 0.10001 * c[2];
+            data.push(y + 1.13983 * v);
+            data.push(y - 0.39465 * u - 0.58060 * v);
+            data.push(y + 2.03211 * u);
+        }
+        Image {
+            width: self.width,
+            height: self.height,
+            data,
+        }
+    }
+
+    /// The image in the network's input space, `[1, 3, h, w]`.
+    pub fn to_model<B: Backend>(&self, backend: &B, conv: InputConvention) -> Result<Tensor<B>> {
+        let x = conv.to_model(&self.data, self.height, self.width);
+        Tensor::from_f32(backend, &x, [1, 3, self.height, self.width])
+    }
+
+    /// An image from the network's input space (`3 x h x w` values).
+    pub fn from_model(x: &[f32], w: usize, h: usize, conv: InputConvention) -> Image {
+        Image {
+            width: w,
+            height: h,
+            data: conv.from_model(x, h, w),
+        }
+    }
+}

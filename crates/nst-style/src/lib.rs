@@ -1,0 +1,33 @@
+//! The style-transfer render loop (Gatys et al.): build the targets once, initialise the
+//! image, optimise its pixels against content, style and total-variation losses measured on
+//! a frozen VGG, and report progress.
+//!
+//! Extras: several style images with blend weights, style scale, coarse-to-fine scales,
+//! original colours (luminance-only transfer), snapshots, and a guard that stops on a
+//! non-finite loss and keeps the last good image.
+
+mod image;
+mod objective;
+mod render;
+
+pub use image::Image;
+pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};
+pub use render::{render, Init, Observer, OptimizerKind, Progress, RenderConfig, Rendered};
+
+/// Errors of the render loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tensor op failed.
+    #[error(transparent)]
+    Tensor(#[from] nst_tensor::Error),
+    /// The model failed (unknown layer, bad weights).
+    #[error(transparent)]
+    Model(#[from] nst_vgg::Error),
+    /// The settings are inconsistent.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,325 @@
+//! The render loop: scales, initialisation, optimisation, progress, snapshots, NaN guard.
+
+use crate::{Error, Image, Objective, ObjectiveConfig, Result};
+use nst_optim::{Adam, AdamConfig, GradientDescent, Lbfgs, LbfgsConfig, LineSearch, Optimizer};
+use nst_tensor::{Backend, Tensor};
+use nst_vgg::Vgg;
+use rand::SeedableRng;
+use rand_distr::Distribution;
+use std::time::{Duration, Instant};
+
+/// How the image starts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Init {
+    /// Small Gaussian noise around the mean pixel (σ = 0.001 in model space): the classic
+    /// default.
+    Noise,
+    /// The content image.
+    Content,
+    /// A given image (resized to the content's size).
+    Image(Image),
+}
+
+/// Which optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// L-BFGS, step 1, history 100, no line search (the classic choice).
+    Lbfgs,
+    /// L-BFGS with a strong-Wolfe line search.
+    LbfgsWolfe,
+    /// Adam (learning rate 10 by default).
+    Adam,
+    /// Plain gradient descent.
+    Gd,
+}
+
+impl OptimizerKind {
+    /// The default learning rate.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => 1.0,
+            OptimizerKind::Adam => 10.0,
+            OptimizerKind::Gd => 0.1,
+        }
+    }
+}
+
+/// Everything a render needs besides the images.
+#[derive(Clone, Debug)]
+pub struct RenderConfig {
+    /// Weights and layers.
+    pub objective: ObjectiveConfig,
+    /// Iterations per scale.
+    pub iterations: usize,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// The learning rate (the optimizer's default when `None`).
+    pub learning_rate: Option<f64>,
+    /// The starting image.
+    pub init: Init,
+    /// The seed of the noise initialisation.
+    pub seed: u64,
+    /// Blend weights of the style images (equal when empty).
+    pub style_blend: Vec<f64>,
+    /// Style images are scaled so their longer side is this times the content's.
+    pub style_scale: f64,
+    /// The longer side of the content at each scale, coarse to fine (the content's own size
+    /// when empty).
+    pub scales: Vec<usize>,
+    /// Keep the content's colours (transfer luminance only).
+    pub original_colors: bool,
+    /// Call [`Observer::snapshot`] every this many iterations (0: never).
+    pub save_every: usize,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        RenderConfig {
+            objective: ObjectiveConfig::default(),
+            iterations: 500,
+            optimizer: OptimizerKind::Lbfgs,
+            learning_rate: None,
+            init: Init::Noise,
+            seed: 0,
+            style_blend: Vec::new(),
+            style_scale: 1.0,
+            scales: Vec::new(),
+            original_colors: false,
+            save_every: 0,
+        }
+    }
+}
+
+/// Where a render stands after an iteration.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Index of the current scale (0-based) and the number of scales.
+    pub scale: (usize, usize),
+    /// Width and height at this scale.
+    pub size: (usize, usize),
+    /// Iteration within the scale (1-based) and iterations per scale.
+    pub iteration: (usize, usize),
+    /// The total loss at the start of this iteration.
+    pub total: f64,
+    /// The loss terms at the start of this iteration.
+    pub terms: Vec<(String, f64)>,
+    /// Time since the render started.
+    pub elapsed: Duration,
+}
+
+/// Receives progress; returning `false` from [`Observer::iteration`] stops the render.
+pub trait Observer {
+    /// Called after every iteration.
+    fn iteration(&mut self, progress: &Progress) -> bool;
+    /// Called every `save_every` iterations with the current image.
+    fn snapshot(&mut self, _progress: &Progress, _image: &Image) {}
+}
+
+/// The result of a render.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The final image (or the last good one).
+    pub image: Image,
+    /// Why the render stopped early, if it did (e.g. a non-finite loss).
+    pub stopped_early: Option<String>,
+}
+
+/// A total loss and its terms.
+type Terms = (f64, Vec<(String, f64)>);
+
+enum AnyOptimizer {
+    Lbfgs(Lbfgs),
+    Adam(Adam),
+    Gd(GradientDescent),
+}
+
+impl Optimizer for AnyOptimizer {
+    fn step<E, F>(&mut self, x: &mut [f32], f: &mut F) -> std::result::Result<nst_optim::Step, E>
+    where
+        F: FnMut(&[f32]) -> std::result::Result<(f64, Vec<f32>), E>,
+    {
+        match self {
+            AnyOptimizer::Lbfgs(o) => o.step(x, f),
+            AnyOptimizer::Adam(o) => o.step(x, f),
+            AnyOptimizer::Gd(o) => o.step(x, f),
+        }
+    }
+}
+
+enum StepError {
+    Failed(Error),
+    NonFinite(String),
+}
+
+fn noise<B: Backend>(backend: &B, w: usize, h: usize, seed: u64) -> Result<Vec<f32>> {
+    let _ = backend;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::StandardNormal;
+    Ok((0..3 * w * h)
+        .map(|_| {
+            let v: f64 = normal.sample(&mut rng);
+            (v * 1e-3) as f32
+        })
+        .collect())
+}
+
+/// Runs a render of `content` in the style of `styles` on the model's backend.
+pub fn render<B: Backend>(
+    backend: &B,
+    model: &Vgg<B>,
+    content: &Image,
+    styles: &[Image],
+    cfg: &RenderConfig,
+    observer: &mut dyn Observer,
+) -> Result<Rendered> {
+    if cfg.iterations == 0 {
+        return Err(Error::Config(
+            "the number of iterations must be positive".into(),
+        ));
+    }
+    if !(cfg.style_scale.is_finite() && cfg.style_scale > 0.0) {
+        return Err(Error::Config(format!(
+            "the style scale must be a positive number, got {}",
+            cfg.style_scale
+        )));
+    }
+    if cfg.scales.contains(&0) {
+        return Err(Error::Config("sizes must be positive".into()));
+    }
+    let lr = cfg
+        .learning_rate
+        .unwrap_or_else(|| cfg.optimizer.default_learning_rate());
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::Config(format!(
+            "the learning rate must be a positive number, got {lr}"
+        )));
+    }
+    crate::normalize_blend(&cfg.style_blend, styles.len())?;
+    let conv = model.convention();
+    let start = Instant::now();
+    let scales: Vec<(usize, usize)> = if cfg.scales.is_empty() {
+        vec![(content.width, content.height)]
+    } else {
+        cfg.scales.iter().map(|&s| content.fitted_size(s)).collect()
+    };
+    let mut current: Option<Image> = None;
+    for (si, &(w, h)) in scales.iter().enumerate() {
+        let content_s = content.resize(w, h);
+        let long = (w.max(h) as f64 * cfg.style_scale).round().max(1.0) as usize;
+        let style_t = styles
+            .iter()
+            .map(|s| s.fit(long).to_model(backend, conv))
+            .collect::<nst_tensor::Result<Vec<_>>>()?;
+        let objective = Objective::new(
+            model,
+            &cfg.objective,
+            &content_s.to_model(backend, conv)?,
+            &style_t,
+            &cfg.style_blend,
+        )?;
+        drop(style_t);
+        let mut x: Vec<f32> = match (&current, &cfg.init) {
+            (Some(prev), _) => conv.to_model(&prev.resize(w, h).data, h, w),
+            (None, Init::Noise) => noise(backend, w, h, cfg.seed)?,
+            (None, Init::Content) => conv.to_model(&content_s.data, h, w),
+            (None, Init::Image(img)) => conv.to_model(&img.resize(w, h).data, h, w),
+        };
+        let to_image = |x: &[f32]| {
+            let img = Image::from_model(x, w, h, conv);
+            if cfg.original_colors {
+                img.with_colors_of(&content_s)
+            } else {
+                img
+            }
+        };
+
+        let first_terms: std::cell::RefCell<Option<Terms>> = Default::default();
+        let mut eval = |x: &[f32]| -> std::result::Result<(f64, Vec<f32>), StepError> {
+            let t = Tensor::from_f32(backend, x, [1, 3, h, w])
+                .map_err(|e| StepError::Failed(e.into()))?;
+            let e = objective.evaluate(&t).map_err(StepError::Failed)?;
+            let g = e.grad.to_f32().map_err(|e| StepError::Failed(e.into()))?;
+            if !e.total.is_finite() || g.iter().any(|v| !v.is_finite()) {
+                return Err(StepError::NonFinite(format!(
+                    "the loss became {} (terms: {})",
+                    e.total,
+                    e.terms
+                        .iter()
+                        .map(|(n, v)| format!("{n} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            first_terms.borrow_mut().get_or_insert((e.total, e.terms));
+            Ok((e.total, g))
+        };
+        let mut opt = match cfg.optimizer {
+            OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => {
+                AnyOptimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
+                    learning_rate: lr,
+                    line_search: if cfg.optimizer == OptimizerKind::LbfgsWolfe {
+                        LineSearch::StrongWolfe
+                    } else {
+                        LineSearch::None
+                    },
+                    ..Default::default()
+                }))
+            }
+            OptimizerKind::Adam => AnyOptimizer::Adam(Adam::new(AdamConfig {
+                learning_rate: lr,
+                ..Default::default()
+            })),
+            OptimizerKind::Gd => AnyOptimizer::Gd(GradientDescent { learning_rate: lr }),
+        };
+        for it in 1..=cfg.iterations {
+            first_terms.borrow_mut().take();
+            let step = opt.step(&mut x, &mut eval);
+            match step {
+                Ok(_) => {}
+                Err(StepError::Failed(e)) => return Err(e),
+                Err(StepError::NonFinite(msg)) => {
+                    return Ok(Rendered {
+                        image: to_image(&x),
+                        stopped_early: Some(format!(
+                            "{msg} at iteration {it} of scale {}x{h}; kept the last good image",
+                            w
+                        )),
+                    })
+                }
+            }
+            let (total, terms) = first_terms
+                .borrow_mut()
+                .take()
+                .unwrap_or((f64::NAN, Vec::new()));
+            let progress = Progress {
+                scale: (si, scales.len()),
+                size: (w, h),
+                iteration: (it, cfg.iterations),
+                total,
+                terms,
+                elapsed: start.elapsed(),
+            };
+            if cfg.save_every > 0 && it % cfg.save_every == 0 {
+                observer.snapshot(&progress, &to_image(&x));
+            }
+            if !observer.iteration(&progress) {
+                return Ok(Rendered {
+                    image: to_image(&x),
+                    stopped_early: Some(format!("stopped at iteration {it}")),
+                });
+            }
+        }
+        current = Some(Image::from_model(&x, w, h, conv));
+    }
+    let last = current.expect("at least one scale");
+    let (w, h) = *scales.last().expect("at least one scale");
+    let image = if cfg.original_colors {
+        last.with_colors_of(&content.resize(w, h))
+    } else {
+        last
+    };
+    Ok(Rendered {
+        image,
+        stopped_early: None,
+    })
+}

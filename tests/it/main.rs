@@ -1,0 +1,59 @@
+//! End-to-end tests of the workspace: real weights, real images, the `nst` binary.
+//!
+//! Tests that need the weights find them through `NST_WEIGHTS` or `weights/vgg19.safetensors`.
+//! Under `cargo xtask test` and CI (`NST_REQUIRE_WEIGHTS=1`) missing weights fail the test;
+//! under plain `cargo test` such a test prints why it skips and returns.
+#![allow(clippy::print_stderr)]
+
+mod features;
+
+use nst_cpu::Cpu64;
+use std::path::PathBuf;
+
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared images: `$NST_IMAGES`, else `../shared/images` beside the checkout.
+pub(crate) fn images() -> PathBuf {
+    std::env::var_os("NST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("..").join("shared").join("images"))
+}
+
+/// The weights' path, or `None` (after printing why) when the test should skip.
+pub(crate) fn weights() -> Option<PathBuf> {
+    let path = std::env::var_os("NST_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("weights").join("vgg19.safetensors"));
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var_os("NST_REQUIRE_WEIGHTS").is_some() {
+        panic!(
+            "weights not found at {} (run `cargo xtask fetch-weights`)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIP: weights not found at {}; run `cargo xtask fetch-weights` (cargo xtask test does)",
+        path.display()
+    );
+    None
+}
+
+/// An image from the shared folder as interleaved RGB 0-255, cropped to `w x h` at (x0, y0).
+pub(crate) fn image_crop(name: &str, x0: u32, y0: u32, w: u32, h: u32) -> Vec<f32> {
+    let path = images().join(name);
+    let img = image::open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+        .into_rgb8();
+    let crop = image::imageops::crop_imm(&img, x0, y0, w, h).to_image();
+    crop.as_raw().iter().map(|&v| v as f32).collect()
+}
+
+pub(crate) fn vgg64() -> Option<nst_vgg::Vgg<Cpu64>> {
+    let path = weights()?;
+    let bytes = std::fs::read(path).unwrap();
+    Some(nst_vgg::Vgg::from_safetensors(&Cpu64::new(2), &bytes).unwrap())
+}
