@@ -57,3 +57,4 @@ pub(crate) fn vgg64() -> Option<nst_vgg::Vgg<Cpu64>> {
     let bytes = std::fs::read(path).unwrap();
     Some(nst_vgg::Vgg::from_safetensors(&Cpu64::new(2), &bytes).unwrap())
 }
+mod reference;

@@ -51,10 +51,11 @@ impl Image {
         if w == self.width && h == self.height {
             return self.clone();
         }
+        // The image crate clamps f32 pixels to [0, 1] while filtering: work on that scale.
         let buf = image::ImageBuffer::<image::Rgb<f32>, Vec<f32>>::from_raw(
             self.width as u32,
             self.height as u32,
-            self.data.clone(),
+            self.data.iter().map(|v| v / 255.0).collect(),
         )
         .expect("the buffer matches its dimensions");
         let filter = if w < self.width {
@@ -66,7 +67,7 @@ impl Image {
         Image {
             width: w,
             height: h,
-            data: out.into_raw(),
+            data: out.into_raw().into_iter().map(|v| v * 255.0).collect(),
         }
     }
 
@@ -100,8 +101,8 @@ impl Image {
 
     /// The image in the network's input space, `[1, 3, h, w]`.
     pub fn to_model<B: Backend>(&self, backend: &B, conv: InputConvention) -> Result<Tensor<B>> {
-        let x = conv.to_model(&self.data, self.height, self.width);
-        Tensor::from_f32(backend, &x, [1, 3, self.height, self.width])
+        let x = conv.to_model_f64(&self.data, self.height, self.width);
+        Tensor::from_f64(backend, &x, [1, 3, self.height, self.width])
     }
 
     /// An image from the network's input space (`3 x h x w` values).
@@ -110,6 +111,48 @@ impl Image {
             width: w,
             height: h,
             data: conv.from_model(x, h, w),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: usize, h: usize) -> Image {
+        let data = (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| [x as f32 * 255.0 / w as f32, y as f32 * 2.0, 200.0]))
+            .collect();
+        Image::new(w, h, data).unwrap()
+    }
+
+    #[test]
+    fn resizing_keeps_the_value_range() {
+        let img = gradient(40, 30);
+        let small = img.fit(20);
+        assert_eq!((small.width, small.height), (20, 15));
+        let mean = |im: &Image, c: usize| {
+            im.data.iter().skip(c).step_by(3).sum::<f32>() / (im.width * im.height) as f32
+        };
+        for c in 0..3 {
+            assert!((mean(&img, c) - mean(&small, c)).abs() < 2.0, "channel {c}");
+        }
+        let big = img.resize(80, 60);
+        assert!((mean(&big, 2) - 200.0).abs() < 0.5);
+        assert_eq!(img.fit(40), img);
+    }
+
+    #[test]
+    fn original_colors_keep_luminance_and_chroma() {
+        let a = gradient(8, 6);
+        let b = Image::new(8, 6, vec![128.0; 8 * 6 * 3]).unwrap();
+        // Gray chroma with a's luminance: every pixel gray at a's luma.
+        let out = a.with_colors_of(&b);
+        for (p, q) in out.data.chunks(3).zip(a.data.chunks(3)) {
+            let y = 0.299 * q[0] + 0.587 * q[1] + 0.114 * q[2];
+            for v in p {
+                assert!((v - y).abs() < 0.05, "{v} vs {y}");
+            }
         }
     }
 }

@@ -41,32 +41,41 @@ impl InputConvention {
 
     /// For model channel `c`: which RGB channel it reads, and the affine map
     /// `model = pixel * scale + shift` from a 0-255 pixel value.
-    pub fn channel(self, c: usize) -> (usize, f32, f32) {
+    pub fn channel(self, c: usize) -> (usize, f64, f64) {
         match self {
             InputConvention::CaffeBgr => {
-                const MEAN_BGR: [f32; 3] = [103.939, 116.779, 123.68];
+                const MEAN_BGR: [f64; 3] = [103.939, 116.779, 123.68];
                 (2 - c, 1.0, -MEAN_BGR[c])
             }
             InputConvention::TorchvisionRgb => {
-                const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-                const STD: [f32; 3] = [0.229, 0.224, 0.225];
+                const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+                const STD: [f64; 3] = [0.229, 0.224, 0.225];
                 let scale = 1.0 / (255.0 * STD[c]);
                 (c, scale, -MEAN[c] / STD[c])
             }
         }
     }
 
-    /// Interleaved RGB pixels (0-255, `h x w x 3`) to model space (`3 x h x w`).
-    pub fn to_model(self, rgb: &[f32], h: usize, w: usize) -> Vec<f32> {
+    /// Interleaved RGB pixels (0-255, `h x w x 3`) to model space (`3 x h x w`), computed
+    /// in f64.
+    pub fn to_model_f64(self, rgb: &[f32], h: usize, w: usize) -> Vec<f64> {
         let n = h * w;
         let mut out = vec![0.0; 3 * n];
         for c in 0..3 {
             let (src, scale, shift) = self.channel(c);
             for (i, o) in out[c * n..(c + 1) * n].iter_mut().enumerate() {
-                *o = rgb[i * 3 + src] * scale + shift;
+                *o = rgb[i * 3 + src] as f64 * scale + shift;
             }
         }
         out
+    }
+
+    /// Interleaved RGB pixels (0-255, `h x w x 3`) to model space (`3 x h x w`).
+    pub fn to_model(self, rgb: &[f32], h: usize, w: usize) -> Vec<f32> {
+        self.to_model_f64(rgb, h, w)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect()
     }
 
     /// Model space (`3 x h x w`) back to interleaved RGB pixels (0-255, unclamped).
@@ -76,7 +85,7 @@ impl InputConvention {
         for c in 0..3 {
             let (dst, scale, shift) = self.channel(c);
             for (i, &v) in x[c * n..(c + 1) * n].iter().enumerate() {
-                out[i * 3 + dst] = (v - shift) / scale;
+                out[i * 3 + dst] = ((v as f64 - shift) / scale) as f32;
             }
         }
         out
@@ -93,7 +102,7 @@ impl InputConvention {
                 .iter_mut()
                 .zip(&g[c * n..(c + 1) * n])
             {
-                *o = v * scale;
+                *o = (v as f64 * scale) as f32;
             }
         }
         out
@@ -116,8 +125,8 @@ mod tests {
         }
         let m = InputConvention::CaffeBgr.to_model(&rgb, 1, 2);
         // Channel 0 is blue: 30 - 103.939.
-        assert!((m[0] - (30.0 - 103.939)).abs() < 1e-4);
-        assert!((m[5] - (200.0 - 123.68)).abs() < 1e-4);
+        assert!((m[0] - (30.0 - 103.939f32)).abs() < 1e-4);
+        assert!((m[5] - (200.0 - 123.68f32)).abs() < 1e-4);
         assert_eq!(
             InputConvention::from_metadata(CAFFE_BGR).unwrap(),
             InputConvention::CaffeBgr
