@@ -36,7 +36,11 @@ fn tmp(name: &str) -> PathBuf {
 
 fn write_image(name: &str, img: &Image) -> String {
     let path = tmp(name);
-    let bytes: Vec<u8> = img.data.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect();
+    let bytes: Vec<u8> = img
+        .data
+        .iter()
+        .flat_map(|&v| (v as f64).to_le_bytes())
+        .collect();
     std::fs::write(&path, bytes).unwrap();
     format!(
         "{{\"w\":{},\"h\":{},\"file\":{:?}}}",
@@ -94,7 +98,12 @@ fn reference(
         .spawn()
         .expect("python runs");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(req.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(req.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "the reference failed");
     let text = String::from_utf8(out.stdout).unwrap();
@@ -127,7 +136,10 @@ fn ours<B: Backend>(
     image: &Image,
 ) -> (Vec<(String, f64)>, Vec<f64>) {
     let conv = vgg.convention();
-    let st: Vec<_> = styles.iter().map(|s| s.to_model(b, conv).unwrap()).collect();
+    let st: Vec<_> = styles
+        .iter()
+        .map(|s| s.to_model(b, conv).unwrap())
+        .collect();
     let obj = Objective::new(vgg, cfg, &content.to_model(b, conv).unwrap(), &st, blend).unwrap();
     let e = obj.evaluate(&image.to_model(b, conv).unwrap()).unwrap();
     let g64 = e.grad.to_f64().unwrap();
@@ -161,7 +173,11 @@ fn errors(a: &(Vec<(String, f64)>, Vec<f64>), r: &Reference) -> (f64, f64) {
     }
     assert_eq!(a.1.len(), r.grad.len());
     let scale = r.grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let grad_err = a.1.iter().zip(&r.grad).fold(0.0f64, |m, (p, q)| m.max((p - q).abs())) / scale;
+    let grad_err =
+        a.1.iter()
+            .zip(&r.grad)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()))
+            / scale;
     (term_err, grad_err)
 }
 
@@ -171,7 +187,10 @@ fn objective_matches_numpy() {
     let Some(py) = python() else { return };
     let bytes = std::fs::read(&wpath).unwrap();
     let content = crop("tubingen.jpg", 300, 150, 56, 40);
-    let styles = [crop("starry_night.jpg", 120, 60, 50, 46), crop("the_scream.jpg", 80, 100, 40, 44)];
+    let styles = [
+        crop("starry_night.jpg", 120, 60, 50, 46),
+        crop("the_scream.jpg", 80, 100, 40, 44),
+    ];
     let blend = [0.7, 0.3];
     // The image being evaluated: another crop, so every term is far from zero.
     let image = crop("golden_gate.jpg", 200, 100, 56, 40);
@@ -181,12 +200,24 @@ fn objective_matches_numpy() {
 
     let c64 = Cpu64::new(2);
     let v64 = Vgg::from_safetensors(&c64, &bytes).unwrap();
-    let (t64, g64) = errors(&ours(&c64, &v64, &cfg, &content, &styles, &blend, &image), &r);
-    assert!(t64 < 1e-10 && g64 < 1e-10, "f64: terms {t64:e}, gradient {g64:e}");
+    let (t64, g64) = errors(
+        &ours(&c64, &v64, &cfg, &content, &styles, &blend, &image),
+        &r,
+    );
+    assert!(
+        t64 < 1e-10 && g64 < 1e-10,
+        "f64: terms {t64:e}, gradient {g64:e}"
+    );
 
     let c32 = Cpu::new(2);
     let v32 = Vgg::from_safetensors(&c32, &bytes).unwrap();
-    let (t32, g32) = errors(&ours(&c32, &v32, &cfg, &content, &styles, &blend, &image), &r);
+    let (t32, g32) = errors(
+        &ours(&c32, &v32, &cfg, &content, &styles, &blend, &image),
+        &r,
+    );
     eprintln!("f32 vs NumPy f64: terms {t32:.2e}, gradient {g32:.2e}; f64: {t64:.2e}, {g64:.2e}");
-    assert!(t32 < 1e-5 && g32 < 1e-4, "f32: terms {t32:e}, gradient {g32:e}");
+    assert!(
+        t32 < 1e-5 && g32 < 1e-4,
+        "f32: terms {t32:e}, gradient {g32:e}"
+    );
 }

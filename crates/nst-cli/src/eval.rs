@@ -7,6 +7,7 @@ use nst_style::Objective;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     /// The content image.
     #[arg(long)]

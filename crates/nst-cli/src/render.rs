@@ -22,6 +22,7 @@ pub(crate) enum Optim {
 }
 
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     /// The content image (the photo).
     #[arg(long)]

@@ -121,7 +121,9 @@ mod tests {
 
     fn gradient(w: usize, h: usize) -> Image {
         let data = (0..h)
-            .flat_map(|y| (0..w).flat_map(move |x| [x as f32 * 255.0 / w as f32, y as f32 * 2.0, 200.0]))
+            .flat_map(|y| {
+                (0..w).flat_map(move |x| [x as f32 * 255.0 / w as f32, y as f32 * 2.0, 200.0])
+            })
             .collect();
         Image::new(w, h, data).unwrap()
     }

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stderr)]
 
 mod features;
+mod render;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

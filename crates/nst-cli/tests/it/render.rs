@@ -1,0 +1,278 @@
+//! `nst render` and `nst eval` end to end on small real images, and their error messages.
+
+use super::{images, nst, weights};
+use crate::features::{assert_fails_with, tmp};
+use std::path::Path;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn totals(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let at = l.find("\"total\":").expect("total in every line") + 8;
+            let rest = &l[at..];
+            rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn render_reduces_the_loss_and_is_reproducible() {
+    if weights().is_none() {
+        return;
+    }
+    let content = images().join("tubingen.jpg");
+    let style = images().join("starry_night.jpg");
+    let run = |out: &Path, log: &Path| {
+        let r = nst(&[
+            "render",
+            "--content",
+            s(&content),
+            "--style",
+            s(&style),
+            "--out",
+            s(out),
+            "--size",
+            "64",
+            "--iterations",
+            "60",
+            "--seed",
+            "3",
+            "--threads",
+            "2",
+            "--json-log",
+            s(log),
+            "--save-every",
+            "30",
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    };
+    let (out, log) = (tmp("r1.png"), tmp("r1.jsonl"));
+    run(&out, &log);
+    let img = image::open(&out).unwrap();
+    let (w, h) = image::image_dimensions(&content).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (64, (64.0 * h as f64 / w as f64).round() as u32)
+    );
+    let t = totals(&log);
+    assert_eq!(t.len(), 60);
+    assert!(
+        t[0] > 20.0 * t[59],
+        "loss fell only from {} to {}",
+        t[0],
+        t[59]
+    );
+    assert!(tmp("r1_iter30.png").exists() && tmp("r1_iter60.png").exists());
+    // The same seed, thread count and inputs give the same bytes.
+    let (out2, log2) = (tmp("r2.png"), tmp("r2.jsonl"));
+    run(&out2, &log2);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&out2).unwrap());
+    // The image is not flat: the style put structure into it.
+    let px = img.to_rgb8();
+    let mean = px.as_raw().iter().map(|&v| v as f64).sum::<f64>() / px.as_raw().len() as f64;
+    let var = px
+        .as_raw()
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / px.as_raw().len() as f64;
+    assert!(
+        var.sqrt() > 20.0,
+        "output is nearly flat (std {})",
+        var.sqrt()
+    );
+}
+
+#[test]
+fn multi_scale_blend_and_original_colors_run() {
+    if weights().is_none() {
+        return;
+    }
+    let content = images().join("golden_gate.jpg");
+    let styles = format!(
+        "{},{}",
+        s(&images().join("the_scream.jpg")),
+        s(&images().join("shipwreck.jpg"))
+    );
+    let out = tmp("ms.jpg");
+    let r = nst(&[
+        "render",
+        "--content",
+        s(&content),
+        "--style",
+        &styles,
+        "--style-blend",
+        "3,1",
+        "--out",
+        s(&out),
+        "--scales",
+        "32,48",
+        "--iterations",
+        "5",
+        "--original-colors",
+        "--optimizer",
+        "adam",
+        "--init",
+        "content",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(r.stderr.is_empty(), "--quiet prints nothing");
+    let img = image::open(&out).unwrap();
+    assert_eq!(img.width().max(img.height()), 48);
+}
+
+#[test]
+fn eval_prints_every_term_and_writes_the_gradient() {
+    if weights().is_none() {
+        return;
+    }
+    // Small PNG inputs written here so that sizes match.
+    let content = tmp("ec.png");
+    let style = tmp("es.png");
+    let g = tmp("eg.png");
+    image::open(images().join("tubingen.jpg"))
+        .unwrap()
+        .thumbnail_exact(40, 30)
+        .save(&content)
+        .unwrap();
+    image::open(images().join("starry_night.jpg"))
+        .unwrap()
+        .thumbnail_exact(36, 28)
+        .save(&style)
+        .unwrap();
+    image::open(images().join("hoovertowernight.jpg"))
+        .unwrap()
+        .thumbnail_exact(40, 30)
+        .save(&g)
+        .unwrap();
+    let out = tmp("grad.safetensors");
+    let r = nst(&[
+        "eval",
+        "--content",
+        s(&content),
+        "--style",
+        s(&style),
+        "--image",
+        s(&g),
+        "--out",
+        s(&out),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json = String::from_utf8(r.stdout).unwrap();
+    for key in [
+        "\"total\"",
+        "\"content/relu4_2\"",
+        "\"style/relu1_1\"",
+        "\"style/relu5_1\"",
+        "\"tv\"",
+    ] {
+        assert!(json.contains(key), "{json} lacks {key}");
+    }
+    assert_eq!(json.trim().lines().count(), 1);
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let grad = st.tensor("grad").unwrap();
+    assert_eq!(grad.shape(), &[3, 30, 40]);
+    let vals: Vec<f32> = grad
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(vals.iter().all(|v| v.is_finite()) && vals.iter().any(|v| *v != 0.0));
+
+    // Different sizes are refused.
+    assert_fails_with(
+        &nst(&[
+            "eval",
+            "--content",
+            s(&content),
+            "--style",
+            s(&style),
+            "--image",
+            s(&style),
+            "--out",
+            s(&tmp("never.safetensors")),
+        ]),
+        &["same size"],
+    );
+}
+
+#[test]
+fn render_rejects_bad_input_with_one_line() {
+    if weights().is_none() {
+        return;
+    }
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let out = tmp("bad.png");
+    let base = |extra: &[&str]| {
+        let mut a = vec![
+            "render",
+            "--content",
+            s(&c),
+            "--style",
+            s(&st),
+            "--out",
+            s(&out),
+        ];
+        for (flag, default) in [("--size", "32"), ("--iterations", "2")] {
+            if !extra.contains(&flag) {
+                a.extend([flag, default]);
+            }
+        }
+        a.extend_from_slice(extra);
+        nst(&a)
+    };
+    assert_fails_with(
+        &base(&["--style-blend", "1,2"]),
+        &["2 style blend weights", "1 style"],
+    );
+    assert_fails_with(&base(&["--style-blend", "-1"]), &["non-negative"]);
+    assert_fails_with(&base(&["--iterations", "0"]), &["--iterations"]);
+    assert_fails_with(&base(&["--size", "0"]), &["--size"]);
+    assert_fails_with(&base(&["--size", "big"]), &["--size", "big"]);
+    assert_fails_with(
+        &base(&["--style-layers", "relu1_1,relu9_9"]),
+        &["relu9_9", "relu5_1"],
+    );
+    assert_fails_with(&base(&["--content-weight", "nan"]), &["content weight"]);
+    assert_fails_with(&base(&["--learning-rate", "-1"]), &["learning rate"]);
+    assert_fails_with(&base(&["--device", "cuda"]), &["cuda", "CUDA"]);
+    assert_fails_with(&base(&["--max-pixels", "100"]), &["limit of 100"]);
+    assert_fails_with(
+        &base(&["--weights", s(&tmp("nope.safetensors"))]),
+        &["fetch-weights"],
+    );
+    assert_fails_with(&base(&["--init", s(&tmp("nope.png"))]), &["nope.png"]);
+    let r = nst(&[
+        "render",
+        "--content",
+        s(&c),
+        "--style",
+        s(&st),
+        "--out",
+        "/no/such/dir/o.png",
+        "--size",
+        "32",
+    ]);
+    assert_fails_with(&r, &["/no/such/dir"]);
+    let r = nst(&[
+        "render",
+        "--content",
+        s(&c),
+        "--style",
+        s(&st),
+        "--out",
+        s(&tmp("o.xyz")),
+        "--size",
+        "32",
+    ]);
+    assert_fails_with(&r, &[".xyz"]);
+    assert!(!out.exists(), "nothing may be written on failure");
+}
