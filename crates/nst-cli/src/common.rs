@@ -45,22 +45,63 @@ pub(crate) struct ModelArgs {
     pub(crate) max_pixels: u64,
 }
 
+/// The backend chosen with `--device`.
+pub(crate) enum Device {
+    /// The CPU.
+    Cpu(Cpu),
+    /// An NVIDIA GPU.
+    #[cfg(feature = "cuda")]
+    Cuda(nst_cuda::Cuda),
+}
+
+/// Runs `$body` with `$b` bound to the chosen backend (the concrete type is picked once,
+/// here, and everything below is generic).
+macro_rules! with_backend {
+    ($device:expr, |$b:ident| $body:expr) => {
+        match $device {
+            $crate::common::Device::Cpu($b) => $body,
+            #[cfg(feature = "cuda")]
+            $crate::common::Device::Cuda($b) => $body,
+        }
+    };
+}
+pub(crate) use with_backend;
+
 impl ModelArgs {
-    /// The CPU backend, or an error naming the unavailable device.
-    pub(crate) fn cpu(&self) -> Result<Cpu> {
+    /// The backend named by `--device`, or an error naming what is unavailable.
+    pub(crate) fn device(&self) -> Result<Device> {
         match self.device.as_str() {
-            "cpu" => Ok(Cpu::new(self.threads)),
-            d if d == "cuda" || d.starts_with("cuda:") => bail!(
-                "device {d} is not available: this nst was built without CUDA support (rebuild with `--features cuda`)"
-            ),
+            "cpu" => Ok(Device::Cpu(Cpu::new(self.threads))),
+            d if d == "cuda" || d.starts_with("cuda:") => cuda(d),
             d => bail!("unknown device {d:?} (expected cpu, cuda or cuda:N)"),
         }
     }
 
     /// Loads the network with the chosen pooling.
-    pub(crate) fn model(&self, cpu: &Cpu) -> Result<nst_vgg::Vgg<Cpu>> {
-        Ok(io::load_model(cpu, self.weights.as_deref())?.with_pooling(self.pooling.into()))
+    pub(crate) fn model<B: nst_tensor::Backend>(&self, backend: &B) -> Result<nst_vgg::Vgg<B>> {
+        Ok(io::load_model(backend, self.weights.as_deref())?.with_pooling(self.pooling.into()))
     }
+}
+
+fn cuda_ordinal(d: &str) -> Result<usize> {
+    match d.strip_prefix("cuda:") {
+        None => Ok(0),
+        Some(n) => n
+            .parse()
+            .with_context(|| format!("bad device {d:?} (expected cuda or cuda:N)")),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(d: &str) -> Result<Device> {
+    let ordinal = cuda_ordinal(d)?;
+    Ok(Device::Cuda(nst_cuda::Cuda::new(ordinal).map_err(|e| anyhow::anyhow!("device {d}: {e}"))?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(d: &str) -> Result<Device> {
+    cuda_ordinal(d)?;
+    bail!("device {d} is not available: this nst was built without CUDA support (rebuild with `--features cuda`)")
 }
 
 /// The objective's weights and layers.

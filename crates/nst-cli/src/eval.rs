@@ -32,7 +32,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let cpu = a.model.cpu()?;
+    common::with_backend!(a.model.device()?, |b| run_on(&b, &a))
+}
+
+fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let cfg = a.objective.config()?;
     let content = io::load_image(&a.content, a.model.max_pixels)?;
     let styles = common::load_styles(&a.style, a.model.max_pixels)?;
@@ -46,20 +49,20 @@ pub(crate) fn run(a: Args) -> Result<()> {
         content.height
     );
     io::check_writable(&a.out)?;
-    let model = a.model.model(&cpu)?;
+    let model = a.model.model(cpu)?;
     let conv = model.convention();
     let style_t = styles
         .iter()
-        .map(|s| s.to_model(&cpu, conv))
+        .map(|s| s.to_model(cpu, conv))
         .collect::<nst_tensor::Result<Vec<_>>>()?;
     let objective = Objective::new(
         &model,
         &cfg,
-        &content.to_model(&cpu, conv)?,
+        &content.to_model(cpu, conv)?,
         &style_t,
         &a.style_blend,
     )?;
-    let e = objective.evaluate(&image.to_model(&cpu, conv)?)?;
+    let e = objective.evaluate(&image.to_model(cpu, conv)?)?;
     let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height, image.width);
     io::save_tensors(
         &a.out,

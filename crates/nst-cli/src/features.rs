@@ -25,8 +25,11 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let cpu = a.model.cpu()?;
-    let model = a.model.model(&cpu)?;
+    crate::common::with_backend!(a.model.device()?, |b| run_on(&b, &a))
+}
+
+fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
+    let model = a.model.model(cpu)?;
     let fx = FeatureExtractor::new(&model, &a.layers)?;
     io::check_writable(&a.out)?;
     let mut img = io::load_image(&a.image, a.model.max_pixels)?;
@@ -34,7 +37,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         anyhow::ensure!(n > 0, "--max-size must be positive");
         img = img.fit(n);
     }
-    let x = img.to_model(&cpu, model.convention())?;
+    let x = img.to_model(cpu, model.convention())?;
     let feats = fx
         .extract(&x)
         .with_context(|| format!("running the network on {}", a.image.display()))?;

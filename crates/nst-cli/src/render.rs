@@ -189,7 +189,10 @@ impl Observer for Reporter {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let cpu = a.model.cpu()?;
+    common::with_backend!(a.model.device()?, |b| run_on(&b, &a))
+}
+
+fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let objective = a.objective.config()?;
     io::check_writable(&a.out)?;
     if let Some(ext) = a.out.extension().and_then(|e| e.to_str()) {
@@ -224,7 +227,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "the output would be {cw}x{ch} pixels, over the limit of {} (raise it with --max-pixels)",
         a.model.max_pixels
     );
-    let model = a.model.model(&cpu)?;
+    let model = a.model.model(cpu)?;
     let cfg = RenderConfig {
         objective,
         iterations: a.iterations as usize,
@@ -260,7 +263,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         error: None,
     };
     let start = Instant::now();
-    let rendered = nst_style::render(&cpu, &model, &content, &styles, &cfg, &mut reporter)?;
+    let rendered = nst_style::render(cpu, &model, &content, &styles, &cfg, &mut reporter)?;
     if let Some(j) = &mut reporter.json {
         j.flush().context("cannot write the JSON log")?;
     }

@@ -1,0 +1,49 @@
+// Elementwise kernels of the nst CUDA backend (f32). One thread per element, grid-stride.
+
+extern "C" __global__ void fill_f32(float* out, unsigned long long n, float v) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        out[i] = v;
+    }
+}
+
+// op: 0 relu, 1 square, 2 exp, 3 neg
+extern "C" __global__ void unary_f32(const float* x, float* out, unsigned long long n, int op) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        float v = x[i];
+        float r;
+        switch (op) {
+            case 0: r = v > 0.0f ? v : 0.0f; break;
+            case 1: r = v * v; break;
+            case 2: r = expf(v); break;
+            default: r = -v; break;
+        }
+        out[i] = r;
+    }
+}
+
+extern "C" __global__ void affine_f32(const float* x, float* out, unsigned long long n, float mul,
+                                      float add) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        out[i] = fmaf(x[i], mul, add);
+    }
+}
+
+// op: 0 add, 1 sub, 2 mul, 3 relu_grad (b where a > 0)
+extern "C" __global__ void binary_f32(const float* a, const float* b, float* out,
+                                      unsigned long long n, int op) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        float x = a[i], y = b[i];
+        float r;
+        switch (op) {
+            case 0: r = x + y; break;
+            case 1: r = x - y; break;
+            case 2: r = x * y; break;
+            default: r = x > 0.0f ? y : 0.0f; break;
+        }
+        out[i] = r;
+    }
+}

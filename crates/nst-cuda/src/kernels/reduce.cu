@@ -1,0 +1,81 @@
+// Reductions and data movement of the nst CUDA backend (f32). Sums accumulate in double with a
+// fixed split (independent of timing), so results are deterministic.
+
+// Pass 1: block b sums elements b, b + gridDim.x*blockDim.x, ... into partial[b].
+extern "C" __global__ void sum_partial_f32(const float* x, unsigned long long n, double* partial) {
+    __shared__ double cache[256];
+    double acc = 0.0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        acc += (double)x[i];
+    }
+    cache[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) cache[threadIdx.x] += cache[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = cache[0];
+}
+
+// Pass 2: one thread adds the partials in order.
+extern "C" __global__ void sum_final_f32(const double* partial, unsigned int parts, float* out) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        double acc = 0.0;
+        for (unsigned int i = 0; i < parts; ++i) acc += partial[i];
+        out[0] = (float)acc;
+    }
+}
+
+// out[o, i] = sum_j x[o, j, i]
+extern "C" __global__ void sum_axis_f32(const float* x, float* out, unsigned long long outer,
+                                        unsigned long long n, unsigned long long inner) {
+    unsigned long long total = outer * inner;
+    for (unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; t < total;
+         t += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long o = t / inner, i = t % inner;
+        double acc = 0.0;
+        for (unsigned long long j = 0; j < n; ++j) acc += (double)x[(o * n + j) * inner + i];
+        out[t] = (float)acc;
+    }
+}
+
+// Broadcast with up to 8 dimensions: dims[d] are the output sizes, strides[d] the input
+// strides (0 along broadcast dimensions).
+extern "C" __global__ void broadcast_f32(const float* x, float* out, unsigned long long n, int rank,
+                                         const unsigned long long* dims,
+                                         const unsigned long long* strides) {
+    for (unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; t < n;
+         t += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long rem = t, src = 0;
+        for (int d = rank - 1; d >= 0; --d) {
+            src += (rem % dims[d]) * strides[d];
+            rem /= dims[d];
+        }
+        out[t] = x[src];
+    }
+}
+
+// out[o, j, i] = x[o, start + j, i] for j < len.
+extern "C" __global__ void narrow_f32(const float* x, float* out, unsigned long long outer,
+                                      unsigned long long n, unsigned long long inner,
+                                      unsigned long long start, unsigned long long len) {
+    unsigned long long total = outer * len * inner;
+    for (unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; t < total;
+         t += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long i = t % inner, j = (t / inner) % len, o = t / (inner * len);
+        out[t] = x[(o * n + start + j) * inner + i];
+    }
+}
+
+// The adjoint of narrow: out[o, k, i] = dy[o, k - start, i] inside the window, else 0.
+extern "C" __global__ void narrow_backward_f32(const float* dy, float* out, unsigned long long outer,
+                                               unsigned long long len, unsigned long long inner,
+                                               unsigned long long start, unsigned long long full) {
+    unsigned long long total = outer * full * inner;
+    for (unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; t < total;
+         t += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long i = t % inner, k = (t / inner) % full, o = t / (inner * full);
+        out[t] = (k >= start && k < start + len) ? dy[(o * len + (k - start)) * inner + i] : 0.0f;
+    }
+}

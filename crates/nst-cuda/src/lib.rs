@@ -1,0 +1,136 @@
+//! The CUDA backend of nst: [`Cuda`] implements [`nst_tensor::Backend`] with cudarc.
+//!
+//! Elementwise ops, reductions, im2col/col2im and pooling are NVRTC-compiled kernels (sources in
+//! `src/kernels/*.cu`, compiled once per process); matrix products and the convolutions' GEMMs
+//! run on cuBLAS in f32 (no TF32). Libraries are loaded at run time, so the crate builds without
+//! a CUDA toolkit, and a missing driver or library is a typed error, never a panic.
+
+pub mod kernels;
+mod ops;
+pub mod probe;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// Errors of the CUDA backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No usable GPU, driver or library.
+    #[error("CUDA is unavailable: {0}")]
+    Unavailable(String),
+    /// A kernel source failed to compile; `log` is NVRTC's log.
+    #[error("compiling {file} with NVRTC failed: {log}")]
+    Compile {
+        /// The source file.
+        file: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// The driver reported an error.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// cuBLAS reported an error.
+    #[error("cuBLAS: {0:?}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for nst_tensor::Error {
+    fn from(e: Error) -> Self {
+        nst_tensor::Error::Backend {
+            backend: "cuda".into(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// A flat f32 buffer in device memory.
+#[derive(Debug)]
+pub struct CudaBuffer(pub(crate) CudaSlice<f32>);
+
+/// The PTX of every kernel source, compiled once per process.
+fn ptx() -> Result<&'static [(&'static str, cudarc::nvrtc::Ptx)]> {
+    static PTX: OnceLock<std::result::Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>, String>> =
+        OnceLock::new();
+    PTX.get_or_init(|| kernels::compile_all().map_err(|e| e.to_string()))
+        .as_deref()
+        .map_err(|e| Error::Unavailable(e.clone()))
+}
+
+pub(crate) struct Inner {
+    pub(crate) ordinal: usize,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: CudaBlas,
+    pub(crate) funcs: HashMap<&'static str, CudaFunction>,
+}
+
+/// The CUDA backend on one GPU.
+#[derive(Clone)]
+pub struct Cuda {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cuda({})", self.inner.ordinal)
+    }
+}
+
+// SAFETY: cudarc's handles are used only through the stream they belong to, and every
+// operation of this backend is issued in order on that one stream.
+unsafe impl Send for Inner {}
+// SAFETY: as above; shared access only enqueues work on the stream.
+unsafe impl Sync for Inner {}
+
+impl Cuda {
+    /// Opens GPU `ordinal`, checking first that the driver, NVRTC and cuBLAS load and that
+    /// the GPU exists.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe::driver()?;
+        probe::nvrtc()?;
+        probe::cublas()?;
+        let count = std::panic::catch_unwind(CudaContext::device_count)
+            .map_err(|_| Error::Unavailable("the CUDA driver failed to initialise".into()))?
+            .map_err(|e| Error::Unavailable(format!("the CUDA driver failed to initialise: {e}")))?;
+        if ordinal as i64 >= count as i64 {
+            return Err(Error::Unavailable(format!(
+                "GPU {ordinal} requested but {count} found"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone())?;
+        let mut funcs = HashMap::new();
+        for ((_, ptx), (_, _, names)) in ptx()?.iter().zip(kernels::SOURCES) {
+            let module = ctx.load_module(ptx.clone())?;
+            for name in names.iter() {
+                funcs.insert(*name, module.load_function(name)?);
+            }
+        }
+        Ok(Cuda {
+            inner: Arc::new(Inner {
+                ordinal,
+                stream,
+                blas,
+                funcs,
+            }),
+        })
+    }
+
+    /// Waits for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.inner.stream.synchronize()?)
+    }
+
+    pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.inner
+            .funcs
+            .get(name)
+            .ok_or_else(|| Error::Unavailable(format!("kernel {name} was not loaded")))
+    }
+}

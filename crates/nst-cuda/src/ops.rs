@@ -1,0 +1,447 @@
+//! `Backend` for [`Cuda`]: each op is one safe wrapper around its kernel launch or cuBLAS call.
+
+use crate::{Cuda, CudaBuffer, Result};
+use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use nst_tensor::{
+    Backend, BinaryOp, Conv2dParams, Error as TError, Pool2dParams, PoolKind, Result as TResult,
+    Shape, UnaryOp,
+};
+
+const THREADS: u32 = 256;
+/// Blocks of the first pass of a full sum: fixed, so the split never depends on the size.
+const SUM_PARTS: u32 = 256;
+
+fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A row-major matrix operand for [`Cuda::gemm`]: a device view, its row stride, and whether
+/// it is stored transposed.
+struct Mat<V> {
+    v: V,
+    ld: usize,
+    t: bool,
+}
+
+impl Cuda {
+    fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.inner.stream.alloc_zeros::<f32>(n.max(1))?)
+    }
+
+    /// `c = op(a)·op(b) + beta·c` for row-major matrices (`op(a)` is m x k, `op(b)` k x n),
+    /// through cuBLAS's column-major GEMM as `cᵀ = op(b)ᵀ·op(a)ᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Mat<&A>,
+        b: Mat<&B>,
+        c: &mut C,
+        ldc: usize,
+        beta: f32,
+    ) -> Result<()> {
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(b.t),
+            transb: op(a.t),
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: b.ld as i32,
+            ldb: a.ld as i32,
+            beta,
+            ldc: ldc as i32,
+        };
+        // SAFETY: the callers pass views holding at least the elements the sizes and leading
+        // dimensions address, and `c` does not alias `a` or `b`.
+        unsafe { self.inner.blas.gemm(cfg, b.v, a.v, c) }?;
+        Ok(())
+    }
+
+    fn im2col(&self, x: &CudaView<'_, f32>, col: &mut CudaSlice<f32>, p: &Conv2dParams) -> Result<()> {
+        let n = p.in_channels * p.kh * p.kw * p.out_h() * p.out_w();
+        let dims = [
+            p.in_channels as i32,
+            p.in_h as i32,
+            p.in_w as i32,
+            p.kh as i32,
+            p.kw as i32,
+            p.stride as i32,
+            p.padding as i32,
+            p.out_h() as i32,
+            p.out_w() as i32,
+        ];
+        let f = self.func("im2col_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(x).arg(col);
+        for d in &dims {
+            l.arg(d);
+        }
+        // SAFETY: `x` holds C·H·W and `col` C·kh·kw·oh·ow elements; the signature is
+        // (const float*, float*, int × 9).
+        unsafe { l.launch(grid(n)) }?;
+        Ok(())
+    }
+
+    fn col2im(&self, col: &CudaSlice<f32>, dx: &mut CudaViewMut<'_, f32>, p: &Conv2dParams) -> Result<()> {
+        let n = p.in_channels * p.in_h * p.in_w;
+        let dims = [
+            p.in_channels as i32,
+            p.in_h as i32,
+            p.in_w as i32,
+            p.kh as i32,
+            p.kw as i32,
+            p.stride as i32,
+            p.padding as i32,
+            p.out_h() as i32,
+            p.out_w() as i32,
+        ];
+        let f = self.func("col2im_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(col).arg(dx);
+        for d in &dims {
+            l.arg(d);
+        }
+        // SAFETY: as im2col, with the roles of the buffers exchanged.
+        unsafe { l.launch(grid(n)) }?;
+        Ok(())
+    }
+
+
+}
+
+fn check_len(op: &'static str, got: usize, want: usize) -> TResult<()> {
+    if got != want {
+        return Err(TError::invalid(op, format!("buffer of {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+impl Backend for Cuda {
+    type Buffer = CudaBuffer;
+
+    fn name(&self) -> String {
+        format!("cuda:{}", self.inner.ordinal)
+    }
+
+    fn upload_f32(&self, data: &[f32]) -> TResult<CudaBuffer> {
+        if data.is_empty() {
+            return Ok(CudaBuffer(self.alloc(0)?));
+        }
+        Ok(CudaBuffer(self.inner.stream.clone_htod(data).map_err(crate::Error::from)?))
+    }
+
+    fn upload_f64(&self, data: &[f64]) -> TResult<CudaBuffer> {
+        let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+        self.upload_f32(&v)
+    }
+
+    fn download_f32(&self, buf: &CudaBuffer) -> TResult<Vec<f32>> {
+        Ok(self.inner.stream.clone_dtoh(&buf.0).map_err(crate::Error::from)?)
+    }
+
+    fn download_f64(&self, buf: &CudaBuffer) -> TResult<Vec<f64>> {
+        Ok(self.download_f32(buf)?.into_iter().map(f64::from).collect())
+    }
+
+    fn len(&self, buf: &CudaBuffer) -> usize {
+        buf.0.len()
+    }
+
+    fn full(&self, len: usize, value: f64) -> TResult<CudaBuffer> {
+        let mut out = self.alloc(len)?;
+        if len > 0 && value != 0.0 {
+            let (n, v) = (len as u64, value as f32);
+            let f = self.func("fill_f32")?;
+            let mut l = self.inner.stream.launch_builder(f);
+            l.arg(&mut out).arg(&n).arg(&v);
+            // SAFETY: `out` holds `len` elements; signature (float*, u64, float).
+            unsafe { l.launch(grid(len)) }.map_err(crate::Error::from)?;
+        }
+        Ok(CudaBuffer(out))
+    }
+
+    fn unary(&self, op: UnaryOp, x: &CudaBuffer) -> TResult<CudaBuffer> {
+        let code: i32 = match op {
+            UnaryOp::Relu => 0,
+            UnaryOp::Square => 1,
+            UnaryOp::Exp => 2,
+            UnaryOp::Neg => 3,
+        };
+        let n = x.0.len();
+        let mut out = self.alloc(n)?;
+        let n64 = n as u64;
+        let f = self.func("unary_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&mut out).arg(&n64).arg(&code);
+        // SAFETY: both buffers hold n elements; signature (const float*, float*, u64, int).
+        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn affine(&self, x: &CudaBuffer, mul: f64, add: f64) -> TResult<CudaBuffer> {
+        let (m, a) = (mul as f32, add as f32);
+        let n = x.0.len();
+        let mut out = self.alloc(n)?;
+        let n64 = n as u64;
+        let f = self.func("affine_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&mut out).arg(&n64).arg(&m).arg(&a);
+        // SAFETY: both buffers hold n elements; signature (const float*, float*, u64, float, float).
+        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn binary(&self, op: BinaryOp, a: &CudaBuffer, b: &CudaBuffer) -> TResult<CudaBuffer> {
+        check_len("binary", b.0.len(), a.0.len())?;
+        let code: i32 = match op {
+            BinaryOp::Add => 0,
+            BinaryOp::Sub => 1,
+            BinaryOp::Mul => 2,
+            BinaryOp::ReluGrad => 3,
+        };
+        let n = a.0.len();
+        let mut out = self.alloc(n)?;
+        let n64 = n as u64;
+        let f = self.func("binary_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&a.0).arg(&b.0).arg(&mut out).arg(&n64).arg(&code);
+        // SAFETY: all three buffers hold n elements; signature (const float*, const float*,
+        // float*, u64, int).
+        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn sum_all(&self, x: &CudaBuffer) -> TResult<CudaBuffer> {
+        let s = &self.inner.stream;
+        let mut partial = s.alloc_zeros::<f64>(SUM_PARTS as usize).map_err(crate::Error::from)?;
+        let mut out = self.alloc(1)?;
+        let n64 = x.0.len() as u64;
+        let parts = SUM_PARTS;
+        let cfg = LaunchConfig {
+            grid_dim: (SUM_PARTS, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func("sum_partial_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&x.0).arg(&n64).arg(&mut partial);
+        // SAFETY: `partial` has one slot per block; the block size matches the shared array.
+        unsafe { l.launch(cfg) }.map_err(crate::Error::from)?;
+        let f = self.func("sum_final_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&partial).arg(&parts).arg(&mut out);
+        // SAFETY: one thread reads `parts` partials and writes one element.
+        unsafe { l.launch(grid(1)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn sum_axis(&self, x: &CudaBuffer, shape: &Shape, axis: usize) -> TResult<CudaBuffer> {
+        let (outer, n, inner) = shape.split_at_axis(axis);
+        let mut out = self.alloc(outer * inner)?;
+        let (o, nn, i) = (outer as u64, n as u64, inner as u64);
+        let f = self.func("sum_axis_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&mut out).arg(&o).arg(&nn).arg(&i);
+        // SAFETY: `x` holds outer·n·inner and `out` outer·inner elements.
+        unsafe { l.launch(grid(outer * inner)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn broadcast(&self, x: &CudaBuffer, from: &Shape, to: &Shape) -> TResult<CudaBuffer> {
+        let rank = to.rank();
+        if rank > 8 {
+            return Err(TError::invalid("broadcast", "at most 8 dimensions on CUDA"));
+        }
+        let mut strides = vec![0u64; rank];
+        let mut s = 1u64;
+        for d in (0..rank).rev() {
+            strides[d] = if from.dim(d) == 1 { 0 } else { s };
+            s *= from.dim(d) as u64;
+        }
+        let dims: Vec<u64> = to.dims().iter().map(|&d| d as u64).collect();
+        let st = &self.inner.stream;
+        let (dims_d, strides_d) = if rank == 0 {
+            (st.alloc_zeros::<u64>(1), st.alloc_zeros::<u64>(1))
+        } else {
+            (st.clone_htod(&dims), st.clone_htod(&strides))
+        };
+        let (dims_d, strides_d) = (dims_d.map_err(crate::Error::from)?, strides_d.map_err(crate::Error::from)?);
+        let n = to.numel();
+        let mut out = self.alloc(n)?;
+        let (n64, r) = (n as u64, rank as i32);
+        let f = self.func("broadcast_f32")?;
+        let mut l = st.launch_builder(f);
+        l.arg(&x.0).arg(&mut out).arg(&n64).arg(&r).arg(&dims_d).arg(&strides_d);
+        // SAFETY: `dims`/`strides` hold `rank` entries addressing inside `x`; `out` holds n.
+        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn narrow(&self, x: &CudaBuffer, shape: &Shape, axis: usize, start: usize, len: usize) -> TResult<CudaBuffer> {
+        let (outer, n, inner) = shape.split_at_axis(axis);
+        let total = outer * len * inner;
+        let mut out = self.alloc(total)?;
+        let a = [outer as u64, n as u64, inner as u64, start as u64, len as u64];
+        let f = self.func("narrow_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&mut out);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: the window lies inside `x` (validated by Tensor); `out` holds `total`.
+        unsafe { l.launch(grid(total)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn narrow_backward(&self, dy: &CudaBuffer, shape: &Shape, axis: usize, start: usize, full: usize) -> TResult<CudaBuffer> {
+        let (outer, len, inner) = shape.split_at_axis(axis);
+        let total = outer * full * inner;
+        let mut out = self.alloc(total)?;
+        let a = [outer as u64, len as u64, inner as u64, start as u64, full as u64];
+        let f = self.func("narrow_backward_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&dy.0).arg(&mut out);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: `dy` holds outer·len·inner and `out` outer·full·inner elements.
+        unsafe { l.launch(grid(total)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn matmul(&self, a: &CudaBuffer, b: &CudaBuffer, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> TResult<CudaBuffer> {
+        check_len("matmul", a.0.len(), m * k)?;
+        check_len("matmul", b.0.len(), k * n)?;
+        let mut out = self.alloc(m * n)?;
+        if m * n * k > 0 {
+            let av = a.0.slice(..);
+            let bv = b.0.slice(..);
+            self.gemm(
+                m,
+                n,
+                k,
+                Mat { v: &av, ld: if ta { m } else { k }, t: ta },
+                Mat { v: &bv, ld: if tb { k } else { n }, t: tb },
+                &mut out,
+                n,
+                0.0,
+            )?;
+        }
+        Ok(CudaBuffer(out))
+    }
+
+    fn conv2d(&self, x: &CudaBuffer, w: &CudaBuffer, bias: Option<&CudaBuffer>, p: &Conv2dParams) -> TResult<CudaBuffer> {
+        let hw = p.out_h() * p.out_w();
+        let kk = p.in_channels * p.kh * p.kw;
+        let cout = p.out_channels;
+        let in_img = p.in_channels * p.in_h * p.in_w;
+        let mut y = self.alloc(p.batch * cout * hw)?;
+        if hw * kk * cout > 0 {
+            let mut col = self.alloc(kk * hw)?;
+            let wv = w.0.slice(..);
+            for img in 0..p.batch {
+                self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
+                let cv = col.slice(..);
+                let mut yv = y.slice_mut(img * cout * hw..(img + 1) * cout * hw);
+                self.gemm(cout, hw, kk, Mat { v: &wv, ld: kk, t: false }, Mat { v: &cv, ld: hw, t: false }, &mut yv, hw, 0.0)?;
+            }
+        }
+        if let Some(b) = bias {
+            let (planes, c, hw64) = ((p.batch * cout) as u64, cout as i32, hw as u64);
+            let f = self.func("add_bias_f32")?;
+            let mut l = self.inner.stream.launch_builder(f);
+            l.arg(&mut y).arg(&b.0).arg(&planes).arg(&c).arg(&hw64);
+            // SAFETY: `y` holds planes·hw elements and `b` one per output channel.
+            unsafe { l.launch(grid(p.batch * cout * hw)) }.map_err(crate::Error::from)?;
+        }
+        Ok(CudaBuffer(y))
+    }
+
+    fn conv2d_backward_input(&self, dy: &CudaBuffer, w: &CudaBuffer, p: &Conv2dParams) -> TResult<CudaBuffer> {
+        let hw = p.out_h() * p.out_w();
+        let kk = p.in_channels * p.kh * p.kw;
+        let cout = p.out_channels;
+        let in_img = p.in_channels * p.in_h * p.in_w;
+        let mut dx = self.alloc(p.batch * in_img)?;
+        if hw * kk * cout > 0 {
+            let mut col = self.alloc(kk * hw)?;
+            let wv = w.0.slice(..);
+            for img in 0..p.batch {
+                let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
+                self.gemm(kk, hw, cout, Mat { v: &wv, ld: kk, t: true }, Mat { v: &dyv, ld: hw, t: false }, &mut col, hw, 0.0)?;
+                self.col2im(&col, &mut dx.slice_mut(img * in_img..(img + 1) * in_img), p)?;
+            }
+        }
+        Ok(CudaBuffer(dx))
+    }
+
+    fn conv2d_backward_weight(&self, x: &CudaBuffer, dy: &CudaBuffer, p: &Conv2dParams) -> TResult<CudaBuffer> {
+        let hw = p.out_h() * p.out_w();
+        let kk = p.in_channels * p.kh * p.kw;
+        let cout = p.out_channels;
+        let in_img = p.in_channels * p.in_h * p.in_w;
+        let mut dw = self.alloc(cout * kk)?;
+        if hw * kk * cout > 0 {
+            let mut col = self.alloc(kk * hw)?;
+            for img in 0..p.batch {
+                self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
+                let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
+                let cv = col.slice(..);
+                self.gemm(cout, kk, hw, Mat { v: &dyv, ld: hw, t: false }, Mat { v: &cv, ld: hw, t: true }, &mut dw, kk, 1.0)?;
+            }
+        }
+        Ok(CudaBuffer(dw))
+    }
+
+    fn pool2d(&self, x: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
+        let planes = p.batch * p.channels;
+        let (oh, ow) = (p.out_h(), p.out_w());
+        let mut y = self.alloc(planes * oh * ow)?;
+        let a = [p.in_h as i32, p.in_w as i32, p.kernel as i32, p.stride as i32, oh as i32, ow as i32, (p.kind == PoolKind::Avg) as i32];
+        let pl = planes as u64;
+        let f = self.func("pool_forward_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&mut y).arg(&pl);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: `x` holds planes·h·w and `y` planes·oh·ow elements.
+        unsafe { l.launch(grid(planes * oh * ow)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(y))
+    }
+
+    fn pool2d_backward(&self, x: &CudaBuffer, dy: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
+        let planes = p.batch * p.channels;
+        let (oh, ow) = (p.out_h(), p.out_w());
+        let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
+        let a = [p.in_h as i32, p.in_w as i32, p.kernel as i32, p.stride as i32, oh as i32, ow as i32, (p.kind == PoolKind::Avg) as i32];
+        let pl = planes as u64;
+        let f = self.func("pool_backward_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&dy.0).arg(&mut dx).arg(&pl);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: `x`/`dx` hold planes·h·w and `dy` planes·oh·ow elements.
+        unsafe { l.launch(grid(planes * p.in_h * p.in_w)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(dx))
+    }
+}
