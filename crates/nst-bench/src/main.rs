@@ -118,22 +118,44 @@ fn load_rgb(name: &str) -> Result<nst_style::Image> {
         .context("empty image")
 }
 
-fn model(be: &Cpu) -> Result<nst_vgg::Vgg<Cpu>> {
+fn model<B: nst_tensor::Backend>(be: &B) -> Result<nst_vgg::Vgg<B>> {
     let path = std::env::var_os("NST_WEIGHTS").context("NST_WEIGHTS is not set")?;
     let bytes = std::fs::read(&path).context("reading the weights (cargo xtask fetch-weights)")?;
     Ok(nst_vgg::Vgg::from_safetensors(be, &bytes)?)
 }
 
 /// One measurement in this process: prints `seconds peak_mb`.
-fn measure(kind: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
-    let be = Cpu::new(threads);
-    let vgg = model(&be)?;
+fn measure(kind: &str, device: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
+    match device {
+        "cpu" => measure_on(&Cpu::new(threads), kind, size, reps, &|| Ok(())),
+        #[cfg(feature = "cuda")]
+        d if d.starts_with("cuda") => {
+            let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
+            let g = nst_cuda::Cuda::new(ordinal)?;
+            measure_on(&g, kind, size, reps, &|| Ok(g.synchronize()?))
+        }
+        d => bail!("device {d} is not available in this build"),
+    }
+}
+
+fn measure_on<B: nst_tensor::Backend>(
+    be: &B,
+    kind: &str,
+    size: usize,
+    reps: usize,
+    sync: &dyn Fn() -> Result<()>,
+) -> Result<()> {
+    let vgg = model(be)?;
     let secs = match kind {
         "features" => {
             let img = load_rgb("tubingen.jpg")?.resize(size, size);
-            let x = img.to_model(&be, vgg.convention())?;
+            let x = img.to_model(be, vgg.convention())?;
             let fx = nst_features::FeatureExtractor::new(&vgg, &["relu5_1"])?;
-            time(reps, || Ok(fx.extract(&x)?))?
+            time(reps, || {
+                let f = fx.extract(&x)?;
+                sync()?;
+                Ok(f)
+            })?
         }
         "render" => {
             let content = load_rgb("tubingen.jpg")?.resize(size, size);
@@ -142,14 +164,14 @@ fn measure(kind: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
             let obj = nst_style::Objective::new(
                 &vgg,
                 &nst_style::ObjectiveConfig::default(),
-                &content.to_model(&be, conv)?,
-                &[style.to_model(&be, conv)?],
+                &content.to_model(be, conv)?,
+                &[style.to_model(be, conv)?],
                 &[],
             )?;
             let mut x = conv.to_model(&content.data, size, size);
             let mut opt = nst_optim::Lbfgs::new(Default::default());
             let mut f = |x: &[f32]| -> Result<(f64, Vec<f32>)> {
-                let t = Tensor::from_f32(&be, x, [1, 3, size, size])?;
+                let t = Tensor::from_f32(be, x, [1, 3, size, size])?;
                 let e = obj.evaluate(&t)?;
                 Ok((e.total, e.grad.to_f32()?))
             };
@@ -158,39 +180,47 @@ fn measure(kind: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
         }
         other => bail!("unknown measurement {other}"),
     };
-    println!("{secs} {}", peak_rss_mb().unwrap_or(f64::NAN));
+    let peak = match be.name() {
+        n if n.starts_with("cuda") => f64::NAN,
+        _ => peak_rss_mb().unwrap_or(f64::NAN),
+    };
+    println!("{secs} {peak}");
     Ok(())
 }
 
 /// Runs each size in a fresh process so that peak memory is per size.
-fn bench_sized(kind: &str, threads: usize, sizes: &[usize]) -> Result<()> {
+fn bench_sized(
+    kind: &str,
+    device: &str,
+    threads: usize,
+    sizes: &[usize],
+    vs_pytorch: bool,
+) -> Result<()> {
     let exe = std::env::current_exe()?;
     let what = match kind {
         "features" => "inference pass to relu5_1",
         _ => "render iteration (objective + gradient + L-BFGS step)",
     };
-    println!(
-        "{what}, f32, {} threads",
-        if threads == 0 {
-            "all".to_string()
-        } else {
-            threads.to_string()
-        }
-    );
-    println!("{:>10} {:>12} {:>14}", "size", "seconds", "peak RSS MB");
+    let threads_text = if threads == 0 {
+        "all".to_string()
+    } else {
+        threads.to_string()
+    };
+    println!("{what}, f32, {device}, {threads_text} threads (peak MB: process RSS on the CPU, GPU allocation on CUDA)");
+    if vs_pytorch {
+        println!(
+            "{:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "size", "nst s", "nst MB", "torch s", "torch MB", "nst/torch"
+        );
+    } else {
+        println!("{:>10} {:>12} {:>14}", "size", "seconds", "peak MB");
+    }
     for &size in sizes {
         let reps = if size >= 1024 { 2 } else { 3 };
         let out = std::process::Command::new(&exe)
-            .args([
-                "--measure",
-                kind,
-                "--threads",
-                &threads.to_string(),
-                "--size",
-                &size.to_string(),
-                "--reps",
-                &reps.to_string(),
-            ])
+            .args(["--measure", kind, "--device", device])
+            .args(["--threads", &threads.to_string(), "--size", &size.to_string()])
+            .args(["--reps", &reps.to_string()])
             .output()?;
         if !out.status.success() {
             bail!(
@@ -202,14 +232,68 @@ fn bench_sized(kind: &str, threads: usize, sizes: &[usize]) -> Result<()> {
         let mut parts = text.split_whitespace();
         let secs: f64 = parts.next().context("no time")?.parse()?;
         let mb: f64 = parts.next().context("no memory")?.parse()?;
-        println!(
-            "{:>10} {:>12.3} {:>14.0}",
-            format!("{size}x{size}"),
-            secs,
-            mb
-        );
+        let label = format!("{size}x{size}");
+        if vs_pytorch {
+            let (ts, tmb) = pytorch(device, threads, size, reps)?;
+            println!(
+                "{label:>10} {secs:>10.3} {mb:>12.0} {ts:>10.3} {tmb:>12.0} {:>10.2}",
+                secs / ts
+            );
+        } else {
+            println!("{label:>10} {secs:>12.3} {mb:>14.0}");
+        }
     }
     Ok(())
+}
+
+/// Runs the PyTorch implementation of the same render iteration (`pytorch/render_bench.py`,
+/// or `$NST_PYTORCH_SCRIPT`) with `$NST_PYTHON` (default `python3`): (seconds, peak MB).
+fn pytorch(device: &str, threads: usize, size: usize, reps: usize) -> Result<(f64, f64)> {
+    let script = std::env::var_os("NST_PYTORCH_SCRIPT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("pytorch")
+                .join("render_bench.py")
+        });
+    let dir = std::env::temp_dir().join(format!("nst-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let write = |name: &str, img: &nst_style::Image| -> Result<std::path::PathBuf> {
+        let p = dir.join(name);
+        let bytes: Vec<u8> = img.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&p, bytes)?;
+        Ok(p)
+    };
+    let c = write("content.f32", &load_rgb("tubingen.jpg")?.resize(size, size))?;
+    let s = write("style.f32", &load_rgb("starry_night.jpg")?.resize(size, size))?;
+    let weights = std::env::var("NST_WEIGHTS").context("NST_WEIGHTS is not set")?;
+    let py = std::env::var("NST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(&py);
+    cmd.arg(&script)
+        .arg(&weights)
+        .arg(&c)
+        .arg(&s)
+        .arg(size.to_string())
+        .arg(reps.to_string())
+        .arg(device);
+    if threads > 0 {
+        cmd.env("OMP_NUM_THREADS", threads.to_string());
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {py} {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut parts = text.split_whitespace();
+    Ok((
+        parts.next().context("no time")?.parse()?,
+        parts.next().context("no memory")?.parse()?,
+    ))
 }
 
 fn main() -> Result<()> {
@@ -219,6 +303,8 @@ fn main() -> Result<()> {
     let mut reps = 3;
     let mut sizes: Option<Vec<usize>> = None;
     let mut measure_kind = None;
+    let mut device = "cpu".to_string();
+    let mut vs_pytorch = false;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -235,6 +321,8 @@ fn main() -> Result<()> {
                         .collect::<Result<_, _>>()?,
                 )
             }
+            "--device" => device = it.next().context("--device needs a value")?.clone(),
+            "--vs-pytorch" => vs_pytorch = true,
             "--measure" => {
                 measure_kind = Some(it.next().context("--measure needs a value")?.clone())
             }
@@ -243,16 +331,18 @@ fn main() -> Result<()> {
         }
     }
     if let Some(kind) = measure_kind {
-        return measure(&kind, threads, size, reps);
+        return measure(&kind, &device, threads, size, reps);
     }
     match what.as_deref() {
         Some("conv") => bench_conv(threads, size),
-        Some("features") => bench_sized(
-            "features",
-            threads,
-            sizes.as_deref().unwrap_or(&[512, 1024]),
-        ),
-        Some("render") => bench_sized("render", threads, sizes.as_deref().unwrap_or(&[256, 512])),
-        _ => bail!("usage: nst-bench conv|features|render [--threads N] [--size N] [--sizes A,B]"),
+        Some("features") => {
+            let sizes = sizes.as_deref().unwrap_or(&[512, 1024]);
+            bench_sized("features", &device, threads, sizes, false)
+        }
+        Some("render") => {
+            let sizes = sizes.as_deref().unwrap_or(&[256, 512]);
+            bench_sized("render", &device, threads, sizes, vs_pytorch)
+        }
+        _ => bail!("usage: nst-bench conv|features|render [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch]"),
     }
 }

