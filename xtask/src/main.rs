@@ -138,7 +138,14 @@ fn ensure_nvrtc(root: &Path) -> Result<PathBuf> {
     }
     eprintln!("installing NVRTC for the kernel-compile test (pip install nvidia-cuda-nvrtc into target/cuda-py)");
     let st = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
         .arg(&target)
         .arg("nvidia-cuda-nvrtc")
         .status()
@@ -168,7 +175,12 @@ fn test(extra: &[String]) -> Result<()> {
         .env("NST_REQUIRE_WEIGHTS", "1")
         .env("NST_REQUIRE_NVRTC", "1")
         .env("LD_LIBRARY_PATH", ld)
-        .args(["test", "--workspace", "--features", "nst-cli/cuda,nst-bench/cuda"])
+        .args([
+            "test",
+            "--workspace",
+            "--features",
+            "nst-cli/cuda,nst-bench/cuda",
+        ])
         .args(extra);
     status(c)
 }

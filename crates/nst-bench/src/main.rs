@@ -219,7 +219,12 @@ fn bench_sized(
         let reps = if size >= 1024 { 2 } else { 3 };
         let out = std::process::Command::new(&exe)
             .args(["--measure", kind, "--device", device])
-            .args(["--threads", &threads.to_string(), "--size", &size.to_string()])
+            .args([
+                "--threads",
+                &threads.to_string(),
+                "--size",
+                &size.to_string(),
+            ])
             .args(["--reps", &reps.to_string()])
             .output()?;
         if !out.status.success() {
@@ -265,7 +270,10 @@ fn pytorch(device: &str, threads: usize, size: usize, reps: usize) -> Result<(f6
         Ok(p)
     };
     let c = write("content.f32", &load_rgb("tubingen.jpg")?.resize(size, size))?;
-    let s = write("style.f32", &load_rgb("starry_night.jpg")?.resize(size, size))?;
+    let s = write(
+        "style.f32",
+        &load_rgb("starry_night.jpg")?.resize(size, size),
+    )?;
     let weights = std::env::var("NST_WEIGHTS").context("NST_WEIGHTS is not set")?;
     let py = std::env::var("NST_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = std::process::Command::new(&py);

@@ -95,7 +95,9 @@ fn cuda_ordinal(d: &str) -> Result<usize> {
 #[cfg(feature = "cuda")]
 fn cuda(d: &str) -> Result<Device> {
     let ordinal = cuda_ordinal(d)?;
-    Ok(Device::Cuda(nst_cuda::Cuda::new(ordinal).map_err(|e| anyhow::anyhow!("device {d}: {e}"))?))
+    Ok(Device::Cuda(
+        nst_cuda::Cuda::new(ordinal).map_err(|e| anyhow::anyhow!("device {d}: {e}"))?,
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]

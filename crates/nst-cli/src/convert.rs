@@ -15,7 +15,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let bytes = std::fs::read(&a.from).with_context(|| format!("cannot read {}", a.from.display()))?;
+    let bytes =
+        std::fs::read(&a.from).with_context(|| format!("cannot read {}", a.from.display()))?;
     let (kind, converted) = nst_weights::convert_any(&bytes)
         .with_context(|| format!("cannot convert {}", a.from.display()))?;
     let st = converted.to_safetensors();

@@ -96,7 +96,9 @@ impl Cuda {
         probe::cublas()?;
         let count = std::panic::catch_unwind(CudaContext::device_count)
             .map_err(|_| Error::Unavailable("the CUDA driver failed to initialise".into()))?
-            .map_err(|e| Error::Unavailable(format!("the CUDA driver failed to initialise: {e}")))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("the CUDA driver failed to initialise: {e}"))
+            })?;
         if ordinal as i64 >= count as i64 {
             return Err(Error::Unavailable(format!(
                 "GPU {ordinal} requested but {count} found"

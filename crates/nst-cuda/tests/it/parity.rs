@@ -41,7 +41,11 @@ fn close<B: Backend>(what: &str, cpu: &Tensor<Cpu>, cuda: &Tensor<B>, gemm: bool
     let b = cuda.to_f32().unwrap();
     let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let tol = if gemm { 1e-4 * scale.max(1.0) } else { 1e-4 * (1.0 + x.abs()) };
+        let tol = if gemm {
+            1e-4 * scale.max(1.0)
+        } else {
+            1e-4 * (1.0 + x.abs())
+        };
         assert!((x - y).abs() <= tol, "{what}[{i}]: cpu {x} cuda {y}");
     }
 }
@@ -54,25 +58,61 @@ fn elementwise_and_reductions() {
     close("relu", &a.relu().unwrap(), &ga.relu().unwrap(), false);
     close("square", &a.square().unwrap(), &ga.square().unwrap(), false);
     close("exp", &a.exp().unwrap(), &ga.exp().unwrap(), false);
-    close("affine", &a.affine(-1.5, 0.25).unwrap(), &ga.affine(-1.5, 0.25).unwrap(), false);
+    close(
+        "affine",
+        &a.affine(-1.5, 0.25).unwrap(),
+        &ga.affine(-1.5, 0.25).unwrap(),
+        false,
+    );
     close("add", &a.add(&b).unwrap(), &ga.add(&gb).unwrap(), false);
     close("sub", &a.sub(&b).unwrap(), &ga.sub(&gb).unwrap(), false);
     close("mul", &a.mul(&b).unwrap(), &ga.mul(&gb).unwrap(), false);
-    close("relu_grad", &a.binary(nst_tensor::BinaryOp::ReluGrad, &b).unwrap(), &ga.binary(nst_tensor::BinaryOp::ReluGrad, &gb).unwrap(), false);
+    close(
+        "relu_grad",
+        &a.binary(nst_tensor::BinaryOp::ReluGrad, &b).unwrap(),
+        &ga.binary(nst_tensor::BinaryOp::ReluGrad, &gb).unwrap(),
+        false,
+    );
     close("sum", &a.sum().unwrap(), &ga.sum().unwrap(), true);
     for axis in 0..3 {
-        close("sum_axis", &a.sum_axis(axis).unwrap(), &ga.sum_axis(axis).unwrap(), true);
-        close("narrow", &a.narrow(axis, 1, 2).unwrap(), &ga.narrow(axis, 1, 2).unwrap(), false);
+        close(
+            "sum_axis",
+            &a.sum_axis(axis).unwrap(),
+            &ga.sum_axis(axis).unwrap(),
+            true,
+        );
+        close(
+            "narrow",
+            &a.narrow(axis, 1, 2).unwrap(),
+            &ga.narrow(axis, 1, 2).unwrap(),
+            false,
+        );
         let n = a.narrow(axis, 1, 2).unwrap();
         let gn = ga.narrow(axis, 1, 2).unwrap();
         let full = a.dims()[axis];
-        close("narrow_backward", &n.narrow_backward(axis, 1, full).unwrap(), &gn.narrow_backward(axis, 1, full).unwrap(), false);
+        close(
+            "narrow_backward",
+            &n.narrow_backward(axis, 1, full).unwrap(),
+            &gn.narrow_backward(axis, 1, full).unwrap(),
+            false,
+        );
     }
     let (c, gc) = pair(&[3, 1, 7], 3, g);
-    close("broadcast", &c.broadcast_to([3, 5, 7]).unwrap(), &gc.broadcast_to([3, 5, 7]).unwrap(), false);
+    close(
+        "broadcast",
+        &c.broadcast_to([3, 5, 7]).unwrap(),
+        &gc.broadcast_to([3, 5, 7]).unwrap(),
+        false,
+    );
     let big = data(1_000_003, 9);
-    let s1 = Tensor::from_f32(&Cpu::new(2), &big, [big.len()]).unwrap().sum().unwrap();
-    let s2 = Tensor::from_f32(g, &big, [big.len()]).unwrap().sum().unwrap();
+    let s1 = Tensor::from_f32(&Cpu::new(2), &big, [big.len()])
+        .unwrap()
+        .sum()
+        .unwrap();
+    let s2 = Tensor::from_f32(g, &big, [big.len()])
+        .unwrap()
+        .sum()
+        .unwrap();
     assert!((s1.scalar().unwrap() - s2.scalar().unwrap()).abs() < 1e-2);
 }
 
@@ -84,7 +124,12 @@ fn matmul_with_transposes() {
             for tb in [false, true] {
                 let (a, ga) = pair(&if ta { [k, m] } else { [m, k] }, 4, g);
                 let (b, gb) = pair(&if tb { [n, k] } else { [k, n] }, 5, g);
-                close("matmul", &a.matmul_t(&b, ta, tb).unwrap(), &ga.matmul_t(&gb, ta, tb).unwrap(), true);
+                close(
+                    "matmul",
+                    &a.matmul_t(&b, ta, tb).unwrap(),
+                    &ga.matmul_t(&gb, ta, tb).unwrap(),
+                    true,
+                );
             }
         }
     }
@@ -93,7 +138,11 @@ fn matmul_with_transposes() {
 #[test]
 fn convolution_forward_and_backward() {
     let Some(g) = gpu() else { return };
-    for (n, cin, cout, h, w, k, s, p) in [(1, 3, 8, 17, 13, 3, 1, 1), (2, 4, 5, 9, 11, 3, 2, 0), (1, 2, 3, 6, 6, 1, 1, 0)] {
+    for (n, cin, cout, h, w, k, s, p) in [
+        (1, 3, 8, 17, 13, 3, 1, 1),
+        (2, 4, 5, 9, 11, 3, 2, 0),
+        (1, 2, 3, 6, 6, 1, 1, 0),
+    ] {
         let (x, gx) = pair(&[n, cin, h, w], 6, g);
         let (wt, gw) = pair(&[cout, cin, k, k], 7, g);
         let (b, gb) = pair(&[cout], 8, g);
@@ -102,8 +151,18 @@ fn convolution_forward_and_backward() {
         close("conv2d", &y, &gy, true);
         let pr = x.conv2d_params(&wt, s, p).unwrap();
         let (dy, gdy) = pair(y.dims(), 9, g);
-        close("conv2d_backward_input", &dy.conv2d_backward_input(&wt, &pr).unwrap(), &gdy.conv2d_backward_input(&gw, &pr).unwrap(), true);
-        close("conv2d_backward_weight", &dy.conv2d_backward_weight(&x, &pr).unwrap(), &gdy.conv2d_backward_weight(&gx, &pr).unwrap(), true);
+        close(
+            "conv2d_backward_input",
+            &dy.conv2d_backward_input(&wt, &pr).unwrap(),
+            &gdy.conv2d_backward_input(&gw, &pr).unwrap(),
+            true,
+        );
+        close(
+            "conv2d_backward_weight",
+            &dy.conv2d_backward_weight(&x, &pr).unwrap(),
+            &gdy.conv2d_backward_weight(&gx, &pr).unwrap(),
+            true,
+        );
     }
 }
 
@@ -117,7 +176,12 @@ fn pooling_forward_and_backward() {
             close("pool2d", &y, &gx.pool2d(kind, k, s).unwrap(), false);
             let pp = x.pool2d_params(kind, k, s).unwrap();
             let (dy, gdy) = pair(y.dims(), 11, g);
-            close("pool2d_backward", &x.pool2d_backward(&dy, &pp).unwrap(), &gx.pool2d_backward(&gdy, &pp).unwrap(), false);
+            close(
+                "pool2d_backward",
+                &x.pool2d_backward(&dy, &pp).unwrap(),
+                &gx.pool2d_backward(&gdy, &pp).unwrap(),
+                false,
+            );
         }
     }
 }
@@ -129,12 +193,23 @@ fn taped_gradients_agree() {
         let tape = nst_autodiff::Tape::new();
         let xv = tape.var(x);
         let wv = tape.constant(w);
-        let f = xv.conv2d(&wv, None, 1, 1).unwrap().relu().unwrap().pool2d(PoolKind::Max, 2, 2).unwrap();
+        let f = xv
+            .conv2d(&wv, None, 1, 1)
+            .unwrap()
+            .relu()
+            .unwrap()
+            .pool2d(PoolKind::Max, 2, 2)
+            .unwrap();
         let d = f.shape().dims().to_vec();
         let f = f.reshape([d[1], d[2] * d[3]]).unwrap();
         let gram = f.matmul_t(&f, false, true).unwrap();
         let l = gram.square().unwrap().mean().unwrap();
-        tape.backward(&l).unwrap().get(&xv).unwrap().to_f32().unwrap()
+        tape.backward(&l)
+            .unwrap()
+            .get(&xv)
+            .unwrap()
+            .to_f32()
+            .unwrap()
     }
     let (x, gx) = pair(&[1, 3, 12, 10], 12, g);
     let (w, gw) = pair(&[4, 3, 3, 3], 13, g);
