@@ -200,6 +200,8 @@ fn gradcheck(args: &[String]) -> Result<()> {
         "nst-autodiff",
         "-p",
         "nst-cpu",
+        "-p",
+        "nst-loss",
     ]);
     status(c)
 }
