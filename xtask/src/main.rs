@@ -27,9 +27,10 @@ commands:
                        per-layer convolution throughput against the GEMM ceiling
   bench features [--threads N]
                        time and peak memory of an inference pass to relu5_1 at 512 and 1024 px
-  bench render [--threads N] [--sizes 256,512]
+  bench render [--threads N] [--sizes 256,512] [--device cuda] [--vs-pytorch]
                        seconds per render iteration (objective, gradient, L-BFGS step) and
-                       peak memory
+                       peak memory; --vs-pytorch runs PyTorch on the same iteration side by
+                       side (in a private venv made on first use)
   help                 this text
 ";
 
@@ -223,12 +224,46 @@ fn render(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A private virtual environment with PyTorch and NumPy for the side-by-side benchmark
+/// (`target/torch-venv`, made on first use; PyTorch is large). Returns its Python.
+fn torch_venv(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target").join("torch-venv");
+    let py = venv.join("bin").join("python");
+    let ready = Command::new(&py)
+        .args(["-c", "import torch, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ready {
+        return Ok(py);
+    }
+    eprintln!("creating {} with PyTorch and NumPy (several GB, first use only)", venv.display());
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?;
+    if !st.success() {
+        bail!("python3 -m venv failed");
+    }
+    let st = Command::new(&py)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "torch", "numpy"])
+        .status()
+        .context("installing PyTorch")?;
+    if !st.success() {
+        bail!("installing PyTorch into {} failed", venv.display());
+    }
+    Ok(py)
+}
+
 fn bench(args: &[String]) -> Result<()> {
     let root = root();
     if args.first().is_some_and(|a| a != "conv") {
         weights::fetch(&root, &[])?;
     }
     let mut c = cargo();
+    if args.iter().any(|a| a == "--vs-pytorch") && std::env::var_os("NST_PYTHON").is_none() {
+        c.env("NST_PYTHON", torch_venv(&root)?);
+    }
     c.args(["run", "--release", "-q", "-p", "nst-bench", "--"])
         .args(args)
         .env("NST_WEIGHTS", weights::vgg19_path(&root))

@@ -66,7 +66,7 @@ def gram(f):
 def to_model(path, size, device):
     rgb = np.fromfile(path, dtype="<f4").reshape(size, size, 3)
     bgr = torch.from_numpy(rgb[:, :, ::-1].copy()).permute(2, 0, 1).unsqueeze(0)
-    return (bgr - MEAN_BGR).to(device)
+    return (bgr - MEAN_BGR).contiguous().to(device)
 
 
 def main():
