@@ -31,14 +31,15 @@ export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export NST_WEIGHTS="$PWD/vgg19.safetensors" NST_IMAGES="$PWD/images" NST_PYTORCH_SCRIPT="$PWD/render_bench.py"
 
 echo "== parity tests"
-./nst-cuda-parity --test-threads 1 2>&1 | tee "$out/parity.txt" || status=1
+NST_REQUIRE_GPU=1 NST_REQUIRE_NVRTC=1 ./nst-cuda-parity --test-threads 1 2>&1 | tee "$out/parity.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== 20-iteration render, CPU vs CUDA"
 for dev in cpu cuda; do
   ./nst render --device "$dev" --content images/tubingen.jpg --style images/starry_night.jpg \
     --out "$out/render_$dev.png" --size 128 --iterations 20 --json-log "$out/render_$dev.jsonl" --quiet || status=1
 done
-python3 - "$out/render_cpu.jsonl" "$out/render_cuda.jsonl" <<'PY' | tee "$out/render_parity.txt" || status=1
+python3 - "$out/render_cpu.jsonl" "$out/render_cuda.jsonl" > "$out/render_parity.txt" 2>&1 <<'PY' || status=1
 import json, sys
 a = [json.loads(l)["total"] for l in open(sys.argv[1])]
 b = [json.loads(l)["total"] for l in open(sys.argv[2])]
@@ -46,9 +47,11 @@ worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
 print(f"{len(a)} iterations, worst relative difference of the total loss {worst:.2e}")
 sys.exit(0 if len(a) == len(b) == 20 and worst <= 1e-3 else 1)
 PY
+cat "$out/render_parity.txt"
 
 echo "== benchmark"
-./nst-bench render --device cuda --sizes 512,1024,2048 --vs-pytorch 2>&1 | tee "$out/bench.txt" || status=1
+./nst-bench render --device cuda --sizes 512,1024,2048 --vs-pytorch 2>&1 | tee "$out/bench.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== summary: $([ $status = 0 ] && echo all passed || echo FAILURES, see above)"
 exit $status

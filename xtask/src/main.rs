@@ -236,7 +236,10 @@ fn torch_venv(root: &Path) -> Result<PathBuf> {
     if ready {
         return Ok(py);
     }
-    eprintln!("creating {} with PyTorch and NumPy (several GB, first use only)", venv.display());
+    eprintln!(
+        "creating {} with PyTorch and NumPy (several GB, first use only)",
+        venv.display()
+    );
     let st = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
@@ -246,7 +249,15 @@ fn torch_venv(root: &Path) -> Result<PathBuf> {
         bail!("python3 -m venv failed");
     }
     let st = Command::new(&py)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "torch", "numpy"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "torch",
+            "numpy",
+        ])
         .status()
         .context("installing PyTorch")?;
     if !st.success() {

@@ -9,12 +9,17 @@ use nst_tensor::{Backend, PoolKind, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::OnceLock;
 
-/// The GPU, or `None` after printing why the parity tests skip.
+/// The GPU, or `None` after printing why the parity tests skip. With `NST_REQUIRE_GPU` set
+/// (the GPU bundle's script sets it) a missing GPU fails instead.
 fn gpu() -> Option<&'static Cuda> {
     static GPU: OnceLock<Option<Cuda>> = OnceLock::new();
     GPU.get_or_init(|| match Cuda::new(0) {
         Ok(c) => Some(c),
         Err(e) => {
+            assert!(
+                std::env::var_os("NST_REQUIRE_GPU").is_none(),
+                "a GPU is required here: {e}"
+            );
             eprintln!("SKIP: CUDA parity tests: {e}");
             None
         }
