@@ -196,3 +196,17 @@ pub(crate) fn json_object(lead: &[(&str, String)], terms: &[(String, f64)]) -> S
     );
     format!("{{{}}}", parts.join(","))
 }
+
+/// The content and style images of a render or an evaluation.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct InputArgs {
+    /// The content image (the photo).
+    #[arg(long)]
+    pub(crate) content: PathBuf,
+    /// The style image(s) (paintings), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) style: Vec<PathBuf>,
+    /// Blend weights of the style images, comma-separated (equal by default).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) style_blend: Vec<f64>,
+}

@@ -9,15 +9,8 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 #[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
-    /// The content image.
-    #[arg(long)]
-    content: PathBuf,
-    /// The style image(s), comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    style: Vec<PathBuf>,
-    /// Blend weights of the style images, comma-separated (equal by default).
-    #[arg(long, value_delimiter = ',')]
-    style_blend: Vec<f64>,
+    #[command(flatten)]
+    inputs: common::InputArgs,
     /// The image to evaluate (the same size as the content).
     #[arg(long)]
     image: PathBuf,
@@ -37,8 +30,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
 
 fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let cfg = a.objective.config()?;
-    let content = io::load_image(&a.content, a.model.max_pixels)?;
-    let styles = common::load_styles(&a.style, a.model.max_pixels)?;
+    let content = io::load_image(&a.inputs.content, a.model.max_pixels)?;
+    let styles = common::load_styles(&a.inputs.style, a.model.max_pixels)?;
     let image = io::load_image(&a.image, a.model.max_pixels)?;
     ensure!(
         (image.width, image.height) == (content.width, content.height),
@@ -60,7 +53,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         &cfg,
         &content.to_model(cpu, conv)?,
         &style_t,
-        &a.style_blend,
+        &a.inputs.style_blend,
     )?;
     let e = objective.evaluate(&image.to_model(cpu, conv)?)?;
     let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height, image.width);

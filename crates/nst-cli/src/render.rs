@@ -24,15 +24,8 @@ pub(crate) enum Optim {
 #[derive(clap::Args)]
 #[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
-    /// The content image (the photo).
-    #[arg(long)]
-    content: PathBuf,
-    /// The style image(s) (paintings), comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    style: Vec<PathBuf>,
-    /// Blend weights of the style images, comma-separated (equal by default).
-    #[arg(long, value_delimiter = ',')]
-    style_blend: Vec<f64>,
+    #[command(flatten)]
+    inputs: common::InputArgs,
     /// The output image; the format follows the extension (PNG when none).
     #[arg(long)]
     out: PathBuf,
@@ -202,8 +195,8 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             a.out.display()
         );
     }
-    let content = io::load_image(&a.content, a.model.max_pixels)?;
-    let styles = common::load_styles(&a.style, a.model.max_pixels)?;
+    let content = io::load_image(&a.inputs.content, a.model.max_pixels)?;
+    let styles = common::load_styles(&a.inputs.style, a.model.max_pixels)?;
     let init = match a.init.as_str() {
         "noise" => Init::Noise,
         "content" => Init::Content,
@@ -240,7 +233,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         learning_rate: a.learning_rate,
         init,
         seed: a.seed,
-        style_blend: a.style_blend.clone(),
+        style_blend: a.inputs.style_blend.clone(),
         style_scale: a.style_scale,
         scales,
         original_colors: a.original_colors,

@@ -82,17 +82,7 @@ impl Cuda {
         p: &Conv2dParams,
     ) -> Result<()> {
         let n = p.in_channels * p.kh * p.kw * p.out_h() * p.out_w();
-        let dims = [
-            p.in_channels as i32,
-            p.in_h as i32,
-            p.in_w as i32,
-            p.kh as i32,
-            p.kw as i32,
-            p.stride as i32,
-            p.padding as i32,
-            p.out_h() as i32,
-            p.out_w() as i32,
-        ];
+        let dims = conv_dims(p);
         let f = self.func("im2col_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
         l.arg(x).arg(col);
@@ -112,17 +102,7 @@ impl Cuda {
         p: &Conv2dParams,
     ) -> Result<()> {
         let n = p.in_channels * p.in_h * p.in_w;
-        let dims = [
-            p.in_channels as i32,
-            p.in_h as i32,
-            p.in_w as i32,
-            p.kh as i32,
-            p.kw as i32,
-            p.stride as i32,
-            p.padding as i32,
-            p.out_h() as i32,
-            p.out_w() as i32,
-        ];
+        let dims = conv_dims(p);
         let f = self.func("col2im_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
         l.arg(col).arg(dx);
@@ -132,6 +112,45 @@ impl Cuda {
         // SAFETY: as im2col, with the roles of the buffers exchanged.
         unsafe { l.launch(grid(n)) }?;
         Ok(())
+    }
+}
+
+/// The geometry arguments of the im2col and col2im kernels.
+fn conv_dims(p: &Conv2dParams) -> [i32; 9] {
+    [
+        p.in_channels as i32,
+        p.in_h as i32,
+        p.in_w as i32,
+        p.kh as i32,
+        p.kw as i32,
+        p.stride as i32,
+        p.padding as i32,
+        p.out_h() as i32,
+        p.out_w() as i32,
+    ]
+}
+
+impl Cuda {
+    /// Launches a kernel `(const float* in, float* out, u64 args...)` with one thread per
+    /// output element and returns the output.
+    fn launch_indexed(
+        &self,
+        name: &str,
+        input: &CudaSlice<f32>,
+        total: usize,
+        args: &[u64],
+    ) -> Result<CudaBuffer> {
+        let mut out = self.alloc(total)?;
+        let f = self.func(name)?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(input).arg(&mut out);
+        for v in args {
+            l.arg(v);
+        }
+        // SAFETY: the callers size `input` and `total` from the same shape the arguments
+        // describe, which the kernel indexes within.
+        unsafe { l.launch(grid(total)) }?;
+        Ok(CudaBuffer(out))
     }
 }
 
@@ -277,14 +296,8 @@ impl Backend for Cuda {
 
     fn sum_axis(&self, x: &CudaBuffer, shape: &Shape, axis: usize) -> TResult<CudaBuffer> {
         let (outer, n, inner) = shape.split_at_axis(axis);
-        let mut out = self.alloc(outer * inner)?;
-        let (o, nn, i) = (outer as u64, n as u64, inner as u64);
-        let f = self.func("sum_axis_f32")?;
-        let mut l = self.inner.stream.launch_builder(f);
-        l.arg(&x.0).arg(&mut out).arg(&o).arg(&nn).arg(&i);
-        // SAFETY: `x` holds outer·n·inner and `out` outer·inner elements.
-        unsafe { l.launch(grid(outer * inner)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(out))
+        let args = [outer, n, inner].map(|v| v as u64);
+        Ok(self.launch_indexed("sum_axis_f32", &x.0, outer * inner, &args)?)
     }
 
     fn broadcast(&self, x: &CudaBuffer, from: &Shape, to: &Shape) -> TResult<CudaBuffer> {
@@ -334,24 +347,8 @@ impl Backend for Cuda {
         len: usize,
     ) -> TResult<CudaBuffer> {
         let (outer, n, inner) = shape.split_at_axis(axis);
-        let total = outer * len * inner;
-        let mut out = self.alloc(total)?;
-        let a = [
-            outer as u64,
-            n as u64,
-            inner as u64,
-            start as u64,
-            len as u64,
-        ];
-        let f = self.func("narrow_f32")?;
-        let mut l = self.inner.stream.launch_builder(f);
-        l.arg(&x.0).arg(&mut out);
-        for v in &a {
-            l.arg(v);
-        }
-        // SAFETY: the window lies inside `x` (validated by Tensor); `out` holds `total`.
-        unsafe { l.launch(grid(total)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(out))
+        let args = [outer, n, inner, start, len].map(|v| v as u64);
+        Ok(self.launch_indexed("narrow_f32", &x.0, outer * len * inner, &args)?)
     }
 
     fn narrow_backward(
@@ -363,24 +360,8 @@ impl Backend for Cuda {
         full: usize,
     ) -> TResult<CudaBuffer> {
         let (outer, len, inner) = shape.split_at_axis(axis);
-        let total = outer * full * inner;
-        let mut out = self.alloc(total)?;
-        let a = [
-            outer as u64,
-            len as u64,
-            inner as u64,
-            start as u64,
-            full as u64,
-        ];
-        let f = self.func("narrow_backward_f32")?;
-        let mut l = self.inner.stream.launch_builder(f);
-        l.arg(&dy.0).arg(&mut out);
-        for v in &a {
-            l.arg(v);
-        }
-        // SAFETY: `dy` holds outer·len·inner and `out` outer·full·inner elements.
-        unsafe { l.launch(grid(total)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(out))
+        let args = [outer, len, inner, start, full].map(|v| v as u64);
+        Ok(self.launch_indexed("narrow_backward_f32", &dy.0, outer * full * inner, &args)?)
     }
 
     fn matmul(
