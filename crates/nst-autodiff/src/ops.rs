@@ -174,9 +174,30 @@ impl<'t, B: Backend> Var<'t, B> {
         Ok(self.unary_op(y, move |g| g.narrow_backward(axis, start, full)))
     }
 
+    /// The transpose of a rank-2 value.
+    pub fn transpose(&self) -> Result<Self> {
+        let y = self.value.transpose()?;
+        Ok(self.unary_op(y, |g| g.transpose()))
+    }
+
     /// `op(self) · op(rhs)` for rank-2 values, each optionally transposed.
+    ///
+    /// When both operands are the same value and exactly one is transposed (a Gram matrix
+    /// `A·Aᵀ` or `Aᵀ·A`), the backward pass is one product with `G + Gᵀ` instead of two.
     pub fn matmul_t(&self, rhs: &Self, ta: bool, tb: bool) -> Result<Self> {
         let y = self.value.matmul_t(&rhs.value, ta, tb)?;
+        if self.id == rhs.id && ta != tb {
+            let x = self.value.clone();
+            // d(A·Aᵀ) = (G + Gᵀ)·A and d(Aᵀ·A) = A·(G + Gᵀ).
+            return Ok(self.unary_op(y, move |g| {
+                let sym = g.add(&g.transpose()?)?;
+                if tb {
+                    sym.matmul(&x)
+                } else {
+                    x.matmul(&sym)
+                }
+            }));
+        }
         let (a, b) = ((self.requires_grad, self.id), (rhs.requires_grad, rhs.id));
         let (av, bv) = (
             b.0.then(|| self.value.clone()),

@@ -221,6 +221,16 @@ impl<E: Element> Backend for CpuBackend<E> {
         Ok(self.run(|| ops::reduce::narrow_backward(dy.as_slice(), shape, axis, start, full)))
     }
 
+    fn transpose(&self, x: &Self::Buffer, rows: usize, cols: usize) -> Result<Self::Buffer> {
+        if x.0.len() != rows * cols {
+            return Err(Error::invalid(
+                "transpose",
+                "buffer does not match its shape",
+            ));
+        }
+        Ok(self.run(|| ops::reduce::transpose(x.as_slice(), rows, cols)))
+    }
+
     fn matmul(
         &self,
         a: &Self::Buffer,

@@ -19,6 +19,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "broadcast_f32",
             "narrow_f32",
             "narrow_backward_f32",
+            "transpose_f32",
         ],
     ),
     (

@@ -364,6 +364,12 @@ impl Backend for Cuda {
         Ok(self.launch_indexed("narrow_backward_f32", &dy.0, outer * full * inner, &args)?)
     }
 
+    fn transpose(&self, x: &CudaBuffer, rows: usize, cols: usize) -> TResult<CudaBuffer> {
+        check_len("transpose", x.0.len(), rows * cols)?;
+        let args = [rows, cols].map(|v| v as u64);
+        Ok(self.launch_indexed("transpose_f32", &x.0, rows * cols, &args)?)
+    }
+
     fn matmul(
         &self,
         a: &CudaBuffer,

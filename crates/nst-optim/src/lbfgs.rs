@@ -78,13 +78,13 @@ impl Lbfgs {
         let mut q: Vec<f64> = g.iter().map(|&v| -(v as f64)).collect();
         let mut alpha = vec![0.0; self.pairs.len()];
         for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
-            let a = rho * s.iter().zip(&q).map(|(&s, &q)| s as f64 * q).sum::<f64>();
+            let a = rho * crate::dot_with(s, &q);
             alpha[i] = a;
             q.iter_mut().zip(y).for_each(|(q, &y)| *q -= a * y as f64);
         }
         q.iter_mut().for_each(|v| *v *= self.h_diag);
         for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
-            let b = rho * y.iter().zip(&q).map(|(&y, &r)| y as f64 * r).sum::<f64>();
+            let b = rho * crate::dot_with(y, &q);
             q.iter_mut()
                 .zip(s)
                 .for_each(|(r, &s)| *r += s as f64 * (alpha[i] - b));

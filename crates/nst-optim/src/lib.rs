@@ -46,6 +46,25 @@ pub trait Optimizer {
         F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>;
 }
 
+/// `Σ a_i·b_i` accumulated in `f64` over 8 independent lanes (so it vectorizes), then the
+/// lanes in order: the result depends only on the inputs.
+pub(crate) fn dot_with<T: Copy + Into<f64>>(a: &[f32], b: &[T]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [0.0f64; 8];
+    let body = n / 8 * 8;
+    for (x, y) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
+        for i in 0..8 {
+            lanes[i] += x[i] as f64 * y[i].into();
+        }
+    }
+    for (i, (x, y)) in a[body..].iter().zip(&b[body..]).enumerate() {
+        lanes[i] += *x as f64 * (*y).into();
+    }
+    lanes.iter().sum()
+}
+
+/// `Σ a_i·b_i` of two `f32` vectors, accumulated in `f64`.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+    dot_with(a, b)
 }

@@ -61,6 +61,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         full: usize,
     ) -> Result<Self::Buffer>;
 
+    /// The transpose of a `rows x cols` row-major matrix.
+    fn transpose(&self, x: &Self::Buffer, rows: usize, cols: usize) -> Result<Self::Buffer>;
+
     /// `op(a) · op(b)` where `op(a)` is `m x k` and `op(b)` is `k x n`; `ta`/`tb` say the
     /// operand is stored transposed (`a` as `k x m`, `b` as `n x k`).
     #[allow(clippy::too_many_arguments)]

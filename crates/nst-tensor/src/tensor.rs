@@ -371,6 +371,17 @@ impl<B: Backend> Tensor<B> {
         ))
     }
 
+    /// The transpose of a rank-2 tensor.
+    pub fn transpose(&self) -> Result<Self> {
+        let &[r, c] = self.dims() else {
+            return Err(Error::invalid(
+                "transpose",
+                format!("expected a matrix, got shape {}", self.shape),
+            ));
+        };
+        Ok(self.wrap(self.backend.transpose(&self.buf, r, c)?, Shape::new([c, r])))
+    }
+
     /// Matrix product `self · rhs`.
     pub fn matmul(&self, rhs: &Self) -> Result<Self> {
         self.matmul_t(rhs, false, false)

@@ -80,6 +80,17 @@ proptest! {
     }
 
     #[test]
+    fn transpose_and_gram_of_one_operand(m in 1usize..7, k in 1usize..9, seed in any::<u64>()) {
+        let b = cpu();
+        let a = rand_tensor(&b, &[m, k], seed, 0.0);
+        assert_grad(std::slice::from_ref(&a), |t, v| weighted_sum(t, &v[0].transpose()?, seed));
+        // A·Aᵀ and Aᵀ·A take the one-product backward path.
+        assert_grad(std::slice::from_ref(&a), |t, v| weighted_sum(t, &v[0].matmul_t(&v[0], false, true)?, seed));
+        assert_grad(std::slice::from_ref(&a), |t, v| weighted_sum(t, &v[0].matmul_t(&v[0], true, false)?, seed));
+        assert_grad(std::slice::from_ref(&a), |t, v| weighted_sum(t, &v[0].matmul_t(&v[0].scale(1.0)?, false, true)?, seed));
+    }
+
+    #[test]
     fn conv2d_all_operands(
         n in 1usize..3, cin in 1usize..4, cout in 1usize..4, h in 1usize..8, w in 1usize..8,
         k in 1usize..4, stride in 1usize..3, pad in 0usize..3, seed in any::<u64>(),

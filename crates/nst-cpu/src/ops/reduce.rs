@@ -101,3 +101,26 @@ pub(crate) fn narrow_backward<E: Element>(
     }
     CpuBuffer::from_vec(out)
 }
+
+/// The transpose of a `rows x cols` matrix, in 32x32 blocks, parallel over row blocks of the
+/// output.
+pub(crate) fn transpose<E: Element>(x: &[E], rows: usize, cols: usize) -> CpuBuffer<E> {
+    const B: usize = 32;
+    let mut out = E::pool().scratch(rows * cols);
+    if rows > 0 && cols > 0 {
+        out.par_chunks_mut(B * rows)
+            .enumerate()
+            .for_each(|(cb, dst)| {
+                let c0 = cb * B;
+                let c1 = (c0 + B).min(cols);
+                for r0 in (0..rows).step_by(B) {
+                    for r in r0..(r0 + B).min(rows) {
+                        for c in c0..c1 {
+                            dst[(c - c0) * rows + r] = x[r * cols + c];
+                        }
+                    }
+                }
+            });
+    }
+    CpuBuffer::from_vec(out)
+}

@@ -194,6 +194,16 @@ fn reductions_and_movement() {
         col.broadcast_to([2, 3]).unwrap().to_f64().unwrap(),
         vec![1., 1., 1., 2., 2., 2.]
     );
+    let m = Tensor::from_f64(&be, &(0..6).map(f64::from).collect::<Vec<_>>(), [2, 3]).unwrap();
+    assert_eq!(m.transpose().unwrap().dims(), &[3, 2]);
+    assert_eq!(
+        m.transpose().unwrap().to_f64().unwrap(),
+        vec![0., 3., 1., 4., 2., 5.]
+    );
+    let big = Tensor::from_f64(&be, &rand_vec(70 * 45, 4), [70, 45]).unwrap();
+    let tt = big.transpose().unwrap().transpose().unwrap();
+    assert_eq!(tt.to_f64().unwrap(), big.to_f64().unwrap());
+    assert!(x.transpose().is_err());
     assert!(x.narrow(2, 3, 2).is_err());
     assert!(x.sum_axis(3).is_err());
     assert!(col.broadcast_to([3, 3]).is_err());

@@ -79,3 +79,14 @@ extern "C" __global__ void narrow_backward_f32(const float* dy, float* out, unsi
         out[t] = (k >= start && k < start + len) ? dy[(o * len + (k - start)) * inner + i] : 0.0f;
     }
 }
+
+// out[c, r] = x[r, c] for a rows x cols matrix.
+extern "C" __global__ void transpose_f32(const float* x, float* out, unsigned long long rows,
+                                         unsigned long long cols) {
+    unsigned long long total = rows * cols;
+    for (unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; t < total;
+         t += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long c = t / rows, r = t % rows;
+        out[t] = x[r * cols + c];
+    }
+}

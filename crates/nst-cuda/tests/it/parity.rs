@@ -102,6 +102,13 @@ fn elementwise_and_reductions() {
             false,
         );
     }
+    let (m, gm) = pair(&[37, 19], 14, g);
+    close(
+        "transpose",
+        &m.transpose().unwrap(),
+        &gm.transpose().unwrap(),
+        false,
+    );
     let (c, gc) = pair(&[3, 1, 7], 3, g);
     close(
         "broadcast",
