@@ -32,8 +32,12 @@ struct Mat<V> {
 }
 
 impl Cuda {
+    /// A zeroed device buffer of exactly `n` elements (an empty one for 0).
     fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
-        Ok(self.inner.stream.alloc_zeros::<f32>(n.max(1))?)
+        if n == 0 {
+            return Ok(self.inner.stream.null::<f32>()?);
+        }
+        Ok(self.inner.stream.alloc_zeros::<f32>(n)?)
     }
 
     /// `c = op(a)·op(b) + beta·c` for row-major matrices (`op(a)` is m x k, `op(b)` k x n),
