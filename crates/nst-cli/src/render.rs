@@ -91,6 +91,8 @@ struct Reporter {
     last_draw: Option<Instant>,
     scale_start: Instant,
     scale_index: usize,
+    /// When the previous iteration was reported (a new scale's clock starts there).
+    last_report: Instant,
     error: Option<anyhow::Error>,
 }
 
@@ -136,8 +138,9 @@ impl Observer for Reporter {
     fn iteration(&mut self, p: &Progress) -> bool {
         if p.scale.0 != self.scale_index {
             self.scale_index = p.scale.0;
-            self.scale_start = Instant::now();
+            self.scale_start = self.last_report;
         }
+        self.last_report = Instant::now();
         if let Some(j) = &mut self.json {
             let lead = [
                 ("scale", format!("{}", p.scale.0)),
@@ -253,6 +256,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         last_draw: None,
         scale_start: Instant::now(),
         scale_index: 0,
+        last_report: Instant::now(),
         error: None,
     };
     let start = Instant::now();

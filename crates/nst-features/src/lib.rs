@@ -93,6 +93,29 @@ impl<'m, B: Backend> FeatureExtractor<'m, B> {
         self.layers.iter().map(|(n, _)| n.as_str())
     }
 
+    /// The smallest height and width the pass to the deepest layer accepts: each pooling
+    /// stage on the way halves the size.
+    pub fn min_input_size(&self) -> usize {
+        let pools = self.model.layers()[..=self.deepest]
+            .iter()
+            .filter(|l| l.op == nst_vgg::LayerOp::Pool)
+            .count();
+        1 << pools
+    }
+
+    fn check_size(&self, dims: &[usize]) -> Result<()> {
+        let min = self.min_input_size();
+        if let [_, _, h, w] = *dims {
+            if h < min || w < min {
+                let deepest = &self.model.layers()[self.deepest].name;
+                return Err(nst_vgg::Error::Input(format!(
+                    "an image of {w}x{h} pixels is too small for layer {deepest}, which needs at least {min}x{min}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn run<A: Activation<B> + Clone>(&self, x: A) -> Result<Features<A>> {
         let mut found: Vec<Option<A>> = vec![None; self.layers.len()];
         if !self.layers.is_empty() {
@@ -116,12 +139,14 @@ impl<'m, B: Backend> FeatureExtractor<'m, B> {
 
     /// Inference-only: activations of `x` (`[N, 3, H, W]`, model space) as plain tensors.
     pub fn extract(&self, x: &Tensor<B>) -> Result<Features<Tensor<B>>> {
+        self.check_size(x.dims())?;
         self.run(x.clone())
     }
 
     /// On a tape: activations of `x` as variables, so losses can be built on them and
     /// differentiated w.r.t. `x`. The network's weights enter as constants.
     pub fn extract_var<'t>(&self, x: &Var<'t, B>) -> Result<Features<Var<'t, B>>> {
+        self.check_size(x.shape().dims())?;
         self.run(x.clone())
     }
 }

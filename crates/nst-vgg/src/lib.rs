@@ -20,6 +20,9 @@ pub enum Error {
     /// The weights are missing, malformed or do not fit the network.
     #[error("weights: {0}")]
     Weights(String),
+    /// The input does not fit the network (e.g. too small for the layers asked for).
+    #[error("{0}")]
+    Input(String),
     /// A layer name that the network does not have.
     #[error("unknown layer {name:?}; valid layers: {valid}")]
     UnknownLayer {

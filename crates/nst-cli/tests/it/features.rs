@@ -166,6 +166,20 @@ fn bad_inputs_fail_with_one_line() {
         ]),
         &["1000", "limit"],
     );
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&img),
+            "--layers",
+            "relu5_1",
+            "--out",
+            s(&out),
+            "--max-size",
+            "12",
+        ]),
+        &["too small", "relu5_1", "16x16"],
+    );
     let corrupt = tmp("corrupt.safetensors");
     std::fs::write(&corrupt, b"garbage weights").unwrap();
     assert_fails_with(
