@@ -212,3 +212,33 @@ fn bad_inputs_fail_with_one_line() {
     );
     assert!(!out.exists(), "nothing may be written on failure");
 }
+
+#[test]
+fn convert_weights_round_trips_and_refuses_garbage() {
+    let Some(w) = weights() else { return };
+    let out = tmp("converted.safetensors");
+    let r = nst(&["convert-weights", "--from", s(&w), "--out", s(&out)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // Our own layout converts to the same tensors (metadata kept).
+    let a = std::fs::read(&w).unwrap();
+    let b = std::fs::read(&out).unwrap();
+    let (sa, sb) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    assert_eq!(sa.len(), sb.len());
+    for name in ["conv1_1.weight", "conv5_4.bias"] {
+        assert_eq!(
+            sa.tensor(name).unwrap().data(),
+            sb.tensor(name).unwrap().data()
+        );
+    }
+    let junk = tmp("junk.pth");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    let never = tmp("never-converted.safetensors");
+    assert_fails_with(
+        &nst(&["convert-weights", "--from", s(&junk), "--out", s(&never)]),
+        &["junk.pth"],
+    );
+    assert!(!never.exists());
+}
