@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 const RUN_SH: &str = include_str!("../assets/gpu-run.sh");
 
 /// The path of the integration-test executable of `nst-cuda`, built in release.
-fn parity_binary(root: &Path) -> Result<PathBuf> {
+fn parity_binary() -> Result<PathBuf> {
     let out = crate::cargo()
         .args([
             "test",
@@ -35,7 +35,6 @@ fn parity_binary(root: &Path) -> Result<PathBuf> {
             return Ok(PathBuf::from(path));
         }
     }
-    let _ = root;
     bail!("cargo did not report the parity test executable")
 }
 
@@ -62,7 +61,7 @@ pub(crate) fn gpu_bundle(root: &Path) -> Result<()> {
     };
     copy(&release.join("nst"), "nst")?;
     copy(&release.join("nst-bench"), "nst-bench")?;
-    copy(&parity_binary(root)?, "nst-cuda-parity")?;
+    copy(&parity_binary()?, "nst-cuda-parity")?;
     copy(
         &root.join("crates/nst-bench/pytorch/render_bench.py"),
         "render_bench.py",
