@@ -85,33 +85,48 @@ pub(crate) fn status(mut c: Command) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure `python3` can import NumPy (for the reference tests), installing it with pip
-/// when it cannot.
-fn ensure_numpy() -> Result<()> {
-    let ok = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ok("python3") {
-        return Ok(());
-    }
-    eprintln!("installing numpy for the reference tests (python3 -m pip install --user numpy)");
-    let st = Command::new("python3")
+/// Whether `python` can import every module in `modules` (e.g. `"torch, numpy"`).
+fn python_imports(python: &Path, modules: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `python -m pip install --quiet <args>`, failing with `what` in the message.
+fn pip_install(python: &Path, args: &[&std::ffi::OsStr], what: &str) -> Result<()> {
+    let st = Command::new(python)
         .args([
             "-m",
             "pip",
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            "--user",
-            "numpy",
         ])
+        .args(args)
         .status()
-        .context("running python3 -m pip (python3 with pip is needed for the reference tests)")?;
-    if !st.success() || !ok("python3") {
-        bail!("could not install numpy for python3; install it and run again");
+        .with_context(|| format!("running {} -m pip", python.display()))?;
+    if !st.success() {
+        bail!("could not install {what} with pip");
+    }
+    Ok(())
+}
+
+/// Makes sure `python3` can import NumPy (for the reference tests), installing it with pip
+/// when it cannot.
+fn ensure_numpy() -> Result<()> {
+    let py = Path::new("python3");
+    if python_imports(py, "numpy") {
+        return Ok(());
+    }
+    eprintln!("installing numpy for the reference tests (python3 -m pip install --user numpy)");
+    pip_install(
+        py,
+        &["--user".as_ref(), "numpy".as_ref()],
+        "numpy for python3",
+    )?;
+    if !python_imports(py, "numpy") {
+        bail!("numpy was installed but python3 cannot import it; install it and run again");
     }
     Ok(())
 }
@@ -138,22 +153,15 @@ fn ensure_nvrtc(root: &Path) -> Result<PathBuf> {
         return Ok(lib);
     }
     eprintln!("installing NVRTC for the kernel-compile test (pip install nvidia-cuda-nvrtc into target/cuda-py)");
-    let st = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-        ])
-        .arg(&target)
-        .arg("nvidia-cuda-nvrtc")
-        .status()
-        .context("running python3 -m pip")?;
-    if !st.success() {
-        bail!("could not install nvidia-cuda-nvrtc with pip");
-    }
+    pip_install(
+        Path::new("python3"),
+        &[
+            "--target".as_ref(),
+            target.as_os_str(),
+            "nvidia-cuda-nvrtc".as_ref(),
+        ],
+        "nvidia-cuda-nvrtc",
+    )?;
     find().context("nvidia-cuda-nvrtc installed no libnvrtc")
 }
 
@@ -229,11 +237,7 @@ fn render(args: &[String]) -> Result<()> {
 fn torch_venv(root: &Path) -> Result<PathBuf> {
     let venv = root.join("target").join("torch-venv");
     let py = venv.join("bin").join("python");
-    let ready = Command::new(&py)
-        .args(["-c", "import torch, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ready {
+    if python_imports(&py, "torch, numpy") {
         return Ok(py);
     }
     eprintln!(
@@ -248,21 +252,11 @@ fn torch_venv(root: &Path) -> Result<PathBuf> {
     if !st.success() {
         bail!("python3 -m venv failed");
     }
-    let st = Command::new(&py)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "torch",
-            "numpy",
-        ])
-        .status()
-        .context("installing PyTorch")?;
-    if !st.success() {
-        bail!("installing PyTorch into {} failed", venv.display());
-    }
+    pip_install(
+        &py,
+        &["torch".as_ref(), "numpy".as_ref()],
+        "PyTorch into the venv",
+    )?;
     Ok(py)
 }
 

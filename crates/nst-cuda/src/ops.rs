@@ -119,6 +119,19 @@ impl Cuda {
     }
 }
 
+/// The geometry arguments of the pooling kernels (after the buffers and the plane count).
+fn pool_args(p: &Pool2dParams) -> [i32; 7] {
+    [
+        p.in_h as i32,
+        p.in_w as i32,
+        p.kernel as i32,
+        p.stride as i32,
+        p.out_h() as i32,
+        p.out_w() as i32,
+        (p.kind == PoolKind::Avg) as i32,
+    ]
+}
+
 /// The geometry arguments of the im2col and col2im kernels.
 fn conv_dims(p: &Conv2dParams) -> [i32; 9] {
     [
@@ -546,15 +559,7 @@ impl Backend for Cuda {
         let planes = p.batch * p.channels;
         let (oh, ow) = (p.out_h(), p.out_w());
         let mut y = self.alloc(planes * oh * ow)?;
-        let a = [
-            p.in_h as i32,
-            p.in_w as i32,
-            p.kernel as i32,
-            p.stride as i32,
-            oh as i32,
-            ow as i32,
-            (p.kind == PoolKind::Avg) as i32,
-        ];
+        let a = pool_args(p);
         let pl = planes as u64;
         let f = self.func("pool_forward_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
@@ -574,17 +579,8 @@ impl Backend for Cuda {
         p: &Pool2dParams,
     ) -> TResult<CudaBuffer> {
         let planes = p.batch * p.channels;
-        let (oh, ow) = (p.out_h(), p.out_w());
         let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
-        let a = [
-            p.in_h as i32,
-            p.in_w as i32,
-            p.kernel as i32,
-            p.stride as i32,
-            oh as i32,
-            ow as i32,
-            (p.kind == PoolKind::Avg) as i32,
-        ];
+        let a = pool_args(p);
         let pl = planes as u64;
         let f = self.func("pool_backward_f32")?;
         let mut l = self.inner.stream.launch_builder(f);

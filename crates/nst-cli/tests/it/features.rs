@@ -26,7 +26,8 @@ pub(crate) fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn s(p: &Path) -> &str {
+/// A path as `&str` for the command line.
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -1,12 +1,8 @@
 //! `nst render` and `nst eval` end to end on small real images, and their error messages.
 
 use super::{images, nst, weights};
-use crate::features::{assert_fails_with, tmp};
+use crate::features::{assert_fails_with, s, tmp};
 use std::path::Path;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn totals(log: &Path) -> Vec<f64> {
     std::fs::read_to_string(log)
