@@ -127,12 +127,16 @@ fn model<B: nst_tensor::Backend>(be: &B) -> Result<nst_vgg::Vgg<B>> {
 /// One measurement in this process: prints `seconds peak_mb`.
 fn measure(kind: &str, device: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
     match device {
-        "cpu" => measure_on(&Cpu::new(threads), kind, size, reps, &|| Ok(())),
+        "cpu" => measure_on(&Cpu::new(threads), kind, size, reps, &|| Ok(()), &|| {
+            peak_rss_mb().context("reading the peak RSS")
+        }),
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
             let g = nst_cuda::Cuda::new(ordinal)?;
-            measure_on(&g, kind, size, reps, &|| Ok(g.synchronize()?))
+            measure_on(&g, kind, size, reps, &|| Ok(g.synchronize()?), &|| {
+                Ok(g.peak_memory()? as f64 / (1u64 << 20) as f64)
+            })
         }
         d => bail!("device {d} is not available in this build"),
     }
@@ -144,6 +148,7 @@ fn measure_on<B: nst_tensor::Backend>(
     size: usize,
     reps: usize,
     sync: &dyn Fn() -> Result<()>,
+    peak_mb: &dyn Fn() -> Result<f64>,
 ) -> Result<()> {
     let vgg = model(be)?;
     let secs = match kind {
@@ -168,22 +173,24 @@ fn measure_on<B: nst_tensor::Backend>(
                 &[style.to_model(be, conv)?],
                 &[],
             )?;
-            let mut x = conv.to_model(&content.data, size, size);
+            // The image and the optimizer's state stay on the device, as in `nst render`.
+            let mut x = Tensor::from_f32(
+                be,
+                &conv.to_model(&content.data, size, size),
+                [1, 3, size, size],
+            )?;
             let mut opt = nst_optim::Lbfgs::new(Default::default());
-            let mut f = |x: &[f32]| -> Result<(f64, Vec<f32>)> {
-                let t = Tensor::from_f32(be, x, [1, 3, size, size])?;
-                let e = obj.evaluate(&t)?;
-                Ok((e.total, e.grad.to_f32()?))
+            let mut f = |x: &Tensor<B>| -> Result<(f64, Tensor<B>)> {
+                let e = obj.evaluate(x)?;
+                Ok((e.total, e.grad))
             };
             use nst_optim::Optimizer;
             time(reps, || opt.step(&mut x, &mut f))?
         }
         other => bail!("unknown measurement {other}"),
     };
-    let peak = match be.name() {
-        n if n.starts_with("cuda") => f64::NAN,
-        _ => peak_rss_mb().unwrap_or(f64::NAN),
-    };
+    sync()?;
+    let peak = peak_mb()?;
     println!("{secs} {peak}");
     Ok(())
 }

@@ -187,6 +187,20 @@ impl<E: Element> Backend for CpuBackend<E> {
         Ok(self.run(|| ops::elementwise::binary(op, a.as_slice(), b.as_slice())))
     }
 
+    fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
+        lengths("dot", a, b)?;
+        Ok(self.run(|| ops::reduce::dot(a.as_slice(), b.as_slice())))
+    }
+
+    fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
+        lengths("axpy", x, y)?;
+        Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))
+    }
+
+    fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
+        Ok(self.run(|| ops::reduce::norms(x.as_slice())))
+    }
+
     fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer> {
         Ok(self.run(|| ops::reduce::sum_all(x.as_slice())))
     }

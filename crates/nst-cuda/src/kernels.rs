@@ -7,7 +7,13 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     (
         "elementwise.cu",
         include_str!("kernels/elementwise.cu"),
-        &["fill_f32", "unary_f32", "affine_f32", "binary_f32"],
+        &[
+            "fill_f32",
+            "unary_f32",
+            "affine_f32",
+            "binary_f32",
+            "axpy_f32",
+        ],
     ),
     (
         "reduce.cu",
@@ -15,6 +21,8 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         &[
             "sum_partial_f32",
             "sum_final_f32",
+            "dot_partial_f32",
+            "norms_partial_f32",
             "sum_axis_f32",
             "broadcast_f32",
             "narrow_f32",

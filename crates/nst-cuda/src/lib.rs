@@ -129,6 +129,56 @@ impl Cuda {
         Ok(self.inner.stream.synchronize()?)
     }
 
+    /// The default memory pool of this GPU, from which every buffer of this backend is
+    /// allocated (stream-ordered allocation).
+    fn mem_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
+        use cudarc::driver::sys;
+        let ctx = self.inner.stream.context();
+        if !ctx.has_async_alloc() {
+            return Err(Error::Unavailable(
+                "this GPU has no stream-ordered memory pool to measure".into(),
+            ));
+        }
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }.result()?;
+        Ok(pool)
+    }
+
+    /// The memory pool's `USED_MEM_HIGH` attribute: read it, or with `reset`, zero it (which
+    /// restarts it from the memory in use now).
+    fn used_mem_high(&self, reset: bool) -> Result<u64> {
+        use cudarc::driver::sys;
+        let pool = self.mem_pool()?;
+        self.synchronize()?;
+        let mut value: u64 = 0;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        let ptr = &mut value as *mut u64 as *mut std::ffi::c_void;
+        // SAFETY: USED_MEM_HIGH is a 64-bit attribute and `ptr` points at a live u64; the
+        // only value it may be set to is zero.
+        unsafe {
+            if reset {
+                sys::cuMemPoolSetAttribute(pool, attr, ptr)
+            } else {
+                sys::cuMemPoolGetAttribute(pool, attr, ptr)
+            }
+        }
+        .result()?;
+        Ok(value)
+    }
+
+    /// The most device memory this backend's buffers used at once since the context was
+    /// created or [`Cuda::reset_peak_memory`] was called, in bytes (the memory pool's high
+    /// watermark; cuBLAS's own workspace is not included).
+    pub fn peak_memory(&self) -> Result<u64> {
+        self.used_mem_high(false)
+    }
+
+    /// Restarts [`Cuda::peak_memory`] from the memory in use now.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        self.used_mem_high(true).map(|_| ())
+    }
+
     pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
         self.inner
             .funcs

@@ -23,6 +23,15 @@ fn grid(n: usize) -> LaunchConfig {
     }
 }
 
+/// The launch of a first reduction pass: a fixed number of blocks, whatever the size.
+fn sum_config() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (SUM_PARTS, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// A row-major matrix operand for [`Cuda::gemm`]: a device view, its row stride, and whether
 /// it is stored transposed.
 struct Mat<V> {
@@ -240,6 +249,7 @@ impl Backend for Cuda {
             UnaryOp::Square => 1,
             UnaryOp::Exp => 2,
             UnaryOp::Neg => 3,
+            UnaryOp::Sqrt => 4,
         };
         let n = x.0.len();
         let mut out = self.alloc(n)?;
@@ -272,6 +282,7 @@ impl Backend for Cuda {
             BinaryOp::Sub => 1,
             BinaryOp::Mul => 2,
             BinaryOp::ReluGrad => 3,
+            BinaryOp::Div => 4,
         };
         let n = a.0.len();
         let mut out = self.alloc(n)?;
@@ -285,6 +296,54 @@ impl Backend for Cuda {
         Ok(CudaBuffer(out))
     }
 
+    fn axpy(&self, a: f64, x: &CudaBuffer, y: &CudaBuffer) -> TResult<CudaBuffer> {
+        check_len("axpy", y.0.len(), x.0.len())?;
+        let n = x.0.len();
+        let mut out = self.alloc(n)?;
+        let n64 = n as u64;
+        let f = self.func("axpy_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&y.0).arg(&mut out).arg(&n64).arg(&a);
+        // SAFETY: all three buffers hold n elements; signature (const float*, const float*,
+        // float*, u64, double).
+        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn dot(&self, a: &CudaBuffer, b: &CudaBuffer) -> TResult<f64> {
+        check_len("dot", b.0.len(), a.0.len())?;
+        let s = &self.inner.stream;
+        let mut partial = s
+            .alloc_zeros::<f64>(SUM_PARTS as usize)
+            .map_err(crate::Error::from)?;
+        let n64 = a.0.len() as u64;
+        let f = self.func("dot_partial_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&a.0).arg(&b.0).arg(&n64).arg(&mut partial);
+        // SAFETY: `partial` has one slot per block; the block size matches the shared array.
+        unsafe { l.launch(sum_config()) }.map_err(crate::Error::from)?;
+        let parts = s.clone_dtoh(&partial).map_err(crate::Error::from)?;
+        Ok(parts.iter().sum())
+    }
+
+    fn norms(&self, x: &CudaBuffer) -> TResult<(f64, f64)> {
+        let s = &self.inner.stream;
+        let alloc = || {
+            s.alloc_zeros::<f64>(SUM_PARTS as usize)
+                .map_err(crate::Error::from)
+        };
+        let (mut sums, mut maxes) = (alloc()?, alloc()?);
+        let n64 = x.0.len() as u64;
+        let f = self.func("norms_partial_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&x.0).arg(&n64).arg(&mut sums).arg(&mut maxes);
+        // SAFETY: both outputs have one slot per block; the block size matches the shared arrays.
+        unsafe { l.launch(sum_config()) }.map_err(crate::Error::from)?;
+        let sums = s.clone_dtoh(&sums).map_err(crate::Error::from)?;
+        let maxes = s.clone_dtoh(&maxes).map_err(crate::Error::from)?;
+        Ok((sums.iter().sum(), nst_tensor::host_norms(&maxes).1))
+    }
+
     fn sum_all(&self, x: &CudaBuffer) -> TResult<CudaBuffer> {
         let s = &self.inner.stream;
         let mut partial = s
@@ -293,16 +352,11 @@ impl Backend for Cuda {
         let mut out = self.alloc(1)?;
         let n64 = x.0.len() as u64;
         let parts = SUM_PARTS;
-        let cfg = LaunchConfig {
-            grid_dim: (SUM_PARTS, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let f = self.func("sum_partial_f32")?;
         let mut l = s.launch_builder(f);
         l.arg(&x.0).arg(&n64).arg(&mut partial);
         // SAFETY: `partial` has one slot per block; the block size matches the shared array.
-        unsafe { l.launch(cfg) }.map_err(crate::Error::from)?;
+        unsafe { l.launch(sum_config()) }.map_err(crate::Error::from)?;
         let f = self.func("sum_final_f32")?;
         let mut l = s.launch_builder(f);
         l.arg(&partial).arg(&parts).arg(&mut out);

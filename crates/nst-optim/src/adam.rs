@@ -1,6 +1,6 @@
 //! Adam and plain gradient descent.
 
-use crate::{Optimizer, Step};
+use crate::{Optimizer, Step, Vector};
 
 /// Adam's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,51 +26,56 @@ impl Default for AdamConfig {
     }
 }
 
-/// Adam (Kingma & Ba) with bias correction.
+/// Adam (Kingma & Ba) with bias correction; its moments live wherever the vector does.
 #[derive(Clone, Debug)]
-pub struct Adam {
+pub struct Adam<V = Vec<f32>> {
     cfg: AdamConfig,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    /// The first and second moments, once the first gradient is known.
+    moments: Option<(V, V)>,
     t: i32,
 }
 
-impl Adam {
+impl<V: Vector> Adam<V> {
     /// A fresh optimizer.
     pub fn new(cfg: AdamConfig) -> Self {
         Adam {
             cfg,
-            m: Vec::new(),
-            v: Vec::new(),
+            moments: None,
             t: 0,
         }
     }
+
+    /// Forgets the moments (e.g. after the problem changed size).
+    pub fn reset(&mut self) {
+        self.moments = None;
+        self.t = 0;
+    }
 }
 
-impl Optimizer for Adam {
-    fn step<E, F>(&mut self, x: &mut [f32], f: &mut F) -> Result<Step, E>
+impl<V: Vector> Optimizer<V> for Adam<V> {
+    fn step<E, F>(&mut self, x: &mut V, f: &mut F) -> Result<Step, E>
     where
-        F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>,
+        E: From<V::Error>,
+        F: FnMut(&V) -> Result<(f64, V), E>,
     {
         let (loss, g) = f(x)?;
-        if self.m.len() != x.len() {
-            self.m = vec![0.0; x.len()];
-            self.v = vec![0.0; x.len()];
-            self.t = 0;
-        }
-        self.t += 1;
-        let c = &self.cfg;
-        let bc1 = 1.0 - c.beta1.powi(self.t);
-        let bc2 = 1.0 - c.beta2.powi(self.t);
-        for i in 0..x.len() {
-            let gi = g[i] as f64;
-            let m = c.beta1 * self.m[i] as f64 + (1.0 - c.beta1) * gi;
-            let v = c.beta2 * self.v[i] as f64 + (1.0 - c.beta2) * gi * gi;
-            self.m[i] = m as f32;
-            self.v[i] = v as f32;
-            let update = c.learning_rate * (m / bc1) / ((v / bc2).sqrt() + c.epsilon);
-            x[i] = (x[i] as f64 - update) as f32;
-        }
+        let c = self.cfg;
+        let g2 = g.square()?;
+        // m = β1·m + (1-β1)·g and v = β2·v + (1-β2)·g², from zero moments the first time.
+        let (m, v) = match &self.moments {
+            Some((m, v)) => (
+                g.scale(1.0 - c.beta1)?.axpy(1.0, &m.scale(c.beta1)?)?,
+                g2.scale(1.0 - c.beta2)?.axpy(1.0, &v.scale(c.beta2)?)?,
+            ),
+            None => (g.scale(1.0 - c.beta1)?, g2.scale(1.0 - c.beta2)?),
+        };
+        let t = self.t + 1;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        let dir = m.adam_ratio(&v, 1.0 / bc2, c.epsilon)?;
+        *x = dir.axpy(-c.learning_rate / bc1, x)?;
+        self.moments = Some((m, v));
+        self.t = t;
         Ok(Step {
             loss,
             evaluations: 1,
@@ -86,15 +91,14 @@ pub struct GradientDescent {
     pub learning_rate: f64,
 }
 
-impl Optimizer for GradientDescent {
-    fn step<E, F>(&mut self, x: &mut [f32], f: &mut F) -> Result<Step, E>
+impl<V: Vector> Optimizer<V> for GradientDescent {
+    fn step<E, F>(&mut self, x: &mut V, f: &mut F) -> Result<Step, E>
     where
-        F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>,
+        E: From<V::Error>,
+        F: FnMut(&V) -> Result<(f64, V), E>,
     {
         let (loss, g) = f(x)?;
-        for (xi, gi) in x.iter_mut().zip(&g) {
-            *xi = (*xi as f64 - self.learning_rate * *gi as f64) as f32;
-        }
+        *x = g.axpy(-self.learning_rate, x)?;
         Ok(Step {
             loss,
             evaluations: 1,

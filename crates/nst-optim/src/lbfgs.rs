@@ -1,7 +1,7 @@
 //! L-BFGS: the classic choice for style transfer (a fixed step of 1 and no line search, as
 //! the classic implementations run it), with an optional strong-Wolfe line search.
 
-use crate::{dot, Optimizer, Step};
+use crate::{Optimizer, Step, Vector};
 use std::collections::VecDeque;
 
 /// How L-BFGS chooses its step length.
@@ -40,20 +40,21 @@ impl Default for LbfgsConfig {
     }
 }
 
-/// Limited-memory BFGS with the two-loop recursion.
+/// Limited-memory BFGS with the two-loop recursion, over any [`Vector`] (a host `Vec<f32>` by
+/// default; a device tensor keeps all its state on the device).
 #[derive(Clone, Debug)]
-pub struct Lbfgs {
+pub struct Lbfgs<V = Vec<f32>> {
     cfg: LbfgsConfig,
     /// Correction pairs (s, y, 1/(yᵀs)), oldest first.
-    pairs: VecDeque<(Vec<f32>, Vec<f32>, f64)>,
+    pairs: VecDeque<(V, V, f64)>,
     /// The last step taken and the gradient at its start.
-    last: Option<(Vec<f32>, Vec<f32>)>,
+    last: Option<(V, V)>,
     h_diag: f64,
     /// An evaluation made by the line search at the point the next step starts from.
-    cached: Option<(Vec<f32>, f64, Vec<f32>)>,
+    cached: Option<(V, f64, V)>,
 }
 
-impl Lbfgs {
+impl<V: Vector> Lbfgs<V> {
     /// A fresh optimizer.
     pub fn new(cfg: LbfgsConfig) -> Self {
         Lbfgs {
@@ -73,32 +74,27 @@ impl Lbfgs {
         self.cached = None;
     }
 
+    /// The number of correction pairs held.
+    pub fn history_len(&self) -> usize {
+        self.pairs.len()
+    }
+
     /// The search direction `-H·g` by the two-loop recursion.
-    fn direction(&self, g: &[f32]) -> Vec<f32> {
-        let mut q: Vec<f64> = g.iter().map(|&v| -(v as f64)).collect();
+    fn direction(&self, g: &V) -> Result<V, V::Error> {
+        let mut q = g.scale(-1.0)?;
         let mut alpha = vec![0.0; self.pairs.len()];
         for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
-            let a = rho * crate::dot_with(s, &q);
+            let a = rho * s.dot(&q)?;
             alpha[i] = a;
-            q.iter_mut().zip(y).for_each(|(q, &y)| *q -= a * y as f64);
+            q = y.axpy(-a, &q)?;
         }
-        q.iter_mut().for_each(|v| *v *= self.h_diag);
+        q = q.scale(self.h_diag)?;
         for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
-            let b = rho * crate::dot_with(y, &q);
-            q.iter_mut()
-                .zip(s)
-                .for_each(|(r, &s)| *r += s as f64 * (alpha[i] - b));
+            let b = rho * y.dot(&q)?;
+            q = s.axpy(alpha[i] - b, &q)?;
         }
-        q.into_iter().map(|v| v as f32).collect()
+        Ok(q)
     }
-}
-
-/// `x + t·d`.
-fn along(x: &[f32], t: f64, d: &[f32]) -> Vec<f32> {
-    x.iter()
-        .zip(d)
-        .map(|(&x, &d)| (x as f64 + t * d as f64) as f32)
-        .collect()
 }
 
 /// The minimiser of the cubic through (x1, f1, g1) and (x2, f2, g2), kept inside `bounds`
@@ -121,41 +117,52 @@ fn cubic_min(x1: f64, f1: f64, g1: f64, x2: f64, f2: f64, g2: f64, bounds: (f64,
     (lo + hi) / 2.0
 }
 
-struct Trial {
+struct Trial<V> {
     t: f64,
     f: f64,
-    g: Vec<f32>,
+    x: V,
+    g: V,
     gtd: f64,
 }
 
 /// A strong-Wolfe line search along `d` from `x` (Nocedal & Wright, algorithms 3.5 and 3.6).
 #[allow(clippy::too_many_arguments)]
-fn strong_wolfe<E, F>(
+fn strong_wolfe<V, E, F>(
     f: &mut F,
-    x: &[f32],
-    d: &[f32],
+    x: &V,
+    d: &V,
     t0: f64,
     f0: f64,
-    g0: &[f32],
+    g0: &V,
     gtd0: f64,
     max_evals: usize,
     evals: &mut usize,
-) -> Result<Trial, E>
+) -> Result<Trial<V>, E>
 where
-    F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>,
+    V: Vector,
+    E: From<V::Error>,
+    F: FnMut(&V) -> Result<(f64, V), E>,
 {
     const C1: f64 = 1e-4;
     const C2: f64 = 0.9;
-    let mut eval = |t: f64, evals: &mut usize| -> Result<Trial, E> {
-        let (fv, g) = f(&along(x, t, d))?;
+    let mut eval = |t: f64, evals: &mut usize| -> Result<Trial<V>, E> {
+        let xt = d.axpy(t, x)?;
+        let (fv, g) = f(&xt)?;
         *evals += 1;
-        let gtd = dot(&g, d);
-        Ok(Trial { t, f: fv, g, gtd })
+        let gtd = g.dot(d)?;
+        Ok(Trial {
+            t,
+            f: fv,
+            x: xt,
+            g,
+            gtd,
+        })
     };
     let mut prev = Trial {
         t: 0.0,
         f: f0,
-        g: g0.to_vec(),
+        x: x.clone(),
+        g: g0.clone(),
         gtd: gtd0,
     };
     let mut t = t0;
@@ -228,21 +235,22 @@ where
     }
 }
 
-impl Optimizer for Lbfgs {
-    fn step<E, F>(&mut self, x: &mut [f32], f: &mut F) -> Result<Step, E>
+impl<V: Vector> Optimizer<V> for Lbfgs<V> {
+    fn step<E, F>(&mut self, x: &mut V, f: &mut F) -> Result<Step, E>
     where
-        F: FnMut(&[f32]) -> Result<(f64, Vec<f32>), E>,
+        E: From<V::Error>,
+        F: FnMut(&V) -> Result<(f64, V), E>,
     {
         let mut evaluations = 0;
         let (loss, g) = match self.cached.take() {
-            Some((at, loss, g)) if at == x => (loss, g),
+            Some((at, loss, g)) if at.same(x) => (loss, g),
             _ => {
                 evaluations += 1;
                 f(x)?
             }
         };
-        let gmax = g.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
-        if gmax <= self.cfg.tolerance_grad {
+        let (g_l1, g_max) = g.norms()?;
+        if g_max <= self.cfg.tolerance_grad {
             return Ok(Step {
                 loss,
                 evaluations,
@@ -251,36 +259,35 @@ impl Optimizer for Lbfgs {
         }
         let first = self.last.is_none();
         if let Some((s, g_prev)) = self.last.take() {
-            let y: Vec<f32> = g.iter().zip(&g_prev).map(|(a, b)| a - b).collect();
-            let ys = dot(&y, &s);
+            let y = g_prev.axpy(-1.0, &g)?;
+            let ys = y.dot(&s)?;
             if ys > 1e-10 {
                 if self.pairs.len() == self.cfg.history.max(1) {
                     self.pairs.pop_front();
                 }
-                self.h_diag = ys / dot(&y, &y);
+                self.h_diag = ys / y.dot(&y)?;
                 self.pairs.push_back((s, y, 1.0 / ys));
             }
         }
-        let mut d = self.direction(&g);
-        let mut gtd = dot(&g, &d);
+        let mut d = self.direction(&g)?;
+        let mut gtd = g.dot(&d)?;
         let mut restart = first;
         if gtd >= 0.0 || !gtd.is_finite() {
             restart = true;
             // Not a descent direction: start the curvature history again.
             self.pairs.clear();
             self.h_diag = 1.0;
-            d = g.iter().map(|v| -v).collect();
-            gtd = dot(&g, &d);
+            d = g.scale(-1.0)?;
+            gtd = g.dot(&d)?;
         }
         // The very first step (and a restart) has no curvature information: scale it down.
         let t = if restart {
-            let l1: f64 = g.iter().map(|v| (*v as f64).abs()).sum();
-            (1.0f64).min(1.0 / l1) * self.cfg.learning_rate
+            (1.0f64).min(1.0 / g_l1) * self.cfg.learning_rate
         } else {
             self.cfg.learning_rate
         };
-        let t = match self.cfg.line_search {
-            LineSearch::None => t,
+        let (t, next) = match self.cfg.line_search {
+            LineSearch::None => (t, d.axpy(t, x)?),
             LineSearch::StrongWolfe => {
                 let trial = strong_wolfe(
                     f,
@@ -294,13 +301,13 @@ impl Optimizer for Lbfgs {
                     &mut evaluations,
                 )?;
                 if trial.t > 0.0 {
-                    self.cached = Some((along(x, trial.t, &d), trial.f, trial.g));
+                    self.cached = Some((trial.x.clone(), trial.f, trial.g));
                 }
-                trial.t
+                (trial.t, trial.x)
             }
         };
-        let s: Vec<f32> = d.iter().map(|&v| (t * v as f64) as f32).collect();
-        x.iter_mut().zip(&s).for_each(|(x, s)| *x += s);
+        let s = d.scale(t)?;
+        *x = next;
         let converged = t == 0.0;
         self.last = Some((s, g));
         Ok(Step {

@@ -127,16 +127,22 @@ pub struct Rendered {
 /// A total loss and its terms.
 type Terms = (f64, Vec<(String, f64)>);
 
-enum AnyOptimizer {
-    Lbfgs(Lbfgs),
-    Adam(Adam),
+/// The chosen optimizer, over the image tensor: its state stays on the model's device.
+enum AnyOptimizer<B: Backend> {
+    Lbfgs(Lbfgs<Tensor<B>>),
+    Adam(Adam<Tensor<B>>),
     Gd(GradientDescent),
 }
 
-impl Optimizer for AnyOptimizer {
-    fn step<E, F>(&mut self, x: &mut [f32], f: &mut F) -> std::result::Result<nst_optim::Step, E>
+impl<B: Backend> Optimizer<Tensor<B>> for AnyOptimizer<B> {
+    fn step<E, F>(
+        &mut self,
+        x: &mut Tensor<B>,
+        f: &mut F,
+    ) -> std::result::Result<nst_optim::Step, E>
     where
-        F: FnMut(&[f32]) -> std::result::Result<(f64, Vec<f32>), E>,
+        E: From<nst_tensor::Error>,
+        F: FnMut(&Tensor<B>) -> std::result::Result<(f64, Tensor<B>), E>,
     {
         match self {
             AnyOptimizer::Lbfgs(o) => o.step(x, f),
@@ -149,6 +155,12 @@ impl Optimizer for AnyOptimizer {
 enum StepError {
     Failed(Error),
     NonFinite(String),
+}
+
+impl From<nst_tensor::Error> for StepError {
+    fn from(e: nst_tensor::Error) -> Self {
+        StepError::Failed(e.into())
+    }
 }
 
 /// Gaussian noise with σ = 0.001 in model space (`3 x h x w`), from a seeded generator whose
@@ -219,28 +231,31 @@ pub fn render<B: Backend>(
             &cfg.style_blend,
         )?;
         drop(style_t);
-        let mut x: Vec<f32> = match (&current, &cfg.init) {
+        let x0: Vec<f32> = match (&current, &cfg.init) {
             (Some(prev), _) => conv.to_model(&prev.resize(w, h).data, h, w),
             (None, Init::Noise) => noise(w, h, cfg.seed),
             (None, Init::Content) => conv.to_model(&content_s.data, h, w),
             (None, Init::Image(img)) => conv.to_model(&img.resize(w, h).data, h, w),
         };
-        let to_image = |x: &[f32]| {
-            let img = Image::from_model(x, w, h, conv);
-            if cfg.original_colors {
+        // The image stays on the device for the whole scale; only snapshots and the result
+        // come back.
+        let mut x = Tensor::from_f32(backend, &x0, [1, 3, h, w])?;
+        drop(x0);
+        let to_image = |x: &Tensor<B>| -> Result<Image> {
+            let img = Image::from_model(&x.to_f32()?, w, h, conv);
+            Ok(if cfg.original_colors {
                 img.with_colors_of(&content_s)
             } else {
                 img
-            }
+            })
         };
 
         let first_terms: std::cell::RefCell<Option<Terms>> = Default::default();
-        let mut eval = |x: &[f32]| -> std::result::Result<(f64, Vec<f32>), StepError> {
-            let t = Tensor::from_f32(backend, x, [1, 3, h, w])
-                .map_err(|e| StepError::Failed(e.into()))?;
-            let e = objective.evaluate(&t).map_err(StepError::Failed)?;
-            let g = e.grad.to_f32().map_err(|e| StepError::Failed(e.into()))?;
-            if !e.total.is_finite() || g.iter().any(|v| !v.is_finite()) {
+        let mut eval = |x: &Tensor<B>| -> std::result::Result<(f64, Tensor<B>), StepError> {
+            let e = objective.evaluate(x).map_err(StepError::Failed)?;
+            // The gradient's 1-norm is finite exactly when every entry is.
+            let (g_l1, _) = e.grad.norms()?;
+            if !e.total.is_finite() || !g_l1.is_finite() {
                 return Err(StepError::NonFinite(format!(
                     "the loss became {} (terms: {})",
                     e.total,
@@ -252,7 +267,7 @@ pub fn render<B: Backend>(
                 )));
             }
             first_terms.borrow_mut().get_or_insert((e.total, e.terms));
-            Ok((e.total, g))
+            Ok((e.total, e.grad))
         };
         let mut opt = match cfg.optimizer {
             OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => {
@@ -280,7 +295,7 @@ pub fn render<B: Backend>(
                 Err(StepError::Failed(e)) => return Err(e),
                 Err(StepError::NonFinite(msg)) => {
                     return Ok(Rendered {
-                        image: to_image(&x),
+                        image: to_image(&x)?,
                         stopped_early: Some(format!(
                             "{msg} at iteration {it} of scale {}x{h}; kept the last good image",
                             w
@@ -301,16 +316,16 @@ pub fn render<B: Backend>(
                 elapsed: start.elapsed(),
             };
             if cfg.save_every > 0 && it % cfg.save_every == 0 {
-                observer.snapshot(&progress, &to_image(&x));
+                observer.snapshot(&progress, &to_image(&x)?);
             }
             if !observer.iteration(&progress) {
                 return Ok(Rendered {
-                    image: to_image(&x),
+                    image: to_image(&x)?,
                     stopped_early: Some(format!("stopped at iteration {it}")),
                 });
             }
         }
-        current = Some(Image::from_model(&x, w, h, conv));
+        current = Some(Image::from_model(&x.to_f32()?, w, h, conv));
     }
     let last = current.expect("at least one scale");
     let (w, h) = *scales.last().expect("at least one scale");

@@ -111,4 +111,37 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         dy: &Self::Buffer,
         p: &Pool2dParams,
     ) -> Result<Self::Buffer>;
+
+    /// `Σ a_i·b_i`, accumulated in `f64` where the device can. The default multiplies, sums and
+    /// copies the one-element result back.
+    fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
+        let prod = self.binary(BinaryOp::Mul, a, b)?;
+        let sum = self.sum_all(&prod)?;
+        Ok(self.download_f64(&sum)?.first().copied().unwrap_or(0.0))
+    }
+
+    /// `a·x + y`, elementwise (the BLAS `axpy`). The default scales, then adds.
+    fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
+        let ax = self.affine(x, a, 0.0)?;
+        self.binary(BinaryOp::Add, &ax, y)
+    }
+
+    /// `(Σ |x_i|, max |x_i|)`: both are NaN when any element is NaN, and the sum is infinite
+    /// when any element is. The default copies the buffer to the host; devices override it.
+    fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
+        Ok(host_norms(&self.download_f64(x)?))
+    }
+}
+
+/// `(Σ |x_i|, max |x_i|)` of host data, NaN-propagating (see [`Backend::norms`]).
+pub fn host_norms(x: &[f64]) -> (f64, f64) {
+    x.iter().fold((0.0f64, 0.0f64), |(s, m), &v| {
+        let a = v.abs();
+        let m = if m.is_nan() || a.is_nan() {
+            f64::NAN
+        } else {
+            m.max(a)
+        };
+        (s + a, m)
+    })
 }

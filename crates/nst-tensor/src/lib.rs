@@ -8,7 +8,7 @@ mod error;
 mod shape;
 mod tensor;
 
-pub use backend::Backend;
+pub use backend::{host_norms, Backend};
 pub use error::{Error, Result};
 pub use shape::{BinaryOp, Conv2dParams, Pool2dParams, PoolKind, Shape, UnaryOp};
 pub use tensor::Tensor;

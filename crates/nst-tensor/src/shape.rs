@@ -204,6 +204,8 @@ pub enum UnaryOp {
     Exp,
     /// `-x`.
     Neg,
+    /// `√x`.
+    Sqrt,
 }
 
 /// Elementwise operations on two operands of the same shape.
@@ -215,6 +217,8 @@ pub enum BinaryOp {
     Sub,
     /// `a * b`.
     Mul,
+    /// `a / b`.
+    Div,
     /// `b` where `a > 0`, else 0: the ReLU backward pass given the ReLU output `a` and gradient `b`.
     ReluGrad,
 }

@@ -234,6 +234,7 @@ impl<B: Backend> Tensor<B> {
             BinaryOp::Add => "add",
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
             BinaryOp::ReluGrad => "relu_grad",
         };
         same_shape(name, &self.shape, &rhs.shape)?;
@@ -256,6 +257,39 @@ impl<B: Backend> Tensor<B> {
     /// `a * b`, elementwise.
     pub fn mul(&self, rhs: &Self) -> Result<Self> {
         self.binary(BinaryOp::Mul, rhs)
+    }
+
+    /// `a / b`, elementwise.
+    pub fn div(&self, rhs: &Self) -> Result<Self> {
+        self.binary(BinaryOp::Div, rhs)
+    }
+
+    /// `√x`, elementwise.
+    pub fn sqrt(&self) -> Result<Self> {
+        self.unary(UnaryOp::Sqrt)
+    }
+
+    /// `Σ a_i·b_i` over two tensors of the same shape, accumulated in `f64` where the device
+    /// can.
+    pub fn dot(&self, rhs: &Self) -> Result<f64> {
+        same_shape("dot", &self.shape, &rhs.shape)?;
+        self.backend.dot(&self.buf, &rhs.buf)
+    }
+
+    /// `a·self + y` (the BLAS `axpy`), for `y` of the same shape.
+    pub fn axpy(&self, a: f64, y: &Self) -> Result<Self> {
+        same_shape("axpy", &self.shape, &y.shape)?;
+        Ok(self.wrap(self.backend.axpy(a, &self.buf, &y.buf)?, self.shape.clone()))
+    }
+
+    /// `(Σ |x_i|, max |x_i|)`, NaN when any element is NaN.
+    pub fn norms(&self) -> Result<(f64, f64)> {
+        self.backend.norms(&self.buf)
+    }
+
+    /// Whether both tensors share one buffer (a cheap identity test, not a comparison of values).
+    pub fn same_buffer(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
     }
 
     /// The sum of all elements, shape `[]`.

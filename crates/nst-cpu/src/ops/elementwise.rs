@@ -31,6 +31,7 @@ pub(crate) fn unary<E: Element>(op: UnaryOp, x: &[E]) -> CpuBuffer<E> {
         UnaryOp::Square => map1(x, |v| v * v),
         UnaryOp::Exp => map1(x, |v| v.exp()),
         UnaryOp::Neg => map1(x, |v| -v),
+        UnaryOp::Sqrt => map1(x, |v| v.sqrt()),
     }
 }
 
@@ -43,6 +44,11 @@ pub(crate) fn binary<E: Element>(op: BinaryOp, a: &[E], b: &[E]) -> CpuBuffer<E>
         BinaryOp::Add => map2(a, b, |a, b| a + b),
         BinaryOp::Sub => map2(a, b, |a, b| a - b),
         BinaryOp::Mul => map2(a, b, |a, b| a * b),
+        BinaryOp::Div => map2(a, b, |a, b| a / b),
         BinaryOp::ReluGrad => map2(a, b, |y, g| if y > E::zero() { g } else { E::zero() }),
     }
+}
+
+pub(crate) fn axpy<E: Element>(a: f64, x: &[E], y: &[E]) -> CpuBuffer<E> {
+    map2(x, y, |x, y| E::of(a * x.f64() + y.f64()))
 }

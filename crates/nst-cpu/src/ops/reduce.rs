@@ -15,6 +15,51 @@ pub(crate) fn sum_all<E: Element>(x: &[E]) -> CpuBuffer<E> {
     CpuBuffer::from_vec(vec![E::of(parts.iter().sum())])
 }
 
+/// `Σ a_i·b_i` in `f64` over fixed chunks, then the chunks in order.
+pub(crate) fn dot<E: Element>(a: &[E], b: &[E]) -> f64 {
+    let parts: Vec<f64> = a
+        .par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .map(|(a, b)| {
+            // Eight independent accumulators so the loop vectorizes.
+            let mut lanes = [0.0f64; 8];
+            let (ab, bb) = (a.chunks_exact(8), b.chunks_exact(8));
+            let (ar, br) = (ab.remainder(), bb.remainder());
+            for (x, y) in ab.zip(bb) {
+                for i in 0..8 {
+                    lanes[i] += x[i].f64() * y[i].f64();
+                }
+            }
+            for (i, (x, y)) in ar.iter().zip(br).enumerate() {
+                lanes[i] += x.f64() * y.f64();
+            }
+            lanes.iter().sum::<f64>()
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// `(Σ |x_i|, max |x_i|)` over fixed chunks, NaN-propagating.
+pub(crate) fn norms<E: Element>(x: &[E]) -> (f64, f64) {
+    let parts: Vec<(f64, f64)> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            c.iter().fold((0.0f64, 0.0f64), |(s, m), v| {
+                let a = v.f64().abs();
+                let m = if m.is_nan() || a.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(a)
+                };
+                (s + a, m)
+            })
+        })
+        .collect();
+    let sums: Vec<f64> = parts.iter().map(|p| p.0).collect();
+    let maxes: Vec<f64> = parts.iter().map(|p| p.1).collect();
+    (sums.iter().sum(), nst_tensor::host_norms(&maxes).1)
+}
+
 pub(crate) fn sum_axis<E: Element>(x: &[E], shape: &Shape, axis: usize) -> CpuBuffer<E> {
     let (outer, n, inner) = shape.split_at_axis(axis);
     let mut out = E::pool().zeroed(outer * inner);

@@ -210,6 +210,53 @@ fn reductions_and_movement() {
 }
 
 #[test]
+fn optimizer_arithmetic_matches_plain_loops() {
+    let be = Cpu::new(2);
+    // Longer than one parallel chunk, so the chunked sums are exercised.
+    let a64 = rand_vec(300_001, 11);
+    let b64 = rand_vec(300_001, 12);
+    let a32: Vec<f32> = a64.iter().map(|&v| v as f32).collect();
+    let b32: Vec<f32> = b64.iter().map(|&v| v as f32).collect();
+    let a = Tensor::from_f32(&be, &a32, [a32.len()]).unwrap();
+    let b = Tensor::from_f32(&be, &b32, [b32.len()]).unwrap();
+    let dot: f64 = a32
+        .iter()
+        .zip(&b32)
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum();
+    assert!((a.dot(&b).unwrap() - dot).abs() < 1e-9 * dot.abs().max(1.0));
+    let l1: f64 = a32.iter().map(|v| v.abs() as f64).sum();
+    let max = a32.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    let (n1, ninf) = a.norms().unwrap();
+    assert!((n1 - l1).abs() < 1e-9 * l1);
+    assert_eq!(ninf, max);
+    let y = a.axpy(-2.5, &b).unwrap().to_f32().unwrap();
+    for i in [0, 77, 300_000] {
+        assert_eq!(y[i], (-2.5 * a32[i] as f64 + b32[i] as f64) as f32);
+    }
+    let q = a.square().unwrap().sqrt().unwrap().div(&b).unwrap();
+    let q = q.to_f32().unwrap();
+    for i in [0, 5, 300_000] {
+        assert_eq!(q[i], a32[i].abs() / b32[i]);
+    }
+    // A NaN anywhere shows in both norms; an infinity in the 1-norm.
+    let mut bad = a32.clone();
+    bad[123_456] = f32::NAN;
+    let (n1, ninf) = Tensor::from_f32(&be, &bad, [bad.len()])
+        .unwrap()
+        .norms()
+        .unwrap();
+    assert!(n1.is_nan() && ninf.is_nan());
+    bad[123_456] = f32::INFINITY;
+    let (n1, ninf) = Tensor::from_f32(&be, &bad, [bad.len()])
+        .unwrap()
+        .norms()
+        .unwrap();
+    assert!(n1.is_infinite() && ninf.is_infinite());
+    assert!(a.dot(&a.narrow(0, 0, 5).unwrap()).is_err());
+}
+
+#[test]
 fn same_inputs_same_bytes_across_runs_and_threads() {
     let run = |threads: usize| {
         let be = Cpu::new(threads);

@@ -1,21 +1,26 @@
 // Reductions and data movement of the nst CUDA backend (f32). Sums accumulate in double with a
 // fixed split (independent of timing), so results are deterministic.
 
-// Pass 1: block b sums elements b, b + gridDim.x*blockDim.x, ... into partial[b].
-extern "C" __global__ void sum_partial_f32(const float* x, unsigned long long n, double* partial) {
+// Adds one value per thread of a 256-thread block, in a fixed tree, into out[blockIdx.x].
+__device__ void block_sum_to(double acc, double* out) {
     __shared__ double cache[256];
-    double acc = 0.0;
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)blockDim.x * gridDim.x) {
-        acc += (double)x[i];
-    }
     cache[threadIdx.x] = acc;
     __syncthreads();
     for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) cache[threadIdx.x] += cache[threadIdx.x + s];
         __syncthreads();
     }
-    if (threadIdx.x == 0) partial[blockIdx.x] = cache[0];
+    if (threadIdx.x == 0) out[blockIdx.x] = cache[0];
+}
+
+// Pass 1: block b sums elements b, b + gridDim.x*blockDim.x, ... into partial[b].
+extern "C" __global__ void sum_partial_f32(const float* x, unsigned long long n, double* partial) {
+    double acc = 0.0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        acc += (double)x[i];
+    }
+    block_sum_to(acc, partial);
 }
 
 // Pass 2: one thread adds the partials in order.
@@ -24,6 +29,52 @@ extern "C" __global__ void sum_final_f32(const double* partial, unsigned int par
         double acc = 0.0;
         for (unsigned int i = 0; i < parts; ++i) acc += partial[i];
         out[0] = (float)acc;
+    }
+}
+
+// Block b writes the sum of a[i] * b[i] over its grid-stride elements into partial[b]; the
+// host adds the partials in order.
+extern "C" __global__ void dot_partial_f32(const float* a, const float* b, unsigned long long n,
+                                           double* partial) {
+    double acc = 0.0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        acc += (double)a[i] * (double)b[i];
+    }
+    block_sum_to(acc, partial);
+}
+
+// NaN-propagating maximum (fmax would drop a NaN).
+__device__ double max_nan(double m, double a) {
+    return (isnan(m) || isnan(a)) ? (m + a) : fmax(m, a);
+}
+
+// Block b writes the sum and the maximum of |x[i]| over its grid-stride elements into
+// sums[b] and maxes[b].
+extern "C" __global__ void norms_partial_f32(const float* x, unsigned long long n, double* sums,
+                                             double* maxes) {
+    __shared__ double cs[256];
+    __shared__ double cm[256];
+    double s = 0.0, m = 0.0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        double a = fabs((double)x[i]);
+        s += a;
+        m = max_nan(m, a);
+    }
+    cs[threadIdx.x] = s;
+    cm[threadIdx.x] = m;
+    __syncthreads();
+    for (unsigned int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) {
+            cs[threadIdx.x] += cs[threadIdx.x + k];
+            cm[threadIdx.x] = max_nan(cm[threadIdx.x], cm[threadIdx.x + k]);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        sums[blockIdx.x] = cs[0];
+        maxes[blockIdx.x] = cm[0];
     }
 }
 

@@ -78,6 +78,27 @@ fn elementwise_and_reductions() {
         &ga.binary(nst_tensor::BinaryOp::ReluGrad, &gb).unwrap(),
         false,
     );
+    close("div", &a.div(&b).unwrap(), &ga.div(&gb).unwrap(), false);
+    let (pa, gpa) = (a.square().unwrap(), ga.square().unwrap());
+    close("sqrt", &pa.sqrt().unwrap(), &gpa.sqrt().unwrap(), false);
+    close(
+        "axpy",
+        &a.axpy(-0.75, &b).unwrap(),
+        &ga.axpy(-0.75, &gb).unwrap(),
+        false,
+    );
+    let (d1, d2) = (a.dot(&b).unwrap(), ga.dot(&gb).unwrap());
+    assert!((d1 - d2).abs() < 1e-9 * (1.0 + d1.abs()), "dot {d1} {d2}");
+    let (n1, n2) = (a.norms().unwrap(), ga.norms().unwrap());
+    assert!((n1.0 - n2.0).abs() < 1e-9 * n1.0, "norm1 {n1:?} {n2:?}");
+    assert_eq!(n1.1, n2.1, "max norm");
+    let mut nan = data(1000, 4);
+    nan[517] = f32::NAN;
+    let gnan = Tensor::from_f32(g, &nan, [1000]).unwrap().norms().unwrap();
+    assert!(
+        gnan.0.is_nan() && gnan.1.is_nan(),
+        "NaN propagates: {gnan:?}"
+    );
     close("sum", &a.sum().unwrap(), &ga.sum().unwrap(), true);
     for axis in 0..3 {
         close(
