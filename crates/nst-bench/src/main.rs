@@ -49,12 +49,14 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
         "conv benchmark: {size}x{size} input, {} threads, f32; GEMM ceiling (2048² f32) {ceiling:.0} GFLOP/s",
         be.threads()
     );
+    println!("GFLOP/s counts the direct method's FLOPs, so Winograd can pass 100% of the ceiling");
     println!(
-        "{:<8} {:>5} {:>5} {:>9} {:>10} {:>9} {:>6} {:>10} {:>9} {:>6}",
+        "{:<8} {:>5} {:>5} {:>9} {:>9} {:>10} {:>9} {:>6} {:>10} {:>9} {:>6}",
         "layer",
         "cin",
         "cout",
         "HxW",
+        "method",
         "fwd ms",
         "GFLOP/s",
         "%ceil",
@@ -74,19 +76,26 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
         ("conv4_2", 512, 512, 8),
         ("conv5_1", 512, 512, 16),
     ];
+    let direct = be.clone().with_winograd(false);
     for (name, cin, cout, div) in layers {
         let hw = size / div;
-        let x = filled(&be, &[1, cin, hw, hw], 3)?;
-        let w = filled(&be, &[cout, cin, 3, 3], 4)?;
-        let b = filled(&be, &[cout], 5)?;
-        let p = x.conv2d_params(&w, 1, 1)?;
-        let dy = filled(&be, &[1, cout, hw, hw], 6)?;
-        let reps = if hw >= 256 { 3 } else { 7 };
-        let fwd = time(reps, || Ok(x.conv2d(&w, Some(&b), 1, 1)?))?;
-        let bwd = time(reps, || Ok(dy.conv2d_backward_input(&w, &p)?))?;
-        let gf = p.flops() / 1e9;
-        println!(
-            "{name:<8} {cin:>5} {cout:>5} {:>9} {:>10.1} {:>9.0} {:>5.0}% {:>10.1} {:>9.0} {:>5.0}%",
+        let methods: &[(&str, &Cpu)] = if cin.min(cout) >= nst_cpu::WINOGRAD_MIN_CHANNELS {
+            &[("im2col", &direct), ("winograd", &be)]
+        } else {
+            &[("im2col", &direct)]
+        };
+        for &(method, be) in methods {
+            let x = filled(be, &[1, cin, hw, hw], 3)?;
+            let w = filled(be, &[cout, cin, 3, 3], 4)?;
+            let b = filled(be, &[cout], 5)?;
+            let p = x.conv2d_params(&w, 1, 1)?;
+            let dy = filled(be, &[1, cout, hw, hw], 6)?;
+            let reps = if hw >= 256 { 3 } else { 7 };
+            let fwd = time(reps, || Ok(x.conv2d(&w, Some(&b), 1, 1)?))?;
+            let bwd = time(reps, || Ok(dy.conv2d_backward_input(&w, &p)?))?;
+            let gf = p.flops() / 1e9;
+            println!(
+            "{name:<8} {cin:>5} {cout:>5} {:>9} {method:>9} {:>10.1} {:>9.0} {:>5.0}% {:>10.1} {:>9.0} {:>5.0}%",
             format!("{hw}x{hw}"),
             fwd * 1e3,
             gf / fwd,
@@ -95,6 +104,7 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
             gf / bwd,
             100.0 * gf / bwd / ceiling
         );
+        }
     }
     Ok(())
 }

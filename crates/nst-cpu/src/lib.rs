@@ -17,30 +17,62 @@ use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
     Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
 };
-use std::sync::{Arc, Mutex};
+use ops::winograd::Filters;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A flat buffer of the CPU backend.
 #[derive(Debug, Clone)]
-pub struct CpuBuffer<E: Element>(pub(crate) Array1<E>);
+pub struct CpuBuffer<E: Element> {
+    data: Array1<E>,
+    /// This buffer's Winograd transforms as 3x3 convolution weights, made on first use
+    /// (buffers never change, so the cache never goes stale): forward, input gradient.
+    winograd: [OnceLock<Arc<Filters<E>>>; 2],
+}
 
 impl<E: Element> CpuBuffer<E> {
     /// The elements.
     pub fn as_slice(&self) -> &[E] {
-        self.0.as_slice().expect("CpuBuffer is always contiguous")
+        self.data
+            .as_slice()
+            .expect("CpuBuffer is always contiguous")
     }
 
     pub(crate) fn from_vec(v: Vec<E>) -> Self {
-        CpuBuffer(Array1::from_vec(v))
+        CpuBuffer {
+            data: Array1::from_vec(v),
+            winograd: Default::default(),
+        }
+    }
+
+    /// The number of elements.
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// This buffer, as `k x c x 3 x 3` weights, transformed for Winograd convolution
+    /// (`flip`: for the input gradient); cached on the buffer.
+    fn filters(&self, k: usize, c: usize, flip: bool) -> Arc<Filters<E>> {
+        let slot = &self.winograd[usize::from(flip)];
+        let f = slot.get_or_init(|| Arc::new(Filters::new(self.as_slice(), k, c, flip)));
+        if f.matches(k, c, flip) {
+            Arc::clone(f)
+        } else {
+            // The same buffer used under another shape: transform without caching.
+            Arc::new(Filters::new(self.as_slice(), k, c, flip))
+        }
     }
 }
 
 impl<E: Element> Drop for CpuBuffer<E> {
     fn drop(&mut self) {
-        let a = std::mem::replace(&mut self.0, Array1::from_vec(Vec::new()));
+        let a = std::mem::replace(&mut self.data, Array1::from_vec(Vec::new()));
         let (v, _) = a.into_raw_vec_and_offset();
         E::pool().put(v);
     }
 }
+
+/// The fewest input and output channels for which a 3x3 convolution uses Winograd.
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// The CPU backend, generic over its element type.
 #[derive(Clone)]
@@ -48,6 +80,7 @@ pub struct CpuBackend<E: Element> {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     scratch: Arc<Mutex<Vec<E>>>,
+    winograd: bool,
 }
 
 /// The CPU backend in `f32`, the working precision.
@@ -85,7 +118,27 @@ impl<E: Element> CpuBackend<E> {
             pool: Arc::new(pool),
             threads,
             scratch: Arc::new(Mutex::new(Vec::new())),
+            winograd: true,
         }
+    }
+
+    /// This backend with Winograd F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions turned
+    /// on (the default) or off (every convolution through im2col and GEMM), e.g. to compare.
+    pub fn with_winograd(mut self, on: bool) -> Self {
+        self.winograd = on;
+        self
+    }
+
+    /// Whether a convolution goes through Winograd F(2x2, 3x3): 3x3 kernels, stride 1,
+    /// padding 1, and at least [`WINOGRAD_MIN_CHANNELS`] channels on both sides (below that
+    /// the transforms cost more than they save).
+    fn use_winograd(&self, p: &Conv2dParams) -> bool {
+        self.winograd
+            && p.kh == 3
+            && p.kw == 3
+            && p.stride == 1
+            && p.padding == 1
+            && p.in_channels.min(p.out_channels) >= WINOGRAD_MIN_CHANNELS
     }
 
     /// The number of worker threads.
@@ -127,11 +180,11 @@ impl<E: Element> CpuBackend<E> {
 }
 
 fn lengths<E: Element>(op: &'static str, a: &CpuBuffer<E>, b: &CpuBuffer<E>) -> Result<()> {
-    if a.0.len() != b.0.len() {
+    if a.len() != b.len() {
         return Err(Error::ShapeMismatch {
             op,
-            lhs: Shape::new([a.0.len()]),
-            rhs: Shape::new([b.0.len()]),
+            lhs: Shape::new([a.len()]),
+            rhs: Shape::new([b.len()]),
         });
     }
     Ok(())
@@ -165,7 +218,7 @@ impl<E: Element> Backend for CpuBackend<E> {
     }
 
     fn len(&self, buf: &Self::Buffer) -> usize {
-        buf.0.len()
+        buf.len()
     }
 
     fn full(&self, len: usize, value: f64) -> Result<Self::Buffer> {
@@ -236,7 +289,7 @@ impl<E: Element> Backend for CpuBackend<E> {
     }
 
     fn transpose(&self, x: &Self::Buffer, rows: usize, cols: usize) -> Result<Self::Buffer> {
-        if x.0.len() != rows * cols {
+        if x.len() != rows * cols {
             return Err(Error::invalid(
                 "transpose",
                 "buffer does not match its shape",
@@ -255,13 +308,13 @@ impl<E: Element> Backend for CpuBackend<E> {
         ta: bool,
         tb: bool,
     ) -> Result<Self::Buffer> {
-        if a.0.len() != m * k || b.0.len() != k * n {
+        if a.len() != m * k || b.len() != k * n {
             return Err(Error::invalid(
                 "matmul",
                 format!(
                     "buffers of {} and {} elements for {m}x{k} · {k}x{n}",
-                    a.0.len(),
-                    b.0.len()
+                    a.len(),
+                    b.len()
                 ),
             ));
         }
@@ -275,6 +328,10 @@ impl<E: Element> Backend for CpuBackend<E> {
         bias: Option<&Self::Buffer>,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
+        if self.use_winograd(p) {
+            let f = w.filters(p.out_channels, p.in_channels, false);
+            return Ok(self.run(|| ops::conv::winograd(x.as_slice(), &f, bias, p)));
+        }
         Ok(self.run(|| {
             ops::conv::forward(
                 self,
@@ -292,6 +349,10 @@ impl<E: Element> Backend for CpuBackend<E> {
         w: &Self::Buffer,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
+        if self.use_winograd(p) {
+            let f = w.filters(p.out_channels, p.in_channels, true);
+            return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, None, p)));
+        }
         Ok(self.run(|| ops::conv::backward_input(self, dy.as_slice(), w.as_slice(), p)))
     }
 

@@ -7,6 +7,7 @@
 //! it again.
 
 use super::matmul::{gemm, Mat};
+use super::winograd::Filters;
 use crate::{CpuBackend, CpuBuffer, Element};
 use nst_tensor::Conv2dParams;
 use rayon::prelude::*;
@@ -221,6 +222,32 @@ pub(crate) fn forward<E: Element>(
             }
         }
     });
+    CpuBuffer::from_vec(y)
+}
+
+/// A 3x3, stride-1, padding-1 convolution of every image of `x` through Winograd F(2x2, 3x3)
+/// with `f` (the forward filters, or the flipped ones for the input gradient, in which case
+/// `x` is the output gradient); `bias` only for the forward pass.
+pub(crate) fn winograd<E: Element>(
+    x: &[E],
+    f: &Filters<E>,
+    bias: Option<&CpuBuffer<E>>,
+    p: &Conv2dParams,
+) -> CpuBuffer<E> {
+    let (h, w) = (p.in_h, p.in_w);
+    let out_img = f.out_channels() * h * w;
+    let in_img = f.in_channels() * h * w;
+    let mut y = E::pool().scratch(p.batch * out_img);
+    for img in 0..p.batch {
+        super::winograd::conv(
+            &x[img * in_img..(img + 1) * in_img],
+            f,
+            bias.map(|b| b.as_slice()),
+            h,
+            w,
+            &mut y[img * out_img..(img + 1) * out_img],
+        );
+    }
     CpuBuffer::from_vec(y)
 }
 

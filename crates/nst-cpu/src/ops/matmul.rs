@@ -44,7 +44,31 @@ pub(crate) unsafe fn gemm<E: Element>(
     lhs: Mat<*const E>,
     rhs: Mat<*const E>,
 ) {
-    let threads = rayon::current_num_threads();
+    // SAFETY: passed through from the caller.
+    unsafe { gemm_with(true, m, n, k, dst, accumulate, lhs, rhs) }
+}
+
+/// [`gemm`], on the current rayon pool when `parallel`, else on the calling thread only (for
+/// callers that already run one product per thread).
+///
+/// # Safety
+/// As for [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_with<E: Element>(
+    parallel: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat<*mut E>,
+    accumulate: bool,
+    lhs: Mat<*const E>,
+    rhs: Mat<*const E>,
+) {
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let par = if threads > 1 && (m * n * k) > 32 * 32 * 32 {
         gemm::Parallelism::Rayon(threads)
     } else {

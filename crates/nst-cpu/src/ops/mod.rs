@@ -5,6 +5,7 @@ pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod pool;
 pub(crate) mod reduce;
+pub(crate) mod winograd;
 
 /// Elements per parallel work item for elementwise loops and fixed-split reductions.
 pub(crate) const CHUNK: usize = 1 << 14;

@@ -161,6 +161,57 @@ proptest! {
     }
 }
 
+/// Forward (with bias) and input gradient of a 3x3, stride-1, padding-1 convolution with at
+/// least 16 channels each side, which goes through Winograd F(2x2, 3x3): against the naive
+/// loop, and the input gradient against the im2col path.
+fn winograd_case<E: Element>(
+    be: &CpuBackend<E>,
+    dims: [usize; 4],
+    cout: usize,
+    seed: u64,
+    tol: f64,
+) {
+    conv_case(be, dims, cout, 3, 1, 1, seed, tol);
+    let [n, _, h, w] = dims;
+    let direct = be.clone().with_winograd(false);
+    let dy = rand_vec(n * cout * h * w, seed ^ 5);
+    let wt = rand_vec(cout * dims[1] * 9, seed ^ 6);
+    let grad = |be: &CpuBackend<E>| {
+        let x = Tensor::zeros(be, dims).unwrap();
+        let tw = Tensor::from_f64(be, &wt, [cout, dims[1], 3, 3]).unwrap();
+        let p = x.conv2d_params(&tw, 1, 1).unwrap();
+        Tensor::from_f64(be, &dy, [n, cout, h, w])
+            .unwrap()
+            .conv2d_backward_input(&tw, &p)
+            .unwrap()
+            .to_f64()
+            .unwrap()
+    };
+    assert_close(&grad(be), &grad(&direct), tol);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn winograd_matches_naive(
+        n in 1usize..3, cin in 16usize..40, cout in 16usize..40, h in 1usize..20,
+        w in 1usize..20, seed in any::<u64>(),
+    ) {
+        winograd_case(&Cpu64::new(2), [n, cin, h, w], cout, seed, 1e-12);
+        winograd_case(&Cpu::new(2), [n, cin, h, w], cout, seed, 2e-5);
+    }
+}
+
+#[test]
+fn winograd_blocks_match_naive() {
+    // Several tile-row blocks, odd sizes, and layer shapes of VGG19.
+    // f32 sums of 576 and more products: the tolerance of the im2col test of that size.
+    winograd_case(&Cpu::new(2), [1, 64, 61, 37], 64, 3, 1e-4);
+    winograd_case(&Cpu::new(2), [1, 128, 33, 20], 256, 4, 1e-4);
+    winograd_case(&Cpu64::new(2), [1, 256, 17, 9], 16, 5, 1e-12);
+}
+
 #[test]
 fn large_conv_blocks_match_naive() {
     // Wide enough that the spatial dimension is split into several column blocks.
