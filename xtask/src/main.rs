@@ -31,6 +31,8 @@ commands:
                        seconds per render iteration (objective, gradient, L-BFGS step) and
                        peak memory; --vs-pytorch runs PyTorch on the same iteration side by
                        side (in a private venv made on first use)
+  bench gradient [same options as render]
+                       the same without the optimizer: objective and gradient only
   help                 this text
 ";
 

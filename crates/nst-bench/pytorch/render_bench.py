@@ -6,8 +6,9 @@ history 100 and step 1 without line search. Prints one line: `seconds_per_iterat
 first_total`, where peak memory is the GPU's peak allocation on CUDA and the process's peak
 RSS on the CPU.
 
-usage: render_bench.py WEIGHTS CONTENT.f32 STYLE.f32 SIZE ITERS DEVICE
-(the images are SIZE x SIZE x 3 little-endian float32 RGB files, 0-255)
+usage: render_bench.py WEIGHTS CONTENT.f32 STYLE.f32 SIZE ITERS DEVICE [render|gradient]
+(the images are SIZE x SIZE x 3 little-endian float32 RGB files, 0-255); `gradient` times
+the objective and its gradient alone, without the optimizer and its history.
 """
 import json
 import resource
@@ -71,6 +72,7 @@ def to_model(path, size, device):
 
 def main():
     wpath, cpath, spath, size, iters, device = sys.argv[1:7]
+    kind = sys.argv[7] if len(sys.argv) > 7 else "render"
     size, iters = int(size), int(iters)
     dev = torch.device(device)
     torch.backends.cudnn.allow_tf32 = False
@@ -102,13 +104,14 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    opt.step(closure)  # warm-up
+    step = closure if kind == "gradient" else (lambda: opt.step(closure))
+    step()  # warm-up
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     for _ in range(iters):
-        opt.step(closure)
+        step()
     sync()
     secs = (time.perf_counter() - t) / iters
     if dev.type == "cuda":

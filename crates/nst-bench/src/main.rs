@@ -172,7 +172,7 @@ fn measure_on<B: nst_tensor::Backend>(
                 Ok(f)
             })?
         }
-        "render" => {
+        "render" | "gradient" => {
             let content = load_rgb("tubingen.jpg")?.resize(size, size);
             let style = load_rgb("starry_night.jpg")?.resize(size, size);
             let conv = vgg.convention();
@@ -195,7 +195,11 @@ fn measure_on<B: nst_tensor::Backend>(
                 Ok((e.total, e.grad))
             };
             use nst_optim::Optimizer;
-            time(reps, || opt.step(&mut x, &mut f))?
+            if kind == "gradient" {
+                time(reps, || f(&x))?
+            } else {
+                time(reps, || opt.step(&mut x, &mut f))?
+            }
         }
         other => bail!("unknown measurement {other}"),
     };
@@ -216,6 +220,7 @@ fn bench_sized(
     let exe = std::env::current_exe()?;
     let what = match kind {
         "features" => "inference pass to relu5_1",
+        "gradient" => "objective and its gradient (no optimizer)",
         _ => "render iteration (objective + gradient + L-BFGS step)",
     };
     let threads_text = if threads == 0 {
@@ -256,7 +261,7 @@ fn bench_sized(
         let mb: f64 = parts.next().context("no memory")?.parse()?;
         let label = format!("{size}x{size}");
         if vs_pytorch {
-            let (ts, tmb) = pytorch(device, threads, size, reps)?;
+            let (ts, tmb) = pytorch(kind, device, threads, size, reps)?;
             println!(
                 "{label:>10} {secs:>10.3} {mb:>12.0} {ts:>10.3} {tmb:>12.0} {:>10.2}",
                 secs / ts
@@ -270,7 +275,13 @@ fn bench_sized(
 
 /// Runs the PyTorch implementation of the same render iteration (`pytorch/render_bench.py`,
 /// or `$NST_PYTORCH_SCRIPT`) with `$NST_PYTHON` (default `python3`): (seconds, peak MB).
-fn pytorch(device: &str, threads: usize, size: usize, reps: usize) -> Result<(f64, f64)> {
+fn pytorch(
+    kind: &str,
+    device: &str,
+    threads: usize,
+    size: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
     let script = std::env::var_os("NST_PYTORCH_SCRIPT")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -300,7 +311,8 @@ fn pytorch(device: &str, threads: usize, size: usize, reps: usize) -> Result<(f6
         .arg(&s)
         .arg(size.to_string())
         .arg(reps.to_string())
-        .arg(device);
+        .arg(device)
+        .arg(kind);
     if threads > 0 {
         cmd.env("OMP_NUM_THREADS", threads.to_string());
     }
@@ -364,10 +376,10 @@ fn main() -> Result<()> {
             let sizes = sizes.as_deref().unwrap_or(&[512, 1024]);
             bench_sized("features", &device, threads, sizes, false)
         }
-        Some("render") => {
+        Some(kind @ ("render" | "gradient")) => {
             let sizes = sizes.as_deref().unwrap_or(&[256, 512]);
-            bench_sized("render", &device, threads, sizes, vs_pytorch)
+            bench_sized(kind, &device, threads, sizes, vs_pytorch)
         }
-        _ => bail!("usage: nst-bench conv|features|render [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch]"),
+        _ => bail!("usage: nst-bench conv|features|render|gradient [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch]"),
     }
 }

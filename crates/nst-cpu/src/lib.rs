@@ -49,16 +49,24 @@ impl<E: Element> CpuBuffer<E> {
         self.data.len()
     }
 
-    /// This buffer, as `k x c x 3 x 3` weights, transformed for Winograd convolution
-    /// (`flip`: for the input gradient); cached on the buffer.
-    fn filters(&self, k: usize, c: usize, flip: bool) -> Arc<Filters<E>> {
-        let slot = &self.winograd[usize::from(flip)];
-        let f = slot.get_or_init(|| Arc::new(Filters::new(self.as_slice(), k, c, flip)));
-        if f.matches(k, c, flip) {
+    /// This buffer, as `k x c x 3 x 3` weights, transformed for Winograd convolution (with
+    /// `rotated`, the input gradient's bank); cached on the buffer.
+    fn filters(&self, k: usize, c: usize, rotated: bool) -> Arc<Filters<E>> {
+        let make = || {
+            let f = Filters::new(self.as_slice(), k, c);
+            if rotated {
+                f.rotated()
+            } else {
+                f
+            }
+        };
+        let f = self.winograd[usize::from(rotated)].get_or_init(|| Arc::new(make()));
+        let (fk, fc) = if rotated { (c, k) } else { (k, c) };
+        if f.matches(fk, fc) {
             Arc::clone(f)
         } else {
             // The same buffer used under another shape: transform without caching.
-            Arc::new(Filters::new(self.as_slice(), k, c, flip))
+            Arc::new(make())
         }
     }
 }

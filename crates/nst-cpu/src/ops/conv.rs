@@ -226,8 +226,8 @@ pub(crate) fn forward<E: Element>(
 }
 
 /// A 3x3, stride-1, padding-1 convolution of every image of `x` through Winograd F(2x2, 3x3)
-/// with `f` (the forward filters, or the flipped ones for the input gradient, in which case
-/// `x` is the output gradient); `bias` only for the forward pass.
+/// with `f`: the forward filters, or the rotated bank for the input gradient (`x` is then the
+/// output gradient); `bias` only for the forward pass.
 pub(crate) fn winograd<E: Element>(
     x: &[E],
     f: &Filters<E>,
@@ -235,8 +235,7 @@ pub(crate) fn winograd<E: Element>(
     p: &Conv2dParams,
 ) -> CpuBuffer<E> {
     let (h, w) = (p.in_h, p.in_w);
-    let out_img = f.out_channels() * h * w;
-    let in_img = f.in_channels() * h * w;
+    let (out_img, in_img) = (f.out_channels() * h * w, f.in_channels() * h * w);
     let mut y = E::pool().scratch(p.batch * out_img);
     for img in 0..p.batch {
         super::winograd::conv(

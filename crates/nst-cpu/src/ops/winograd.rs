@@ -8,7 +8,7 @@
 //! `M_e = U_e · V_e` (`U_e`: K x C filters, `V_e`: C x tiles), one per tile position `e`.
 //!
 //! The filters are transformed once per weight buffer (the network is frozen) and cached on
-//! the buffer. The tiles are processed in blocks of whole tile rows sized so that a block's
+//! the buffer, as is the input gradient's bank, a permuted transpose of the same transform. The tiles are processed in blocks of whole tile rows sized so that a block's
 //! transformed input and products stay in the core's cache; blocks run in parallel, each
 //! with a single-threaded GEMM, and write disjoint output rows. Every transform uses only
 //! `±1` and `½`, so the rounding error is close to the direct method's (measured in the
@@ -18,31 +18,36 @@ use super::matmul::{gemm_with, Mat};
 use crate::Element;
 use rayon::prelude::*;
 
-/// Filters transformed for F(2x2, 3x3): 16 matrices `U_e`, each `out x inp` row-major.
+/// Filters transformed for F(2x2, 3x3): 16 matrices `U_e = G g Gᵀ` at tile position `e`,
+/// each `k x c` row-major.
+///
+/// The input gradient needs the filters rotated by 180° with input and output swapped. As
+/// `G·J = P·G` (`J` reverses the three taps, `P` swaps rows 0 and 3 of a 4-row matrix),
+/// `G rot(g) Gᵀ = P U Pᵀ`: its tile position `(a, b)` holds `U` at `(σa, σb)` with
+/// `σ = [3, 1, 2, 0]`, and swapping the channels is a transpose ([`Filters::rotated`]). The
+/// rotated bank is stored rather than read through strides, so that both directions feed
+/// the GEMM contiguous operands it need not pack.
 #[derive(Debug)]
 pub(crate) struct Filters<E> {
     u: Vec<E>,
-    out: usize,
-    inp: usize,
-    flip: bool,
+    k: usize,
+    c: usize,
+}
+
+/// The tile position whose transformed filter, transposed, is the rotated filter's at `e`.
+fn rotated(e: usize) -> usize {
+    const SIGMA: [usize; 4] = [3, 1, 2, 0];
+    SIGMA[e / 4] * 4 + SIGMA[e % 4]
 }
 
 impl<E: Element> Filters<E> {
-    /// Transforms OIHW 3x3 weights `w` (`k x c x 3 x 3`). With `flip` the result is the
-    /// filter bank of the input gradient: `c` outputs, `k` inputs, each filter rotated by 180°.
-    pub(crate) fn new(w: &[E], k: usize, c: usize, flip: bool) -> Self {
-        let (out, inp) = if flip { (c, k) } else { (k, c) };
-        let mut u = vec![E::zero(); 16 * out * inp];
+    /// Transforms OIHW 3x3 weights `w` (`k x c x 3 x 3`).
+    pub(crate) fn new(w: &[E], k: usize, c: usize) -> Self {
+        let mut u = vec![E::zero(); 16 * k * c];
         let half = E::of(0.5);
-        for o in 0..out {
-            for i in 0..inp {
-                let g = |a: usize, b: usize| {
-                    if flip {
-                        w[(i * c + o) * 9 + (2 - a) * 3 + (2 - b)]
-                    } else {
-                        w[(o * c + i) * 9 + a * 3 + b]
-                    }
-                };
+        for o in 0..k {
+            for i in 0..c {
+                let g = |a: usize, b: usize| w[(o * c + i) * 9 + a * 3 + b];
                 // t = G·g (4 x 3), then u = t·Gᵀ (4 x 4).
                 let col = |b: usize| (g(0, b), g(1, b), g(2, b));
                 let t: [[E; 3]; 4] = [
@@ -65,27 +70,44 @@ impl<E: Element> Filters<E> {
                         r[2],
                     ];
                     for (b, v) in row.into_iter().enumerate() {
-                        u[((a * 4 + b) * out + o) * inp + i] = v;
+                        u[((a * 4 + b) * k + o) * c + i] = v;
                     }
                 }
             }
         }
-        Filters { u, out, inp, flip }
+        Filters { u, k, c }
+    }
+
+    /// The filter bank of the input gradient: the filters rotated by 180° with inputs and
+    /// outputs swapped (`c x k`), by permuting and transposing this transform.
+    pub(crate) fn rotated(&self) -> Self {
+        let (k, c) = (self.k, self.c);
+        let mut u = vec![E::zero(); 16 * k * c];
+        for e in 0..16 {
+            let src = &self.u[rotated(e) * k * c..(rotated(e) + 1) * k * c];
+            let dst = &mut u[e * k * c..(e + 1) * k * c];
+            for (o, row) in src.chunks_exact(c).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    dst[i * k + o] = v;
+                }
+            }
+        }
+        Filters { u, k: c, c: k }
+    }
+
+    /// Whether these filters have `k` outputs and `c` inputs.
+    pub(crate) fn matches(&self, k: usize, c: usize) -> bool {
+        (self.k, self.c) == (k, c)
     }
 
     /// Output channels.
     pub(crate) fn out_channels(&self) -> usize {
-        self.out
+        self.k
     }
 
     /// Input channels.
     pub(crate) fn in_channels(&self) -> usize {
-        self.inp
-    }
-
-    /// Whether these are the filters [`Filters::new`] makes for these arguments' shapes.
-    pub(crate) fn matches(&self, k: usize, c: usize, flip: bool) -> bool {
-        self.flip == flip && (self.out, self.inp) == if flip { (c, k) } else { (k, c) }
+        self.c
     }
 }
 
@@ -115,7 +137,7 @@ pub(crate) fn conv<E: Element>(
     w: usize,
     out: &mut [E],
 ) {
-    let (c, k) = (f.inp, f.out);
+    let (k, c) = (f.k, f.c);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     assert_eq!(x.len(), c * h * w, "winograd input size");
     assert_eq!(out.len(), k * h * w, "winograd output size");
