@@ -273,6 +273,27 @@ impl<'t, B: Backend> Var<'t, B> {
         }))
     }
 
+    /// `relu(conv2d(self, weight, bias))` as one op: one pass over the output forward, and
+    /// backward the ReLU mask is applied while the convolution reads the gradient; only the
+    /// output is kept for the backward pass. With trainable weights or bias it is the two ops.
+    pub fn conv2d_relu(
+        &self,
+        weight: &Self,
+        bias: Option<&Self>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        if weight.requires_grad || bias.is_some_and(|b| b.requires_grad) {
+            return self.conv2d(weight, bias, stride, padding)?.relu();
+        }
+        let y = self
+            .value
+            .conv2d_relu(&weight.value, bias.map(|b| &b.value), stride, padding)?;
+        let p = self.value.conv2d_params(&weight.value, stride, padding)?;
+        let (w, out) = (weight.value.clone(), y.clone());
+        Ok(self.unary_op(y, move |g| g.conv2d_relu_backward_input(&out, &w, &p)))
+    }
+
     /// 2-D max or average pooling (floor mode, no padding).
     pub fn pool2d(&self, kind: PoolKind, kernel: usize, stride: usize) -> Result<Self> {
         let y = self.value.pool2d(kind, kernel, stride)?;

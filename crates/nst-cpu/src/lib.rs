@@ -17,7 +17,7 @@ use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
     Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
 };
-use ops::winograd::Filters;
+use ops::winograd::{Filters, Fused};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A flat buffer of the CPU backend.
@@ -42,6 +42,13 @@ impl<E: Element> CpuBuffer<E> {
             data: Array1::from_vec(v),
             winograd: Default::default(),
         }
+    }
+
+    /// The elements, mutably (only for a buffer not yet shared).
+    fn as_mut_slice(&mut self) -> &mut [E] {
+        self.data
+            .as_slice_mut()
+            .expect("CpuBuffer is always contiguous")
     }
 
     /// The number of elements.
@@ -338,7 +345,11 @@ impl<E: Element> Backend for CpuBackend<E> {
     ) -> Result<Self::Buffer> {
         if self.use_winograd(p) {
             let f = w.filters(p.out_channels, p.in_channels, false);
-            return Ok(self.run(|| ops::conv::winograd(x.as_slice(), &f, bias, p)));
+            let fused = Fused {
+                bias: bias.map(|b| b.as_slice()),
+                ..Fused::default()
+            };
+            return Ok(self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p)));
         }
         Ok(self.run(|| {
             ops::conv::forward(
@@ -359,9 +370,52 @@ impl<E: Element> Backend for CpuBackend<E> {
     ) -> Result<Self::Buffer> {
         if self.use_winograd(p) {
             let f = w.filters(p.out_channels, p.in_channels, true);
-            return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, None, p)));
+            let fused = Fused::default();
+            return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p)));
         }
         Ok(self.run(|| ops::conv::backward_input(self, dy.as_slice(), w.as_slice(), p)))
+    }
+
+    fn conv2d_relu(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        if self.use_winograd(p) {
+            let f = w.filters(p.out_channels, p.in_channels, false);
+            let fused = Fused {
+                bias: bias.map(|b| b.as_slice()),
+                relu: true,
+                mask: None,
+            };
+            return Ok(self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p)));
+        }
+        // The ReLU in place on the fresh output: no second buffer.
+        let mut y = self.conv2d(x, w, bias, p)?;
+        self.run(|| ops::elementwise::relu_in_place(y.as_mut_slice()));
+        Ok(y)
+    }
+
+    fn conv2d_relu_backward_input(
+        &self,
+        y: &Self::Buffer,
+        dy: &Self::Buffer,
+        w: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        lengths("conv2d_relu_backward_input", y, dy)?;
+        if self.use_winograd(p) {
+            let f = w.filters(p.out_channels, p.in_channels, true);
+            let fused = Fused {
+                mask: Some(y.as_slice()),
+                ..Fused::default()
+            };
+            return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p)));
+        }
+        let g = self.binary(BinaryOp::ReluGrad, y, dy)?;
+        self.conv2d_backward_input(&g, w, p)
     }
 
     fn conv2d_backward_weight(

@@ -1,5 +1,9 @@
 //! A process-wide pool of freed buffers, so that steady-state work (one render iteration
 //! after another) reuses memory that is already mapped instead of faulting in fresh pages.
+//!
+//! A request takes the smallest pooled buffer that fits (at most twice its size); when none
+//! fits, pooled buffers too small for it are freed, oldest first, up to its size, so the
+//! pool trades page faults for memory only up to the footprint the work already has.
 
 use crate::Element;
 use std::sync::Mutex;
@@ -56,7 +60,18 @@ impl<E: Element> BufPool<E> {
                 .min_by_key(|(_, v)| v.capacity())
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                return Some(free.swap_remove(i));
+                return Some(free.remove(i));
+            }
+            // A miss: a fresh buffer is about to be mapped. Free at least as many bytes of
+            // pooled buffers too small to serve it, oldest first, so that the footprint (live
+            // plus pooled) does not grow by the whole request. Without this, a backward pass
+            // that frees small gradients while asking for ever larger ones keeps them all.
+            let mut freed = 0;
+            while freed < len {
+                match free.iter().position(|v| v.capacity() < len) {
+                    Some(i) => freed += free.remove(i).capacity(),
+                    None => break,
+                }
             }
         }
         None
@@ -77,5 +92,43 @@ impl<E: Element> BufPool<E> {
     /// Frees every pooled vector.
     pub fn clear(&self) {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pooled(p: &BufPool<f32>) -> Vec<usize> {
+        p.free
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v.capacity())
+            .collect()
+    }
+
+    #[test]
+    fn reuses_fitting_buffers_and_evicts_small_ones_on_a_miss() {
+        let p = BufPool::<f32>::new();
+        p.put(vec![0.0; 10_000]);
+        p.put(vec![0.0; 6_000]);
+        p.put(vec![0.0; 9_000]);
+        // The smallest that fits (within twice the request).
+        assert_eq!(p.scratch(8_000).capacity(), 9_000);
+        assert_eq!(pooled(&p), [10_000, 6_000]);
+        // Nothing fits 50 000: the smaller buffers go, oldest first, up to the request.
+        let big = p.zeroed(50_000);
+        assert_eq!(big.len(), 50_000);
+        assert!(pooled(&p).is_empty());
+        p.put(vec![0.0; 40_000]);
+        p.put(vec![0.0; 30_000]);
+        p.put(vec![0.0; 5_000]);
+        // A miss frees only about what it asks for: 40 000 + 30 000 covers 60 000.
+        let _ = p.scratch(60_000);
+        assert_eq!(pooled(&p), [5_000]);
+        // Tiny buffers are never pooled.
+        p.put(vec![0.0; 100]);
+        assert_eq!(pooled(&p), [5_000]);
     }
 }

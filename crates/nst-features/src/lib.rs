@@ -119,7 +119,8 @@ impl<'m, B: Backend> FeatureExtractor<'m, B> {
     fn run<A: Activation<B> + Clone>(&self, x: A) -> Result<Features<A>> {
         let mut found: Vec<Option<A>> = vec![None; self.layers.len()];
         if !self.layers.is_empty() {
-            self.model.forward(x, self.deepest, |i, a| {
+            let wanted = |i: usize| self.layers.iter().any(|(_, idx)| *idx == i);
+            self.model.forward_some(x, self.deepest, &wanted, |i, a| {
                 for (slot, (_, idx)) in found.iter_mut().zip(&self.layers) {
                     if *idx == i {
                         *slot = Some(a.clone());

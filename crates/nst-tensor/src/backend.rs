@@ -112,6 +112,33 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         p: &Pool2dParams,
     ) -> Result<Self::Buffer>;
 
+    /// `max(conv2d(x, w, bias), 0)`: a convolution and its ReLU, in one pass over the output
+    /// where the device can. The default runs the two ops.
+    fn conv2d_relu(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        let y = self.conv2d(x, w, bias, p)?;
+        self.unary(UnaryOp::Relu, &y)
+    }
+
+    /// The input gradient of [`Backend::conv2d_relu`], given its output `y` and the output
+    /// gradient `dy`: the convolution's input gradient of `dy` where `y > 0` (else 0). The
+    /// default masks, then runs [`Backend::conv2d_backward_input`].
+    fn conv2d_relu_backward_input(
+        &self,
+        y: &Self::Buffer,
+        dy: &Self::Buffer,
+        w: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        let g = self.binary(BinaryOp::ReluGrad, y, dy)?;
+        self.conv2d_backward_input(&g, w, p)
+    }
+
     /// `Σ a_i·b_i`, accumulated in `f64` where the device can. The default multiplies, sums and
     /// copies the one-element result back.
     fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {

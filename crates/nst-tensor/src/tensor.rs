@@ -469,19 +469,49 @@ impl<B: Backend> Tensor<B> {
         padding: usize,
     ) -> Result<Self> {
         let p = self.conv2d_params(weight, stride, padding)?;
-        if let Some(b) = bias {
-            if b.dims() != [p.out_channels] {
-                return Err(Error::ShapeMismatch {
-                    op: "conv2d bias",
-                    lhs: weight.shape.clone(),
-                    rhs: b.shape.clone(),
-                });
-            }
-        }
+        check_bias("conv2d bias", bias, &p)?;
         let y = self
             .backend
             .conv2d(&self.buf, &weight.buf, bias.map(|b| &*b.buf), &p)?;
         Ok(self.wrap(y, p.output_shape()))
+    }
+
+    /// `max(conv2d(self, weight, bias), 0)` in one pass where the backend can (same arguments
+    /// and checks as [`Tensor::conv2d`]).
+    pub fn conv2d_relu(
+        &self,
+        weight: &Self,
+        bias: Option<&Self>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let p = self.conv2d_params(weight, stride, padding)?;
+        check_bias("conv2d_relu bias", bias, &p)?;
+        let buf = self
+            .backend
+            .conv2d_relu(&self.buf, &weight.buf, bias.map(|b| &*b.buf), &p)?;
+        Ok(self.wrap(buf, p.output_shape()))
+    }
+
+    /// The input gradient of [`Tensor::conv2d_relu`] at output `y` (this tensor is the output
+    /// gradient, shaped like `y`).
+    pub fn conv2d_relu_backward_input(
+        &self,
+        y: &Self,
+        weight: &Self,
+        p: &Conv2dParams,
+    ) -> Result<Self> {
+        same_shape("conv2d_relu_backward_input", &self.shape, &y.shape)?;
+        same_shape("conv2d_relu_backward_input", &self.shape, &p.output_shape())?;
+        same_shape(
+            "conv2d_relu_backward_input",
+            &weight.shape,
+            &p.weight_shape(),
+        )?;
+        let buf = self
+            .backend
+            .conv2d_relu_backward_input(&y.buf, &self.buf, &weight.buf, p)?;
+        Ok(self.wrap(buf, p.input_shape()))
     }
 
     /// Gradient of a convolution w.r.t. its input: `self` is the output gradient.
@@ -544,5 +574,21 @@ impl<B: Backend> Tensor<B> {
             self.backend.pool2d_backward(&self.buf, &dy.buf, p)?,
             self.shape.clone(),
         ))
+    }
+}
+
+/// A convolution's bias, if any, must have one entry per output channel.
+fn check_bias<B: Backend>(
+    op: &'static str,
+    bias: Option<&Tensor<B>>,
+    p: &Conv2dParams,
+) -> Result<()> {
+    match bias {
+        Some(b) if b.dims() != [p.out_channels] => Err(Error::ShapeMismatch {
+            op,
+            lhs: b.shape.clone(),
+            rhs: Shape::new([p.out_channels]),
+        }),
+        _ => Ok(()),
     }
 }

@@ -12,6 +12,10 @@ pub trait Activation<B: Backend>: Sized {
     fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self>;
     /// ReLU.
     fn relu(&self) -> Result<Self>;
+    /// [`Activation::conv`] then [`Activation::relu`], fused where the backend can.
+    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        self.conv(weight, bias)?.relu()
+    }
     /// 2x2 pooling with stride 2.
     fn pool(&self, kind: PoolKind) -> Result<Self>;
 }
@@ -22,6 +26,9 @@ impl<B: Backend> Activation<B> for Tensor<B> {
     }
     fn relu(&self) -> Result<Self> {
         Ok(Tensor::relu(self)?)
+    }
+    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        Ok(self.conv2d_relu(weight, Some(bias), 1, 1)?)
     }
     fn pool(&self, kind: PoolKind) -> Result<Self> {
         Ok(self.pool2d(kind, 2, 2)?)
@@ -36,6 +43,11 @@ impl<B: Backend> Activation<B> for Var<'_, B> {
     }
     fn relu(&self) -> Result<Self> {
         Ok(Var::relu(self)?)
+    }
+    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        let tape = self.tape();
+        let (w, b) = (tape.constant(weight.clone()), tape.constant(bias.clone()));
+        Ok(self.conv2d_relu(&w, Some(&b), 1, 1)?)
     }
     fn pool(&self, kind: PoolKind) -> Result<Self> {
         Ok(self.pool2d(kind, 2, 2)?)
@@ -196,11 +208,33 @@ impl<B: Backend> Vgg<B> {
         &self,
         x: A,
         last: usize,
+        visit: impl FnMut(usize, &A) -> Result<()>,
+    ) -> Result<()> {
+        self.forward_some(x, last, &|_| true, visit)
+    }
+
+    /// [`Vgg::forward`], calling `visit` only for the layers `wanted` accepts. A convolution
+    /// whose own output is not wanted runs fused with the ReLU after it, which saves a pass
+    /// over memory and a buffer the size of the output.
+    pub fn forward_some<A: Activation<B>>(
+        &self,
+        x: A,
+        last: usize,
+        wanted: &dyn Fn(usize) -> bool,
         mut visit: impl FnMut(usize, &A) -> Result<()>,
     ) -> Result<()> {
         let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate().take(last + 1) {
+        let mut i = 0;
+        while i <= last.min(self.layers.len().saturating_sub(1)) {
+            let layer = &self.layers[i];
+            let fuse = i < last
+                && !wanted(i)
+                && matches!(self.layers.get(i + 1).map(|l| &l.op), Some(LayerOp::Relu));
             h = match (&layer.op, &self.params[i]) {
+                (LayerOp::Conv { .. }, Some((w, b))) if fuse => {
+                    i += 1;
+                    h.conv_relu(w, b)?
+                }
                 (LayerOp::Conv { .. }, Some((w, b))) => h.conv(w, b)?,
                 (LayerOp::Relu, _) => h.relu()?,
                 (LayerOp::Pool, _) => h.pool(self.pooling)?,
@@ -208,7 +242,10 @@ impl<B: Backend> Vgg<B> {
                     return Err(Error::Weights(format!("{} has no weights", layer.name)))
                 }
             };
-            visit(i, &h)?;
+            if wanted(i) {
+                visit(i, &h)?;
+            }
+            i += 1;
         }
         Ok(())
     }

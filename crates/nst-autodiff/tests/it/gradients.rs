@@ -106,6 +106,39 @@ proptest! {
     }
 
     #[test]
+    fn conv2d_relu_with_frozen_weights(
+        cin in prop_oneof![1usize..4, 16usize..19], cout in prop_oneof![1usize..4, 16usize..19],
+        h in 1usize..7, w in 1usize..7, stride in 1usize..3, seed in any::<u64>(),
+    ) {
+        // Frozen weights take the fused path (Winograd with 16 channels or more, stride 1);
+        // the input is offset so that some outputs sit right at the ReLU's kink only rarely.
+        let b = cpu();
+        let x = rand_tensor(&b, &[1, cin, h, w], seed, 0.0);
+        let wt = rand_tensor(&b, &[cout, cin, 3, 3], seed ^ 1, 0.0);
+        let bias = rand_tensor(&b, &[cout], seed ^ 2, 0.0);
+        assert_grad(&[x], |t, v| {
+            let (wc, bc) = (t.constant(wt.clone()), t.constant(bias.clone()));
+            weighted_sum(t, &v[0].conv2d_relu(&wc, Some(&bc), stride, 1)?, seed)
+        });
+        // And it is the two ops, forward and backward.
+        let tape = Tape::new();
+        let xv = tape.var(rand_tensor(&b, &[1, cin, h, w], seed ^ 7, 0.0));
+        let (wc, bc) = (tape.constant(wt.clone()), tape.constant(bias.clone()));
+        let fused = xv.conv2d_relu(&wc, Some(&bc), stride, 1).unwrap();
+        let plain = xv.conv2d(&wc, Some(&bc), stride, 1).unwrap().relu().unwrap();
+        let (fv, pv) = (fused.value().to_f64().unwrap(), plain.value().to_f64().unwrap());
+        for (a, b) in fv.iter().zip(&pv) {
+            prop_assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()));
+        }
+        let gf = tape.backward(&weighted_sum(&tape, &fused, seed).unwrap()).unwrap();
+        let gp = tape.backward(&weighted_sum(&tape, &plain, seed).unwrap()).unwrap();
+        let (gf, gp) = (gf.get(&xv).unwrap().to_f64().unwrap(), gp.get(&xv).unwrap().to_f64().unwrap());
+        for (a, b) in gf.iter().zip(&gp) {
+            prop_assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()));
+        }
+    }
+
+    #[test]
     fn pooling(
         n in 1usize..3, c in 1usize..3, h in 2usize..9, w in 2usize..9,
         k in 1usize..4, stride in 1usize..4, max: bool, seed in any::<u64>(),

@@ -7,7 +7,7 @@
 //! it again.
 
 use super::matmul::{gemm, Mat};
-use super::winograd::Filters;
+use super::winograd::{Filters, Fused};
 use crate::{CpuBackend, CpuBuffer, Element};
 use nst_tensor::Conv2dParams;
 use rayon::prelude::*;
@@ -227,11 +227,12 @@ pub(crate) fn forward<E: Element>(
 
 /// A 3x3, stride-1, padding-1 convolution of every image of `x` through Winograd F(2x2, 3x3)
 /// with `f`: the forward filters, or the rotated bank for the input gradient (`x` is then the
-/// output gradient); `bias` only for the forward pass.
+/// output gradient); with the bias, ReLU and input mask of `fused`, whose bias is per output
+/// channel and mask is shaped like `x`.
 pub(crate) fn winograd<E: Element>(
     x: &[E],
     f: &Filters<E>,
-    bias: Option<&CpuBuffer<E>>,
+    fused: Fused<'_, E>,
     p: &Conv2dParams,
 ) -> CpuBuffer<E> {
     let (h, w) = (p.in_h, p.in_w);
@@ -241,7 +242,10 @@ pub(crate) fn winograd<E: Element>(
         super::winograd::conv(
             &x[img * in_img..(img + 1) * in_img],
             f,
-            bias.map(|b| b.as_slice()),
+            Fused {
+                mask: fused.mask.map(|m| &m[img * in_img..(img + 1) * in_img]),
+                ..fused
+            },
             h,
             w,
             &mut y[img * out_img..(img + 1) * out_img],

@@ -52,3 +52,10 @@ pub(crate) fn binary<E: Element>(op: BinaryOp, a: &[E], b: &[E]) -> CpuBuffer<E>
 pub(crate) fn axpy<E: Element>(a: f64, x: &[E], y: &[E]) -> CpuBuffer<E> {
     map2(x, y, |x, y| E::of(a * x.f64() + y.f64()))
 }
+
+pub(crate) fn relu_in_place<E: Element>(x: &mut [E]) {
+    x.par_chunks_mut(CHUNK).for_each(|c| {
+        c.iter_mut()
+            .for_each(|v| *v = if *v > E::zero() { *v } else { E::zero() })
+    });
+}

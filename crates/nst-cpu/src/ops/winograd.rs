@@ -127,12 +127,35 @@ fn rows_per_block(tiles_w: usize, c: usize, k: usize) -> usize {
     target.div_ceil(tiles_w.max(1)).max(1)
 }
 
+/// What to fuse into a Winograd convolution's passes.
+#[derive(Clone, Copy)]
+pub(crate) struct Fused<'a, E> {
+    /// Added to each output channel.
+    pub(crate) bias: Option<&'a [E]>,
+    /// Apply ReLU to the output.
+    pub(crate) relu: bool,
+    /// Read the input only where this tensor (same shape as the input) is positive, else 0:
+    /// the ReLU backward pass, when the input is an output gradient and `mask` the ReLU's
+    /// output.
+    pub(crate) mask: Option<&'a [E]>,
+}
+
+impl<E> Default for Fused<'_, E> {
+    fn default() -> Self {
+        Fused {
+            bias: None,
+            relu: false,
+            mask: None,
+        }
+    }
+}
+
 /// `out` (`K x h x w`) = the 3x3, stride-1, padding-1 correlation of one image `x`
-/// (`C x h x w`) with `f`, plus `bias`.
+/// (`C x h x w`) with `f`, with the bias, ReLU and input mask of `fused`.
 pub(crate) fn conv<E: Element>(
     x: &[E],
     f: &Filters<E>,
-    bias: Option<&[E]>,
+    fused: Fused<'_, E>,
     h: usize,
     w: usize,
     out: &mut [E],
@@ -140,6 +163,9 @@ pub(crate) fn conv<E: Element>(
     let (k, c) = (f.k, f.c);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     assert_eq!(x.len(), c * h * w, "winograd input size");
+    if let Some(m) = fused.mask {
+        assert_eq!(m.len(), x.len(), "winograd mask size");
+    }
     assert_eq!(out.len(), k * h * w, "winograd output size");
     if h == 0 || w == 0 || k == 0 {
         return;
@@ -155,7 +181,7 @@ pub(crate) fn conv<E: Element>(
         let pool = E::pool();
         let mut v = pool.scratch(16 * c * nb);
         let mut m = pool.scratch(16 * k * nb);
-        input_transform(x, c, h, w, i0, i1, &mut v);
+        input_transform(x, fused.mask, c, h, w, i0, i1, &mut v);
         for e in 0..16 {
             // Mᵀ_e (nb x K) = Vᵀ_e (nb x C) · Uᵀ_e (C x K), all stored row-major as M_e, V_e
             // and U_e, i.e. column-major from the GEMM's point of view.
@@ -188,15 +214,18 @@ pub(crate) fn conv<E: Element>(
         }
         // SAFETY: this block writes only output rows 2·i0 .. min(2·i1, h) of every channel,
         // and the blocks' tile-row ranges are disjoint.
-        unsafe { output_transform(&m, bias, k, h, w, i0, i1, dst) };
+        unsafe { output_transform(&m, fused.bias, fused.relu, k, h, w, i0, i1, dst) };
         pool.put(v);
         pool.put(m);
     });
 }
 
-/// Fills `v` (16 blocks of `C x nb`) with `Bᵀ d B` of every tile of tile rows `i0..i1`.
+/// Fills `v` (16 blocks of `C x nb`) with `Bᵀ d B` of every tile of tile rows `i0..i1`,
+/// reading `x` as zero where `mask` is not positive.
+#[allow(clippy::too_many_arguments)]
 fn input_transform<E: Element>(
     x: &[E],
+    mask: Option<&[E]>,
     c: usize,
     h: usize,
     w: usize,
@@ -218,7 +247,16 @@ fn input_transform<E: Element>(
                 let r = (2 * i + a) as isize - 1;
                 if r >= 0 && (r as usize) < h {
                     let r = r as usize;
-                    row[1..1 + w].copy_from_slice(&plane[r * w..(r + 1) * w]);
+                    let src = &plane[r * w..(r + 1) * w];
+                    match mask {
+                        None => row[1..1 + w].copy_from_slice(src),
+                        Some(m) => {
+                            let m = &m[ch * h * w + r * w..ch * h * w + (r + 1) * w];
+                            for ((d, &v), &m) in row[1..1 + w].iter_mut().zip(src).zip(m) {
+                                *d = if m > E::zero() { v } else { E::zero() };
+                            }
+                        }
+                    }
                 } else {
                     row[1..1 + w].fill(E::zero());
                 }
@@ -253,7 +291,8 @@ fn input_transform<E: Element>(
     }
 }
 
-/// Writes `Aᵀ M A + bias` of every tile of tile rows `i0..i1` into the output rows they cover.
+/// Writes `Aᵀ M A + bias` (through ReLU with `relu`) of every tile of tile rows `i0..i1` into
+/// the output rows they cover.
 ///
 /// # Safety
 /// `dst` must point at a `K x h x w` output, and no other thread may touch rows
@@ -262,6 +301,7 @@ fn input_transform<E: Element>(
 unsafe fn output_transform<E: Element>(
     m: &[E],
     bias: Option<&[E]>,
+    relu: bool,
     k: usize,
     h: usize,
     w: usize,
@@ -289,7 +329,11 @@ unsafe fn output_transform<E: Element>(
                 bottom[2 * j] = r1[0] + r1[1] + r1[2] + b;
                 bottom[2 * j + 1] = r1[1] - r1[2] - r1[3] + b;
             }
-            for (y, row) in [&*top, &*bottom].into_iter().enumerate() {
+            if relu {
+                rows.iter_mut().for_each(|v| *v = v.max(E::zero()));
+            }
+            let (top, bottom) = rows.split_at(2 * tw);
+            for (y, row) in [top, bottom].into_iter().enumerate() {
                 let oy = 2 * i + y;
                 if oy < h {
                     // SAFETY: row `oy` of channel `ch` lies inside the output and belongs to

@@ -175,6 +175,8 @@ fn convolution_forward_and_backward() {
         (1, 3, 8, 17, 13, 3, 1, 1),
         (2, 4, 5, 9, 11, 3, 2, 0),
         (1, 2, 3, 6, 6, 1, 1, 0),
+        // Winograd on the CPU side.
+        (1, 32, 16, 15, 10, 3, 1, 1),
     ] {
         let (x, gx) = pair(&[n, cin, h, w], 6, g);
         let (wt, gw) = pair(&[cout, cin, k, k], 7, g);
@@ -194,6 +196,17 @@ fn convolution_forward_and_backward() {
             "conv2d_backward_weight",
             &dy.conv2d_backward_weight(&x, &pr).unwrap(),
             &gdy.conv2d_backward_weight(&gx, &pr).unwrap(),
+            true,
+        );
+        let yr = x.conv2d_relu(&wt, Some(&b), s, p).unwrap();
+        let gyr = gx.conv2d_relu(&gw, Some(&gb), s, p).unwrap();
+        close("conv2d_relu", &yr, &gyr, true);
+        // The same mask on both sides (an output within rounding of 0 could flip it).
+        let gyr = Tensor::from_f32(g, &yr.to_f32().unwrap(), yr.dims().to_vec()).unwrap();
+        close(
+            "conv2d_relu_backward_input",
+            &dy.conv2d_relu_backward_input(&yr, &wt, &pr).unwrap(),
+            &gdy.conv2d_relu_backward_input(&gyr, &gw, &pr).unwrap(),
             true,
         );
     }
