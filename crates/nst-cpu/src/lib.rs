@@ -144,6 +144,33 @@ impl<E: Element> CpuBackend<E> {
         self
     }
 
+    /// A convolution, through ReLU with `relu`: Winograd with the bias and ReLU in its output
+    /// pass where it applies, else im2col and GEMM with the ReLU in place on the fresh output.
+    fn conv_forward(
+        &self,
+        x: &CpuBuffer<E>,
+        w: &CpuBuffer<E>,
+        bias: Option<&CpuBuffer<E>>,
+        p: &Conv2dParams,
+        relu: bool,
+    ) -> CpuBuffer<E> {
+        let bias = bias.map(|b| b.as_slice());
+        if self.use_winograd(p) {
+            let f = w.filters(p.out_channels, p.in_channels, false);
+            let fused = Fused {
+                bias,
+                relu,
+                mask: None,
+            };
+            return self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p));
+        }
+        let mut y = self.run(|| ops::conv::forward(self, x.as_slice(), w.as_slice(), bias, p));
+        if relu {
+            self.run(|| ops::elementwise::relu_in_place(y.as_mut_slice()));
+        }
+        y
+    }
+
     /// Whether a convolution goes through Winograd F(2x2, 3x3): 3x3 kernels, stride 1,
     /// padding 1, and at least [`WINOGRAD_MIN_CHANNELS`] channels on both sides (below that
     /// the transforms cost more than they save).
@@ -343,23 +370,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         bias: Option<&Self::Buffer>,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
-        if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, false);
-            let fused = Fused {
-                bias: bias.map(|b| b.as_slice()),
-                ..Fused::default()
-            };
-            return Ok(self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p)));
-        }
-        Ok(self.run(|| {
-            ops::conv::forward(
-                self,
-                x.as_slice(),
-                w.as_slice(),
-                bias.map(|b| b.as_slice()),
-                p,
-            )
-        }))
+        Ok(self.conv_forward(x, w, bias, p, false))
     }
 
     fn conv2d_backward_input(
@@ -383,19 +394,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         bias: Option<&Self::Buffer>,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
-        if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, false);
-            let fused = Fused {
-                bias: bias.map(|b| b.as_slice()),
-                relu: true,
-                mask: None,
-            };
-            return Ok(self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p)));
-        }
-        // The ReLU in place on the fresh output: no second buffer.
-        let mut y = self.conv2d(x, w, bias, p)?;
-        self.run(|| ops::elementwise::relu_in_place(y.as_mut_slice()));
-        Ok(y)
+        Ok(self.conv_forward(x, w, bias, p, true))
     }
 
     fn conv2d_relu_backward_input(

@@ -468,12 +468,7 @@ impl<B: Backend> Tensor<B> {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let p = self.conv2d_params(weight, stride, padding)?;
-        check_bias("conv2d bias", bias, &p)?;
-        let y = self
-            .backend
-            .conv2d(&self.buf, &weight.buf, bias.map(|b| &*b.buf), &p)?;
-        Ok(self.wrap(y, p.output_shape()))
+        self.conv_forward(weight, bias, stride, padding, false)
     }
 
     /// `max(conv2d(self, weight, bias), 0)` in one pass where the backend can (same arguments
@@ -485,12 +480,35 @@ impl<B: Backend> Tensor<B> {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        self.conv_forward(weight, bias, stride, padding, true)
+    }
+
+    /// [`Tensor::conv2d`], or with `relu` [`Tensor::conv2d_relu`].
+    fn conv_forward(
+        &self,
+        weight: &Self,
+        bias: Option<&Self>,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+    ) -> Result<Self> {
         let p = self.conv2d_params(weight, stride, padding)?;
-        check_bias("conv2d_relu bias", bias, &p)?;
-        let buf = self
-            .backend
-            .conv2d_relu(&self.buf, &weight.buf, bias.map(|b| &*b.buf), &p)?;
-        Ok(self.wrap(buf, p.output_shape()))
+        if let Some(b) = bias {
+            if b.dims() != [p.out_channels] {
+                return Err(Error::ShapeMismatch {
+                    op: "conv2d bias",
+                    lhs: b.shape.clone(),
+                    rhs: Shape::new([p.out_channels]),
+                });
+            }
+        }
+        let (x, w, b) = (&self.buf, &weight.buf, bias.map(|b| &*b.buf));
+        let y = if relu {
+            self.backend.conv2d_relu(x, w, b, &p)?
+        } else {
+            self.backend.conv2d(x, w, b, &p)?
+        };
+        Ok(self.wrap(y, p.output_shape()))
     }
 
     /// The input gradient of [`Tensor::conv2d_relu`] at output `y` (this tensor is the output
@@ -574,21 +592,5 @@ impl<B: Backend> Tensor<B> {
             self.backend.pool2d_backward(&self.buf, &dy.buf, p)?,
             self.shape.clone(),
         ))
-    }
-}
-
-/// A convolution's bias, if any, must have one entry per output channel.
-fn check_bias<B: Backend>(
-    op: &'static str,
-    bias: Option<&Tensor<B>>,
-    p: &Conv2dParams,
-) -> Result<()> {
-    match bias {
-        Some(b) if b.dims() != [p.out_channels] => Err(Error::ShapeMismatch {
-            op,
-            lhs: b.shape.clone(),
-            rhs: Shape::new([p.out_channels]),
-        }),
-        _ => Ok(()),
     }
 }
