@@ -33,6 +33,8 @@ commands:
                        side (in a private venv made on first use)
   bench gradient [same options as render]
                        the same without the optimizer: objective and gradient only
+                       (render and gradient take --precision fast: nst's fast mode against
+                       PyTorch under bf16 autocast)
   help                 this text
 ";
 

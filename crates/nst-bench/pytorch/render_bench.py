@@ -6,9 +6,10 @@ history 100 and step 1 without line search. Prints one line: `seconds_per_iterat
 first_total`, where peak memory is the GPU's peak allocation on CUDA and the process's peak
 RSS on the CPU.
 
-usage: render_bench.py WEIGHTS CONTENT.f32 STYLE.f32 SIZE ITERS DEVICE [render|gradient]
+usage: render_bench.py WEIGHTS CONTENT.f32 STYLE.f32 SIZE ITERS DEVICE [render|gradient] [f32|bf16]
 (the images are SIZE x SIZE x 3 little-endian float32 RGB files, 0-255); `gradient` times
-the objective and its gradient alone, without the optimizer and its history.
+the objective and its gradient alone, without the optimizer and its history; `bf16` runs the
+network under bf16 autocast (the optimizer and the image stay f32).
 """
 import json
 import resource
@@ -73,6 +74,7 @@ def to_model(path, size, device):
 def main():
     wpath, cpath, spath, size, iters, device = sys.argv[1:7]
     kind = sys.argv[7] if len(sys.argv) > 7 else "render"
+    bf16 = len(sys.argv) > 8 and sys.argv[8] == "bf16"
     size, iters = int(size), int(iters)
     dev = torch.device(device)
     torch.backends.cudnn.allow_tf32 = False
@@ -91,7 +93,9 @@ def main():
 
     def closure():
         opt.zero_grad()
-        f = features(w, x, set(content_layers + style_layers))
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+            f = features(w, x, set(content_layers + style_layers))
+        f = {k: v.float() for k, v in f.items()}
         loss = sum(5.0 * torch.mean((f[k] - targets_c[k]) ** 2) for k in content_layers)
         loss = loss + sum(100.0 * torch.mean((gram(f[k]) - targets_s[k]) ** 2) for k in style_layers)
         loss = loss + 1e-3 * (torch.sum((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2) + torch.sum((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2))

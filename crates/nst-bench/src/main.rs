@@ -77,10 +77,11 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
         ("conv5_1", 512, 512, 16),
     ];
     let direct = be.clone().with_winograd(false);
+    let fast = be.clone().with_precision(nst_cpu::Precision::Fast);
     for (name, cin, cout, div) in layers {
         let hw = size / div;
         let methods: &[(&str, &Cpu)] = if cin.min(cout) >= nst_cpu::WINOGRAD_MIN_CHANNELS {
-            &[("im2col", &direct), ("winograd", &be)]
+            &[("im2col", &direct), ("winograd", &be), ("wino-fast", &fast)]
         } else {
             &[("im2col", &direct)]
         };
@@ -135,11 +136,31 @@ fn model<B: nst_tensor::Backend>(be: &B) -> Result<nst_vgg::Vgg<B>> {
 }
 
 /// One measurement in this process: prints `seconds peak_mb`.
-fn measure(kind: &str, device: &str, threads: usize, size: usize, reps: usize) -> Result<()> {
+fn measure(
+    kind: &str,
+    device: &str,
+    threads: usize,
+    size: usize,
+    reps: usize,
+    fast: bool,
+) -> Result<()> {
+    if fast && device != "cpu" {
+        bail!("--precision fast is only available on the CPU");
+    }
+    let precision = if fast {
+        nst_cpu::Precision::Fast
+    } else {
+        nst_cpu::Precision::Default
+    };
     match device {
-        "cpu" => measure_on(&Cpu::new(threads), kind, size, reps, &|| Ok(()), &|| {
-            peak_rss_mb().context("reading the peak RSS")
-        }),
+        "cpu" => measure_on(
+            &Cpu::new(threads).with_precision(precision),
+            kind,
+            size,
+            reps,
+            &|| Ok(()),
+            &|| peak_rss_mb().context("reading the peak RSS"),
+        ),
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
@@ -216,6 +237,7 @@ fn bench_sized(
     threads: usize,
     sizes: &[usize],
     vs_pytorch: bool,
+    fast: bool,
 ) -> Result<()> {
     let exe = std::env::current_exe()?;
     let what = match kind {
@@ -228,7 +250,12 @@ fn bench_sized(
     } else {
         threads.to_string()
     };
-    println!("{what}, f32, {device}, {threads_text} threads (peak MB: process RSS on the CPU, GPU allocation on CUDA)");
+    let precision = if fast {
+        "nst --precision fast against PyTorch bf16 autocast"
+    } else {
+        "f32"
+    };
+    println!("{what}, {precision}, {device}, {threads_text} threads (peak MB: process RSS on the CPU, GPU allocation on CUDA)");
     if vs_pytorch {
         println!(
             "{:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
@@ -248,6 +275,11 @@ fn bench_sized(
                 &size.to_string(),
             ])
             .args(["--reps", &reps.to_string()])
+            .args(if fast {
+                &["--precision", "fast"][..]
+            } else {
+                &[]
+            })
             .output()?;
         if !out.status.success() {
             bail!(
@@ -261,7 +293,7 @@ fn bench_sized(
         let mb: f64 = parts.next().context("no memory")?.parse()?;
         let label = format!("{size}x{size}");
         if vs_pytorch {
-            let (ts, tmb) = pytorch(kind, device, threads, size, reps)?;
+            let (ts, tmb) = pytorch(kind, device, threads, size, reps, fast)?;
             println!(
                 "{label:>10} {secs:>10.3} {mb:>12.0} {ts:>10.3} {tmb:>12.0} {:>10.2}",
                 secs / ts
@@ -281,6 +313,7 @@ fn pytorch(
     threads: usize,
     size: usize,
     reps: usize,
+    bf16: bool,
 ) -> Result<(f64, f64)> {
     let script = std::env::var_os("NST_PYTORCH_SCRIPT")
         .map(std::path::PathBuf::from)
@@ -312,7 +345,8 @@ fn pytorch(
         .arg(size.to_string())
         .arg(reps.to_string())
         .arg(device)
-        .arg(kind);
+        .arg(kind)
+        .arg(if bf16 { "bf16" } else { "f32" });
     if threads > 0 {
         cmd.env("OMP_NUM_THREADS", threads.to_string());
     }
@@ -342,6 +376,7 @@ fn main() -> Result<()> {
     let mut measure_kind = None;
     let mut device = "cpu".to_string();
     let mut vs_pytorch = false;
+    let mut fast = false;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -360,6 +395,11 @@ fn main() -> Result<()> {
             }
             "--device" => device = it.next().context("--device needs a value")?.clone(),
             "--vs-pytorch" => vs_pytorch = true,
+            "--precision" => match it.next().map(String::as_str) {
+                Some("fast") => fast = true,
+                Some("default") => fast = false,
+                other => bail!("--precision takes default or fast, got {other:?}"),
+            },
             "--measure" => {
                 measure_kind = Some(it.next().context("--measure needs a value")?.clone())
             }
@@ -368,18 +408,18 @@ fn main() -> Result<()> {
         }
     }
     if let Some(kind) = measure_kind {
-        return measure(&kind, &device, threads, size, reps);
+        return measure(&kind, &device, threads, size, reps, fast);
     }
     match what.as_deref() {
         Some("conv") => bench_conv(threads, size),
         Some("features") => {
             let sizes = sizes.as_deref().unwrap_or(&[512, 1024]);
-            bench_sized("features", &device, threads, sizes, false)
+            bench_sized("features", &device, threads, sizes, false, fast)
         }
         Some(kind @ ("render" | "gradient")) => {
             let sizes = sizes.as_deref().unwrap_or(&[256, 512]);
-            bench_sized(kind, &device, threads, sizes, vs_pytorch)
+            bench_sized(kind, &device, threads, sizes, vs_pytorch, fast)
         }
-        _ => bail!("usage: nst-bench conv|features|render|gradient [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch]"),
+        _ => bail!("usage: nst-bench conv|features|render|gradient [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
     }
 }

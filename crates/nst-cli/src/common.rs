@@ -25,6 +25,15 @@ impl From<Pooling> for PoolKind {
     }
 }
 
+/// How exactly 3x3 convolutions are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PrecisionArg {
+    /// Winograd F(2x2, 3x3): within 1e-5 of f64 on the losses and 1e-4 on the gradient.
+    Default,
+    /// Winograd F(4x4, 3x3) on the CPU: faster, less exact (see docs/benchmarks.md).
+    Fast,
+}
+
 /// Where to run and which network.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct ModelArgs {
@@ -43,6 +52,9 @@ pub(crate) struct ModelArgs {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = io::DEFAULT_MAX_PIXELS, value_name = "N")]
     pub(crate) max_pixels: u64,
+    /// Convolution precision: default, or fast (CPU only; less exact, see docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "default")]
+    pub(crate) precision: PrecisionArg,
 }
 
 /// The backend chosen with `--device`.
@@ -71,7 +83,17 @@ impl ModelArgs {
     /// The backend named by `--device`, or an error naming what is unavailable.
     pub(crate) fn device(&self) -> Result<Device> {
         match self.device.as_str() {
-            "cpu" => Ok(Device::Cpu(Cpu::new(self.threads))),
+            "cpu" => Ok(Device::Cpu(Cpu::new(self.threads).with_precision(
+                match self.precision {
+                    PrecisionArg::Default => nst_cpu::Precision::Default,
+                    PrecisionArg::Fast => nst_cpu::Precision::Fast,
+                },
+            ))),
+            d if self.precision == PrecisionArg::Fast
+                && (d == "cuda" || d.starts_with("cuda:")) =>
+            {
+                bail!("--precision fast is only available on the CPU (device {d} computes in f32)")
+            }
             d if d == "cuda" || d.starts_with("cuda:") => cuda(d),
             d => bail!("unknown device {d:?} (expected cpu, cuda or cuda:N)"),
         }

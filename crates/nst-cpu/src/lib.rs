@@ -17,7 +17,7 @@ use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
     Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
 };
-use ops::winograd::{Filters, Fused};
+use ops::winograd::{Filters, Fused, Variant};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A flat buffer of the CPU backend.
@@ -25,8 +25,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct CpuBuffer<E: Element> {
     data: Array1<E>,
     /// This buffer's Winograd transforms as 3x3 convolution weights, made on first use
-    /// (buffers never change, so the cache never goes stale): forward, input gradient.
-    winograd: [OnceLock<Arc<Filters<E>>>; 2],
+    /// (buffers never change, so the cache never goes stale): F(2x2) forward and input
+    /// gradient, then F(4x4) forward and input gradient.
+    winograd: [OnceLock<Arc<Filters<E>>>; 4],
 }
 
 impl<E: Element> CpuBuffer<E> {
@@ -56,20 +57,14 @@ impl<E: Element> CpuBuffer<E> {
         self.data.len()
     }
 
-    /// This buffer, as `k x c x 3 x 3` weights, transformed for Winograd convolution (with
+    /// This buffer, as `k x c x 3 x 3` weights, transformed for Winograd `variant` (with
     /// `rotated`, the input gradient's bank); cached on the buffer.
-    fn filters(&self, k: usize, c: usize, rotated: bool) -> Arc<Filters<E>> {
-        let make = || {
-            let f = Filters::new(self.as_slice(), k, c);
-            if rotated {
-                f.rotated()
-            } else {
-                f
-            }
-        };
-        let f = self.winograd[usize::from(rotated)].get_or_init(|| Arc::new(make()));
+    fn filters(&self, k: usize, c: usize, variant: Variant, rotated: bool) -> Arc<Filters<E>> {
+        let make = || Filters::new(self.as_slice(), k, c, variant, rotated);
+        let slot = 2 * usize::from(variant == Variant::F4) + usize::from(rotated);
+        let f = self.winograd[slot].get_or_init(|| Arc::new(make()));
         let (fk, fc) = if rotated { (c, k) } else { (k, c) };
-        if f.matches(fk, fc) {
+        if f.matches(fk, fc, variant) {
             Arc::clone(f)
         } else {
             // The same buffer used under another shape: transform without caching.
@@ -96,6 +91,19 @@ pub struct CpuBackend<E: Element> {
     threads: usize,
     scratch: Arc<Mutex<Vec<E>>>,
     winograd: bool,
+    precision: Precision,
+}
+
+/// How exactly the CPU backend computes 3x3 convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Winograd F(2x2, 3x3): as exact as the direct method in practice (see
+    /// `docs/benchmarks.md` for the measured errors against f64).
+    #[default]
+    Default,
+    /// Winograd F(4x4, 3x3): 1.8x fewer multiplications than F(2x2, 3x3), with larger
+    /// rounding errors (measured and documented in `docs/benchmarks.md`).
+    Fast,
 }
 
 /// The CPU backend in `f32`, the working precision.
@@ -134,6 +142,26 @@ impl<E: Element> CpuBackend<E> {
             threads,
             scratch: Arc::new(Mutex::new(Vec::new())),
             winograd: true,
+            precision: Precision::Default,
+        }
+    }
+
+    /// This backend computing 3x3 convolutions at `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision of 3x3 convolutions.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The Winograd variant of the current precision.
+    fn variant(&self) -> Variant {
+        match self.precision {
+            Precision::Default => Variant::F2,
+            Precision::Fast => Variant::F4,
         }
     }
 
@@ -156,7 +184,7 @@ impl<E: Element> CpuBackend<E> {
     ) -> CpuBuffer<E> {
         let bias = bias.map(|b| b.as_slice());
         if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, false);
+            let f = w.filters(p.out_channels, p.in_channels, self.variant(), false);
             let fused = Fused {
                 bias,
                 relu,
@@ -236,7 +264,10 @@ impl<E: Element> Backend for CpuBackend<E> {
     type Buffer = CpuBuffer<E>;
 
     fn name(&self) -> String {
-        format!("cpu-{}", E::NAME)
+        match self.precision {
+            Precision::Default => format!("cpu-{}", E::NAME),
+            Precision::Fast => format!("cpu-{}-fast", E::NAME),
+        }
     }
 
     fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
@@ -380,7 +411,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
         if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, true);
+            let f = w.filters(p.out_channels, p.in_channels, self.variant(), true);
             let fused = Fused::default();
             return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p)));
         }
@@ -406,7 +437,7 @@ impl<E: Element> Backend for CpuBackend<E> {
     ) -> Result<Self::Buffer> {
         lengths("conv2d_relu_backward_input", y, dy)?;
         if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, true);
+            let f = w.filters(p.out_channels, p.in_channels, self.variant(), true);
             let fused = Fused {
                 mask: Some(y.as_slice()),
                 ..Fused::default()

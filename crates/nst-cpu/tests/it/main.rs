@@ -1,6 +1,6 @@
 //! The CPU backend's ops against naive f64 references, in f32 and f64, and its determinism.
 
-use nst_cpu::{Cpu, Cpu64, CpuBackend, Element};
+use nst_cpu::{Cpu, Cpu64, CpuBackend, Element, Precision};
 use nst_tensor::{PoolKind, Tensor};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -188,6 +188,29 @@ fn winograd_case<E: Element>(
             .unwrap()
     };
     assert_close(&grad(be), &grad(&direct), tol);
+    // The fused ReLU: forward, and the input gradient with the mask applied while reading
+    // (both sides use this backend's output as the mask, so no output within rounding of
+    // zero can flip it).
+    let x = rand_vec(n * dims[1] * h * w, seed ^ 8);
+    let conv_relu = |be: &CpuBackend<E>| {
+        let x = Tensor::from_f64(be, &x, dims).unwrap();
+        let tw = Tensor::from_f64(be, &wt, [cout, dims[1], 3, 3]).unwrap();
+        let p = x.conv2d_params(&tw, 1, 1).unwrap();
+        (x.conv2d_relu(&tw, None, 1, 1).unwrap(), tw, p)
+    };
+    let (y, tw, p) = conv_relu(be);
+    let (yd, twd, _) = conv_relu(&direct);
+    assert_close(&y.to_f64().unwrap(), &yd.to_f64().unwrap(), tol);
+    let g = Tensor::from_f64(be, &dy, [n, cout, h, w]).unwrap();
+    let fused = g.conv2d_relu_backward_input(&y, &tw, &p).unwrap();
+    let yd = Tensor::from_f64(&direct, &y.to_f64().unwrap(), [n, cout, h, w]).unwrap();
+    let gd = Tensor::from_f64(&direct, &dy, [n, cout, h, w]).unwrap();
+    let plain = yd
+        .binary(nst_tensor::BinaryOp::ReluGrad, &gd)
+        .unwrap()
+        .conv2d_backward_input(&twd, &p)
+        .unwrap();
+    assert_close(&fused.to_f64().unwrap(), &plain.to_f64().unwrap(), tol);
 }
 
 proptest! {
@@ -200,6 +223,9 @@ proptest! {
     ) {
         winograd_case(&Cpu64::new(2), [n, cin, h, w], cout, seed, 1e-12);
         winograd_case(&Cpu::new(2), [n, cin, h, w], cout, seed, 2e-5);
+        // F(4x4, 3x3): exact in f64 up to rounding, less exact in f32.
+        winograd_case(&Cpu64::new(2).with_precision(Precision::Fast), [n, cin, h, w], cout, seed, 1e-11);
+        winograd_case(&Cpu::new(2).with_precision(Precision::Fast), [n, cin, h, w], cout, seed, 2e-4);
     }
 }
 
@@ -207,9 +233,24 @@ proptest! {
 fn winograd_blocks_match_naive() {
     // Several tile-row blocks, odd sizes, and layer shapes of VGG19.
     // f32 sums of 576 and more products: the tolerance of the im2col test of that size.
-    winograd_case(&Cpu::new(2), [1, 64, 61, 37], 64, 3, 1e-4);
-    winograd_case(&Cpu::new(2), [1, 128, 33, 20], 256, 4, 1e-4);
-    winograd_case(&Cpu64::new(2), [1, 256, 17, 9], 16, 5, 1e-12);
+    for fast in [false, true] {
+        let precision = if fast {
+            Precision::Fast
+        } else {
+            Precision::Default
+        };
+        let tol = if fast { 1e-3 } else { 1e-4 };
+        let cpu = Cpu::new(2).with_precision(precision);
+        winograd_case(&cpu, [1, 64, 61, 37], 64, 3, tol);
+        winograd_case(&cpu, [1, 128, 33, 20], 256, 4, tol);
+        winograd_case(
+            &Cpu64::new(2).with_precision(precision),
+            [1, 256, 17, 9],
+            16,
+            5,
+            1e-11,
+        );
+    }
 }
 
 #[test]
