@@ -5,6 +5,7 @@
 //! under plain `cargo test` such a test prints why it skips and returns.
 #![allow(clippy::print_stderr)]
 
+mod device;
 mod features;
 
 use nst_cpu::Cpu64;

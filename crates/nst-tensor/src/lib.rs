@@ -4,11 +4,13 @@
 //! (`nst-cpu`, `nst-cuda`) implement [`Backend`], and everything above works on [`Tensor<B>`].
 
 mod backend;
+mod counting;
 mod error;
 mod shape;
 mod tensor;
 
 pub use backend::{host_norms, Backend};
+pub use counting::{Counting, Transfers};
 pub use error::{Error, Result};
 pub use shape::{BinaryOp, Conv2dParams, Pool2dParams, PoolKind, Shape, UnaryOp};
 pub use tensor::Tensor;

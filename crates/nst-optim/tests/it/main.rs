@@ -244,3 +244,48 @@ fn a_line_search_evaluation_is_reused_by_the_next_tensor_step() {
     assert_eq!(calls, evals);
     assert!(evals < 5 * 2, "{evals} evaluations in 5 steps");
 }
+
+#[test]
+fn tensor_steps_move_only_scalars_between_host_and_device() {
+    use nst_tensor::{Counting, Tensor};
+    let be = Counting::new(nst_cpu::Cpu::new(2));
+    let n = 1000;
+    let c: Vec<f32> = (0..n).map(|i| 1.0 + 99.0 * i as f32 / n as f32).collect();
+    let t: Vec<f32> = (0..n).map(|i| (i % 17) as f32 - 8.0).collect();
+    let c = Tensor::from_f32(&be, &c, [n]).unwrap();
+    let t = Tensor::from_f32(&be, &t, [n]).unwrap();
+    let mut x = Tensor::zeros(&be, [n]).unwrap();
+    // Σ c (x - t)², computed on the device; only the loss comes back.
+    let mut f = |x: &Tensor<Counting<nst_cpu::Cpu>>| {
+        let d = x.sub(&t)?;
+        let loss = d.square()?.mul(&c)?.sum()?.scalar()?;
+        Ok::<_, nst_tensor::Error>((loss, d.mul(&c)?.scale(2.0)?))
+    };
+    let wolfe = LbfgsConfig {
+        line_search: LineSearch::StrongWolfe,
+        ..Default::default()
+    };
+    let before = be.transfers();
+    fn ten_steps<V: nst_optim::Vector, E: From<V::Error> + std::fmt::Debug>(
+        mut o: impl Optimizer<V>,
+        x: &mut V,
+        f: &mut impl FnMut(&V) -> Result<(f64, V), E>,
+    ) {
+        for _ in 0..10 {
+            o.step(x, f).unwrap();
+        }
+    }
+    ten_steps(Lbfgs::new(LbfgsConfig::default()), &mut x, &mut f);
+    ten_steps(Lbfgs::new(wolfe), &mut x, &mut f);
+    ten_steps(Adam::new(AdamConfig::default()), &mut x, &mut f);
+    let after = be.transfers();
+    assert_eq!(
+        after.uploads, before.uploads,
+        "vectors uploaded during the steps"
+    );
+    assert_eq!(
+        after.downloads, before.downloads,
+        "vectors downloaded during the steps"
+    );
+    assert!(after.scalars > before.scalars);
+}
