@@ -350,23 +350,34 @@ fn optimizer_arithmetic_matches_plain_loops() {
 
 #[test]
 fn same_inputs_same_bytes_across_runs_and_threads() {
+    for precision in [Precision::Default, Precision::Fast] {
+        same_bytes_at(precision);
+    }
+}
+
+/// Winograd (several tile-row blocks at 50x50) forward, fused ReLU and input gradient, and a
+/// sum, at `precision`.
+fn same_bytes_at(precision: Precision) {
     let run = |threads: usize| {
-        let be = Cpu::new(threads);
+        let be = Cpu::new(threads).with_precision(precision);
         let x = Tensor::from_f64(&be, &rand_vec(64 * 50 * 50, 1), [1, 64, 50, 50]).unwrap();
         let w = Tensor::from_f64(&be, &rand_vec(64 * 64 * 9, 2), [64, 64, 3, 3]).unwrap();
         let y = x.conv2d(&w, None, 1, 1).unwrap();
-        let dx = y
-            .conv2d_backward_input(&w, &x.conv2d_params(&w, 1, 1).unwrap())
-            .unwrap();
+        let p = x.conv2d_params(&w, 1, 1).unwrap();
+        let dx = y.conv2d_backward_input(&w, &p).unwrap();
+        let r = x.conv2d_relu(&w, None, 1, 1).unwrap();
+        let dr = y.conv2d_relu_backward_input(&r, &w, &p).unwrap();
         (
-            y.to_f32().unwrap(),
-            dx.to_f32().unwrap(),
-            y.sum().unwrap().to_f32().unwrap(),
+            [y, dx, r, dr].map(|t| t.to_f32().unwrap()),
+            x.sum().unwrap().to_f32().unwrap(),
         )
     };
     let a = run(2);
-    assert!(a == run(2), "two runs with 2 threads differ");
-    assert!(a == run(1), "1 and 2 threads differ");
+    assert!(
+        a == run(2),
+        "two runs with 2 threads differ ({precision:?})"
+    );
+    assert!(a == run(1), "1 and 2 threads differ ({precision:?})");
 }
 
 #[test]
