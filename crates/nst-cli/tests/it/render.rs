@@ -240,6 +240,14 @@ fn render_rejects_bad_input_with_one_line() {
     assert_fails_with(&base(&["--content-weight", "nan"]), &["content weight"]);
     assert_fails_with(&base(&["--learning-rate", "-1"]), &["learning rate"]);
     assert_fails_with(&base(&["--device", "cuda"]), &["cuda", "CUDA"]);
+    assert_fails_with(
+        &base(&["--device", "cuda", "--precision", "fast"]),
+        &["--precision fast", "CPU"],
+    );
+    assert_fails_with(
+        &base(&["--precision", "fastest"]),
+        &["fastest", "--precision"],
+    );
     assert_fails_with(&base(&["--max-pixels", "100"]), &["limit of 100"]);
     assert_fails_with(
         &base(&["--weights", s(&tmp("nope.safetensors"))]),
@@ -271,4 +279,53 @@ fn render_rejects_bad_input_with_one_line() {
     ]);
     assert_fails_with(&r, &[".xyz"]);
     assert!(!out.exists(), "nothing may be written on failure");
+}
+
+#[test]
+fn fast_precision_renders_like_the_default() {
+    if weights().is_none() {
+        return;
+    }
+    let content = images().join("tubingen.jpg");
+    let style = images().join("starry_night.jpg");
+    let run = |precision: &str| {
+        let (out, log) = (
+            tmp(&format!("p_{precision}.png")),
+            tmp(&format!("p_{precision}.jsonl")),
+        );
+        let r = nst(&[
+            "render",
+            "--content",
+            s(&content),
+            "--style",
+            s(&style),
+            "--out",
+            s(&out),
+            "--size",
+            "48",
+            "--iterations",
+            "30",
+            "--precision",
+            precision,
+            "--json-log",
+            s(&log),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        totals(&log)
+    };
+    let (d, f) = (run("default"), run("fast"));
+    // The same objective: the first evaluation agrees closely, and both renders converge.
+    assert!((d[0] - f[0]).abs() <= 1e-4 * d[0], "{} vs {}", d[0], f[0]);
+    assert!(
+        f[0] > 10.0 * f[29],
+        "fast: loss fell only from {} to {}",
+        f[0],
+        f[29]
+    );
+    assert!(
+        f[29] < 3.0 * d[29],
+        "fast ends at {}, default at {}",
+        f[29],
+        d[29]
+    );
 }
