@@ -1,10 +1,13 @@
-//! The CPU backend of nst: flat `ndarray` buffers, GEMM-lowered convolutions, rayon threads.
+//! The CPU backend of nst: flat `ndarray` buffers, Winograd and GEMM-lowered convolutions,
+//! rayon threads.
 //!
 //! [`Cpu`] (`f32`, the working precision) and [`Cpu64`] (`f64`, for gradient checks) implement
-//! [`nst_tensor::Backend`]. Convolutions are lowered to a cache-blocked im2col plus the `gemm`
-//! crate's multi-threaded kernels (AVX-512 chosen at run time where the processor has it);
-//! everything else is parallel loops over large chunks. All reductions use a fixed split that
-//! does not depend on the thread count, so results are bit-identical across runs.
+//! [`nst_tensor::Backend`]. 3x3 stride-1 convolutions with enough channels use Winograd
+//! F(2x2, 3x3), or F(4x4, 3x3) with [`Precision::Fast`], with the filters transformed once per
+//! weight buffer; other convolutions are lowered to a cache-blocked im2col. Both run on the
+//! `gemm` crate's kernels (AVX-512 chosen at run time where the processor has it); everything
+//! else is parallel loops over large chunks. All reductions and Winograd's blocks use a fixed
+//! split that does not depend on the thread count, so results are bit-identical across runs.
 
 mod element;
 mod ops;
