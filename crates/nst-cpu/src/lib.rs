@@ -202,6 +202,32 @@ impl<E: Element> CpuBackend<E> {
         y
     }
 
+    /// A convolution's input gradient, of `dy` masked where `relu_out` (the output of a fused
+    /// ReLU) is not positive: Winograd applies the mask while reading `dy`; im2col masks first.
+    fn conv_backward_input(
+        &self,
+        dy: &CpuBuffer<E>,
+        w: &CpuBuffer<E>,
+        relu_out: Option<&CpuBuffer<E>>,
+        p: &Conv2dParams,
+    ) -> CpuBuffer<E> {
+        if self.use_winograd(p) {
+            let f = w.filters(p.out_channels, p.in_channels, self.variant(), true);
+            let fused = Fused {
+                mask: relu_out.map(|y| y.as_slice()),
+                ..Fused::default()
+            };
+            return self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p));
+        }
+        self.run(|| match relu_out {
+            None => ops::conv::backward_input(self, dy.as_slice(), w.as_slice(), p),
+            Some(y) => {
+                let g = ops::elementwise::binary(BinaryOp::ReluGrad, y.as_slice(), dy.as_slice());
+                ops::conv::backward_input(self, g.as_slice(), w.as_slice(), p)
+            }
+        })
+    }
+
     /// Whether a convolution goes through Winograd F(2x2, 3x3): 3x3 kernels, stride 1,
     /// padding 1, and at least [`WINOGRAD_MIN_CHANNELS`] channels on both sides (below that
     /// the transforms cost more than they save).
@@ -413,12 +439,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         w: &Self::Buffer,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
-        if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, self.variant(), true);
-            let fused = Fused::default();
-            return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p)));
-        }
-        Ok(self.run(|| ops::conv::backward_input(self, dy.as_slice(), w.as_slice(), p)))
+        Ok(self.conv_backward_input(dy, w, None, p))
     }
 
     fn conv2d_relu(
@@ -439,16 +460,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
         lengths("conv2d_relu_backward_input", y, dy)?;
-        if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, self.variant(), true);
-            let fused = Fused {
-                mask: Some(y.as_slice()),
-                ..Fused::default()
-            };
-            return Ok(self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p)));
-        }
-        let g = self.binary(BinaryOp::ReluGrad, y, dy)?;
-        self.conv2d_backward_input(&g, w, p)
+        Ok(self.conv_backward_input(dy, w, Some(y), p))
     }
 
     fn conv2d_backward_weight(

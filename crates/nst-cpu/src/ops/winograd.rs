@@ -272,8 +272,16 @@ pub(crate) fn conv<E: Element>(
         // and the blocks' tile-row ranges are disjoint.
         unsafe {
             match f.variant {
-                Variant::F2 => output_f2(&m, fused.bias, fused.relu, k, (h, w), rows, dst),
-                Variant::F4 => output_f4(&m, fused.bias, fused.relu, k, (h, w), rows, dst),
+                Variant::F2 => {
+                    for_output_rows::<E, 16>(&m, fused, k, (h, w), rows, 2, dst, |mm, b, o| {
+                        tile_row_f2(mm, b, o, tw)
+                    })
+                }
+                Variant::F4 => {
+                    for_output_rows::<E, 36>(&m, fused, k, (h, w), rows, 4, dst, |mm, b, o| {
+                        tile_row_f4(mm, b, o, tw)
+                    })
+                }
             }
         }
         pool.put(v);
@@ -422,7 +430,8 @@ fn input_f4<E: Element>(
 
 /// For every output channel and tile row `i` of `i0..i1` of an F(mt x mt, 3x3) transform
 /// with `NE` tile positions: calls `f(mm, bias, rows)` with `mm[e]` the tile row's products at
-/// position `e` (one per tile) to fill `rows` (`mt` output rows of `mt·tw`), then stores them.
+/// position `e` (one per tile) to fill `rows` (`mt` output rows of `mt·tw`), then applies
+/// `fused`'s ReLU and stores them.
 ///
 /// # Safety
 /// `dst` must point at a `K x h x w` output, and no other thread may touch rows
@@ -430,8 +439,7 @@ fn input_f4<E: Element>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn for_output_rows<E: Element, const NE: usize>(
     m: &[E],
-    bias: Option<&[E]>,
-    relu: bool,
+    fused: Fused<'_, E>,
     k: usize,
     (h, w): (usize, usize),
     (i0, i1): (usize, usize),
@@ -443,82 +451,45 @@ unsafe fn for_output_rows<E: Element, const NE: usize>(
     let nb = (i1 - i0) * tw;
     let mut rows = vec![E::zero(); mt * mt * tw];
     for ch in 0..k {
-        let b = bias.map_or(E::zero(), |b| b[ch]);
+        let b = fused.bias.map_or(E::zero(), |b| b[ch]);
         for i in i0..i1 {
             let n0 = (i - i0) * tw;
             let mm: [&[E]; NE] =
                 std::array::from_fn(|e| &m[(e * k + ch) * nb + n0..(e * k + ch) * nb + n0 + tw]);
             f(&mm, b, &mut rows);
             // SAFETY: passed through from the caller.
-            unsafe { store_rows(&mut rows, relu, mt, ch, i, h, w, dst) };
+            unsafe { store_rows(&mut rows, fused.relu, mt, ch, i, h, w, dst) };
         }
     }
 }
 
-/// Writes F(2x2, 3x3)'s `Aᵀ M A + bias` (through ReLU with `relu`) of every tile of tile rows
-/// `rows` into the output rows they cover.
-///
-/// # Safety
-/// As for [`for_output_rows`] with `mt = 2`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_f2<E: Element>(
-    m: &[E],
-    bias: Option<&[E]>,
-    relu: bool,
-    k: usize,
-    hw: (usize, usize),
-    rows: (usize, usize),
-    dst: OutPtr<E>,
-) {
-    let tw = hw.1.div_ceil(2);
-    // SAFETY: passed through from the caller.
-    unsafe {
-        for_output_rows::<E, 16>(m, bias, relu, k, hw, rows, 2, dst, |mm, b, out| {
-            let (top, bottom) = out.split_at_mut(2 * tw);
-            for j in 0..tw {
-                // Aᵀ along the tile's rows, then A along its columns.
-                let r0: [E; 4] = std::array::from_fn(|c| mm[c][j] + mm[4 + c][j] + mm[8 + c][j]);
-                let r1: [E; 4] =
-                    std::array::from_fn(|c| mm[4 + c][j] - mm[8 + c][j] - mm[12 + c][j]);
-                top[2 * j] = r0[0] + r0[1] + r0[2] + b;
-                top[2 * j + 1] = r0[1] - r0[2] - r0[3] + b;
-                bottom[2 * j] = r1[0] + r1[1] + r1[2] + b;
-                bottom[2 * j + 1] = r1[1] - r1[2] - r1[3] + b;
-            }
-        })
+/// F(2x2, 3x3)'s `Aᵀ M A + bias` of the `tw` tiles of one tile row and output channel
+/// (`mm[e]`: their products at tile position `e`) into `out`'s two output rows.
+fn tile_row_f2<E: Element>(mm: &[&[E]; 16], b: E, out: &mut [E], tw: usize) {
+    let (top, bottom) = out.split_at_mut(2 * tw);
+    for j in 0..tw {
+        // Aᵀ along the tile's rows, then A along its columns.
+        let r0: [E; 4] = std::array::from_fn(|c| mm[c][j] + mm[4 + c][j] + mm[8 + c][j]);
+        let r1: [E; 4] = std::array::from_fn(|c| mm[4 + c][j] - mm[8 + c][j] - mm[12 + c][j]);
+        top[2 * j] = r0[0] + r0[1] + r0[2] + b;
+        top[2 * j + 1] = r0[1] - r0[2] - r0[3] + b;
+        bottom[2 * j] = r1[0] + r1[1] + r1[2] + b;
+        bottom[2 * j + 1] = r1[1] - r1[2] - r1[3] + b;
     }
 }
 
-/// [`output_f2`] for F(4x4, 3x3).
-///
-/// # Safety
-/// As for [`for_output_rows`] with `mt = 4`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_f4<E: Element>(
-    m: &[E],
-    bias: Option<&[E]>,
-    relu: bool,
-    k: usize,
-    hw: (usize, usize),
-    rows: (usize, usize),
-    dst: OutPtr<E>,
-) {
-    let tw = hw.1.div_ceil(4);
-    // SAFETY: passed through from the caller.
-    unsafe {
-        for_output_rows::<E, 36>(m, bias, relu, k, hw, rows, 4, dst, |mm, b, out| {
-            for j in 0..tw {
-                // Aᵀ along the tile's rows (column by column), then A along its columns.
-                let cols: [[E; 4]; 6] =
-                    std::array::from_fn(|col| at6(std::array::from_fn(|a| mm[a * 6 + col][j])));
-                for y in 0..4 {
-                    let r = at6(std::array::from_fn(|col| cols[col][y]));
-                    for (xo, val) in r.into_iter().enumerate() {
-                        out[y * 4 * tw + 4 * j + xo] = val + b;
-                    }
-                }
+/// [`tile_row_f2`] for F(4x4, 3x3): four output rows.
+fn tile_row_f4<E: Element>(mm: &[&[E]; 36], b: E, out: &mut [E], tw: usize) {
+    for j in 0..tw {
+        // Aᵀ along the tile's rows (column by column), then A along its columns.
+        let cols: [[E; 4]; 6] =
+            std::array::from_fn(|col| at6(std::array::from_fn(|a| mm[a * 6 + col][j])));
+        for y in 0..4 {
+            let r = at6(std::array::from_fn(|col| cols[col][y]));
+            for (xo, val) in r.into_iter().enumerate() {
+                out[y * 4 * tw + 4 * j + xo] = val + b;
             }
-        })
+        }
     }
 }
 
