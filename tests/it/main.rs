@@ -7,6 +7,7 @@
 
 mod device;
 mod features;
+mod tiled;
 
 use nst_cpu::Cpu64;
 use std::path::PathBuf;

@@ -157,15 +157,45 @@ impl<B: Backend> Tape<B> {
                 ),
             ));
         }
-        let n = loss.id + 1;
+        let one = Tensor::full(loss.value.backend(), loss.value.shape().clone(), 1.0)?;
+        self.backward_seeded(&[(loss.clone(), one)])
+    }
+
+    /// Back-propagates from several values at once, each with a given gradient (the
+    /// derivative of some outer objective w.r.t. that value), and returns the gradients of
+    /// the variables: the vector-Jacobian product of the seeds.
+    ///
+    /// This is how an objective whose gradient w.r.t. some activations is known in closed
+    /// form (tiled evaluation, custom losses computed off the tape) enters the tape. Each
+    /// seed must have its value's shape and be on this tape. Like [`Tape::backward`], it
+    /// consumes the closures it runs.
+    pub fn backward_seeded(&self, seeds: &[(Var<'_, B>, Tensor<B>)]) -> Result<Gradients<B>> {
+        let mut n = 0;
+        for (v, g) in seeds {
+            if !std::ptr::eq(v.tape, self) {
+                return Err(Error::invalid("backward", "a seed belongs to another tape"));
+            }
+            if g.shape() != v.value.shape() {
+                return Err(Error::invalid(
+                    "backward",
+                    format!(
+                        "a seed of shape {} for a value of shape {}",
+                        g.shape(),
+                        v.value.shape()
+                    ),
+                ));
+            }
+            n = n.max(v.id + 1);
+        }
         let mut grads: Vec<Option<Tensor<B>>> = vec![None; n];
         let mut leaves: Vec<Option<Tensor<B>>> = vec![None; n];
-        if loss.requires_grad {
-            grads[loss.id] = Some(Tensor::full(
-                loss.value.backend(),
-                loss.value.shape().clone(),
-                1.0,
-            )?);
+        for (v, g) in seeds {
+            if v.requires_grad {
+                grads[v.id] = Some(match grads[v.id].take() {
+                    Some(acc) => acc.add(g)?,
+                    None => g.clone(),
+                });
+            }
         }
         for i in (0..n).rev() {
             let Some(g) = grads[i].take() else {

@@ -9,10 +9,12 @@
 mod image;
 mod objective;
 mod render;
+pub mod tiled;
 
 pub use image::Image;
 pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};
 pub use render::{render, Init, Observer, OptimizerKind, Progress, RenderConfig, Rendered};
+pub use tiled::{Geometry, TilePlan, Tiling};
 
 /// Errors of the render loop.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! The style-transfer objective: targets built once, then the loss and its gradient for any
 //! image (see `docs/objective.md`).
 
+use crate::tiled::{Geometry, Tile, TilePlan, Tiling, Window};
 use crate::{Error, Result};
-use nst_autodiff::Tape;
+use nst_autodiff::{Tape, Var};
 use nst_features::FeatureExtractor;
 use nst_tensor::{Backend, Tensor};
 use nst_vgg::Vgg;
@@ -50,12 +51,92 @@ pub struct Evaluation<B: Backend> {
 }
 
 /// The objective with its targets: content activations and blended style Gram matrices.
+///
+/// Evaluated on the whole image at once, or tile by tile ([`Tiling`]): the tiled evaluation
+/// computes the same objective and gradient (up to rounding) while holding the network's
+/// activations of one tile at a time (see `docs/tiling.md`).
 pub struct Objective<'m, B: Backend> {
     cfg: ObjectiveConfig,
     fx: FeatureExtractor<'m, B>,
-    content_targets: Vec<Tensor<B>>,
+    /// Content targets: one per content layer (untiled), or per tile and content layer, the
+    /// tile's own positions (`None` where it owns none).
+    content_targets: ContentTargets<B>,
     content_dims: Vec<usize>,
     style_targets: Vec<Tensor<B>>,
+    tiled: Option<Tiled<'m, B>>,
+}
+
+enum ContentTargets<B: Backend> {
+    Whole(Vec<Tensor<B>>),
+    Tiles(Vec<Vec<Option<Tensor<B>>>>),
+}
+
+/// What the tiled evaluation needs besides the targets.
+struct Tiled<'m, B: Backend> {
+    geometry: Geometry,
+    plan: TilePlan,
+    /// Extracts the style layers only (pass 1).
+    style_fx: FeatureExtractor<'m, B>,
+    /// (content layers, style layers) as model layer indices.
+    content_idx: Vec<usize>,
+    style_idx: Vec<usize>,
+}
+
+/// The part of `t` (`[1, C, H, W]`) inside `w`.
+fn window<B: Backend>(t: &Tensor<B>, w: &Window) -> nst_tensor::Result<Tensor<B>> {
+    let d = t.dims();
+    let t = if w.y == 0 && w.h == d[2] {
+        t.clone()
+    } else {
+        t.narrow(2, w.y, w.h)?
+    };
+    if w.x == 0 && w.w == d[3] {
+        Ok(t)
+    } else {
+        t.narrow(3, w.x, w.w)
+    }
+}
+
+/// The part of `v` (`[1, C, H, W]`) inside `w`, on the tape.
+fn window_var<'t, B: Backend>(v: &Var<'t, B>, w: &Window) -> nst_tensor::Result<Var<'t, B>> {
+    let d = v.shape().dims().to_vec();
+    let v = if w.y == 0 && w.h == d[2] {
+        v.clone()
+    } else {
+        v.narrow(2, w.y, w.h)?
+    };
+    if w.x == 0 && w.w == d[3] {
+        Ok(v)
+    } else {
+        v.narrow(3, w.x, w.w)
+    }
+}
+
+/// `F̂ F̂ᵀ` (unnormalised) of an activation `[1, C, h, w]`.
+fn gram_sum<B: Backend>(f: &Tensor<B>) -> nst_tensor::Result<Tensor<B>> {
+    let d = f.dims();
+    let flat = f.reshape([d[1], d[2] * d[3]])?;
+    flat.matmul_t(&flat, false, true)
+}
+
+/// Adds `part` (a crop's gradient) into `acc` (`[1, 3, H, W]`) at the crop's window.
+fn add_window<B: Backend>(
+    acc: Option<Tensor<B>>,
+    part: &Tensor<B>,
+    w: &Window,
+    full: (usize, usize),
+) -> nst_tensor::Result<Tensor<B>> {
+    let mut p = part.clone();
+    if w.w != full.1 {
+        p = p.narrow_backward(3, w.x, full.1)?;
+    }
+    if w.h != full.0 {
+        p = p.narrow_backward(2, w.y, full.0)?;
+    }
+    match acc {
+        None => Ok(p),
+        Some(a) => a.add(&p),
+    }
 }
 
 /// Normalises blend weights to sum 1 (equal weights when `blend` is empty).
@@ -87,13 +168,27 @@ pub fn normalize_blend(blend: &[f64], styles: usize) -> Result<Vec<f64>> {
 impl<'m, B: Backend> Objective<'m, B> {
     /// Builds the targets: the content image's activations at the content layers and, at
     /// each style layer, `Σ β_k G(s_k)` over the style images (`β` normalised to sum 1).
-    /// Images are `[1, 3, H, W]` in model space.
+    /// Images are `[1, 3, H, W]` in model space. Evaluated untiled.
     pub fn new(
         model: &'m Vgg<B>,
         cfg: &ObjectiveConfig,
         content: &Tensor<B>,
         styles: &[Tensor<B>],
         blend: &[f64],
+    ) -> Result<Self> {
+        Self::with_tiling(model, cfg, content, styles, blend, Tiling::Off)
+    }
+
+    /// [`Objective::new`], evaluated as `tiling` says. With tiles, the targets are built tile
+    /// by tile too (the content's tiles follow the content's plan; each style image gets its
+    /// own plan with the same tile size), so no whole-image activation is ever held.
+    pub fn with_tiling(
+        model: &'m Vgg<B>,
+        cfg: &ObjectiveConfig,
+        content: &Tensor<B>,
+        styles: &[Tensor<B>],
+        blend: &[f64],
+        tiling: Tiling,
     ) -> Result<Self> {
         for (name, w) in cfg.content_layers.iter().chain(&cfg.style_layers) {
             if !w.is_finite() || *w < 0.0 {
@@ -124,44 +219,131 @@ impl<'m, B: Backend> Objective<'m, B> {
             .map(|(n, _)| n.as_str())
             .collect();
         let fx = FeatureExtractor::new(model, &names)?;
-
         let content_layers: Vec<&str> =
             cfg.content_layers.iter().map(|(n, _)| n.as_str()).collect();
-        let cfx = FeatureExtractor::new(model, &content_layers)?;
-        let cf = cfx.extract(content)?;
-        let content_targets = content_layers
-            .iter()
-            .map(|n| cf.get(n).cloned().expect("extracted"))
-            .collect();
-
         let style_layers: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
+        let cfx = FeatureExtractor::new(model, &content_layers)?;
         let sfx = FeatureExtractor::new(model, &style_layers)?;
+        let index = |n: &&str| model.layer_index(n);
+        let content_idx = content_layers
+            .iter()
+            .map(index)
+            .collect::<nst_vgg::Result<Vec<_>>>()?;
+        let style_idx = style_layers
+            .iter()
+            .map(index)
+            .collect::<nst_vgg::Result<Vec<_>>>()?;
+        let all: Vec<usize> = content_idx.iter().chain(&style_idx).copied().collect();
+        let geometry = Geometry::new(model, &all)?;
+        let dims = content.dims().to_vec();
+        if dims.len() != 4 {
+            return Err(Error::Config(format!(
+                "the content must be [1, 3, H, W], got {dims:?}"
+            )));
+        }
+
+        let plan = match tiling {
+            Tiling::Off => None,
+            Tiling::Tiles(t) => Some(geometry.plan(dims[2], dims[3], t)?),
+            Tiling::TilesWithHalo { tile, halo } => {
+                Some(geometry.plan_with_halo(dims[2], dims[3], tile, halo)?)
+            }
+        };
+
+        let content_targets = match &plan {
+            None => {
+                let cf = cfx.extract(content)?;
+                ContentTargets::Whole(
+                    content_layers
+                        .iter()
+                        .map(|n| cf.get(n).cloned().expect("extracted"))
+                        .collect(),
+                )
+            }
+            Some(plan) => {
+                let mut per_tile = Vec::with_capacity(plan.tiles.len());
+                for tile in &plan.tiles {
+                    let cf = cfx.extract(&window(content, &tile.crop)?)?;
+                    let mut row = Vec::with_capacity(content_layers.len());
+                    for (n, &li) in content_layers.iter().zip(&content_idx) {
+                        let f = cf.get(n).expect("extracted");
+                        row.push(match geometry.inner_at(plan, tile, li) {
+                            Some(w) => Some(window(f, &w)?),
+                            None => None,
+                        });
+                    }
+                    per_tile.push(row);
+                }
+                ContentTargets::Tiles(per_tile)
+            }
+        };
+
         let mut style_targets: Vec<Option<Tensor<B>>> = vec![None; style_layers.len()];
         for (s, b) in styles.iter().zip(&beta) {
-            let sf = sfx.extract(s)?;
-            for (slot, n) in style_targets.iter_mut().zip(&style_layers) {
-                let g = nst_loss::gram_tensor(sf.get(n).expect("extracted"))?.scale(*b)?;
+            let grams = match plan.as_ref().map(|p| (p.tile, p.halo)) {
+                None => {
+                    let sf = sfx.extract(s)?;
+                    style_layers
+                        .iter()
+                        .map(|n| nst_loss::gram_tensor(sf.get(n).expect("extracted")))
+                        .collect::<nst_tensor::Result<Vec<_>>>()?
+                }
+                Some((t, halo)) => {
+                    let d = s.dims();
+                    if d.len() != 4 {
+                        return Err(Error::Config(format!(
+                            "a style image must be [1, 3, H, W], got {d:?}"
+                        )));
+                    }
+                    let splan = geometry.plan_with_halo(d[2], d[3], t, halo)?;
+                    let sums = tiled_gram_sums(&sfx, &geometry, &splan, &style_idx, s)?;
+                    sums.into_iter()
+                        .zip(&style_idx)
+                        .map(|(g, &li)| {
+                            let (_, c) = geometry.layer(li);
+                            let n = c * geometry.positions(d[2], d[3], li);
+                            g.scale(1.0 / n.max(1) as f64)
+                        })
+                        .collect::<nst_tensor::Result<Vec<_>>>()?
+                }
+            };
+            for (slot, g) in style_targets.iter_mut().zip(grams) {
+                let g = g.scale(*b)?;
                 *slot = Some(match slot.take() {
                     Some(acc) => acc.add(&g)?,
                     None => g,
                 });
             }
         }
+        let tiled = plan.map(|plan| Tiled {
+            geometry,
+            plan,
+            style_fx: sfx,
+            content_idx,
+            style_idx,
+        });
         Ok(Objective {
             cfg: cfg.clone(),
             fx,
             content_targets,
-            content_dims: content.dims().to_vec(),
+            content_dims: dims,
             style_targets: style_targets
                 .into_iter()
                 .map(|t| t.expect("one style at least"))
                 .collect(),
+            tiled,
         })
+    }
+
+    /// The tile plan, when evaluated tile by tile.
+    pub fn plan(&self) -> Option<&TilePlan> {
+        self.tiled.as_ref().map(|t| &t.plan)
     }
 
     /// The loss terms and the gradient of the total at `x` (`[1, 3, H, W]`, model space).
     pub fn evaluate(&self, x: &Tensor<B>) -> Result<Evaluation<B>> {
-        if !self.content_targets.is_empty() && x.dims() != self.content_dims.as_slice() {
+        let sized = self.tiled.is_some() || !self.cfg.content_layers.is_empty();
+        if sized && x.dims() != self.content_dims.as_slice() {
             return Err(Error::Config(format!(
                 "the image is {}x{} but the content is {}x{}: they must have the same size",
                 x.dims().get(3).unwrap_or(&0),
@@ -170,12 +352,24 @@ impl<'m, B: Backend> Objective<'m, B> {
                 self.content_dims[2],
             )));
         }
+        match (&self.tiled, &self.content_targets) {
+            (Some(t), ContentTargets::Tiles(ct)) => self.evaluate_tiled(x, t, ct),
+            (None, ContentTargets::Whole(ct)) => self.evaluate_whole(x, ct),
+            _ => unreachable!("tiled objectives have tiled content targets"),
+        }
+    }
+
+    fn evaluate_whole(
+        &self,
+        x: &Tensor<B>,
+        content_targets: &[Tensor<B>],
+    ) -> Result<Evaluation<B>> {
         let tape = Tape::new();
         let xv = tape.var(x.clone());
         let feats = self.fx.extract_var(&xv)?;
         let mut terms = Vec::new();
         let mut parts = Vec::new();
-        for ((name, w), target) in self.cfg.content_layers.iter().zip(&self.content_targets) {
+        for ((name, w), target) in self.cfg.content_layers.iter().zip(content_targets) {
             let f = feats.get(name).expect("extracted");
             let l = nst_loss::content(f, target, self.cfg.content_weight * w)?;
             terms.push((format!("content/{name}"), l.value().scalar()?));
@@ -209,4 +403,265 @@ impl<'m, B: Backend> Objective<'m, B> {
             grad,
         })
     }
+
+    /// Tile by tile, in two passes. Pass 1 runs the network (inference only) on every crop
+    /// and sums each style layer's `F̂F̂ᵀ` over the tiles' own positions; the style terms and
+    /// their gradients w.r.t. the activations, `4w/(C²N)·(G − A)·F̂`, follow in closed form.
+    /// Pass 2 runs every crop on a tape, seeds each layer's own positions with that gradient
+    /// (and the content and TV terms, which are local), and adds the crop's image gradient
+    /// into the whole. The last tile of pass 1 is run on a tape and kept, so pass 2 starts
+    /// with it and does not run it again.
+    fn evaluate_tiled(
+        &self,
+        x: &Tensor<B>,
+        t: &Tiled<'m, B>,
+        content_targets: &[Vec<Option<Tensor<B>>>],
+    ) -> Result<Evaluation<B>> {
+        let plan = &t.plan;
+        let geo = &t.geometry;
+        let (h, w) = (plan.height, plan.width);
+        let n = plan.tiles.len();
+        let last = n - 1;
+
+        // Pass 1: Gram sums of the style layers.
+        let kept_tape = Tape::new();
+        let mut kept: Option<(Var<'_, B>, nst_features::Features<Var<'_, B>>)> = None;
+        let mut sums: Vec<Option<Tensor<B>>> = vec![None; t.style_idx.len()];
+        for (ti, tile) in plan.tiles.iter().enumerate() {
+            let crop = window(x, &tile.crop)?;
+            let values: Vec<Tensor<B>> = if ti == last {
+                let xv = kept_tape.var(crop);
+                let feats = self.fx.extract_var(&xv)?;
+                let v = self
+                    .cfg
+                    .style_layers
+                    .iter()
+                    .map(|(nm, _)| feats.get(nm).expect("extracted").value().clone())
+                    .collect();
+                kept = Some((xv, feats));
+                v
+            } else {
+                let feats = t.style_fx.extract(&crop)?;
+                self.cfg
+                    .style_layers
+                    .iter()
+                    .map(|(nm, _)| feats.get(nm).expect("extracted").clone())
+                    .collect()
+            };
+            for ((slot, f), &li) in sums.iter_mut().zip(&values).zip(&t.style_idx) {
+                accumulate_gram(slot, f, geo, plan, tile, li)?;
+            }
+        }
+
+        // The style terms and their activation-gradient matrices D_l = 4w/(C²N)·(G − A).
+        let mut terms = Vec::new();
+        let mut style_d = Vec::with_capacity(t.style_idx.len());
+        let mut style_values = Vec::with_capacity(t.style_idx.len());
+        for (((name, m), target), (sum, &li)) in self
+            .cfg
+            .style_layers
+            .iter()
+            .zip(&self.style_targets)
+            .zip(sums.into_iter().zip(&t.style_idx))
+        {
+            let (_, c) = geo.layer(li);
+            let npos = (c * geo.positions(h, w, li)).max(1) as f64;
+            let wl = self.cfg.style_weight * m;
+            let g = match sum {
+                Some(s) => s.scale(1.0 / npos)?,
+                None => Tensor::zeros(target.backend(), [c, c])?,
+            };
+            let diff = g.sub(target)?;
+            let value = wl * diff.square()?.sum()?.scalar()? / (c * c).max(1) as f64;
+            style_values.push((format!("style/{name}"), value));
+            style_d.push(diff.scale(4.0 * wl / ((c * c) as f64 * npos))?);
+        }
+
+        // Pass 2: the backward pass, tile by tile; the kept tile first.
+        let mut content_values = vec![0.0; self.cfg.content_layers.len()];
+        let mut tv_value = 0.0;
+        let mut grad: Option<Tensor<B>> = None;
+        let order = std::iter::once(last).chain(0..last);
+        for ti in order {
+            let tile = &plan.tiles[ti];
+            let tape = Tape::new();
+            let (xv, feats) = match kept.take() {
+                Some(k) if ti == last => k,
+                _ => {
+                    let xv = tape.var(window(x, &tile.crop)?);
+                    let feats = self.fx.extract_var(&xv)?;
+                    (xv, feats)
+                }
+            };
+            let mut seeds: Vec<(Var<'_, B>, Tensor<B>)> = Vec::new();
+            for (((name, _), d), &li) in
+                self.cfg.style_layers.iter().zip(&style_d).zip(&t.style_idx)
+            {
+                let Some(iw) = geo.inner_at(plan, tile, li) else {
+                    continue;
+                };
+                let inner = window_var(feats.get(name).expect("extracted"), &iw)?;
+                let dims = inner.shape().clone();
+                let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
+                seeds.push((inner, d.matmul(&flat)?.reshape(dims)?));
+            }
+            for (ci, (((name, m), target), &li)) in self
+                .cfg
+                .content_layers
+                .iter()
+                .zip(&content_targets[ti])
+                .zip(&t.content_idx)
+                .enumerate()
+            {
+                let (Some(iw), Some(target)) = (geo.inner_at(plan, tile, li), target) else {
+                    continue;
+                };
+                let (_, c) = geo.layer(li);
+                let npos = (c * geo.positions(h, w, li)).max(1) as f64;
+                let wl = self.cfg.content_weight * m;
+                let inner = window_var(feats.get(name).expect("extracted"), &iw)?;
+                let diff = inner.value().sub(target)?;
+                content_values[ci] += wl * diff.square()?.sum()?.scalar()? / npos;
+                seeds.push((inner, diff.scale(2.0 * wl / npos)?));
+            }
+            drop(feats);
+            if let Some(tv) = tile_tv(&xv, tile, self.cfg.tv_weight)? {
+                tv_value += tv.value().scalar()?;
+                let one = Tensor::full(x.backend(), tv.shape().clone(), 1.0)?;
+                seeds.push((tv, one));
+            }
+            // The seeds' values live on in the tape's closures; only the seeds are needed.
+            let mut grads = xv.tape().backward_seeded(&seeds)?;
+            drop(seeds);
+            if let Some(g) = grads.take(&xv) {
+                grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
+            }
+        }
+        let grad = match grad {
+            Some(g) => g,
+            None => Tensor::zeros(x.backend(), x.shape().clone())?,
+        };
+        for ((name, _), v) in self.cfg.content_layers.iter().zip(&content_values) {
+            terms.push((format!("content/{name}"), *v));
+        }
+        terms.extend(style_values);
+        terms.push(("tv".to_string(), tv_value));
+        // The same order of addition as the untiled total: TV, then content, then style.
+        let total = terms[..terms.len() - 1]
+            .iter()
+            .fold(tv_value, |acc, (_, v)| acc + v);
+        Ok(Evaluation { total, terms, grad })
+    }
+}
+
+/// Adds a tile's own positions of activation `f` (a crop's, at layer `li`) to a Gram sum.
+fn accumulate_gram<B: Backend>(
+    slot: &mut Option<Tensor<B>>,
+    f: &Tensor<B>,
+    geo: &Geometry,
+    plan: &TilePlan,
+    tile: &Tile,
+    li: usize,
+) -> nst_tensor::Result<()> {
+    if let Some(iw) = geo.inner_at(plan, tile, li) {
+        let g = gram_sum(&window(f, &iw)?)?;
+        *slot = Some(match slot.take() {
+            Some(acc) => acc.add(&g)?,
+            None => g,
+        });
+    }
+    Ok(())
+}
+
+/// Unnormalised Gram sums `Σ F̂F̂ᵀ` of an image at the style layers, tile by tile (inference
+/// only).
+fn tiled_gram_sums<B: Backend>(
+    sfx: &FeatureExtractor<'_, B>,
+    geo: &Geometry,
+    plan: &TilePlan,
+    style_idx: &[usize],
+    image: &Tensor<B>,
+) -> Result<Vec<Tensor<B>>> {
+    let names: Vec<String> = sfx.layer_names().map(str::to_string).collect();
+    let mut sums: Vec<Option<Tensor<B>>> = vec![None; style_idx.len()];
+    for tile in &plan.tiles {
+        let feats = sfx.extract(&window(image, &tile.crop)?)?;
+        for ((slot, name), &li) in sums.iter_mut().zip(&names).zip(style_idx) {
+            accumulate_gram(
+                slot,
+                feats.get(name).expect("extracted"),
+                geo,
+                plan,
+                tile,
+                li,
+            )?;
+        }
+    }
+    sums.into_iter()
+        .zip(style_idx)
+        .map(|(s, &li)| match s {
+            Some(s) => Ok(s),
+            None => {
+                let (_, c) = geo.layer(li);
+                Ok(Tensor::zeros(image.backend(), [c, c])?)
+            }
+        })
+        .collect()
+}
+
+/// The total variation of a tile's own pixels, on the tape: the differences between each of
+/// its pixels and the pixel below and to the right of it (when those are in the image), so
+/// that the tiles' terms sum to the whole image's. `None` when the tile has no difference.
+fn tile_tv<'t, B: Backend>(
+    xv: &Var<'t, B>,
+    tile: &Tile,
+    weight: f64,
+) -> nst_tensor::Result<Option<Var<'t, B>>> {
+    let d = xv.shape().dims().to_vec();
+    let (cy, cx) = (tile.inner.y - tile.crop.y, tile.inner.x - tile.crop.x);
+    let (ih, iw) = (tile.inner.h, tile.inner.w);
+    let mut parts = Vec::new();
+    // Vertical: rows cy .. cy + ih, each with the row below it where there is one.
+    let rows = (ih + 1).min(d[2] - cy);
+    if rows > 1 {
+        let a = window_var(
+            xv,
+            &Window {
+                y: cy,
+                x: cx,
+                h: rows,
+                w: iw,
+            },
+        )?;
+        parts.push(
+            a.narrow(2, 1, rows - 1)?
+                .sub(&a.narrow(2, 0, rows - 1)?)?
+                .square()?
+                .sum()?,
+        );
+    }
+    let cols = (iw + 1).min(d[3] - cx);
+    if cols > 1 {
+        let b = window_var(
+            xv,
+            &Window {
+                y: cy,
+                x: cx,
+                h: ih,
+                w: cols,
+            },
+        )?;
+        parts.push(
+            b.narrow(3, 1, cols - 1)?
+                .sub(&b.narrow(3, 0, cols - 1)?)?
+                .square()?
+                .sum()?,
+        );
+    }
+    let total = match parts.len() {
+        0 => return Ok(None),
+        1 => parts.remove(0),
+        _ => parts[0].add(&parts[1])?,
+    };
+    Ok(Some(total.scale(weight)?))
 }

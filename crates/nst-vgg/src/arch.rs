@@ -104,6 +104,57 @@ impl Arch {
     }
 }
 
+/// Which input pixels one activation depends on, along one axis: position `p` of a layer
+/// reads input pixels `stride·p − before ..= stride·p + after` (3x3 convolutions with
+/// padding 1 widen the window by one position each side, 2x2 pooling with stride 2 doubles
+/// it and the stride). Outside the image the network's own zero padding applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Input pixels per position of the layer (2 to the number of pooling layers before it).
+    pub stride: usize,
+    /// Pixels read before `stride·p`.
+    pub before: usize,
+    /// Pixels read after `stride·p`.
+    pub after: usize,
+}
+
+impl Span {
+    /// The span of layer `last` of `layers` (its receptive field along one axis); `None`
+    /// when `last` is out of range.
+    pub fn of(layers: &[Layer], last: usize) -> Option<Span> {
+        let layers = layers.get(..=last)?;
+        // The window [a·p + lo, a·p + hi], walked back from the layer to the input.
+        let (mut a, mut lo, mut hi) = (1i64, 0i64, 0i64);
+        for l in layers.iter().rev() {
+            match l.op {
+                LayerOp::Conv { .. } => {
+                    lo -= 1;
+                    hi += 1;
+                }
+                LayerOp::Relu => {}
+                LayerOp::Pool => {
+                    a *= 2;
+                    lo *= 2;
+                    hi = 2 * hi + 1;
+                }
+            }
+        }
+        Some(Span {
+            stride: a as usize,
+            before: (-lo) as usize,
+            after: hi as usize,
+        })
+    }
+
+    /// The margin a tile needs on each side so that every position of this layer inside the
+    /// tile is computed exactly from the tile plus margin: `before` on the leading side and
+    /// `after − stride + 1` on the trailing one (a tile ends at a multiple of the stride).
+    pub fn margin(&self) -> usize {
+        self.before
+            .max((self.after + 1).saturating_sub(self.stride))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +174,27 @@ mod tests {
             Arch::Vgg16.torchvision_indices(),
             [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
         );
+    }
+
+    #[test]
+    fn spans() {
+        let l = Arch::Vgg19.layers();
+        let at = |name: &str| Span::of(&l, l.iter().position(|x| x.name == name).unwrap());
+        let s = |stride, before, after| {
+            Some(Span {
+                stride,
+                before,
+                after,
+            })
+        };
+        assert_eq!(at("conv1_1"), s(1, 1, 1));
+        assert_eq!(at("relu1_2"), s(1, 2, 2));
+        assert_eq!(at("pool1"), s(2, 2, 3));
+        assert_eq!(at("relu2_1"), s(2, 4, 5));
+        assert_eq!(at("relu4_2"), s(8, 38, 45));
+        assert_eq!(at("relu5_1"), s(16, 70, 85));
+        assert_eq!(at("relu5_1").unwrap().margin(), 70);
+        assert_eq!(at("relu4_2").unwrap().margin(), 38);
+        assert_eq!(Span::of(&l, l.len()), None);
     }
 }

@@ -6,7 +6,7 @@ mod arch;
 pub mod convention;
 mod model;
 
-pub use arch::{Arch, Layer, LayerOp};
+pub use arch::{Arch, Layer, LayerOp, Span};
 pub use convention::InputConvention;
 pub use model::{Activation, Vgg};
 
