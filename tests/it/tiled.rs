@@ -142,6 +142,12 @@ fn tiled_equals_untiled_f64_avg_pooling_other_layers() {
     assert_eq!(tiles, 5 * 4);
     assert!(terms <= 1e-10, "terms differ by {terms:e}");
     assert!(grad <= 1e-10, "gradient differs by {grad:e}");
+    // Keeping no tape (every tile run again in pass 2) and some tapes: the same objective.
+    for keep in [0, 7] {
+        let (terms, grad, _) = compare(&vgg, &cfg, &im, Tiling::TilesKeeping { tile: 24, keep });
+        assert!(terms <= 1e-10, "keep {keep}: terms differ by {terms:e}");
+        assert!(grad <= 1e-10, "keep {keep}: gradient differs by {grad:e}");
+    }
     let (terms, grad, _) = compare(
         &vgg,
         &cfg,

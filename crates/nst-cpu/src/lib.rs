@@ -14,7 +14,7 @@ mod ops;
 mod pool;
 
 pub use element::Element;
-pub use pool::BufPool;
+pub use pool::{set_pool_limit, BufPool};
 
 use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{

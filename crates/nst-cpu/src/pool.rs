@@ -12,8 +12,16 @@ use std::sync::Mutex;
 const MIN_POOLED: usize = 4096;
 /// The most buffers kept.
 const MAX_KEPT: usize = 64;
-/// The most bytes kept.
+/// The most bytes kept, unless [`set_pool_limit`] says otherwise.
 const MAX_BYTES: usize = 4 << 30;
+
+static LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(MAX_BYTES);
+
+/// Sets the most bytes of freed buffers the CPU backend keeps for reuse (per element type;
+/// 4 GiB by default). A memory budget sets it to a share of itself.
+pub fn set_pool_limit(bytes: usize) {
+    LIMIT.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Freed vectors, waiting to be reused.
 #[derive(Default)]
@@ -84,7 +92,10 @@ impl<E: Element> BufPool<E> {
         }
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let bytes: usize = free.iter().map(|v| v.capacity()).sum::<usize>() * size_of::<E>();
-        if free.len() < MAX_KEPT && bytes + v.capacity() * size_of::<E>() <= MAX_BYTES {
+        if free.len() < MAX_KEPT
+            && bytes + v.capacity() * size_of::<E>()
+                <= LIMIT.load(std::sync::atomic::Ordering::Relaxed)
+        {
             free.push(v);
         }
     }

@@ -7,13 +7,18 @@
 //! non-finite loss and keeps the last good image.
 
 mod image;
+pub mod memory;
 mod objective;
 mod render;
 pub mod tiled;
 
 pub use image::Image;
+pub use memory::{MemoryPlan, PlanRequest, TileChoice};
 pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};
-pub use render::{render, Init, Observer, OptimizerKind, Progress, RenderConfig, Rendered};
+pub use render::{
+    auto_scales, plan_scales, render, Init, Observer, OptimizerKind, Progress, RenderConfig,
+    Rendered,
+};
 pub use tiled::{Geometry, TilePlan, Tiling};
 
 /// Errors of the render loop.

@@ -75,11 +75,15 @@ enum ContentTargets<B: Backend> {
 struct Tiled<'m, B: Backend> {
     geometry: Geometry,
     plan: TilePlan,
-    /// Extracts the style layers only (pass 1).
-    style_fx: FeatureExtractor<'m, B>,
     /// (content layers, style layers) as model layer indices.
     content_idx: Vec<usize>,
     style_idx: Vec<usize>,
+    deepest: usize,
+    /// The last layer of the shallow part (`pool2`), when deeper layers are used.
+    split: Option<usize>,
+    /// How many tiles keep their tape from pass 1 to pass 2.
+    keep: usize,
+    _model: std::marker::PhantomData<&'m Vgg<B>>,
 }
 
 /// The part of `t` (`[1, C, H, W]`) inside `w`.
@@ -248,6 +252,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             Tiling::TilesWithHalo { tile, halo } => {
                 Some(geometry.plan_with_halo(dims[2], dims[3], tile, halo)?)
             }
+            Tiling::TilesKeeping { tile, .. } => Some(geometry.plan(dims[2], dims[3], tile)?),
         };
 
         let content_targets = match &plan {
@@ -315,12 +320,25 @@ impl<'m, B: Backend> Objective<'m, B> {
                 });
             }
         }
-        let tiled = plan.map(|plan| Tiled {
-            geometry,
-            plan,
-            style_fx: sfx,
-            content_idx,
-            style_idx,
+        let deepest = all.iter().copied().max().unwrap_or(0);
+        let split = model.layer_index("pool2").ok().filter(|&sp| sp < deepest);
+        let tiled = plan.map(|plan| {
+            let n = plan.tiles.len();
+            let keep = match tiling {
+                Tiling::TilesKeeping { keep, .. } => keep.min(n),
+                _ if split.is_some() => n,
+                _ => 1,
+            };
+            Tiled {
+                geometry,
+                plan,
+                content_idx,
+                style_idx,
+                deepest,
+                split,
+                keep,
+                _model: std::marker::PhantomData,
+            }
         });
         Ok(Objective {
             cfg: cfg.clone(),
@@ -404,13 +422,16 @@ impl<'m, B: Backend> Objective<'m, B> {
         })
     }
 
-    /// Tile by tile, in two passes. Pass 1 runs the network (inference only) on every crop
-    /// and sums each style layer's `F̂F̂ᵀ` over the tiles' own positions; the style terms and
-    /// their gradients w.r.t. the activations, `4w/(C²N)·(G − A)·F̂`, follow in closed form.
-    /// Pass 2 runs every crop on a tape, seeds each layer's own positions with that gradient
-    /// (and the content and TV terms, which are local), and adds the crop's image gradient
-    /// into the whole. The last tile of pass 1 is run on a tape and kept, so pass 2 starts
-    /// with it and does not run it again.
+    /// Tile by tile, in two passes. Pass 1 runs the network on every crop and sums each
+    /// style layer's `F̂F̂ᵀ` over the tiles' own positions; the style terms and their
+    /// gradients w.r.t. the activations, `4w/(C²N)·(G − A)·F̂`, follow in closed form. Pass 2
+    /// seeds each layer's own positions of every crop with that gradient (and the content
+    /// and TV terms, which are local), runs the backward pass and adds the crop's image
+    /// gradient into the whole.
+    ///
+    /// Pass 1 keeps, for the tiles the plan allows, the tape of the network's deep part
+    /// (after `pool2`, where activations are small and most of the arithmetic is), so pass 2
+    /// recomputes only the shallow part for them; the other tiles are run again in full.
     fn evaluate_tiled(
         &self,
         x: &Tensor<B>,
@@ -419,38 +440,54 @@ impl<'m, B: Backend> Objective<'m, B> {
     ) -> Result<Evaluation<B>> {
         let plan = &t.plan;
         let geo = &t.geometry;
+        let model = self.fx.model();
         let (h, w) = (plan.height, plan.width);
         let n = plan.tiles.len();
-        let last = n - 1;
+        let keep = t.keep.min(n);
+        let used: Vec<usize> = t.content_idx.iter().chain(&t.style_idx).copied().collect();
+        let wanted = |i: usize| used.contains(&i);
+        let is_style = |i: usize| t.style_idx.contains(&i);
+        let deepest = t.deepest;
 
-        // Pass 1: Gram sums of the style layers.
-        let kept_tape = Tape::new();
-        let mut kept: Option<(Var<'_, B>, nst_features::Features<Var<'_, B>>)> = None;
+        // Pass 1: Gram sums of the style layers, and the kept tapes.
+        let tapes: Vec<Tape<B>> = (0..n).map(|_| Tape::new()).collect();
+        let mut kept: Vec<Option<Kept<'_, B>>> = (0..n).map(|_| None).collect();
         let mut sums: Vec<Option<Tensor<B>>> = vec![None; t.style_idx.len()];
         for (ti, tile) in plan.tiles.iter().enumerate() {
             let crop = window(x, &tile.crop)?;
-            let values: Vec<Tensor<B>> = if ti == last {
-                let xv = kept_tape.var(crop);
-                let feats = self.fx.extract_var(&xv)?;
-                let v = self
-                    .cfg
-                    .style_layers
-                    .iter()
-                    .map(|(nm, _)| feats.get(nm).expect("extracted").value().clone())
-                    .collect();
-                kept = Some((xv, feats));
-                v
-            } else {
-                let feats = t.style_fx.extract(&crop)?;
-                self.cfg
-                    .style_layers
-                    .iter()
-                    .map(|(nm, _)| feats.get(nm).expect("extracted").clone())
-                    .collect()
+            let mut add = |i: usize, f: &Tensor<B>| -> nst_vgg::Result<()> {
+                for (slot, &li) in sums.iter_mut().zip(&t.style_idx) {
+                    if li == i {
+                        accumulate_gram(slot, f, geo, plan, tile, li)?;
+                    }
+                }
+                Ok(())
             };
-            for ((slot, f), &li) in sums.iter_mut().zip(&values).zip(&t.style_idx) {
-                accumulate_gram(slot, f, geo, plan, tile, li)?;
+            if ti + keep < n {
+                model.forward_range(crop, 0, deepest, &|i| is_style(i), |i, f| add(i, f))?;
+                continue;
             }
+            let tape = &tapes[ti];
+            let mut feats: Vec<(usize, Var<'_, B>)> = Vec::new();
+            let (leaf, first) = match t.split {
+                Some(sp) => {
+                    let a = model.forward_range(crop, 0, sp, &|i| is_style(i), |i, f| add(i, f))?;
+                    (tape.var(a), sp + 1)
+                }
+                None => (tape.var(crop), 0),
+            };
+            model.forward_range(leaf.clone(), first, deepest, &wanted, |i, v| {
+                if is_style(i) {
+                    add(i, v.value())?;
+                }
+                feats.push((i, v.clone()));
+                Ok(())
+            })?;
+            kept[ti] = Some(Kept {
+                leaf,
+                feats,
+                full: t.split.is_none(),
+            });
         }
 
         // The style terms and their activation-gradient matrices D_l = 4w/(C²N)·(G − A).
@@ -477,60 +514,66 @@ impl<'m, B: Backend> Objective<'m, B> {
             style_d.push(diff.scale(4.0 * wl / ((c * c) as f64 * npos))?);
         }
 
-        // Pass 2: the backward pass, tile by tile; the kept tile first.
+        // Pass 2: the backward pass, tile by tile; the kept tiles first, latest first.
         let mut content_values = vec![0.0; self.cfg.content_layers.len()];
         let mut tv_value = 0.0;
         let mut grad: Option<Tensor<B>> = None;
-        let order = std::iter::once(last).chain(0..last);
+        let order = (n - keep..n).rev().chain(0..n - keep);
         for ti in order {
             let tile = &plan.tiles[ti];
+            let ctx = SeedCtx {
+                objective: self,
+                t,
+                style_d: &style_d,
+                targets: &content_targets[ti],
+                tile,
+            };
             let tape = Tape::new();
-            let (xv, feats) = match kept.take() {
-                Some(k) if ti == last => k,
-                _ => {
+            // `into` carries the gradient w.r.t. the kept deep part's input into the shallow
+            // pass.
+            let (xv, mut seeds) = match kept[ti].take() {
+                Some(k) if k.full => {
+                    let seeds = ctx.seeds(&k.feats, &mut content_values)?;
+                    (k.leaf, seeds)
+                }
+                Some(k) => {
+                    let deep = ctx.seeds(&k.feats, &mut content_values)?;
+                    let into = if deep.is_empty() {
+                        None
+                    } else {
+                        k.leaf.tape().backward_seeded(&deep)?.take(&k.leaf)
+                    };
+                    drop(deep);
+                    drop(k);
+                    let sp = t.split.expect("a kept deep part has a split");
                     let xv = tape.var(window(x, &tile.crop)?);
-                    let feats = self.fx.extract_var(&xv)?;
-                    (xv, feats)
+                    let mut feats = Vec::new();
+                    let a = model.forward_range(xv.clone(), 0, sp, &wanted, |i, v| {
+                        feats.push((i, v.clone()));
+                        Ok(())
+                    })?;
+                    let mut seeds = ctx.seeds(&feats, &mut content_values)?;
+                    if let Some(g) = into {
+                        seeds.push((a, g));
+                    }
+                    (xv, seeds)
+                }
+                None => {
+                    let xv = tape.var(window(x, &tile.crop)?);
+                    let mut feats = Vec::new();
+                    model.forward_range(xv.clone(), 0, deepest, &wanted, |i, v| {
+                        feats.push((i, v.clone()));
+                        Ok(())
+                    })?;
+                    let seeds = ctx.seeds(&feats, &mut content_values)?;
+                    (xv, seeds)
                 }
             };
-            let mut seeds: Vec<(Var<'_, B>, Tensor<B>)> = Vec::new();
-            for (((name, _), d), &li) in
-                self.cfg.style_layers.iter().zip(&style_d).zip(&t.style_idx)
-            {
-                let Some(iw) = geo.inner_at(plan, tile, li) else {
-                    continue;
-                };
-                let inner = window_var(feats.get(name).expect("extracted"), &iw)?;
-                let dims = inner.shape().clone();
-                let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
-                seeds.push((inner, d.matmul(&flat)?.reshape(dims)?));
-            }
-            for (ci, (((name, m), target), &li)) in self
-                .cfg
-                .content_layers
-                .iter()
-                .zip(&content_targets[ti])
-                .zip(&t.content_idx)
-                .enumerate()
-            {
-                let (Some(iw), Some(target)) = (geo.inner_at(plan, tile, li), target) else {
-                    continue;
-                };
-                let (_, c) = geo.layer(li);
-                let npos = (c * geo.positions(h, w, li)).max(1) as f64;
-                let wl = self.cfg.content_weight * m;
-                let inner = window_var(feats.get(name).expect("extracted"), &iw)?;
-                let diff = inner.value().sub(target)?;
-                content_values[ci] += wl * diff.square()?.sum()?.scalar()? / npos;
-                seeds.push((inner, diff.scale(2.0 * wl / npos)?));
-            }
-            drop(feats);
             if let Some(tv) = tile_tv(&xv, tile, self.cfg.tv_weight)? {
                 tv_value += tv.value().scalar()?;
                 let one = Tensor::full(x.backend(), tv.shape().clone(), 1.0)?;
                 seeds.push((tv, one));
             }
-            // The seeds' values live on in the tape's closures; only the seeds are needed.
             let mut grads = xv.tape().backward_seeded(&seeds)?;
             drop(seeds);
             if let Some(g) = grads.take(&xv) {
@@ -552,6 +595,76 @@ impl<'m, B: Backend> Objective<'m, B> {
             .fold(tv_value, |acc, (_, v)| acc + v);
         Ok(Evaluation { total, terms, grad })
     }
+}
+
+/// What the seeds of one tile are made from.
+struct SeedCtx<'a, 'm, B: Backend> {
+    objective: &'a Objective<'m, B>,
+    t: &'a Tiled<'m, B>,
+    style_d: &'a [Tensor<B>],
+    targets: &'a [Option<Tensor<B>>],
+    tile: &'a Tile,
+}
+
+impl<B: Backend> SeedCtx<'_, '_, B> {
+    /// The seeds of the tile's own positions at the layers in `feats`: the style layers'
+    /// `D·F̂` and the content layers' `2w/N·(F − P)`, whose values are added to
+    /// `content_values`.
+    fn seeds<'t>(
+        &self,
+        feats: &[(usize, Var<'t, B>)],
+        content_values: &mut [f64],
+    ) -> Result<Vec<(Var<'t, B>, Tensor<B>)>> {
+        let (t, geo, plan, tile) = (self.t, &self.t.geometry, &self.t.plan, self.tile);
+        let cfg = &self.objective.cfg;
+        let (h, w) = (plan.height, plan.width);
+        let mut seeds = Vec::new();
+        for (d, &li) in self.style_d.iter().zip(&t.style_idx) {
+            let (Some((_, f)), Some(iw)) = (
+                feats.iter().find(|(i, _)| *i == li),
+                geo.inner_at(plan, tile, li),
+            ) else {
+                continue;
+            };
+            let inner = window_var(f, &iw)?;
+            let dims = inner.shape().clone();
+            let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
+            let seed = d.matmul(&flat)?.reshape(dims)?;
+            seeds.push((inner, seed));
+        }
+        for (ci, (((_, m), target), &li)) in cfg
+            .content_layers
+            .iter()
+            .zip(self.targets)
+            .zip(&t.content_idx)
+            .enumerate()
+        {
+            let (Some((_, f)), Some(iw), Some(target)) = (
+                feats.iter().find(|(i, _)| *i == li),
+                geo.inner_at(plan, tile, li),
+                target,
+            ) else {
+                continue;
+            };
+            let (_, c) = geo.layer(li);
+            let npos = (c * geo.positions(h, w, li)).max(1) as f64;
+            let wl = cfg.content_weight * m;
+            let inner = window_var(f, &iw)?;
+            let diff = inner.value().sub(target)?;
+            content_values[ci] += wl * diff.square()?.sum()?.scalar()? / npos;
+            seeds.push((inner, diff.scale(2.0 * wl / npos)?));
+        }
+        Ok(seeds)
+    }
+}
+
+/// A tile's tape kept from pass 1: its leaf (the crop, or the shallow part's output) and the
+/// used layers' activations on it.
+struct Kept<'t, B: Backend> {
+    leaf: Var<'t, B>,
+    feats: Vec<(usize, Var<'t, B>)>,
+    /// Whether the tape holds the whole network from the crop.
+    full: bool,
 }
 
 /// Adds a tile's own positions of activation `f` (a crop's, at layer `li`) to a Gram sum.

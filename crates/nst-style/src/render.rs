@@ -1,5 +1,6 @@
 //! The render loop: scales, initialisation, optimisation, progress, snapshots, NaN guard.
 
+use crate::memory::{MemoryPlan, PlanRequest, TileChoice};
 use crate::{Error, Image, Objective, ObjectiveConfig, Result};
 use nst_optim::{Adam, AdamConfig, GradientDescent, Lbfgs, LbfgsConfig, LineSearch, Optimizer};
 use nst_tensor::{Backend, Tensor};
@@ -70,6 +71,16 @@ pub struct RenderConfig {
     pub original_colors: bool,
     /// Call [`Observer::snapshot`] every this many iterations (0: never).
     pub save_every: usize,
+    /// Iterations of each scale, when they differ (e.g. from [`auto_scales`]); `iterations`
+    /// for every scale when empty.
+    pub scale_iterations: Vec<usize>,
+    /// Tiling of the objective (chosen per scale against `memory_budget`).
+    pub tile: TileChoice,
+    /// The memory budget in bytes that tiling and the L-BFGS history must fit (`None`:
+    /// unlimited, so `TileChoice::Auto` never tiles).
+    pub memory_budget: Option<u64>,
+    /// L-BFGS correction pairs kept (100, the classic value; the budget may lower it).
+    pub lbfgs_history: usize,
 }
 
 impl Default for RenderConfig {
@@ -86,6 +97,10 @@ impl Default for RenderConfig {
             scales: Vec::new(),
             original_colors: false,
             save_every: 0,
+            scale_iterations: Vec::new(),
+            tile: TileChoice::Auto,
+            memory_budget: None,
+            lbfgs_history: 100,
         }
     }
 }
@@ -113,6 +128,26 @@ pub trait Observer {
     fn iteration(&mut self, progress: &Progress) -> bool;
     /// Called every `save_every` iterations with the current image.
     fn snapshot(&mut self, _progress: &Progress, _image: &Image) {}
+    /// Called at the start of each scale with the memory plan chosen for it.
+    fn plan(&mut self, _scale: usize, _size: (usize, usize), _plan: &MemoryPlan) {}
+}
+
+/// The coarse-to-fine schedule `--scales auto` uses for an output whose longer side is
+/// `size`, with `iterations` at the first scale: sizes doubling up to `size` from the first
+/// one at most 512 (a single scale up to 512 px), each scale with half the iterations of the
+/// one before, but at least 25 (or `iterations`, if fewer).
+pub fn auto_scales(size: usize, iterations: usize) -> Vec<(usize, usize)> {
+    let mut sizes = vec![size.max(1)];
+    while *sizes.last().expect("one") > 512 {
+        let next = sizes.last().expect("one").div_ceil(2);
+        sizes.push(next);
+    }
+    sizes.reverse();
+    sizes
+        .into_iter()
+        .enumerate()
+        .map(|(k, s)| (s, (iterations >> k.min(63)).max(iterations.min(25))))
+        .collect()
 }
 
 /// The result of a render.
@@ -176,6 +211,45 @@ fn noise(w: usize, h: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The longer side of the style images at a scale of `w x h`.
+fn style_long_side(w: usize, h: usize, style_scale: f64) -> usize {
+    (w.max(h) as f64 * style_scale).round().max(1.0) as usize
+}
+
+/// The sizes (width, height) of the scales of a render of `content`.
+fn scale_sizes(content: &Image, cfg: &RenderConfig) -> Vec<(usize, usize)> {
+    if cfg.scales.is_empty() {
+        vec![(content.width, content.height)]
+    } else {
+        cfg.scales.iter().map(|&s| content.fitted_size(s)).collect()
+    }
+}
+
+/// The memory plan of every scale of a render, made before any work so that a budget that
+/// cannot be met is an error at once.
+pub fn plan_scales<B: Backend>(
+    model: &Vgg<B>,
+    content: &Image,
+    styles: &[Image],
+    cfg: &RenderConfig,
+) -> Result<Vec<MemoryPlan>> {
+    scale_sizes(content, cfg)
+        .into_iter()
+        .map(|(w, h)| {
+            let long = style_long_side(w, h, cfg.style_scale);
+            let req = PlanRequest {
+                size: (w, h),
+                style_sizes: styles.iter().map(|s| s.fitted_size(long)).collect(),
+                optimizer: cfg.optimizer,
+                history: cfg.lbfgs_history,
+                tile: cfg.tile,
+                budget: cfg.memory_budget,
+            };
+            crate::memory::plan(model, &cfg.objective, &req)
+        })
+        .collect()
+}
+
 /// Runs a render of `content` in the style of `styles` on the model's backend.
 pub fn render<B: Backend>(
     backend: &B,
@@ -185,7 +259,7 @@ pub fn render<B: Backend>(
     cfg: &RenderConfig,
     observer: &mut dyn Observer,
 ) -> Result<Rendered> {
-    if cfg.iterations == 0 {
+    if cfg.iterations == 0 || cfg.scale_iterations.contains(&0) {
         return Err(Error::Config(
             "the number of iterations must be positive".into(),
         ));
@@ -208,27 +282,38 @@ pub fn render<B: Backend>(
         )));
     }
     crate::normalize_blend(&cfg.style_blend, styles.len())?;
+    if !cfg.scale_iterations.is_empty() && cfg.scale_iterations.len() != cfg.scales.len() {
+        return Err(Error::Config(format!(
+            "{} iteration counts given for {} scales",
+            cfg.scale_iterations.len(),
+            cfg.scales.len()
+        )));
+    }
+    let plans = plan_scales(model, content, styles, cfg)?;
     let conv = model.convention();
     let start = Instant::now();
-    let scales: Vec<(usize, usize)> = if cfg.scales.is_empty() {
-        vec![(content.width, content.height)]
-    } else {
-        cfg.scales.iter().map(|&s| content.fitted_size(s)).collect()
-    };
+    let scales = scale_sizes(content, cfg);
     let mut current: Option<Image> = None;
-    for (si, &(w, h)) in scales.iter().enumerate() {
+    for (si, (&(w, h), plan)) in scales.iter().zip(&plans).enumerate() {
+        let iterations = cfg
+            .scale_iterations
+            .get(si)
+            .copied()
+            .unwrap_or(cfg.iterations);
+        observer.plan(si, (w, h), plan);
         let content_s = content.resize(w, h);
-        let long = (w.max(h) as f64 * cfg.style_scale).round().max(1.0) as usize;
+        let long = style_long_side(w, h, cfg.style_scale);
         let style_t = styles
             .iter()
             .map(|s| s.fit(long).to_model(backend, conv))
             .collect::<nst_tensor::Result<Vec<_>>>()?;
-        let objective = Objective::new(
+        let objective = Objective::with_tiling(
             model,
             &cfg.objective,
             &content_s.to_model(backend, conv)?,
             &style_t,
             &cfg.style_blend,
+            plan.tiling,
         )?;
         drop(style_t);
         let x0: Vec<f32> = match (&current, &cfg.init) {
@@ -273,6 +358,7 @@ pub fn render<B: Backend>(
             OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => {
                 AnyOptimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
                     learning_rate: lr,
+                    history: plan.history,
                     line_search: if cfg.optimizer == OptimizerKind::LbfgsWolfe {
                         LineSearch::StrongWolfe
                     } else {
@@ -287,7 +373,7 @@ pub fn render<B: Backend>(
             })),
             OptimizerKind::Gd => AnyOptimizer::Gd(GradientDescent { learning_rate: lr }),
         };
-        for it in 1..=cfg.iterations {
+        for it in 1..=iterations {
             first_terms.borrow_mut().take();
             let step = opt.step(&mut x, &mut eval);
             match step {
@@ -310,7 +396,7 @@ pub fn render<B: Backend>(
             let progress = Progress {
                 scale: (si, scales.len()),
                 size: (w, h),
-                iteration: (it, cfg.iterations),
+                iteration: (it, iterations),
                 total,
                 terms,
                 elapsed: start.elapsed(),

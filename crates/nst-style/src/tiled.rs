@@ -22,6 +22,15 @@ pub enum Tiling {
     Tiles(usize),
     /// Tiles with a given halo (a multiple of the alignment) instead of the computed one:
     /// for studying the halo. A halo narrower than [`Geometry::halo`] is inexact.
+    /// Tiles of which only the last `keep` of pass 1 keep their tape for pass 2 (the others
+    /// are run again); the default keeps every tile's deep part. Fewer kept tapes hold less
+    /// memory and cost more time.
+    TilesKeeping {
+        /// The largest inner side.
+        tile: usize,
+        /// Tiles whose tape is kept.
+        keep: usize,
+    },
     TilesWithHalo {
         /// The largest inner side.
         tile: usize,

@@ -221,10 +221,25 @@ impl<B: Backend> Vgg<B> {
         x: A,
         last: usize,
         wanted: &dyn Fn(usize) -> bool,
-        mut visit: impl FnMut(usize, &A) -> Result<()>,
+        visit: impl FnMut(usize, &A) -> Result<()>,
     ) -> Result<()> {
+        self.forward_range(x, 0, last, wanted, visit).map(|_| ())
+    }
+
+    /// Runs the layers `first..=last` on `x`, the output of layer `first − 1` (the image
+    /// when `first` is 0), calling `visit` for the layers `wanted` accepts, and returns the
+    /// output of `last`. Splitting a pass in two ranges lets a caller keep the tape of one
+    /// part only.
+    pub fn forward_range<A: Activation<B>>(
+        &self,
+        x: A,
+        first: usize,
+        last: usize,
+        wanted: &dyn Fn(usize) -> bool,
+        mut visit: impl FnMut(usize, &A) -> Result<()>,
+    ) -> Result<A> {
         let mut h = x;
-        let mut i = 0;
+        let mut i = first;
         while i <= last.min(self.layers.len().saturating_sub(1)) {
             let layer = &self.layers[i];
             let fuse = i < last
@@ -247,6 +262,6 @@ impl<B: Backend> Vgg<B> {
             }
             i += 1;
         }
-        Ok(())
+        Ok(h)
     }
 }

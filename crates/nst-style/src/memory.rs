@@ -1,0 +1,407 @@
+//! Memory planning: the predicted peak memory of a render, and the tile size and L-BFGS
+//! history that fit a budget.
+//!
+//! The model counts what a render holds at its peak (see `docs/tiling.md`): a fixed base
+//! (program, weights and their transformed copies), the image-sized vectors of the optimizer
+//! and the objective (12 bytes per pixel each in f32), the content targets, and the
+//! network's activations for one evaluation of the largest crop: every ReLU output on the tape
+//! plus the transient buffers of the widest layer. Its constants were measured against the
+//! peak resident set size of `nst render` on the CPU backend (`cargo xtask bench tiled`).
+
+use crate::render::OptimizerKind;
+use crate::tiled::{Geometry, Tiling};
+use crate::{Error, ObjectiveConfig, Result};
+use nst_tensor::Backend;
+use nst_vgg::{LayerOp, Vgg};
+
+/// Bytes the process holds besides the render's own data: the program, the weights (80 MB)
+/// and their transformed copies, allocator slack.
+const BASE_BYTES: f64 = 420e6;
+/// Transient activation-sized buffers at the evaluation's peak, in units of the widest
+/// layer's activation (the gradient flowing back, the convolution's workspace).
+const TRANSIENT_LAYERS: f64 = 3.0;
+/// Bytes per image-sized vector per pixel (3 channels of f32).
+const VECTOR: f64 = 12.0;
+
+/// How the tile size is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TileChoice {
+    /// Untiled when the whole image fits the budget, else the fastest tiling that fits.
+    #[default]
+    Auto,
+    /// Never tiled.
+    Off,
+    /// Tiles of at most this side.
+    Size(usize),
+}
+
+/// What a plan is made for.
+#[derive(Clone, Debug)]
+pub struct PlanRequest {
+    /// The image (width, height).
+    pub size: (usize, usize),
+    /// The style images' sizes (width, height) as they enter the objective.
+    pub style_sizes: Vec<(usize, usize)>,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// The L-BFGS history asked for.
+    pub history: usize,
+    /// The tile choice.
+    pub tile: TileChoice,
+    /// The memory budget in bytes (`None`: unlimited).
+    pub budget: Option<u64>,
+}
+
+/// A plan: how to evaluate, with what history, and the predicted peak memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryPlan {
+    /// The tiling.
+    pub tiling: Tiling,
+    /// The number of tiles (1 when untiled).
+    pub tiles: usize,
+    /// The inner side of the tiles (the image's longer side when untiled).
+    pub tile: usize,
+    /// The halo (0 when untiled).
+    pub halo: usize,
+    /// The L-BFGS history (the one asked for unless the budget lowered it).
+    pub history: usize,
+    /// The predicted peak memory in bytes.
+    pub peak_bytes: u64,
+    /// Pixels run through the network per evaluation over the untiled pass's: the predicted
+    /// time per iteration relative to untiled.
+    pub work: f64,
+    /// The history asked for, when the budget lowered it.
+    pub lowered_from: Option<usize>,
+}
+
+/// The per-layer facts the model needs: (stride, channels) of every convolution up to the
+/// deepest used layer.
+struct Net {
+    convs: Vec<(usize, usize)>,
+    geometry: Geometry,
+    /// (stride, channels) of the content layers.
+    content: Vec<(usize, usize)>,
+}
+
+impl Net {
+    fn new<B: Backend>(model: &Vgg<B>, cfg: &ObjectiveConfig) -> Result<Self> {
+        let mut idx = Vec::new();
+        let mut content = Vec::new();
+        for (n, _) in &cfg.content_layers {
+            idx.push(model.layer_index(n)?);
+        }
+        for (n, _) in &cfg.style_layers {
+            idx.push(model.layer_index(n)?);
+        }
+        if idx.is_empty() {
+            return Err(Error::Config("no content or style layers".into()));
+        }
+        let geometry = Geometry::new(model, &idx)?;
+        for &i in &idx[..cfg.content_layers.len()] {
+            content.push(geometry.layer(i));
+        }
+        let deepest = *idx.iter().max().expect("one layer");
+        let mut convs = Vec::new();
+        let mut stride = 1;
+        for l in &model.layers()[..=deepest] {
+            match l.op {
+                LayerOp::Conv { cout, .. } => convs.push((stride, cout)),
+                LayerOp::Pool => stride *= 2,
+                LayerOp::Relu => {}
+            }
+        }
+        Ok(Net {
+            convs,
+            geometry,
+            content,
+        })
+    }
+
+    /// Bytes of one evaluation's activations for an `h x w` crop.
+    fn eval_bytes(&self, h: usize, w: usize) -> f64 {
+        let mut sum = 0.0;
+        let mut widest: f64 = 0.0;
+        for &(s, c) in &self.convs {
+            let n = (c * (h / s) * (w / s)) as f64;
+            sum += n;
+            widest = widest.max(n);
+        }
+        4.0 * (sum + TRANSIENT_LAYERS * widest)
+    }
+
+    /// Bytes of the content targets of an `h x w` image.
+    fn content_bytes(&self, h: usize, w: usize) -> f64 {
+        self.content
+            .iter()
+            .map(|&(s, c)| 4.0 * (c * (h / s) * (w / s)) as f64)
+            .sum()
+    }
+}
+
+/// Image-sized vectors the optimizer holds at its peak, with `history` correction pairs.
+fn optimizer_vectors(kind: OptimizerKind, history: usize) -> f64 {
+    match kind {
+        OptimizerKind::Lbfgs => (2 * history + 6) as f64,
+        OptimizerKind::LbfgsWolfe => (2 * history + 8) as f64,
+        OptimizerKind::Adam => 6.0,
+        OptimizerKind::Gd => 4.0,
+    }
+}
+
+fn peak(net: &Net, req: &PlanRequest, crop: (usize, usize), tiled: bool, history: usize) -> f64 {
+    let (w, h) = req.size;
+    let px = (w * h) as f64;
+    // The objective keeps the content image; tiled, also the gradient being summed and the
+    // two transients of adding a crop into it. The host holds the content as loaded, at
+    // this scale, and the result.
+    let objective_vectors = if tiled { 4.0 } else { 1.0 };
+    let host_vectors = 3.0;
+    let style_px: f64 = req.style_sizes.iter().map(|&(a, b)| (a * b) as f64).sum();
+    // Style targets are built one image at a time: untiled, its whole activations at once.
+    let style_build = req
+        .style_sizes
+        .iter()
+        .map(|&(sw, sh)| {
+            if tiled {
+                net.eval_bytes(crop.0.min(sh), crop.1.min(sw)) * 0.5
+            } else {
+                net.eval_bytes(sh, sw) * 0.5
+            }
+        })
+        .fold(0.0, f64::max);
+    let eval = net.eval_bytes(crop.0, crop.1).max(style_build);
+    BASE_BYTES
+        + VECTOR
+            * px
+            * (optimizer_vectors(req.optimizer, history) + objective_vectors + host_vectors)
+        + VECTOR * style_px
+        + net.content_bytes(h, w)
+        + eval
+}
+
+/// Relative work of an evaluation with this plan: pass 1 runs every crop forward, pass 2
+/// every crop but the last forward again and every crop backward (about as costly as
+/// forward), against one forward and one backward of the whole image.
+fn work(plan: &crate::TilePlan) -> f64 {
+    let area: f64 = plan
+        .tiles
+        .iter()
+        .map(|t| (t.crop.h * t.crop.w) as f64)
+        .sum();
+    let last = plan
+        .tiles
+        .last()
+        .map_or(0.0, |t| (t.crop.h * t.crop.w) as f64);
+    (3.0 * area - last) / (2.0 * (plan.height * plan.width) as f64)
+}
+
+/// The plan for `req`: untiled when asked or when it fits, else the tiling with the least
+/// work that fits the budget at the asked history; when none does (or only with more than
+/// twice the untiled work), the history is lowered as little as needed. An error, before any
+/// work, when nothing fits, naming the smallest budget that would.
+pub fn plan<B: Backend>(
+    model: &Vgg<B>,
+    cfg: &ObjectiveConfig,
+    req: &PlanRequest,
+) -> Result<MemoryPlan> {
+    let mut p = choose(model, cfg, req)?;
+    if p.history < req.history.max(1) {
+        p.lowered_from = Some(req.history);
+    }
+    Ok(p)
+}
+
+fn choose<B: Backend>(
+    model: &Vgg<B>,
+    cfg: &ObjectiveConfig,
+    req: &PlanRequest,
+) -> Result<MemoryPlan> {
+    let net = Net::new(model, cfg)?;
+    let (w, h) = req.size;
+    if w == 0 || h == 0 {
+        return Err(Error::Config("the image is empty".into()));
+    }
+    let geo = &net.geometry;
+    let history = req.history.max(1);
+    let budget = req.budget.map(|b| b as f64);
+    let fits = |p: f64| budget.is_none_or(|b| p <= b);
+    let untiled = |history: usize| MemoryPlan {
+        tiling: Tiling::Off,
+        tiles: 1,
+        tile: w.max(h),
+        halo: 0,
+        history,
+        peak_bytes: peak(&net, req, (h, w), false, history) as u64,
+        work: 1.0,
+        lowered_from: None,
+    };
+    let tiled = |t: usize, history: usize| -> Result<MemoryPlan> {
+        let p = geo.plan(h, w, t)?;
+        let crop = p.largest_crop();
+        Ok(MemoryPlan {
+            tiling: Tiling::Tiles(t),
+            tiles: p.tiles.len(),
+            tile: t,
+            halo: p.halo,
+            history,
+            peak_bytes: peak(&net, req, crop, true, history) as u64,
+            work: work(&p),
+            lowered_from: None,
+        })
+    };
+    let too_big = |need: u64| {
+        Error::Config(format!(
+            "this render needs at least {} of memory but the budget is {} (raise --max-memory{})",
+            format_bytes(need),
+            format_bytes(req.budget.unwrap_or(0)),
+            if req.tile == TileChoice::Off {
+                " or allow tiling with --tile auto"
+            } else {
+                ""
+            }
+        ))
+    };
+    match req.tile {
+        TileChoice::Off => {
+            let p = untiled(history);
+            if fits(p.peak_bytes as f64) {
+                return Ok(p);
+            }
+            let min = untiled(1);
+            if fits(min.peak_bytes as f64) {
+                return Ok(lower_history(|m| Ok(untiled(m)), history, fits)?.expect("fits at 1"));
+            }
+            Err(too_big(min.peak_bytes))
+        }
+        TileChoice::Size(t) => {
+            let p = tiled(t, history)?;
+            if fits(p.peak_bytes as f64) {
+                return Ok(p);
+            }
+            match lower_history(|m| tiled(t, m), history, fits)? {
+                Some(p) => Ok(p),
+                None => Err(too_big(tiled(t, 1)?.peak_bytes)),
+            }
+        }
+        TileChoice::Auto => {
+            let p = untiled(history);
+            if fits(p.peak_bytes as f64) {
+                return Ok(p);
+            }
+            let align = geo.align();
+            let longest = w.max(h).div_ceil(align) * align;
+            let sizes: Vec<usize> = (1..=longest / align).rev().map(|k| k * align).collect();
+            let best = |m: usize| -> Result<Option<MemoryPlan>> {
+                let mut best: Option<MemoryPlan> = None;
+                for &t in &sizes {
+                    let p = tiled(t, m)?;
+                    if fits(p.peak_bytes as f64) && best.as_ref().is_none_or(|b| p.work < b.work) {
+                        best = Some(p);
+                    }
+                }
+                Ok(best)
+            };
+            if let Some(p) = best(history)? {
+                if p.work <= 2.0 {
+                    return Ok(p);
+                }
+            }
+            // Lower the history until a tiling with at most twice the work fits, else take
+            // whatever fits with the smallest history.
+            let mut fallback = None;
+            for m in (1..history).rev() {
+                if let Some(p) = best(m)? {
+                    if p.work <= 2.0 {
+                        return Ok(p);
+                    }
+                    fallback.get_or_insert(p);
+                }
+            }
+            if let Some(p) = fallback.or(best(history)?) {
+                return Ok(p);
+            }
+            let min = sizes
+                .iter()
+                .filter_map(|&t| tiled(t, 1).ok())
+                .map(|p| p.peak_bytes)
+                .min()
+                .unwrap_or(0);
+            Err(too_big(min))
+        }
+    }
+}
+
+/// The plan with the largest history below `history` that fits.
+fn lower_history(
+    make: impl Fn(usize) -> Result<MemoryPlan>,
+    history: usize,
+    fits: impl Fn(f64) -> bool,
+) -> Result<Option<MemoryPlan>> {
+    for m in (1..history).rev() {
+        let p = make(m)?;
+        if fits(p.peak_bytes as f64) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// `3.0 GB`, `512 MB`.
+pub fn format_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
+}
+
+/// Parses `3G`, `512M`, `1.5G`, `2000000000` (bytes; K, M, G, T are powers of 1000, with an
+/// optional trailing `B`).
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1e3,
+                'M' => 1e6,
+                'G' => 1e9,
+                'T' => 1e12,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "bad memory size {s:?} (e.g. 3G, 512M)"
+                    )))
+                }
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| Error::Config(format!("bad memory size {s:?} (e.g. 3G, 512M)")))?;
+    if !(v.is_finite() && v > 0.0) || v * mul > 1e18 {
+        return Err(Error::Config(format!(
+            "bad memory size {s:?} (e.g. 3G, 512M)"
+        )));
+    }
+    Ok((v * mul) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("3G").unwrap(), 3_000_000_000);
+        assert_eq!(parse_bytes("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_bytes("512m").unwrap(), 512_000_000);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        for bad in ["", "G", "-1G", "3X", "nanG", "0"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}
