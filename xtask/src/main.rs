@@ -31,6 +31,10 @@ commands:
                        seconds per render iteration (objective, gradient, L-BFGS step) and
                        peak memory; --vs-pytorch runs PyTorch on the same iteration side by
                        side (in a private venv made on first use)
+  bench tiled [--sizes 1024,2048] [--budgets 3G,6G] [--iterations N] [--threads N]
+                       `nst render` untiled and with --tile auto under each budget: seconds
+                       per iteration and peak RSS next to `nst estimate`'s prediction
+                       (default sizes 1024², 2048², 3072x2048, 4096²)
   bench gradient [same options as render]
                        the same without the optimizer: objective and gradient only
                        (render and gradient take --precision fast: nst's fast mode against
@@ -269,7 +273,13 @@ fn bench(args: &[String]) -> Result<()> {
     if args.first().is_some_and(|a| a != "conv") {
         weights::fetch(&root, &[])?;
     }
+    if args.first().is_some_and(|a| a == "tiled") {
+        let mut c = cargo();
+        c.args(["build", "--release", "-q", "-p", "nst-cli"]);
+        status(c)?;
+    }
     let mut c = cargo();
+    c.env("NST_BIN", root.join("target").join("release").join("nst"));
     if args.iter().any(|a| a == "--vs-pytorch") && std::env::var_os("NST_PYTHON").is_none() {
         c.env("NST_PYTHON", torch_venv(&root)?);
     }

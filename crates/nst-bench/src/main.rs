@@ -6,6 +6,40 @@ use nst_cpu::Cpu;
 use nst_tensor::Tensor;
 use std::time::Instant;
 
+mod tiled;
+
+/// The machine's memory in bytes (`MemTotal`).
+pub(crate) fn total_memory() -> Option<f64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: f64 = m
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0)
+}
+
+/// The CPU's model name and whether it has AVX-512 (`/proc/cpuinfo`).
+pub(crate) fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
+    let avx512 = info.contains(" avx512f");
+    format!(
+        "{name} ({})",
+        if avx512 {
+            "AVX-512"
+        } else {
+            "AVX2, no AVX-512"
+        }
+    )
+}
+
 /// Median wall time of `reps` runs of `f`, after one warm-up run.
 fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     f()?;
@@ -378,6 +412,8 @@ fn main() -> Result<()> {
     let mut vs_pytorch = false;
     let mut fast = false;
     let mut what = None;
+    let mut budgets = vec!["3G".to_string(), "6G".to_string()];
+    let mut iterations = 3;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -394,6 +430,17 @@ fn main() -> Result<()> {
                 )
             }
             "--device" => device = it.next().context("--device needs a value")?.clone(),
+            "--budgets" => {
+                budgets = it
+                    .next()
+                    .context("--budgets needs a value")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            }
+            "--iterations" => {
+                iterations = it.next().context("--iterations needs a value")?.parse()?
+            }
             "--vs-pytorch" => vs_pytorch = true,
             "--precision" => match it.next().map(String::as_str) {
                 Some("fast") => fast = true,
@@ -420,6 +467,13 @@ fn main() -> Result<()> {
             let sizes = sizes.as_deref().unwrap_or(&[256, 512]);
             bench_sized(kind, &device, threads, sizes, vs_pytorch, fast)
         }
-        _ => bail!("usage: nst-bench conv|features|render|gradient [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
+        Some("tiled") => {
+            let sizes: Vec<(usize, usize)> = match &sizes {
+                Some(s) => s.iter().map(|&s| (s, s)).collect(),
+                None => vec![(1024, 1024), (2048, 2048), (3072, 2048), (4096, 4096)],
+            };
+            tiled::bench_tiled(&sizes, &budgets, iterations, threads)
+        }
+        _ => bail!("usage: nst-bench conv|features|render|gradient|tiled [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
     }
 }

@@ -55,6 +55,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         style_sizes: styles.iter().map(|s| (s.width, s.height)).collect(),
         optimizer: nst_style::OptimizerKind::Gd,
         history: 1,
+        iterations: 1,
         tile: a.memory.tile()?,
         budget: Some(a.memory.budget()?),
     };

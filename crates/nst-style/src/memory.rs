@@ -16,10 +16,12 @@ use nst_vgg::{LayerOp, Vgg};
 
 /// Bytes the process holds besides the render's own data: the program, the weights (80 MB)
 /// and their transformed copies, allocator slack.
-const BASE_BYTES: f64 = 420e6;
+const BASE_BYTES: f64 = 300e6;
 /// Transient activation-sized buffers at the evaluation's peak, in units of the widest
 /// layer's activation (the gradient flowing back, the convolution's workspace).
-const TRANSIENT_LAYERS: f64 = 3.0;
+const TRANSIENT_LAYERS: f64 = 5.3;
+/// The share of the shallow part (to `pool2`) in the time of a forward pass.
+const SHALLOW_SHARE: f64 = 0.3;
 /// Bytes per image-sized vector per pixel (3 channels of f32).
 const VECTOR: f64 = 12.0;
 
@@ -46,6 +48,8 @@ pub struct PlanRequest {
     pub optimizer: OptimizerKind,
     /// The L-BFGS history asked for.
     pub history: usize,
+    /// Iterations at this size (L-BFGS never holds more pairs than iterations).
+    pub iterations: usize,
     /// The tile choice.
     pub tile: TileChoice,
     /// The memory budget in bytes (`None`: unlimited).
@@ -63,6 +67,8 @@ pub struct MemoryPlan {
     pub tile: usize,
     /// The halo (0 when untiled).
     pub halo: usize,
+    /// Tiles whose deep tape is kept from pass 1 to pass 2.
+    pub kept: usize,
     /// The L-BFGS history (the one asked for unless the budget lowered it).
     pub history: usize,
     /// The predicted peak memory in bytes.
@@ -78,6 +84,8 @@ pub struct MemoryPlan {
 /// deepest used layer.
 struct Net {
     convs: Vec<(usize, usize)>,
+    /// The convolutions after `pool2`, whose tape tiles keep.
+    deep_convs: Vec<(usize, usize)>,
     geometry: Geometry,
     /// (stride, channels) of the content layers.
     content: Vec<(usize, usize)>,
@@ -101,17 +109,25 @@ impl Net {
             content.push(geometry.layer(i));
         }
         let deepest = *idx.iter().max().expect("one layer");
+        let split = model.layer_index("pool2").ok().filter(|&sp| sp < deepest);
         let mut convs = Vec::new();
+        let mut deep_convs = Vec::new();
         let mut stride = 1;
-        for l in &model.layers()[..=deepest] {
+        for (i, l) in model.layers()[..=deepest].iter().enumerate() {
             match l.op {
-                LayerOp::Conv { cout, .. } => convs.push((stride, cout)),
+                LayerOp::Conv { cout, .. } => {
+                    convs.push((stride, cout));
+                    if split.is_some_and(|sp| i > sp) {
+                        deep_convs.push((stride, cout));
+                    }
+                }
                 LayerOp::Pool => stride *= 2,
                 LayerOp::Relu => {}
             }
         }
         Ok(Net {
             convs,
+            deep_convs,
             geometry,
             content,
         })
@@ -127,6 +143,20 @@ impl Net {
             widest = widest.max(n);
         }
         4.0 * (sum + TRANSIENT_LAYERS * widest)
+    }
+
+    /// Bytes of the deep part's tape of an `h x w` crop (with its input, `pool2`'s output).
+    fn deep_bytes(&self, h: usize, w: usize) -> f64 {
+        let input = self
+            .deep_convs
+            .first()
+            .map_or(0.0, |&(s, _)| (128 * (h / s) * (w / s)) as f64);
+        4.0 * (input
+            + self
+                .deep_convs
+                .iter()
+                .map(|&(s, c)| (c * (h / s) * (w / s)) as f64)
+                .sum::<f64>())
     }
 
     /// Bytes of the content targets of an `h x w` image.
@@ -148,51 +178,76 @@ fn optimizer_vectors(kind: OptimizerKind, history: usize) -> f64 {
     }
 }
 
-fn peak(net: &Net, req: &PlanRequest, crop: (usize, usize), tiled: bool, history: usize) -> f64 {
+/// The predicted peak: `crops` are the tiles' crops (h, w) of which the last `kept` keep
+/// their deep tape; untiled when `crops` is empty.
+fn peak(
+    net: &Net,
+    req: &PlanRequest,
+    crops: &[(usize, usize)],
+    kept: usize,
+    history: usize,
+) -> f64 {
     let (w, h) = req.size;
     let px = (w * h) as f64;
+    let tiled = !crops.is_empty();
+    let largest = crops
+        .iter()
+        .copied()
+        .max_by_key(|&(a, b)| a * b)
+        .unwrap_or((h, w));
     // The objective keeps the content image; tiled, also the gradient being summed and the
     // two transients of adding a crop into it. The host holds the content as loaded, at
     // this scale, and the result.
     let objective_vectors = if tiled { 4.0 } else { 1.0 };
     let host_vectors = 3.0;
+    let pairs = history.min(req.iterations.max(1));
     let style_px: f64 = req.style_sizes.iter().map(|&(a, b)| (a * b) as f64).sum();
-    // Style targets are built one image at a time: untiled, its whole activations at once.
+    // Style targets are built one image at a time, inference only.
     let style_build = req
         .style_sizes
         .iter()
         .map(|&(sw, sh)| {
             if tiled {
-                net.eval_bytes(crop.0.min(sh), crop.1.min(sw)) * 0.5
+                net.eval_bytes(largest.0.min(sh), largest.1.min(sw)) * 0.5
             } else {
                 net.eval_bytes(sh, sw) * 0.5
             }
         })
         .fold(0.0, f64::max);
-    let eval = net.eval_bytes(crop.0, crop.1).max(style_build);
+    let deep: f64 = crops[crops.len() - kept.min(crops.len())..]
+        .iter()
+        .map(|&(a, b)| net.deep_bytes(a, b))
+        .sum();
+    let pool = if tiled {
+        req.budget.map_or(0.0, |b| b as f64 / 10.0) * 0.5
+    } else {
+        0.0
+    };
+    let eval = net.eval_bytes(largest.0, largest.1).max(style_build);
     BASE_BYTES
-        + VECTOR
-            * px
-            * (optimizer_vectors(req.optimizer, history) + objective_vectors + host_vectors)
+        + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + objective_vectors + host_vectors)
         + VECTOR * style_px
         + net.content_bytes(h, w)
+        + deep
+        + pool
         + eval
 }
 
-/// Relative work of an evaluation with this plan: pass 1 runs every crop forward, pass 2
-/// every crop but the last forward again and every crop backward (about as costly as
-/// forward), against one forward and one backward of the whole image.
-fn work(plan: &crate::TilePlan) -> f64 {
-    let area: f64 = plan
+/// Relative work of an evaluation with this plan: pass 1 runs every crop forward; pass 2
+/// runs the shallow part again for the tiles whose deep tape was kept, the whole network
+/// for the others, and every crop backward (about as costly as forward); against one
+/// forward and one backward of the whole image.
+fn work(plan: &crate::TilePlan, kept: usize) -> f64 {
+    let areas: Vec<f64> = plan
         .tiles
         .iter()
         .map(|t| (t.crop.h * t.crop.w) as f64)
-        .sum();
-    let last = plan
-        .tiles
-        .last()
-        .map_or(0.0, |t| (t.crop.h * t.crop.w) as f64);
-    (3.0 * area - last) / (2.0 * (plan.height * plan.width) as f64)
+        .collect();
+    let n = areas.len();
+    let total: f64 = areas.iter().sum();
+    let kept_area: f64 = areas[n - kept.min(n)..].iter().sum();
+    let rerun = SHALLOW_SHARE * kept_area + (total - kept_area);
+    (2.0 * total + rerun) / (2.0 * (plan.height * plan.width) as f64)
 }
 
 /// The plan for `req`: untiled when asked or when it fits, else the tiling with the least
@@ -231,21 +286,53 @@ fn choose<B: Backend>(
         tile: w.max(h),
         halo: 0,
         history,
-        peak_bytes: peak(&net, req, (h, w), false, history) as u64,
+        peak_bytes: peak(&net, req, &[], 0, history) as u64,
         work: 1.0,
+        kept: 0,
         lowered_from: None,
     };
+    // Tiles of side `t`, keeping as many deep tapes as fit (all when unlimited).
     let tiled = |t: usize, history: usize| -> Result<MemoryPlan> {
         let p = geo.plan(h, w, t)?;
-        let crop = p.largest_crop();
+        let crops: Vec<(usize, usize)> = p.tiles.iter().map(|t| (t.crop.h, t.crop.w)).collect();
+        let n = crops.len();
+        let max_keep = if net.deep_convs.is_empty() { 1 } else { n };
+        let kept = if fits(peak(&net, req, &crops, max_keep, history)) {
+            max_keep
+        } else {
+            // The most kept tapes that fit (the peak grows with every one).
+            let (mut lo, mut hi) = (0, max_keep);
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if fits(peak(&net, req, &crops, mid, history)) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
         Ok(MemoryPlan {
-            tiling: Tiling::Tiles(t),
-            tiles: p.tiles.len(),
-            tile: t,
+            tiling: if kept == max_keep {
+                Tiling::Tiles(t)
+            } else {
+                Tiling::TilesKeeping {
+                    tile: t,
+                    keep: kept,
+                }
+            },
+            tiles: n,
+            tile: p
+                .tiles
+                .iter()
+                .map(|t| t.inner.h.max(t.inner.w))
+                .max()
+                .unwrap_or(t),
             halo: p.halo,
+            kept,
             history,
-            peak_bytes: peak(&net, req, crop, true, history) as u64,
-            work: work(&p),
+            peak_bytes: peak(&net, req, &crops, kept, history) as u64,
+            work: work(&p, kept),
             lowered_from: None,
         })
     };
@@ -289,8 +376,12 @@ fn choose<B: Backend>(
                 return Ok(p);
             }
             let align = geo.align();
-            let longest = w.max(h).div_ceil(align) * align;
-            let sizes: Vec<usize> = (1..=longest / align).rev().map(|k| k * align).collect();
+            let longest = w.max(h);
+            // One candidate side per number of tiles along the longer side.
+            let mut sizes: Vec<usize> = (1..=longest.div_ceil(align).min(64))
+                .map(|n| longest.div_ceil(n).div_ceil(align) * align)
+                .collect();
+            sizes.dedup();
             let best = |m: usize| -> Result<Option<MemoryPlan>> {
                 let mut best: Option<MemoryPlan> = None;
                 for &t in &sizes {
@@ -301,23 +392,31 @@ fn choose<B: Backend>(
                 }
                 Ok(best)
             };
-            if let Some(p) = best(history)? {
-                if p.work <= 2.0 {
+            let good =
+                |m: usize| -> Result<Option<MemoryPlan>> { Ok(best(m)?.filter(|p| p.work <= 2.0)) };
+            // L-BFGS never holds more pairs than iterations: lowering the history to that
+            // costs nothing.
+            let effective = history.min(req.iterations.max(1));
+            if let Some(mut p) = good(effective)? {
+                p.history = history;
+                return Ok(p);
+            }
+            // The largest history with a tiling of at most twice the untiled work.
+            let (mut lo, mut hi) = (0, effective);
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if good(mid)?.is_some() {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo >= 1 {
+                if let Some(p) = good(lo)? {
                     return Ok(p);
                 }
             }
-            // Lower the history until a tiling with at most twice the work fits, else take
-            // whatever fits with the smallest history.
-            let mut fallback = None;
-            for m in (1..history).rev() {
-                if let Some(p) = best(m)? {
-                    if p.work <= 2.0 {
-                        return Ok(p);
-                    }
-                    fallback.get_or_insert(p);
-                }
-            }
-            if let Some(p) = fallback.or(best(history)?) {
+            if let Some(p) = best(1)? {
                 return Ok(p);
             }
             let min = sizes

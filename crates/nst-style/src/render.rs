@@ -235,13 +235,19 @@ pub fn plan_scales<B: Backend>(
 ) -> Result<Vec<MemoryPlan>> {
     scale_sizes(content, cfg)
         .into_iter()
-        .map(|(w, h)| {
+        .enumerate()
+        .map(|(si, (w, h))| {
             let long = style_long_side(w, h, cfg.style_scale);
             let req = PlanRequest {
                 size: (w, h),
                 style_sizes: styles.iter().map(|s| s.fitted_size(long)).collect(),
                 optimizer: cfg.optimizer,
                 history: cfg.lbfgs_history,
+                iterations: cfg
+                    .scale_iterations
+                    .get(si)
+                    .copied()
+                    .unwrap_or(cfg.iterations),
                 tile: cfg.tile,
                 budget: cfg.memory_budget,
             };

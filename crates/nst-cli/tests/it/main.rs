@@ -7,6 +7,7 @@
 
 mod features;
 mod render;
+mod tiling;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,202 @@
+//! `--tile`, `--max-memory`, `--lbfgs-history`, `--scales auto` and `nst estimate` end to end.
+
+use super::{images, nst, weights};
+use crate::features::{assert_fails_with, s, tmp};
+
+fn base<'a>(c: &'a str, st: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["--content", c, "--style", st, "--out", out]
+}
+
+#[test]
+fn a_tiled_render_matches_the_untiled_one() {
+    if weights().is_none() {
+        return;
+    }
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let render = |name: &str, tile: &str| {
+        let out = tmp(name);
+        let mut a = vec!["render"];
+        a.extend(base(s(&c), s(&st), s(&out)));
+        a.extend([
+            "--size",
+            "100",
+            "--iterations",
+            "4",
+            "--tile",
+            tile,
+            "--quiet",
+        ]);
+        let r = nst(&a);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        image::open(&out).unwrap().to_rgb8()
+    };
+    let whole = render("t_off.png", "off");
+    // 100 x 75 in tiles of at most 32: 4 x 3 tiles, each reading a halo of 80.
+    let tiled = render("t_32.png", "32");
+    assert_eq!(whole.dimensions(), tiled.dimensions());
+    let worst = whole
+        .as_raw()
+        .iter()
+        .zip(tiled.as_raw())
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max()
+        .unwrap();
+    // The same objective up to f32 rounding: after four L-BFGS steps the 8-bit images agree
+    // to a level or two.
+    assert!(worst <= 2, "tiled and untiled differ by {worst} levels");
+}
+
+#[test]
+fn estimate_prints_the_plan_and_budgets_are_enforced() {
+    if weights().is_none() {
+        return;
+    }
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let est = |extra: &[&str]| {
+        let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
+        a.extend_from_slice(extra);
+        nst(&a)
+    };
+    // Untiled when it fits.
+    let r = est(&["--size", "256"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8(r.stdout).unwrap();
+    assert!(
+        text.contains("untiled") && text.contains("history 100"),
+        "{text}"
+    );
+    // A 2048 px render under 3 GB: tiled, with a prediction within the budget.
+    let r = est(&[
+        "--size",
+        "2048",
+        "--max-memory",
+        "3G",
+        "--json",
+        "--iterations",
+        "3",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json = String::from_utf8(r.stdout).unwrap();
+    let peak: f64 = {
+        let at = json.find("\"peak_bytes\":").unwrap() + 13;
+        let rest = &json[at..];
+        rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+    };
+    assert!(peak <= 3e9 && peak > 1e9, "{json}");
+    assert!(!json.contains("\"tiles\":1,"), "{json}");
+    // --scales auto: coarse to fine up to the size.
+    let r = est(&["--size", "2000", "--scales", "auto"]);
+    let text = String::from_utf8(r.stdout).unwrap();
+    assert!(
+        text.contains("scale 1/3 500x375") && text.contains("2000x1500"),
+        "{text}"
+    );
+    assert!(text.contains("x 500") && text.contains("x 125"), "{text}");
+    // Budgets that cannot be met: an error naming the smallest that would.
+    assert_fails_with(
+        &est(&["--size", "2048", "--max-memory", "500M"]),
+        &["at least", "GB"],
+    );
+    assert_fails_with(
+        &est(&["--size", "1024", "--tile", "off", "--max-memory", "1G"]),
+        &["at least", "--tile auto"],
+    );
+}
+
+#[test]
+fn bad_tiling_settings_are_refused_before_any_work() {
+    if weights().is_none() {
+        return;
+    }
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let out = tmp("never_tiled.png");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["render"];
+        a.extend(base(s(&c), s(&st), s(&out)));
+        a.extend(["--iterations", "2"]);
+        if !extra.contains(&"--size") {
+            a.extend(["--size", "64"]);
+        }
+        a.extend_from_slice(extra);
+        nst(&a)
+    };
+    assert_fails_with(&run(&["--tile", "24"]), &["multiple of 16"]);
+    assert_fails_with(&run(&["--tile", "0"]), &["--tile"]);
+    assert_fails_with(&run(&["--tile", "big"]), &["--tile", "big"]);
+    assert_fails_with(&run(&["--max-memory", "lots"]), &["--max-memory", "lots"]);
+    assert_fails_with(&run(&["--max-memory", "10M"]), &["at least"]);
+    assert_fails_with(&run(&["--lbfgs-history", "0"]), &["--lbfgs-history"]);
+    assert_fails_with(&run(&["--scales", "32,abc"]), &["abc"]);
+    assert_fails_with(
+        &run(&["--size", "200000", "--scales", "auto"]),
+        &["over the limit"],
+    );
+    assert!(!out.exists(), "nothing may be written on failure");
+}
+
+#[test]
+fn tiled_eval_matches_untiled_eval() {
+    if weights().is_none() {
+        return;
+    }
+    let thumb = |src: &str, name: &str, w: u32, h: u32| {
+        let p = tmp(name);
+        image::open(images().join(src))
+            .unwrap()
+            .thumbnail_exact(w, h)
+            .save(&p)
+            .unwrap();
+        p
+    };
+    let content = thumb("tubingen.jpg", "tc.png", 90, 70);
+    let style = thumb("starry_night.jpg", "ts.png", 80, 60);
+    let image = thumb("hoovertowernight.jpg", "ti.png", 90, 70);
+    let run = |tile: &str| -> (f64, Vec<f32>) {
+        let out = tmp(&format!("tg_{tile}.safetensors"));
+        let r = nst(&[
+            "eval",
+            "--content",
+            s(&content),
+            "--style",
+            s(&style),
+            "--image",
+            s(&image),
+            "--out",
+            s(&out),
+            "--tile",
+            tile,
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let json = String::from_utf8(r.stdout).unwrap();
+        let at = json.find("\"total\":").unwrap() + 8;
+        let rest = &json[at..];
+        let total = rest[..rest.find([',', '}']).unwrap()].parse().unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let g = st
+            .tensor("grad")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (total, g)
+    };
+    let (t0, g0) = run("off");
+    let (t1, g1) = run("32");
+    assert!((t0 - t1).abs() <= 1e-5 * t0, "{t0} vs {t1}");
+    let num: f64 = g0
+        .iter()
+        .zip(&g1)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = g0.iter().map(|a| (*a as f64).powi(2)).sum();
+    assert!(
+        (num / den).sqrt() <= 1e-4,
+        "gradients differ by {}",
+        (num / den).sqrt()
+    );
+}
