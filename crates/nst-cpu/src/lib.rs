@@ -352,6 +352,10 @@ impl<E: Element> Backend for CpuBackend<E> {
         Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))
     }
 
+    fn release_cached(&self) {
+        E::pool().clear();
+    }
+
     fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
         Ok(self.run(|| ops::reduce::norms(x.as_slice())))
     }

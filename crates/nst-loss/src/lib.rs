@@ -71,6 +71,24 @@ pub fn style<'t, B: Backend>(
     gram(f)?.sub(&a)?.square()?.mean()?.scale(weight)
 }
 
+/// `Σ (x[…, i+1, …] − x[…, i, …])²` along `axis`: the squared differences of neighbours,
+/// summed (zero when the axis has fewer than two entries).
+pub fn squared_differences<'t, B: Backend>(x: &Var<'t, B>, axis: usize) -> Result<Var<'t, B>> {
+    let n = x.shape().dims().get(axis).copied().ok_or_else(|| {
+        Error::invalid(
+            "squared_differences",
+            format!("no axis {axis} in shape {}", x.shape()),
+        )
+    })?;
+    if n < 2 {
+        return x.scale(0.0)?.sum();
+    }
+    x.narrow(axis, 1, n - 1)?
+        .sub(&x.narrow(axis, 0, n - 1)?)?
+        .square()?
+        .sum()
+}
+
 /// Total variation `weight · Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] − x[i,j])²` of an image
 /// `[N, C, H, W]`, summed over every channel and position.
 pub fn total_variation<'t, B: Backend>(x: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
@@ -81,23 +99,11 @@ pub fn total_variation<'t, B: Backend>(x: &Var<'t, B>, weight: f64) -> Result<Va
             format!("expected an image [N, C, H, W], got {dims:?}"),
         ));
     }
-    let (h, w) = (dims[2], dims[3]);
     let mut terms = Vec::new();
-    if h > 1 {
-        terms.push(
-            x.narrow(2, 1, h - 1)?
-                .sub(&x.narrow(2, 0, h - 1)?)?
-                .square()?
-                .sum()?,
-        );
-    }
-    if w > 1 {
-        terms.push(
-            x.narrow(3, 1, w - 1)?
-                .sub(&x.narrow(3, 0, w - 1)?)?
-                .square()?
-                .sum()?,
-        );
+    for axis in [2, 3] {
+        if dims[axis] > 1 {
+            terms.push(squared_differences(x, axis)?);
+        }
     }
     let total = match terms.len() {
         0 => x.scale(0.0)?.sum()?,

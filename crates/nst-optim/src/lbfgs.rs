@@ -306,7 +306,9 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
                 (trial.t, trial.x)
             }
         };
-        let s = d.scale(t)?;
+        // With the classic fixed step of 1 the step is the direction itself: share it rather
+        // than hold a copy (`d·1` is `d` exactly).
+        let s = if t == 1.0 { d } else { d.scale(t)? };
         *x = next;
         let converged = t == 0.0;
         self.last = Some((s, g));

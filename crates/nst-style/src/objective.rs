@@ -86,33 +86,42 @@ struct Tiled<'m, B: Backend> {
     _model: std::marker::PhantomData<&'m Vgg<B>>,
 }
 
-/// The part of `t` (`[1, C, H, W]`) inside `w`.
-fn window<B: Backend>(t: &Tensor<B>, w: &Window) -> nst_tensor::Result<Tensor<B>> {
-    let d = t.dims();
+/// What can be cut to a window: plain tensors and tape variables.
+trait Narrow: Clone {
+    fn dims_of(&self) -> Vec<usize>;
+    fn narrowed(&self, axis: usize, start: usize, len: usize) -> nst_tensor::Result<Self>;
+}
+
+impl<B: Backend> Narrow for Tensor<B> {
+    fn dims_of(&self) -> Vec<usize> {
+        self.dims().to_vec()
+    }
+    fn narrowed(&self, axis: usize, start: usize, len: usize) -> nst_tensor::Result<Self> {
+        self.narrow(axis, start, len)
+    }
+}
+
+impl<B: Backend> Narrow for Var<'_, B> {
+    fn dims_of(&self) -> Vec<usize> {
+        self.shape().dims().to_vec()
+    }
+    fn narrowed(&self, axis: usize, start: usize, len: usize) -> nst_tensor::Result<Self> {
+        self.narrow(axis, start, len)
+    }
+}
+
+/// The part of `t` (`[1, C, H, W]`) inside `w` (itself when `w` covers it).
+fn window<T: Narrow>(t: &T, w: &Window) -> nst_tensor::Result<T> {
+    let d = t.dims_of();
     let t = if w.y == 0 && w.h == d[2] {
         t.clone()
     } else {
-        t.narrow(2, w.y, w.h)?
+        t.narrowed(2, w.y, w.h)?
     };
     if w.x == 0 && w.w == d[3] {
         Ok(t)
     } else {
-        t.narrow(3, w.x, w.w)
-    }
-}
-
-/// The part of `v` (`[1, C, H, W]`) inside `w`, on the tape.
-fn window_var<'t, B: Backend>(v: &Var<'t, B>, w: &Window) -> nst_tensor::Result<Var<'t, B>> {
-    let d = v.shape().dims().to_vec();
-    let v = if w.y == 0 && w.h == d[2] {
-        v.clone()
-    } else {
-        v.narrow(2, w.y, w.h)?
-    };
-    if w.x == 0 && w.w == d[3] {
-        Ok(v)
-    } else {
-        v.narrow(3, w.x, w.w)
+        t.narrowed(3, w.x, w.w)
     }
 }
 
@@ -626,7 +635,7 @@ impl<B: Backend> SeedCtx<'_, '_, B> {
             ) else {
                 continue;
             };
-            let inner = window_var(f, &iw)?;
+            let inner = window(f, &iw)?;
             let dims = inner.shape().clone();
             let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
             let seed = d.matmul(&flat)?.reshape(dims)?;
@@ -649,7 +658,7 @@ impl<B: Backend> SeedCtx<'_, '_, B> {
             let (_, c) = geo.layer(li);
             let npos = (c * geo.positions(h, w, li)).max(1) as f64;
             let wl = cfg.content_weight * m;
-            let inner = window_var(f, &iw)?;
+            let inner = window(f, &iw)?;
             let diff = inner.value().sub(target)?;
             content_values[ci] += wl * diff.square()?.sum()?.scalar()? / npos;
             seeds.push((inner, diff.scale(2.0 * wl / npos)?));
@@ -737,7 +746,7 @@ fn tile_tv<'t, B: Backend>(
     // Vertical: rows cy .. cy + ih, each with the row below it where there is one.
     let rows = (ih + 1).min(d[2] - cy);
     if rows > 1 {
-        let a = window_var(
+        let a = window(
             xv,
             &Window {
                 y: cy,
@@ -746,16 +755,12 @@ fn tile_tv<'t, B: Backend>(
                 w: iw,
             },
         )?;
-        parts.push(
-            a.narrow(2, 1, rows - 1)?
-                .sub(&a.narrow(2, 0, rows - 1)?)?
-                .square()?
-                .sum()?,
-        );
+        parts.push(nst_loss::squared_differences(&a, 2)?);
     }
+    // Horizontal: columns cx .. cx + iw, each with the one to its right.
     let cols = (iw + 1).min(d[3] - cx);
     if cols > 1 {
-        let b = window_var(
+        let b = window(
             xv,
             &Window {
                 y: cy,
@@ -764,12 +769,7 @@ fn tile_tv<'t, B: Backend>(
                 w: cols,
             },
         )?;
-        parts.push(
-            b.narrow(3, 1, cols - 1)?
-                .sub(&b.narrow(3, 0, cols - 1)?)?
-                .square()?
-                .sum()?,
-        );
+        parts.push(nst_loss::squared_differences(&b, 3)?);
     }
     let total = match parts.len() {
         0 => return Ok(None),

@@ -307,6 +307,8 @@ pub fn render<B: Backend>(
             .copied()
             .unwrap_or(cfg.iterations);
         observer.plan(si, (w, h), plan);
+        // The previous scale's buffers are all of other sizes.
+        backend.release_cached();
         let content_s = content.resize(w, h);
         let long = style_long_side(w, h, cfg.style_scale);
         let style_t = styles

@@ -158,6 +158,10 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
         Ok(host_norms(&self.download_f64(x)?))
     }
+
+    /// Frees memory the device keeps for reuse (pools of freed buffers), e.g. between the
+    /// scales of a render, whose buffers differ in size. The default does nothing.
+    fn release_cached(&self) {}
 }
 
 /// `(Σ |x_i|, max |x_i|)` of host data, NaN-propagating (see [`Backend::norms`]).

@@ -72,6 +72,10 @@ impl<B: Backend> Backend for Counting<B> {
     fn name(&self) -> String {
         format!("counting({})", self.inner.name())
     }
+
+    fn release_cached(&self) {
+        self.inner.release_cached();
+    }
     fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
         self.count(data.len(), &self.counters.uploads);
         self.inner.upload_f32(data)

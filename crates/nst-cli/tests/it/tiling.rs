@@ -200,3 +200,45 @@ fn tiled_eval_matches_untiled_eval() {
         (num / den).sqrt()
     );
 }
+
+#[test]
+fn a_2048_px_render_under_3g_stays_under_3g() {
+    if weights().is_none() {
+        return;
+    }
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let (out, log) = (tmp("big2048.png"), tmp("big2048.jsonl"));
+    let mut a = vec!["render"];
+    a.extend(base(s(&c), s(&st), s(&out)));
+    a.extend([
+        "--size",
+        "2048",
+        "--iterations",
+        "2",
+        "--max-memory",
+        "3G",
+        "--json-log",
+        s(&log),
+    ]);
+    let r = nst(&a);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        stderr.contains("tiles of up to"),
+        "the plan is reported: {stderr}"
+    );
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (2048, 1536));
+    // The process's own peak resident set, as it reported it after its last iteration.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    let at = last.find("\"peak_rss_mb\":").unwrap() + 14;
+    let rest = &last[at..];
+    let peak: f64 = rest[..rest.find([',', '}']).unwrap()].parse().unwrap();
+    assert!(peak <= 3000.0, "peak RSS {peak} MB over the 3 GB budget");
+    assert!(
+        peak > 1000.0,
+        "peak RSS {peak} MB: is the measurement real?"
+    );
+}
