@@ -16,6 +16,7 @@ struct Predicted {
     peak_mb: f64,
     tiles: usize,
     tile: usize,
+    kept: usize,
     history: usize,
 }
 
@@ -46,6 +47,7 @@ fn estimate(bin: &Path, common: &[String]) -> Result<Predicted> {
         peak_mb: field(&json, "peak_bytes").context("no peak")? / 1e6,
         tiles: field(scale, "tiles").context("no tiles")? as usize,
         tile: field(scale, "tile").context("no tile")? as usize,
+        kept: field(scale, "kept").context("no kept")? as usize,
         history: field(scale, "history").context("no history")? as usize,
     })
 }
@@ -114,11 +116,12 @@ pub(crate) fn bench_tiled(
         crate::cpu_name()
     );
     println!(
-        "{:>11} {:>9} {:>6} {:>6} {:>7} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "{:>11} {:>9} {:>6} {:>6} {:>5} {:>7} {:>9} {:>9} {:>9} {:>7} {:>9}",
         "size",
         "mode",
         "tiles",
         "tile",
+        "kept",
         "history",
         "s/iter",
         "peak MB",
@@ -177,9 +180,10 @@ pub(crate) fn bench_tiled(
                 untiled = Some(row.secs);
             }
             println!(
-                "{label:>11} {name:>9} {:>6} {:>6} {:>7} {:>9.2} {:>9.0} {:>9.0} {:>6.1}% {:>9}",
+                "{label:>11} {name:>9} {:>6} {:>6} {:>5} {:>7} {:>9.2} {:>9.0} {:>9.0} {:>6.1}% {:>9}",
                 pred.tiles,
                 pred.tile,
+                pred.kept,
                 pred.history,
                 row.secs,
                 row.peak_mb,

@@ -266,13 +266,11 @@ impl MemoryArgs {
             None => Ok(default_budget()),
         }
     }
+}
 
-    /// Applies the budget to the process: the CPU backend keeps at most a tenth of it in
-    /// its pool of freed buffers.
-    pub(crate) fn apply<B: nst_tensor::Backend>(&self, _backend: &B) -> Result<()> {
-        nst_cpu::set_pool_limit(self.budget()? as usize / 10);
-        Ok(())
-    }
+/// Applies a plan to the process: the CPU backend pools at most what the plan leaves over.
+pub(crate) fn apply_plan(plan: &nst_style::MemoryPlan) {
+    nst_cpu::set_pool_limit(usize::try_from(plan.pool_limit).unwrap_or(usize::MAX));
 }
 
 /// 80% of the memory available now (`MemAvailable`), or 8 GB where that cannot be read.

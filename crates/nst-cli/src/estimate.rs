@@ -74,8 +74,8 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
             .iter()
             .map(|(w, h, p, secs, it)| {
                 format!(
-                    "{{\"width\":{w},\"height\":{h},\"iterations\":{it},\"tiles\":{},\"tile\":{},\"halo\":{},\"history\":{},\"peak_bytes\":{},\"work\":{:.4},\"seconds_per_iteration\":{secs:.4}}}",
-                    p.tiles, p.tile, p.halo, p.history, p.peak_bytes, p.work
+                    "{{\"width\":{w},\"height\":{h},\"iterations\":{it},\"tiles\":{},\"tile\":{},\"halo\":{},\"kept\":{},\"history\":{},\"peak_bytes\":{},\"work\":{:.4},\"seconds_per_iteration\":{secs:.4}}}",
+                    p.tiles, p.tile, p.halo, p.kept, p.history, p.peak_bytes, p.work
                 )
             })
             .collect();
@@ -88,8 +88,8 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
         for (i, (w, h, p, secs, it)) in lines.iter().enumerate() {
             let tiling = if p.tiles > 1 {
                 format!(
-                    "{} tiles of up to {} px, halo {} px",
-                    p.tiles, p.tile, p.halo
+                    "{} tiles of up to {} px, halo {} px, {} deep tapes kept",
+                    p.tiles, p.tile, p.halo, p.kept
                 )
             } else {
                 "untiled".to_string()

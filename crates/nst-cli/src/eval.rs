@@ -60,7 +60,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         budget: Some(a.memory.budget()?),
     };
     let plan = nst_style::memory::plan(&model, &cfg, &req)?;
-    a.memory.apply(cpu)?;
+    common::apply_plan(&plan);
     let objective = Objective::with_tiling(
         &model,
         &cfg,

@@ -196,6 +196,7 @@ impl Observer for Reporter {
     }
 
     fn plan(&mut self, scale: usize, size: (usize, usize), plan: &nst_style::MemoryPlan) {
+        common::apply_plan(plan);
         if !self.quiet_plans {
             if let Some(line) = common::plan_note(scale, size, plan) {
                 if self.terminal {
@@ -318,8 +319,10 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let model = a.options.model.model(cpu)?;
     // Before any work: a budget that cannot be met is an error now, not after the first
     // scales.
-    nst_style::plan_scales(&model, &content, &styles, &cfg)?;
-    a.options.memory.apply(cpu)?;
+    let plans = nst_style::plan_scales(&model, &content, &styles, &cfg)?;
+    if let Some(first) = plans.first() {
+        common::apply_plan(first);
+    }
     let json = match &a.json_log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,

@@ -100,6 +100,58 @@ pub(crate) unsafe fn gemm_with<E: Element>(
     }
 }
 
+/// Columns of `k` per partial product of a long, thin `A·Bᵀ`.
+const K_CHUNK: usize = 16384;
+
+/// `A·Bᵀ` with `A` `m x k` and `B` `n x k` when `k` is long and the result small (a Gram
+/// matrix over many positions): GEMM kernels parallelise over the result's blocks, of
+/// which there are few, so the positions are cut into fixed chunks of [`K_CHUNK`], each
+/// chunk's product computed on one thread, and the partial products added in chunk order.
+/// The chunks do not depend on the thread count, so neither do the results.
+fn matmul_long_k<E: Element>(a: &[E], b: &[E], m: usize, k: usize, n: usize) -> CpuBuffer<E> {
+    use rayon::prelude::*;
+    let chunks = k.div_ceil(K_CHUNK);
+    let partials: Vec<Vec<E>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let k0 = c * K_CHUNK;
+            let kc = K_CHUNK.min(k - k0);
+            let mut p = E::pool().scratch(m * n);
+            // SAFETY: rows of `a` and `b` hold `k` elements each, of which columns
+            // `k0 .. k0 + kc` are read with row stride `k`; `p` is a fresh m*n buffer.
+            unsafe {
+                gemm_with(
+                    false,
+                    m,
+                    n,
+                    kc,
+                    Mat::rowmajor(p.as_mut_ptr(), n, false),
+                    false,
+                    Mat {
+                        ptr: a.as_ptr().add(k0),
+                        rs: k as isize,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: b.as_ptr().add(k0),
+                        rs: 1,
+                        cs: k as isize,
+                    },
+                )
+            }
+            p
+        })
+        .collect();
+    let mut out = E::pool().zeroed(m * n);
+    for p in partials {
+        for (o, v) in out.iter_mut().zip(&p) {
+            *o += *v;
+        }
+        E::pool().put(p);
+    }
+    CpuBuffer::from_vec(out)
+}
+
 pub(crate) fn matmul<E: Element>(
     a: &[E],
     b: &[E],
@@ -109,6 +161,9 @@ pub(crate) fn matmul<E: Element>(
     ta: bool,
     tb: bool,
 ) -> CpuBuffer<E> {
+    if !ta && tb && k >= 4 * K_CHUNK && m * n <= 1 << 18 {
+        return matmul_long_k(a, b, m, k, n);
+    }
     let mut out = E::pool().scratch(m * n);
     if m > 0 && n > 0 && k > 0 {
         // SAFETY: `a` holds m*k, `b` k*n and `out` m*n elements, laid out as described; the

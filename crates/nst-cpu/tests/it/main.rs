@@ -388,3 +388,34 @@ fn ndarray_round_trip() {
     assert_eq!(t.dims(), &[2, 3]);
     assert_eq!(Cpu::tensor_to_array(&t).unwrap(), a);
 }
+
+/// A Gram matrix over many positions (`A·Aᵀ` with a long `k`) is computed in fixed chunks:
+/// it matches the plain sum, in f64 and f32, and its bytes do not depend on the threads.
+#[test]
+fn long_gram_products_match_and_do_not_depend_on_threads() {
+    let (m, k) = (5, 70_001);
+    let a = rand_vec(m * k, 11);
+    let mut want = vec![0.0; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            want[i * m + j] = (0..k).map(|p| a[i * k + p] * a[j * k + p]).sum();
+        }
+    }
+    let be = Cpu64::new(2);
+    let t = Tensor::from_f64(&be, &a, [m, k]).unwrap();
+    assert_close(
+        &t.matmul_t(&t, false, true).unwrap().to_f64().unwrap(),
+        &want,
+        1e-12,
+    );
+    let a32: Vec<f32> = a.iter().map(|v| *v as f32).collect();
+    let run = |threads: usize| {
+        let be = Cpu::new(threads);
+        let t = Tensor::from_f32(&be, &a32, [m, k]).unwrap();
+        t.matmul_t(&t, false, true).unwrap().to_f32().unwrap()
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    let got: Vec<f64> = one.iter().map(|v| *v as f64).collect();
+    assert_close(&got, &want, 1e-4);
+}
