@@ -24,7 +24,7 @@ const TRANSIENT_LAYERS: f64 = 0.25;
 /// activations (up to the pool's limit, [`pool_limit`]).
 const POOLED_SHARE: f64 = 0.9;
 /// Plans fit this share of the budget, leaving room for the model's error.
-const HEADROOM: f64 = 0.95;
+const HEADROOM: f64 = 0.88;
 /// The share of the shallow part (to `pool2`) in the time of a forward pass.
 const SHALLOW_SHARE: f64 = 0.3;
 /// Bytes per image-sized vector per pixel (3 channels of f32).
@@ -88,8 +88,10 @@ pub struct MemoryPlan {
     /// budget and 4 GiB. A larger pool saves page faults: about a fifth of the time of an
     /// iteration at 1024 px.
     pub pool_limit: u64,
-    /// One evaluation's activations, from which the pool's share is predicted.
+    /// One evaluation's activations and its largest buffer, from which the pool's share is
+    /// predicted.
     eval_bytes: u64,
+    widest_bytes: u64,
 }
 
 /// The per-layer facts the model needs: (stride, channels) of every convolution up to the
@@ -157,6 +159,14 @@ impl Net {
         4.0 * (sum + TRANSIENT_LAYERS * widest)
     }
 
+    /// Bytes of the widest layer's activation of an `h x w` crop: the largest buffer.
+    fn widest_bytes(&self, h: usize, w: usize) -> f64 {
+        self.convs
+            .iter()
+            .map(|&(s, c)| 4.0 * (c * (h / s) * (w / s)) as f64)
+            .fold(0.0, f64::max)
+    }
+
     /// Bytes of the deep part's tape of an `h x w` crop (with its input, `pool2`'s output).
     fn deep_bytes(&self, h: usize, w: usize) -> f64 {
         let input = self
@@ -211,7 +221,7 @@ fn peak(
     // two transients of adding a crop into it. The host holds the content as loaded, at
     // this scale, and the result.
     let objective_vectors = if tiled { 4.0 } else { 1.0 };
-    let host_vectors = 3.0;
+    let host_vectors = 5.0;
     let pairs = history.min(req.iterations.max(1));
     let style_px: f64 = req.style_sizes.iter().map(|&(a, b)| (a * b) as f64).sum();
     // Style targets are built one image at a time, inference only.
@@ -231,7 +241,7 @@ fn peak(
         .map(|&(a, b)| net.deep_bytes(a, b))
         .sum();
     let eval = net.eval_bytes(largest.0, largest.1).max(style_build);
-    let pool = pooled(eval, pool_limit(req.budget));
+    let pool = pooled(eval, net.widest_bytes(largest.0, largest.1), pool_limit(req.budget));
     BASE_BYTES
         + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + objective_vectors + host_vectors)
         + VECTOR * style_px
@@ -241,20 +251,32 @@ fn peak(
         + eval
 }
 
-/// What the pool holds at the peak with this limit.
-fn pooled(eval: f64, limit: u64) -> f64 {
-    (POOLED_SHARE * eval).min(limit as f64)
+/// What the pool holds at the peak with this limit: a share of the evaluation's buffers,
+/// but no more than the limit leaves beside the two largest buffers (a buffer is pooled only
+/// when it fits under the limit with the others).
+fn pooled(eval: f64, largest_buffer: f64, limit: u64) -> f64 {
+    // A full pool with few large buffers stops short of its limit; a small one fills it.
+    let room = if largest_buffer * 4.0 > limit as f64 {
+        limit as f64 - 2.0 * largest_buffer
+    } else {
+        limit as f64
+    };
+    (POOLED_SHARE * eval).min(room.max(0.0))
 }
 
-/// The activations of one evaluation in a plan with these crops (the largest one's).
-fn eval_of(net: &Net, req: &PlanRequest, crops: &[(usize, usize)]) -> f64 {
+/// The activations of one evaluation in a plan with these crops (the largest one's), and
+/// its largest buffer.
+fn eval_of(net: &Net, req: &PlanRequest, crops: &[(usize, usize)]) -> (f64, f64) {
     let (w, h) = req.size;
     let largest = crops
         .iter()
         .copied()
         .max_by_key(|&(a, b)| a * b)
         .unwrap_or((h, w));
-    net.eval_bytes(largest.0, largest.1)
+    (
+        net.eval_bytes(largest.0, largest.1),
+        net.widest_bytes(largest.0, largest.1),
+    )
 }
 
 /// Relative work of an evaluation with this plan: pass 1 runs every crop forward; pass 2
@@ -290,10 +312,11 @@ pub fn plan<B: Backend>(
     // What the budget leaves over goes to the pool of freed buffers.
     let least = pool_limit(req.budget);
     if let Some(b) = req.budget {
-        let without = p.peak_bytes as f64 - pooled(p.eval_bytes as f64, least);
+        let (eval, widest) = (p.eval_bytes as f64, p.widest_bytes as f64);
+        let without = p.peak_bytes as f64 - pooled(eval, widest, least);
         let spare = (HEADROOM * b as f64 - without).max(0.0) as u64;
         p.pool_limit = spare.clamp(least, 4 << 30);
-        p.peak_bytes = (without + pooled(p.eval_bytes as f64, p.pool_limit)) as u64;
+        p.peak_bytes = (without + pooled(eval, widest, p.pool_limit)) as u64;
     }
     Ok(p)
 }
@@ -323,7 +346,8 @@ fn choose<B: Backend>(
         kept: 0,
         lowered_from: None,
         pool_limit: pool_limit(req.budget),
-        eval_bytes: eval_of(&net, req, &[]) as u64,
+        eval_bytes: eval_of(&net, req, &[]).0 as u64,
+        widest_bytes: eval_of(&net, req, &[]).1 as u64,
     };
     // Tiles of side `t`, keeping as many deep tapes as fit (all when unlimited).
     let tiled = |t: usize, history: usize| -> Result<MemoryPlan> {
@@ -369,7 +393,8 @@ fn choose<B: Backend>(
             work: work(&p, kept),
             lowered_from: None,
             pool_limit: pool_limit(req.budget),
-            eval_bytes: eval_of(&net, req, &crops) as u64,
+            eval_bytes: eval_of(&net, req, &crops).0 as u64,
+            widest_bytes: eval_of(&net, req, &crops).1 as u64,
         })
     };
     let too_big = |need: u64| {
@@ -481,11 +506,11 @@ fn lower_history(
     Ok(None)
 }
 
-/// The most bytes of freed buffers the CPU backend should pool under a budget: a tenth of
-/// it (4 GiB, the backend's default, without one). `nst render` applies it with
+/// The least bytes of freed buffers the CPU backend pools under a budget: a twentieth of
+/// it (4 GiB, the backend's default, without one); plans raise it with what they leave over. `nst render` applies it with
 /// `nst_cpu::set_pool_limit`.
 pub fn pool_limit(budget: Option<u64>) -> u64 {
-    budget.map_or(4 << 30, |b| b / 10)
+    budget.map_or(4 << 30, |b| b / 20)
 }
 
 /// `3.0 GB`, `512 MB`.
