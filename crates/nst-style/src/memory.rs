@@ -241,7 +241,11 @@ fn peak(
         .map(|&(a, b)| net.deep_bytes(a, b))
         .sum();
     let eval = net.eval_bytes(largest.0, largest.1).max(style_build);
-    let pool = pooled(eval, net.widest_bytes(largest.0, largest.1), pool_limit(req.budget));
+    let pool = pooled(
+        eval,
+        net.widest_bytes(largest.0, largest.1),
+        pool_limit(req.budget),
+    );
     BASE_BYTES
         + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + objective_vectors + host_vectors)
         + VECTOR * style_px
