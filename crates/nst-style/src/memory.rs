@@ -24,7 +24,7 @@ const TRANSIENT_LAYERS: f64 = 0.25;
 /// activations (up to the pool's limit, [`pool_limit`]).
 const POOLED_SHARE: f64 = 0.9;
 /// Plans fit this share of the budget, leaving room for the model's error.
-const HEADROOM: f64 = 0.88;
+const HEADROOM: f64 = 0.85;
 /// The share of the shallow part (to `pool2`) in the time of a forward pass.
 const SHALLOW_SHARE: f64 = 0.3;
 /// Bytes per image-sized vector per pixel (3 channels of f32).
@@ -103,6 +103,8 @@ struct Net {
     geometry: Geometry,
     /// (stride, channels) of the content layers.
     content: Vec<(usize, usize)>,
+    /// (stride, channels) of every used layer.
+    used: Vec<(usize, usize)>,
 }
 
 impl Net {
@@ -122,6 +124,7 @@ impl Net {
         for &i in &idx[..cfg.content_layers.len()] {
             content.push(geometry.layer(i));
         }
+        let used = idx.iter().map(|&i| geometry.layer(i)).collect();
         let deepest = *idx.iter().max().expect("one layer");
         let split = model.layer_index("pool2").ok().filter(|&sp| sp < deepest);
         let mut convs = Vec::new();
@@ -140,6 +143,7 @@ impl Net {
             }
         }
         Ok(Net {
+            used,
             convs,
             deep_convs,
             geometry,
@@ -157,6 +161,15 @@ impl Net {
             widest = widest.max(n);
         }
         4.0 * (sum + TRANSIENT_LAYERS * widest)
+    }
+
+    /// Bytes a tiled evaluation adds for an `h x w` crop: each used layer's own positions,
+    /// cut out on the tape, and their seeds (bounded by the crop's positions).
+    fn seed_bytes(&self, h: usize, w: usize) -> f64 {
+        self.used
+            .iter()
+            .map(|&(s, c)| 8.0 * (c * (h / s) * (w / s)) as f64)
+            .sum()
     }
 
     /// Bytes of the widest layer's activation of an `h x w` crop: the largest buffer.
@@ -240,7 +253,12 @@ fn peak(
         .iter()
         .map(|&(a, b)| net.deep_bytes(a, b))
         .sum();
-    let eval = net.eval_bytes(largest.0, largest.1).max(style_build);
+    let seeds = if tiled {
+        net.seed_bytes(largest.0, largest.1)
+    } else {
+        0.0
+    };
+    let eval = (net.eval_bytes(largest.0, largest.1) + seeds).max(style_build);
     let pool = pooled(
         eval,
         net.widest_bytes(largest.0, largest.1),
@@ -318,7 +336,8 @@ pub fn plan<B: Backend>(
     if let Some(b) = req.budget {
         let (eval, widest) = (p.eval_bytes as f64, p.widest_bytes as f64);
         let without = p.peak_bytes as f64 - pooled(eval, widest, least);
-        let spare = (HEADROOM * b as f64 - without).max(0.0) as u64;
+        // Half of what is left: what the pool holds is the least certain part of the model.
+        let spare = ((HEADROOM * b as f64 - without) / 2.0).max(0.0) as u64;
         p.pool_limit = spare.clamp(least, 4 << 30);
         p.peak_bytes = (without + pooled(eval, widest, p.pool_limit)) as u64;
     }
