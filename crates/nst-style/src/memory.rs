@@ -358,6 +358,7 @@ fn choose<B: Backend>(
     let history = req.history.max(1);
     let budget = req.budget.map(|b| b as f64);
     let fits = |p: f64| budget.is_none_or(|b| p <= HEADROOM * b);
+    let whole_eval = eval_of(&net, req, &[]);
     let untiled = |history: usize| MemoryPlan {
         tiling: Tiling::Off,
         tiles: 1,
@@ -369,13 +370,14 @@ fn choose<B: Backend>(
         kept: 0,
         lowered_from: None,
         pool_limit: pool_limit(req.budget),
-        eval_bytes: eval_of(&net, req, &[]).0 as u64,
-        widest_bytes: eval_of(&net, req, &[]).1 as u64,
+        eval_bytes: whole_eval.0 as u64,
+        widest_bytes: whole_eval.1 as u64,
     };
     // Tiles of side `t`, keeping as many deep tapes as fit (all when unlimited).
     let tiled = |t: usize, history: usize| -> Result<MemoryPlan> {
         let p = geo.plan(h, w, t)?;
         let crops: Vec<(usize, usize)> = p.tiles.iter().map(|t| (t.crop.h, t.crop.w)).collect();
+        let crop_eval = eval_of(&net, req, &crops);
         let n = crops.len();
         let max_keep = if net.deep_convs.is_empty() { 1 } else { n };
         let kept = if fits(peak(&net, req, &crops, max_keep, history)) {
@@ -416,8 +418,8 @@ fn choose<B: Backend>(
             work: work(&p, kept),
             lowered_from: None,
             pool_limit: pool_limit(req.budget),
-            eval_bytes: eval_of(&net, req, &crops).0 as u64,
-            widest_bytes: eval_of(&net, req, &crops).1 as u64,
+            eval_bytes: crop_eval.0 as u64,
+            widest_bytes: crop_eval.1 as u64,
         })
     };
     let too_big = |need: u64| {
