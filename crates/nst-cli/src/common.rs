@@ -274,7 +274,7 @@ pub(crate) fn apply_plan(plan: &nst_style::MemoryPlan) {
 }
 
 /// 80% of the memory available now (`MemAvailable`), or 8 GB where that cannot be read.
-fn default_budget() -> u64 {
+pub(crate) fn default_budget() -> u64 {
     let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemAvailable:"))

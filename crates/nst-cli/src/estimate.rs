@@ -46,6 +46,7 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
         content,
         styles,
         cfg,
+        ..
     } = a.options.prepare()?;
     let model = a.options.model.model(backend)?;
     let plans = nst_style::plan_scales(&model, &content, &styles, &cfg)?;

@@ -8,6 +8,7 @@ mod eval;
 mod features;
 mod io;
 mod render;
+mod signals;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,9 @@ fn main() {
         Command::ConvertWeights(a) => convert::run(a),
     };
     if let Err(e) = result {
+        if let Some(i) = e.downcast_ref::<render::Interrupted>() {
+            std::process::exit(128 + i.0);
+        }
         let msg = format!("{e:#}").replace('\n', " ");
         eprintln!("error: {msg}");
         std::process::exit(1);

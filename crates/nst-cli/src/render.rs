@@ -77,12 +77,39 @@ pub(crate) struct Args {
     /// Save a snapshot every N iterations (beside the output, `_iterN` appended).
     #[arg(long, default_value_t = 0)]
     save_every: usize,
+    /// Write a checkpoint to FILE (atomically) every --checkpoint-every iterations and at
+    /// every scale's end, and on Ctrl-C; `--resume FILE` continues from it.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Iterations between checkpoints.
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    checkpoint_every: u32,
+    /// Continue the render saved in this checkpoint (the same inputs and settings give the
+    /// same bytes as an uninterrupted render); it keeps being updated unless --checkpoint
+    /// names another file.
+    #[arg(long, value_name = "FILE")]
+    resume: Option<PathBuf>,
+    /// Bits per channel of the output: 8, or 16 (PNG and TIFF, for print).
+    #[arg(long, default_value_t = 8, value_name = "8|16", value_parser = parse_bit_depth)]
+    bit_depth: u8,
+    /// JPEG quality of the output (1-100).
+    #[arg(long, default_value_t = 95, value_name = "Q", value_parser = clap::value_parser!(u8).range(1..=100))]
+    jpeg_quality: u8,
     /// Write one JSON object per iteration (losses by term, elapsed seconds) to this file.
     #[arg(long)]
     json_log: Option<PathBuf>,
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--bit-depth`: 8 or 16.
+fn parse_bit_depth(s: &str) -> std::result::Result<u8, String> {
+    match s {
+        "8" => Ok(8),
+        "16" => Ok(16),
+        _ => Err(format!("expected 8 or 16, got {s:?}")),
+    }
 }
 
 /// The snapshot path for iteration `it`: `out_iterN.ext`.
@@ -98,6 +125,7 @@ fn snapshot_path(out: &Path, scale: usize, scales: usize, it: usize) -> PathBuf 
 }
 
 struct Reporter {
+    save: io::SaveOptions,
     quiet: bool,
     quiet_plans: bool,
     terminal: bool,
@@ -116,6 +144,14 @@ fn short(v: f64) -> String {
 }
 
 impl Reporter {
+    /// A line on stderr that does not tangle with the progress bar.
+    fn warn(&self, msg: &str) {
+        if self.terminal && !self.quiet {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("{}", msg.replace('\n', " "));
+    }
+
     fn line(&self, p: &Progress) -> String {
         let (it, n) = p.iteration;
         let secs = self.scale_start.elapsed().as_secs_f64();
@@ -209,8 +245,9 @@ impl Observer for Reporter {
 
     fn snapshot(&mut self, p: &Progress, image: &Image) {
         let path = snapshot_path(&self.out, p.scale.0, p.scale.1, p.iteration.0);
-        if let Err(e) = io::save_image(image, &path) {
-            self.error = Some(e);
+        // A snapshot is a convenience: failing to write one must not cost the render.
+        if let Err(e) = io::save_image_with(image, &path, &self.save) {
+            self.warn(&format!("warning: {e:#}"));
         }
     }
 }
@@ -222,6 +259,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
 /// What a render needs, loaded and checked: the images and the configuration.
 pub(crate) struct Prepared {
     pub(crate) content: Image,
+    /// The content's ICC profile, carried into the output.
+    pub(crate) icc: Option<Vec<u8>>,
     pub(crate) styles: Vec<Image>,
     pub(crate) cfg: RenderConfig,
 }
@@ -232,7 +271,14 @@ impl Options {
         let o = self;
         let objective = o.objective.config()?;
         let max_pixels = o.model.max_pixels;
-        let content = io::load_image(&o.inputs.content, max_pixels)?;
+        let limits = io::Limits {
+            max_pixels,
+            max_bytes: o.memory.budget()?,
+        };
+        let io::Loaded {
+            image: content,
+            icc,
+        } = io::load_image_with(&o.inputs.content, &limits)?;
         let styles = common::load_styles(&o.inputs.style, max_pixels)?;
         let init = match o.init.as_str() {
             "noise" => Init::Noise,
@@ -295,41 +341,149 @@ impl Options {
         };
         Ok(Prepared {
             content,
+            icc,
             styles,
             cfg,
         })
     }
 }
 
-fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
-    io::check_writable(&a.out)?;
-    if let Some(ext) = a.out.extension().and_then(|e| e.to_str()) {
-        ensure!(
-            image::ImageFormat::from_extension(ext).is_some_and(|f| f.can_write()),
-            "cannot write {}: unknown image extension .{ext}",
-            a.out.display()
-        );
+/// The render stopped on a signal: the process exits with this status (128 + the signal).
+#[derive(Debug)]
+pub(crate) struct Interrupted(pub(crate) i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", crate::signals::name(self.0))
     }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The command line with `--resume FILE` in place of any earlier one, quoted for a shell.
+fn resume_command(checkpoint: &Path) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args() {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if a == "--resume" {
+            skip = true;
+            continue;
+        }
+        if a.starts_with("--resume=") {
+            continue;
+        }
+        args.push(a);
+    }
+    args.push("--resume".into());
+    args.push(checkpoint.display().to_string());
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes the session's checkpoint atomically.
+fn write_checkpoint<B: nst_tensor::Backend>(
+    session: &nst_style::RenderSession<'_, B>,
+    path: &Path,
+) -> Result<()> {
+    io::write_atomic(path, |tmp| {
+        let file = std::fs::File::create(tmp)
+            .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        session
+            .write_checkpoint(&mut out)
+            .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
+        let file = out.into_inner().map_err(|e| {
+            anyhow::anyhow!("cannot write checkpoint {}: {}", path.display(), e.error())
+        })?;
+        file.sync_all()
+            .with_context(|| format!("cannot write checkpoint {}", path.display()))
+    })
+}
+
+/// Reads a checkpoint file.
+fn read_checkpoint(path: &Path) -> Result<nst_style::Checkpoint> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    nst_style::Checkpoint::from_bytes(&bytes)
+        .with_context(|| format!("cannot resume from {}", path.display()))
+}
+
+fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
+    let save = io::SaveOptions {
+        bit_depth: a.bit_depth,
+        jpeg_quality: a.jpeg_quality,
+        icc: None,
+    };
+    // Before any work: the output (and the checkpoint) can be written, in a format that
+    // holds what was asked.
+    io::check_writable(&a.out)?;
+    io::check_save_options(&a.out, &save)?;
+    let checkpoint_path = a.checkpoint.clone().or_else(|| a.resume.clone());
+    if let Some(c) = &checkpoint_path {
+        io::check_writable(c)?;
+    }
+    let resumed = a.resume.as_deref().map(read_checkpoint).transpose()?;
     let Prepared {
         content,
+        icc,
         styles,
         mut cfg,
     } = a.options.prepare()?;
+    let save = io::SaveOptions { icc, ..save };
     cfg.save_every = a.save_every;
     let model = a.options.model.model(cpu)?;
-    // Before any work: a budget that cannot be met is an error now, not after the first
-    // scales.
-    let plans = nst_style::plan_scales(&model, &content, &styles, &cfg)?;
-    if let Some(first) = plans.first() {
+    let mut session = match resumed {
+        Some(c) => {
+            let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;
+            describe(&mut s, &a.options);
+            s.resume_from(c).with_context(|| {
+                format!(
+                    "cannot resume from {}",
+                    a.resume.as_ref().expect("given").display()
+                )
+            })?
+        }
+        None => {
+            let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;
+            describe(&mut s, &a.options);
+            s
+        }
+    };
+    if let Some(first) = session.plans().first() {
         common::apply_plan(first);
     }
     let json = match &a.json_log {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
-        )),
+        Some(p) => {
+            // A resumed render appends to its log.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(a.resume.is_some())
+                .write(true)
+                .truncate(a.resume.is_none())
+                .open(p)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            Some(std::io::BufWriter::new(file))
+        }
         None => None,
     };
+    let (scale0, _) = session.position();
     let mut reporter = Reporter {
+        save: save.clone(),
         quiet: a.quiet,
         quiet_plans: a.quiet,
         terminal: std::io::stderr().is_terminal(),
@@ -337,12 +491,43 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         out: a.out.clone(),
         last_draw: None,
         scale_start: Instant::now(),
-        scale_index: 0,
+        scale_index: scale0,
         last_report: Instant::now(),
         error: None,
     };
+    crate::signals::install();
     let start = Instant::now();
-    let rendered = nst_style::render(cpu, &model, &content, &styles, &cfg, &mut reporter)?;
+    let every = a.checkpoint_every as usize;
+    let mut checkpointed_at = None;
+    let mut interrupted = None;
+    loop {
+        if let Some((si, size, plan)) = session.starting_scale() {
+            reporter.plan(si, size, plan);
+        }
+        let Some(p) = session.step()? else {
+            break;
+        };
+        let (it, n) = p.iteration;
+        if a.save_every > 0 && it % a.save_every == 0 {
+            reporter.snapshot(&p, &session.image()?);
+        }
+        let keep_going = reporter.iteration(&p);
+        if let Some(c) = &checkpoint_path {
+            if it % every == 0 || it == n {
+                match write_checkpoint(&session, c) {
+                    Ok(()) => checkpointed_at = Some(session.position()),
+                    Err(e) => reporter.warn(&format!("warning: {e:#}")),
+                }
+            }
+        }
+        if let Some(sig) = crate::signals::received() {
+            interrupted = Some(sig);
+            break;
+        }
+        if !keep_going {
+            break;
+        }
+    }
     let peak = common::peak_rss();
     if let Some(j) = &mut reporter.json {
         j.flush().context("cannot write the JSON log")?;
@@ -350,7 +535,39 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     if let Some(e) = reporter.error.take() {
         return Err(e);
     }
-    io::save_image(&rendered.image, &a.out)?;
+    if let Some(sig) = interrupted {
+        let mut saved_checkpoint = false;
+        if let Some(c) = &checkpoint_path {
+            if checkpointed_at == Some(session.position()) {
+                saved_checkpoint = true;
+            } else {
+                match write_checkpoint(&session, c) {
+                    Ok(()) => saved_checkpoint = true,
+                    Err(e) => reporter.warn(&format!("warning: {e:#}")),
+                }
+            }
+        }
+        let image = session.image()?;
+        io::save_image_with(&image, &a.out, &save)?;
+        reporter.warn(&format!(
+            "interrupted by {}: wrote the current image to {}",
+            crate::signals::name(sig),
+            a.out.display()
+        ));
+        match (&checkpoint_path, saved_checkpoint) {
+            (Some(c), true) => eprintln!(
+                "checkpoint in {}; resume with:\n  {}",
+                c.display(),
+                resume_command(c)
+            ),
+            _ => eprintln!(
+                "no checkpoint was written (pass --checkpoint FILE to make a render resumable)"
+            ),
+        }
+        return Err(Interrupted(sig).into());
+    }
+    let rendered = session.finish()?;
+    io::save_image_with(&rendered.image, &a.out, &save)?;
     if let Some(why) = rendered.stopped_early {
         bail!("{why}; wrote it to {}", a.out.display());
     }
@@ -366,4 +583,20 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the render's bytes depend on besides the crates' settings: the thread count, the
+/// network's pooling and weights.
+fn describe<B: nst_tensor::Backend>(s: &mut nst_style::RenderSession<'_, B>, o: &Options) {
+    let threads = match o.model.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    s.describe("threads", &threads.to_string());
+    s.describe("pooling", &format!("{:?}", o.model.pooling));
+    let weights = io::weights_path(o.model.weights.as_deref())
+        .ok()
+        .and_then(|p| std::fs::metadata(&p).ok().map(|m| m.len()))
+        .map_or("unknown".to_string(), |n| format!("{n} bytes"));
+    s.describe("weights", &weights);
 }

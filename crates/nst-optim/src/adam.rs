@@ -1,6 +1,7 @@
 //! Adam and plain gradient descent.
 
-use crate::{Optimizer, Step, Vector};
+use crate::lbfgs::same_lengths;
+use crate::{InvalidState, Optimizer, Step, Vector};
 
 /// Adam's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,6 +50,58 @@ impl<V: Vector> Adam<V> {
     pub fn reset(&mut self) {
         self.moments = None;
         self.t = 0;
+    }
+}
+
+/// Adam's whole state between steps, to save and restore it ([`Adam::from_state`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamState<V> {
+    /// The first and second moments (`None` before the first step).
+    pub moments: Option<(V, V)>,
+    /// The number of steps taken.
+    pub steps: u32,
+}
+
+impl<V> AdamState<V> {
+    /// The same state with every vector converted (e.g. device tensors to host vectors).
+    pub fn try_map<W, E>(self, mut f: impl FnMut(V) -> Result<W, E>) -> Result<AdamState<W>, E> {
+        Ok(AdamState {
+            moments: match self.moments {
+                Some((m, v)) => Some((f(m)?, f(v)?)),
+                None => None,
+            },
+            steps: self.steps,
+        })
+    }
+}
+
+impl<V: Vector> Adam<V> {
+    /// The state to save.
+    pub fn state(&self) -> AdamState<V> {
+        AdamState {
+            moments: self.moments.clone(),
+            steps: self.t as u32,
+        }
+    }
+
+    /// An optimizer continuing from a saved state; refused when the moments have different
+    /// lengths, when there are moments but no steps (or steps but no moments), or when the
+    /// step count is out of range.
+    pub fn from_state(cfg: AdamConfig, state: AdamState<V>) -> Result<Self, InvalidState> {
+        let t = i32::try_from(state.steps)
+            .map_err(|_| InvalidState(format!("{} steps", state.steps)))?;
+        if state.moments.is_some() != (t > 0) {
+            return Err(InvalidState(format!(
+                "{t} steps with{} moments",
+                if state.moments.is_some() { "" } else { "out" }
+            )));
+        }
+        same_lengths(state.moments.iter().flat_map(|(m, v)| [m, v]))?;
+        Ok(Adam {
+            cfg,
+            moments: state.moments,
+            t,
+        })
     }
 }
 

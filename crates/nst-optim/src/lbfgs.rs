@@ -97,6 +97,117 @@ impl<V: Vector> Lbfgs<V> {
     }
 }
 
+/// The whole state of an L-BFGS run between steps, to save it (a checkpoint) and restore it
+/// with [`Lbfgs::from_state`]: continuing from a restored state takes exactly the steps the
+/// original would have taken.
+///
+/// A point evaluated by the line search at the end of a step is not part of it: the next step
+/// evaluates that point again (the same loss and gradient, for a deterministic objective).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LbfgsState<V> {
+    /// Correction pairs `(s, y, 1/(yᵀs))`, oldest first.
+    pub pairs: Vec<(V, V, f64)>,
+    /// The last step taken and the gradient at its start (`None` before the first step).
+    pub last: Option<(V, V)>,
+    /// The scaling of the initial inverse Hessian, `yᵀs / yᵀy` of the newest pair.
+    pub h_diag: f64,
+}
+
+impl<V> LbfgsState<V> {
+    /// The same state with every vector converted (e.g. device tensors to host vectors).
+    pub fn try_map<W, E>(self, mut f: impl FnMut(V) -> Result<W, E>) -> Result<LbfgsState<W>, E> {
+        Ok(LbfgsState {
+            pairs: self
+                .pairs
+                .into_iter()
+                .map(|(s, y, rho)| Ok((f(s)?, f(y)?, rho)))
+                .collect::<Result<_, E>>()?,
+            last: match self.last {
+                Some((s, g)) => Some((f(s)?, f(g)?)),
+                None => None,
+            },
+            h_diag: self.h_diag,
+        })
+    }
+}
+
+/// A saved optimizer state that cannot be restored: its numbers or vector lengths are not
+/// those of any state the optimizer could have reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidState(pub String);
+
+impl std::fmt::Display for InvalidState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid optimizer state: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidState {}
+
+/// Checks that every vector has the same length.
+pub(crate) fn same_lengths<'a, V: Vector + 'a>(
+    vectors: impl IntoIterator<Item = &'a V>,
+) -> Result<(), InvalidState> {
+    let mut len = None;
+    for v in vectors {
+        match len {
+            None => len = Some(v.len()),
+            Some(n) if n != v.len() => {
+                return Err(InvalidState(format!(
+                    "vectors of lengths {n} and {}",
+                    v.len()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl<V: Vector> Lbfgs<V> {
+    /// The state to save (the vectors are shared, not copied, where `V` shares buffers).
+    pub fn state(&self) -> LbfgsState<V> {
+        LbfgsState {
+            pairs: self.pairs.iter().cloned().collect(),
+            last: self.last.clone(),
+            h_diag: self.h_diag,
+        }
+    }
+
+    /// An optimizer continuing from a saved state; refused when the state could not have come
+    /// from an optimizer with these settings (more pairs than the history, vectors of
+    /// different lengths, curvature scalars that are not positive and finite).
+    pub fn from_state(cfg: LbfgsConfig, state: LbfgsState<V>) -> Result<Self, InvalidState> {
+        let history = cfg.history.max(1);
+        if state.pairs.len() > history {
+            return Err(InvalidState(format!(
+                "{} correction pairs for a history of {history}",
+                state.pairs.len()
+            )));
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(state.h_diag) || state.pairs.iter().any(|p| !positive(p.2)) {
+            return Err(InvalidState(
+                "a curvature scalar is not a positive number".into(),
+            ));
+        }
+        same_lengths(
+            state
+                .pairs
+                .iter()
+                .flat_map(|(s, y, _)| [s, y])
+                .chain(state.last.iter().flat_map(|(s, g)| [s, g])),
+        )?;
+        Ok(Lbfgs {
+            cfg,
+            pairs: state.pairs.into(),
+            last: state.last,
+            h_diag: state.h_diag,
+            cached: None,
+        })
+    }
+}
+
 /// The minimiser of the cubic through (x1, f1, g1) and (x2, f2, g2), kept inside `bounds`
 /// (bisection when the cubic has no minimum).
 fn cubic_min(x1: f64, f1: f64, g1: f64, x2: f64, f2: f64, g2: f64, bounds: (f64, f64)) -> f64 {

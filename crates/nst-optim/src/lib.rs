@@ -11,10 +11,9 @@
 //! started from. Dot products and norms accumulate in `f64`.
 //!
 //! ```
-//! use nst_optim::{Lbfgs, Optimizer};
-//! use std::convert::Infallible;
+//! use nst_optim::{Lbfgs, LengthMismatch, Optimizer};
 //! // f(x) = Σ (x_i - i)²
-//! let mut f = |x: &Vec<f32>| -> Result<(f64, Vec<f32>), Infallible> {
+//! let mut f = |x: &Vec<f32>| -> Result<(f64, Vec<f32>), LengthMismatch> {
 //!     let loss = x.iter().enumerate().map(|(i, v)| (*v as f64 - i as f64).powi(2)).sum();
 //!     Ok((loss, x.iter().enumerate().map(|(i, v)| 2.0 * (v - i as f32)).collect()))
 //! };
@@ -30,9 +29,9 @@ mod adam;
 mod lbfgs;
 mod vector;
 
-pub use adam::{Adam, AdamConfig, GradientDescent};
-pub use lbfgs::{Lbfgs, LbfgsConfig, LineSearch};
-pub use vector::Vector;
+pub use adam::{Adam, AdamConfig, AdamState, GradientDescent};
+pub use lbfgs::{InvalidState, Lbfgs, LbfgsConfig, LbfgsState, LineSearch};
+pub use vector::{LengthMismatch, Vector};
 
 /// What one step did.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,7 +1,6 @@
 //! [`Vector`]: the arithmetic the optimizers need, for host vectors and device tensors.
 
 use nst_tensor::{Backend, Tensor};
-use std::convert::Infallible;
 
 /// A vector the optimizers can work on. Every operation returns a new vector; scalars come
 /// back in `f64`.
@@ -23,6 +22,12 @@ pub trait Vector: Clone {
     fn norms(&self) -> Result<(f64, f64), Self::Error>;
     /// Whether `other` is certainly the same point (for tensors: the same buffer).
     fn same(&self, other: &Self) -> bool;
+    /// The number of elements.
+    fn len(&self) -> usize;
+    /// Whether there are no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// `Σ a_i·b_i` accumulated in `f64` over 8 independent lanes (so it vectorizes), then the
@@ -42,22 +47,50 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     lanes.iter().sum()
 }
 
-/// Host vectors of different lengths are a bug in the caller (e.g. an optimizer not reset after
-/// the problem changed size): stop rather than compute on a truncated vector.
-fn same_len(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "vectors of different lengths");
+/// Host vectors of different lengths (e.g. an optimizer not reset after the problem changed
+/// size, or a state restored for another problem): an error rather than a computation on a
+/// truncated vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LengthMismatch {
+    /// The length of the vector the operation was called on.
+    pub left: usize,
+    /// The length of the other vector.
+    pub right: usize,
+}
+
+impl std::fmt::Display for LengthMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "vectors of different lengths ({} and {})",
+            self.left, self.right
+        )
+    }
+}
+
+impl std::error::Error for LengthMismatch {}
+
+fn same_len(a: &[f32], b: &[f32]) -> Result<(), LengthMismatch> {
+    if a.len() == b.len() {
+        Ok(())
+    } else {
+        Err(LengthMismatch {
+            left: a.len(),
+            right: b.len(),
+        })
+    }
 }
 
 impl Vector for Vec<f32> {
-    type Error = Infallible;
+    type Error = LengthMismatch;
 
-    fn dot(&self, other: &Self) -> Result<f64, Infallible> {
-        same_len(self, other);
+    fn dot(&self, other: &Self) -> Result<f64, LengthMismatch> {
+        same_len(self, other)?;
         Ok(dot_f64(self, other))
     }
 
-    fn axpy(&self, a: f64, y: &Self) -> Result<Self, Infallible> {
-        same_len(self, y);
+    fn axpy(&self, a: f64, y: &Self) -> Result<Self, LengthMismatch> {
+        same_len(self, y)?;
         Ok(self
             .iter()
             .zip(y)
@@ -65,16 +98,16 @@ impl Vector for Vec<f32> {
             .collect())
     }
 
-    fn scale(&self, s: f64) -> Result<Self, Infallible> {
+    fn scale(&self, s: f64) -> Result<Self, LengthMismatch> {
         Ok(self.iter().map(|&x| (s * x as f64) as f32).collect())
     }
 
-    fn square(&self) -> Result<Self, Infallible> {
+    fn square(&self) -> Result<Self, LengthMismatch> {
         Ok(self.iter().map(|&x| x * x).collect())
     }
 
-    fn adam_ratio(&self, v: &Self, v_scale: f64, eps: f64) -> Result<Self, Infallible> {
-        same_len(self, v);
+    fn adam_ratio(&self, v: &Self, v_scale: f64, eps: f64) -> Result<Self, LengthMismatch> {
+        same_len(self, v)?;
         Ok(self
             .iter()
             .zip(v)
@@ -82,13 +115,17 @@ impl Vector for Vec<f32> {
             .collect())
     }
 
-    fn norms(&self) -> Result<(f64, f64), Infallible> {
+    fn norms(&self) -> Result<(f64, f64), LengthMismatch> {
         let v: Vec<f64> = self.iter().map(|&x| x as f64).collect();
         Ok(nst_tensor::host_norms(&v))
     }
 
     fn same(&self, other: &Self) -> bool {
         self == other
+    }
+
+    fn len(&self) -> usize {
+        Vec::len(self)
     }
 }
 
@@ -122,5 +159,9 @@ impl<B: Backend> Vector for Tensor<B> {
 
     fn same(&self, other: &Self) -> bool {
         self.same_buffer(other) && self.shape() == other.shape()
+    }
+
+    fn len(&self) -> usize {
+        self.numel()
     }
 }

@@ -6,18 +6,20 @@
 //! original colours (luminance-only transfer), snapshots, and a guard that stops on a
 //! non-finite loss and keeps the last good image.
 
+mod checkpoint;
 mod image;
 pub mod memory;
 mod objective;
 mod render;
 pub mod tiled;
 
+pub use checkpoint::{Checkpoint, OptimizerState};
 pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
 pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};
 pub use render::{
     auto_scales, plan_scales, render, Init, Observer, OptimizerKind, Progress, RenderConfig,
-    Rendered,
+    RenderSession, Rendered, SessionStatus,
 };
 pub use tiled::{Geometry, TilePlan, Tiling};
 
@@ -34,6 +36,9 @@ pub enum Error {
     /// The settings are inconsistent.
     #[error("{0}")]
     Config(String),
+    /// A checkpoint cannot be read, or belongs to another render.
+    #[error("{0}")]
+    Checkpoint(String),
 }
 
 /// The result type of this crate.

@@ -1,5 +1,8 @@
-//! The render loop: scales, initialisation, optimisation, progress, snapshots, NaN guard.
+//! The render as a resumable session ([`RenderSession`]): scales, initialisation, one
+//! optimiser iteration at a time, checkpoints, and a guard that keeps the last good image;
+//! [`render`] drives a session to its end for an [`Observer`].
 
+use crate::checkpoint::{Checkpoint, OptimizerState};
 use crate::memory::{MemoryPlan, PlanRequest, TileChoice};
 use crate::{Error, Image, Objective, ObjectiveConfig, Result};
 use nst_optim::{Adam, AdamConfig, GradientDescent, Lbfgs, LbfgsConfig, LineSearch, Optimizer};
@@ -7,6 +10,7 @@ use nst_tensor::{Backend, Tensor};
 use nst_vgg::Vgg;
 use rand::SeedableRng;
 use rand_distr::Distribution;
+use sha2::Digest;
 use std::time::{Duration, Instant};
 
 /// How the image starts.
@@ -159,9 +163,6 @@ pub struct Rendered {
     pub stopped_early: Option<String>,
 }
 
-/// A total loss and its terms.
-type Terms = (f64, Vec<(String, f64)>);
-
 /// The chosen optimizer, over the image tensor: its state stays on the model's device.
 enum AnyOptimizer<B: Backend> {
     Lbfgs(Lbfgs<Tensor<B>>),
@@ -189,7 +190,11 @@ impl<B: Backend> Optimizer<Tensor<B>> for AnyOptimizer<B> {
 
 enum StepError {
     Failed(Error),
-    NonFinite(String),
+    /// A non-finite loss or gradient; `at_start` when it was the step's starting point's.
+    NonFinite {
+        message: String,
+        at_start: bool,
+    },
 }
 
 impl From<nst_tensor::Error> for StepError {
@@ -225,6 +230,14 @@ fn scale_sizes(content: &Image, cfg: &RenderConfig) -> Vec<(usize, usize)> {
     }
 }
 
+/// The iterations of scale `si`.
+fn iterations_of(cfg: &RenderConfig, si: usize) -> usize {
+    cfg.scale_iterations
+        .get(si)
+        .copied()
+        .unwrap_or(cfg.iterations)
+}
+
 /// The memory plan of every scale of a render, made before any work so that a budget that
 /// cannot be met is an error at once.
 pub fn plan_scales<B: Backend>(
@@ -243,11 +256,7 @@ pub fn plan_scales<B: Backend>(
                 style_sizes: styles.iter().map(|s| s.fitted_size(long)).collect(),
                 optimizer: cfg.optimizer,
                 history: cfg.lbfgs_history,
-                iterations: cfg
-                    .scale_iterations
-                    .get(si)
-                    .copied()
-                    .unwrap_or(cfg.iterations),
+                iterations: iterations_of(cfg, si),
                 tile: cfg.tile,
                 budget: cfg.memory_budget,
             };
@@ -256,15 +265,8 @@ pub fn plan_scales<B: Backend>(
         .collect()
 }
 
-/// Runs a render of `content` in the style of `styles` on the model's backend.
-pub fn render<B: Backend>(
-    backend: &B,
-    model: &Vgg<B>,
-    content: &Image,
-    styles: &[Image],
-    cfg: &RenderConfig,
-    observer: &mut dyn Observer,
-) -> Result<Rendered> {
+/// Checks the settings of a render; returns the learning rate.
+fn check_config(cfg: &RenderConfig, styles: usize) -> Result<f64> {
     if cfg.iterations == 0 || cfg.scale_iterations.contains(&0) {
         return Err(Error::Config(
             "the number of iterations must be positive".into(),
@@ -287,7 +289,7 @@ pub fn render<B: Backend>(
             "the learning rate must be a positive number, got {lr}"
         )));
     }
-    crate::normalize_blend(&cfg.style_blend, styles.len())?;
+    crate::normalize_blend(&cfg.style_blend, styles)?;
     if !cfg.scale_iterations.is_empty() && cfg.scale_iterations.len() != cfg.scales.len() {
         return Err(Error::Config(format!(
             "{} iteration counts given for {} scales",
@@ -295,141 +297,684 @@ pub fn render<B: Backend>(
             cfg.scales.len()
         )));
     }
-    let plans = plan_scales(model, content, styles, cfg)?;
-    let conv = model.convention();
-    let start = Instant::now();
-    let scales = scale_sizes(content, cfg);
-    let mut current: Option<Image> = None;
-    for (si, (&(w, h), plan)) in scales.iter().zip(&plans).enumerate() {
-        let iterations = cfg
-            .scale_iterations
-            .get(si)
-            .copied()
-            .unwrap_or(cfg.iterations);
-        observer.plan(si, (w, h), plan);
+    Ok(lr)
+}
+
+/// A short digest of an image's size and pixels.
+fn image_digest(img: &Image) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update((img.width as u64).to_le_bytes());
+    h.update((img.height as u64).to_le_bytes());
+    for v in &img.data {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A list as `a,b,c`.
+fn list<T: std::fmt::Display>(v: impl IntoIterator<Item = T>) -> String {
+    v.into_iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What a render is made from, as `(name, value)` pairs: digests of the images and every
+/// setting that changes the result (the plan of each scale rather than the memory budget,
+/// since the same plan gives the same bytes whatever budget chose it).
+fn fingerprint<B: Backend>(
+    backend: &B,
+    content: &Image,
+    styles: &[Image],
+    cfg: &RenderConfig,
+    plans: &[MemoryPlan],
+) -> Vec<(String, String)> {
+    let mut fp = vec![
+        ("backend".to_string(), backend.name()),
+        ("content".into(), image_digest(content)),
+        ("styles".into(), list(styles.iter().map(image_digest))),
+        (
+            "init".into(),
+            match &cfg.init {
+                Init::Noise => "noise".into(),
+                Init::Content => "content".into(),
+                Init::Image(img) => format!("image {}", image_digest(img)),
+            },
+        ),
+        ("seed".into(), cfg.seed.to_string()),
+        (
+            "scales".into(),
+            list(
+                scale_sizes(content, cfg)
+                    .iter()
+                    .map(|(w, h)| format!("{w}x{h}")),
+            ),
+        ),
+        (
+            "iterations".into(),
+            list((0..plans.len()).map(|si| iterations_of(cfg, si))),
+        ),
+        ("optimizer".into(), format!("{:?}", cfg.optimizer)),
+        (
+            "learning_rate".into(),
+            format!(
+                "{:?}",
+                cfg.learning_rate
+                    .unwrap_or_else(|| cfg.optimizer.default_learning_rate())
+            ),
+        ),
+        ("objective".into(), format!("{:?}", cfg.objective)),
+        ("style_blend".into(), format!("{:?}", cfg.style_blend)),
+        ("style_scale".into(), format!("{:?}", cfg.style_scale)),
+        ("original_colors".into(), cfg.original_colors.to_string()),
+        (
+            "plan".into(),
+            list(
+                plans
+                    .iter()
+                    .map(|p| format!("{:?}/history {}", p.tiling, p.history)),
+            ),
+        ),
+    ];
+    fp.sort();
+    fp
+}
+
+/// The state of the scale being optimised.
+struct Active<'m, B: Backend> {
+    objective: Objective<'m, B>,
+    /// The content at this scale (for the original colours).
+    content: Image,
+    x: Tensor<B>,
+    /// The point before the last iteration (its loss was finite).
+    previous: Option<Tensor<B>>,
+    opt: AnyOptimizer<B>,
+}
+
+/// What a render session is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// More iterations to go.
+    Running,
+    /// Every scale is done.
+    Finished,
+    /// Stopped early, for this reason (e.g. a non-finite loss); the image is the last good
+    /// one.
+    Stopped(String),
+}
+
+/// A render as a value that advances one iteration at a time: the whole state of the
+/// render (scale, iteration, image, optimizer state, the loss terms of the last step) lives
+/// here, so a driver — the CLI, a web view, a batch job — decides when to report, save a
+/// snapshot or a [`Checkpoint`], or stop.
+///
+/// ```no_run
+/// # fn demo<B: nst_tensor::Backend>(backend: &B, model: &nst_vgg::Vgg<B>,
+/// #     content: &nst_style::Image, style: &nst_style::Image) -> nst_style::Result<()> {
+/// use nst_style::{RenderConfig, RenderSession};
+/// let cfg = RenderConfig::default();
+/// let mut session = RenderSession::new(backend, model, content, std::slice::from_ref(style), &cfg)?;
+/// while let Some(progress) = session.step()? {
+///     if progress.iteration.0 % 50 == 0 {
+///         let bytes = session.checkpoint()?.to_bytes()?; // write them somewhere
+///         # drop(bytes);
+///     }
+/// }
+/// let rendered = session.finish()?;
+/// # drop(rendered); Ok(()) }
+/// ```
+pub struct RenderSession<'a, B: Backend> {
+    backend: &'a B,
+    model: &'a Vgg<B>,
+    content: &'a Image,
+    styles: &'a [Image],
+    cfg: &'a RenderConfig,
+    lr: f64,
+    plans: Vec<MemoryPlan>,
+    scales: Vec<(usize, usize)>,
+    fingerprint: Vec<(String, String)>,
+    /// The current scale, and the iterations completed in it.
+    scale: usize,
+    done: usize,
+    active: Option<Active<'a, B>>,
+    /// The model-space image that starts the current scale when no scale is active: the
+    /// previous scale's result, or the state restored from a checkpoint.
+    carried: Option<Vec<f32>>,
+    /// A restored mid-scale state, applied when the scale is built.
+    restored: Option<(Option<Vec<f32>>, OptimizerState)>,
+    elapsed_before: Duration,
+    started: Instant,
+    status: SessionStatus,
+    last: Option<Progress>,
+}
+
+impl<'a, B: Backend> RenderSession<'a, B> {
+    /// A session at the start of a render, its settings checked and every scale's memory
+    /// plan made (so a budget that cannot be met is an error before any work).
+    pub fn new(
+        backend: &'a B,
+        model: &'a Vgg<B>,
+        content: &'a Image,
+        styles: &'a [Image],
+        cfg: &'a RenderConfig,
+    ) -> Result<Self> {
+        let lr = check_config(cfg, styles.len())?;
+        let plans = plan_scales(model, content, styles, cfg)?;
+        let fingerprint = fingerprint(backend, content, styles, cfg, &plans);
+        Ok(RenderSession {
+            backend,
+            model,
+            content,
+            styles,
+            cfg,
+            lr,
+            plans,
+            scales: scale_sizes(content, cfg),
+            fingerprint,
+            scale: 0,
+            done: 0,
+            active: None,
+            carried: None,
+            restored: None,
+            elapsed_before: Duration::ZERO,
+            started: Instant::now(),
+            status: SessionStatus::Running,
+            last: None,
+        })
+    }
+
+    /// A session continuing from `checkpoint`: refused, naming what differs, when the
+    /// checkpoint was made from other inputs or settings. Continuing gives exactly the bytes
+    /// the uninterrupted render would have.
+    pub fn resume(
+        backend: &'a B,
+        model: &'a Vgg<B>,
+        content: &'a Image,
+        styles: &'a [Image],
+        cfg: &'a RenderConfig,
+        checkpoint: Checkpoint,
+    ) -> Result<Self> {
+        Self::new(backend, model, content, styles, cfg)?.resume_from(checkpoint)
+    }
+
+    /// This fresh session (after any [`RenderSession::describe`]) moved to where `checkpoint`
+    /// stopped; refused, naming what differs, when the checkpoint is of another render.
+    pub fn resume_from(self, checkpoint: Checkpoint) -> Result<Self> {
+        let mut s = self;
+        let cfg = s.cfg;
+        if s.scale != 0 || s.done != 0 || s.active.is_some() || s.carried.is_some() {
+            return Err(Error::Checkpoint(
+                "a session can only resume before its first iteration".into(),
+            ));
+        }
+        let diff = checkpoint.differences(&s.fingerprint);
+        if !diff.is_empty() {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint is of another render: {}",
+                diff.join("; ")
+            )));
+        }
+        let Checkpoint {
+            scale,
+            iteration,
+            size,
+            image,
+            previous,
+            optimizer,
+            elapsed,
+            ..
+        } = checkpoint;
+        if scale >= s.scales.len()
+            || iteration > iterations_of(cfg, scale)
+            || size != s.scales[scale]
+            || image.len() != 3 * size.0 * size.1
+            || previous.as_ref().is_some_and(|p| p.len() != image.len())
+        {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint's position (scale {scale}, iteration {iteration}, {}x{}) is not one of this render's",
+                size.0, size.1
+            )));
+        }
+        let kind_ok = matches!(
+            (&optimizer, cfg.optimizer),
+            (OptimizerState::Stateless, _)
+                | (
+                    OptimizerState::Lbfgs(_),
+                    OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe
+                )
+                | (OptimizerState::Adam(_), OptimizerKind::Adam)
+        );
+        if !kind_ok {
+            return Err(Error::Checkpoint(
+                "the checkpoint holds another optimizer's state".into(),
+            ));
+        }
+        s.elapsed_before = elapsed;
+        if iteration == iterations_of(cfg, scale) {
+            // At a scale's end: the next scale starts from this image.
+            s.scale = scale + 1;
+            s.done = 0;
+            s.carried = Some(image);
+            if s.scale == s.scales.len() {
+                s.status = SessionStatus::Finished;
+            }
+        } else {
+            s.scale = scale;
+            s.done = iteration;
+            s.carried = Some(image);
+            s.restored = Some((previous, optimizer));
+        }
+        Ok(s)
+    }
+
+    /// Adds `(name, value)` to the fingerprint checkpoints record and resumes compare (e.g.
+    /// the thread count, which the driver knows and this crate does not).
+    pub fn describe(&mut self, name: &str, value: &str) {
+        self.fingerprint.retain(|(k, _)| k != name);
+        self.fingerprint.push((name.to_string(), value.to_string()));
+        self.fingerprint.sort();
+    }
+
+    /// The fingerprint of this render's inputs and settings.
+    pub fn fingerprint(&self) -> &[(String, String)] {
+        &self.fingerprint
+    }
+
+    /// The memory plan of every scale.
+    pub fn plans(&self) -> &[MemoryPlan] {
+        &self.plans
+    }
+
+    /// Where the render stands.
+    pub fn status(&self) -> &SessionStatus {
+        &self.status
+    }
+
+    /// The progress of the last iteration (`None` before the first one of this session).
+    pub fn last_progress(&self) -> Option<&Progress> {
+        self.last.as_ref()
+    }
+
+    /// The scale the next [`RenderSession::step`] starts, with its size and plan, when it
+    /// starts one (so a driver can apply the plan, e.g. a memory pool limit, first).
+    pub fn starting_scale(&self) -> Option<(usize, (usize, usize), &MemoryPlan)> {
+        (self.status == SessionStatus::Running && self.active.is_none())
+            .then(|| (self.scale, self.scales[self.scale], &self.plans[self.scale]))
+    }
+
+    /// The position as (scale, iterations completed in it).
+    pub fn position(&self) -> (usize, usize) {
+        (self.scale, self.done)
+    }
+
+    /// The number of scales.
+    pub fn scales(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Time spent rendering, including the time before a resume.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed_before + self.started.elapsed()
+    }
+
+    /// Builds the objective and the optimizer of the current scale.
+    fn start_scale(&mut self) -> Result<()> {
+        let si = self.scale;
+        let (w, h) = self.scales[si];
+        let conv = self.model.convention();
+        let backend = self.backend;
+        let cfg = self.cfg;
         // The previous scale's buffers are all of other sizes.
         backend.release_cached();
-        let content_s = content.resize(w, h);
+        let content = self.content.resize(w, h);
         let long = style_long_side(w, h, cfg.style_scale);
-        let style_t = styles
+        let style_t = self
+            .styles
             .iter()
             .map(|s| s.fit(long).to_model(backend, conv))
             .collect::<nst_tensor::Result<Vec<_>>>()?;
         let objective = Objective::with_tiling(
-            model,
+            self.model,
             &cfg.objective,
-            &content_s.to_model(backend, conv)?,
+            &content.to_model(backend, conv)?,
             &style_t,
             &cfg.style_blend,
-            plan.tiling,
+            self.plans[si].tiling,
         )?;
         drop(style_t);
-        let x0: Vec<f32> = match (&current, &cfg.init) {
-            (Some(prev), _) => conv.to_model(&prev.resize(w, h).data, h, w),
+        let restored = self.restored.take();
+        let x0: Vec<f32> = match (self.carried.take(), &cfg.init) {
+            (Some(x), _) if restored.is_some() => x,
+            (Some(prev), _) => {
+                // The previous scale's image, upsampled.
+                let (pw, ph) = self.scales[si - 1];
+                conv.to_model(
+                    &Image::from_model(&prev, pw, ph, conv).resize(w, h).data,
+                    h,
+                    w,
+                )
+            }
             (None, Init::Noise) => noise(w, h, cfg.seed),
-            (None, Init::Content) => conv.to_model(&content_s.data, h, w),
+            (None, Init::Content) => conv.to_model(&content.data, h, w),
             (None, Init::Image(img)) => conv.to_model(&img.resize(w, h).data, h, w),
         };
-        // The image stays on the device for the whole scale; only snapshots and the result
-        // come back.
-        let mut x = Tensor::from_f32(backend, &x0, [1, 3, h, w])?;
-        drop(x0);
-        let to_image = |x: &Tensor<B>| -> Result<Image> {
-            let img = Image::from_model(&x.to_f32()?, w, h, conv);
-            Ok(if cfg.original_colors {
-                img.with_colors_of(&content_s)
+        let shape = [1, 3, h, w];
+        let upload = |v: Vec<f32>| Tensor::from_f32(backend, &v, shape);
+        let x = upload(x0)?;
+        let lbfgs_cfg = LbfgsConfig {
+            learning_rate: self.lr,
+            history: self.plans[si].history,
+            line_search: if cfg.optimizer == OptimizerKind::LbfgsWolfe {
+                LineSearch::StrongWolfe
             } else {
-                img
-            })
+                LineSearch::None
+            },
+            ..Default::default()
         };
+        let adam_cfg = AdamConfig {
+            learning_rate: self.lr,
+            ..Default::default()
+        };
+        let invalid = |e: nst_optim::InvalidState| Error::Checkpoint(e.to_string());
+        let (previous, state) = match restored {
+            Some((p, s)) => (p.map(upload).transpose()?, s),
+            None => (None, OptimizerState::Stateless),
+        };
+        let opt = match (cfg.optimizer, state) {
+            (OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe, OptimizerState::Lbfgs(s)) => {
+                let s = s.try_map(upload)?;
+                AnyOptimizer::Lbfgs(Lbfgs::from_state(lbfgs_cfg, s).map_err(invalid)?)
+            }
+            (OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe, _) => {
+                AnyOptimizer::Lbfgs(Lbfgs::new(lbfgs_cfg))
+            }
+            (OptimizerKind::Adam, OptimizerState::Adam(s)) => {
+                let s = s.try_map(upload)?;
+                AnyOptimizer::Adam(Adam::from_state(adam_cfg, s).map_err(invalid)?)
+            }
+            (OptimizerKind::Adam, _) => AnyOptimizer::Adam(Adam::new(adam_cfg)),
+            (OptimizerKind::Gd, _) => AnyOptimizer::Gd(GradientDescent {
+                learning_rate: self.lr,
+            }),
+        };
+        self.active = Some(Active {
+            objective,
+            content,
+            x,
+            previous,
+            opt,
+        });
+        Ok(())
+    }
 
-        let first_terms: std::cell::RefCell<Option<Terms>> = Default::default();
+    /// Runs one iteration (starting the next scale first when one is due). Returns its
+    /// progress, or `None` when the render is over ([`RenderSession::status`] says why): every
+    /// scale done, or a non-finite loss, in which case the image is the last good one.
+    pub fn step(&mut self) -> Result<Option<Progress>> {
+        if self.status != SessionStatus::Running {
+            return Ok(None);
+        }
+        if self.active.is_none() {
+            self.start_scale()?;
+        }
+        let si = self.scale;
+        let (w, h) = self.scales[si];
+        let iterations = iterations_of(self.cfg, si);
+        let active = self.active.as_mut().expect("the scale was started");
+        let start = active.x.clone();
+        let mut first: Option<(f64, Vec<(String, f64)>)> = None;
+        let objective = &active.objective;
         let mut eval = |x: &Tensor<B>| -> std::result::Result<(f64, Tensor<B>), StepError> {
             let e = objective.evaluate(x).map_err(StepError::Failed)?;
             // The gradient's 1-norm is finite exactly when every entry is.
             let (g_l1, _) = e.grad.norms()?;
             if !e.total.is_finite() || !g_l1.is_finite() {
-                return Err(StepError::NonFinite(format!(
-                    "the loss became {} (terms: {})",
-                    e.total,
-                    e.terms
-                        .iter()
-                        .map(|(n, v)| format!("{n} {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            first_terms.borrow_mut().get_or_insert((e.total, e.terms));
-            Ok((e.total, e.grad))
-        };
-        let mut opt = match cfg.optimizer {
-            OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => {
-                AnyOptimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
-                    learning_rate: lr,
-                    history: plan.history,
-                    line_search: if cfg.optimizer == OptimizerKind::LbfgsWolfe {
-                        LineSearch::StrongWolfe
-                    } else {
-                        LineSearch::None
-                    },
-                    ..Default::default()
-                }))
-            }
-            OptimizerKind::Adam => AnyOptimizer::Adam(Adam::new(AdamConfig {
-                learning_rate: lr,
-                ..Default::default()
-            })),
-            OptimizerKind::Gd => AnyOptimizer::Gd(GradientDescent { learning_rate: lr }),
-        };
-        for it in 1..=iterations {
-            first_terms.borrow_mut().take();
-            let step = opt.step(&mut x, &mut eval);
-            match step {
-                Ok(_) => {}
-                Err(StepError::Failed(e)) => return Err(e),
-                Err(StepError::NonFinite(msg)) => {
-                    return Ok(Rendered {
-                        image: to_image(&x)?,
-                        stopped_early: Some(format!(
-                            "{msg} at iteration {it} of scale {}x{h}; kept the last good image",
-                            w
-                        )),
-                    })
-                }
-            }
-            let (total, terms) = first_terms
-                .borrow_mut()
-                .take()
-                .unwrap_or((f64::NAN, Vec::new()));
-            let progress = Progress {
-                scale: (si, scales.len()),
-                size: (w, h),
-                iteration: (it, iterations),
-                total,
-                terms,
-                elapsed: start.elapsed(),
-            };
-            if cfg.save_every > 0 && it % cfg.save_every == 0 {
-                observer.snapshot(&progress, &to_image(&x)?);
-            }
-            if !observer.iteration(&progress) {
-                return Ok(Rendered {
-                    image: to_image(&x)?,
-                    stopped_early: Some(format!("stopped at iteration {it}")),
+                return Err(StepError::NonFinite {
+                    message: format!(
+                        "the loss became {} (terms: {})",
+                        e.total,
+                        e.terms
+                            .iter()
+                            .map(|(n, v)| format!("{n} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    at_start: x.same_buffer(&start),
                 });
             }
+            first.get_or_insert((e.total, e.terms));
+            Ok((e.total, e.grad))
+        };
+        let step = active.opt.step(&mut active.x, &mut eval);
+        let it = self.done + 1;
+        match step {
+            Ok(_) => {}
+            Err(StepError::Failed(e)) => return Err(e),
+            Err(StepError::NonFinite { message, at_start }) => {
+                // The step failed before moving: `x` is where it started. When that point's
+                // own loss was the bad one, the last good image is the one before it.
+                if at_start {
+                    if let Some(p) = active.previous.take() {
+                        active.x = p;
+                    }
+                }
+                self.status = SessionStatus::Stopped(format!(
+                    "{message} at iteration {it} of scale {w}x{h}; kept the last good image"
+                ));
+                return Ok(None);
+            }
         }
-        current = Some(Image::from_model(&x.to_f32()?, w, h, conv));
+        active.previous = Some(start);
+        let (total, terms) = first.unwrap_or((f64::NAN, Vec::new()));
+        let elapsed = self.elapsed_before + self.started.elapsed();
+        self.done = it;
+        let progress = Progress {
+            scale: (si, self.scales.len()),
+            size: (w, h),
+            iteration: (it, iterations),
+            total,
+            terms,
+            elapsed,
+        };
+        if it == iterations {
+            let x = active.x.to_f32()?;
+            self.active = None;
+            self.carried = Some(x);
+            self.scale += 1;
+            self.done = 0;
+            if self.scale == self.scales.len() {
+                self.status = SessionStatus::Finished;
+            }
+        }
+        self.last = Some(progress.clone());
+        Ok(Some(progress))
     }
-    let last = current.expect("at least one scale");
-    let (w, h) = *scales.last().expect("at least one scale");
-    let image = if cfg.original_colors {
-        last.with_colors_of(&content.resize(w, h))
-    } else {
-        last
-    };
-    Ok(Rendered {
-        image,
-        stopped_early: None,
-    })
+
+    /// Stops the render early (e.g. a driver's stop button); the image stays as it is.
+    pub fn stop(&mut self, why: impl Into<String>) {
+        if self.status == SessionStatus::Running {
+            self.status = SessionStatus::Stopped(why.into());
+        }
+    }
+
+    /// The current image as the user gets it (with the content's colours when asked): the
+    /// last good one.
+    pub fn image(&self) -> Result<Image> {
+        let conv = self.model.convention();
+        let (img, content) = match &self.active {
+            Some(a) => {
+                let (w, h) = self.scales[self.scale];
+                (Image::from_model(&a.x.to_f32()?, w, h, conv), None)
+            }
+            None => {
+                // Between scales (or done): the image of the last finished scale, or the
+                // restored one.
+                let si = if self.restored.is_some() {
+                    self.scale
+                } else {
+                    self.scale.saturating_sub(1)
+                };
+                let (w, h) = self.scales[si];
+                let x = match &self.carried {
+                    Some(x) => x.clone(),
+                    None => match &self.cfg.init {
+                        Init::Noise => noise(w, h, self.cfg.seed),
+                        Init::Content => conv.to_model(&self.content.resize(w, h).data, h, w),
+                        Init::Image(img) => conv.to_model(&img.resize(w, h).data, h, w),
+                    },
+                };
+                (Image::from_model(&x, w, h, conv), Some((w, h)))
+            }
+        };
+        if !self.cfg.original_colors {
+            return Ok(img);
+        }
+        Ok(match (&self.active, content) {
+            (Some(a), _) => img.with_colors_of(&a.content),
+            (None, Some((w, h))) => img.with_colors_of(&self.content.resize(w, h)),
+            (None, None) => img,
+        })
+    }
+
+    /// Everything needed to continue this render later ([`RenderSession::resume`]).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let (scale, iteration, image, previous, optimizer) = match &self.active {
+            Some(a) => {
+                let host = |t: Tensor<B>| t.to_f32();
+                let optimizer = match &a.opt {
+                    AnyOptimizer::Lbfgs(o) => OptimizerState::Lbfgs(o.state().try_map(host)?),
+                    AnyOptimizer::Adam(o) => OptimizerState::Adam(o.state().try_map(host)?),
+                    AnyOptimizer::Gd(_) => OptimizerState::Stateless,
+                };
+                let previous = a.previous.as_ref().map(|p| p.to_f32()).transpose()?;
+                (self.scale, self.done, a.x.to_f32()?, previous, optimizer)
+            }
+            None => match (&self.carried, &self.restored) {
+                (Some(x), Some((p, o))) => (self.scale, self.done, x.clone(), p.clone(), o.clone()),
+                (Some(x), None) => {
+                    let si = self.scale - 1;
+                    let n = iterations_of(self.cfg, si);
+                    (si, n, x.clone(), None, OptimizerState::Stateless)
+                }
+                (None, _) => {
+                    return Err(Error::Checkpoint(
+                        "nothing to checkpoint before the first iteration".into(),
+                    ))
+                }
+            },
+        };
+        Ok(Checkpoint {
+            scale,
+            iteration,
+            size: self.scales[scale],
+            image,
+            previous,
+            optimizer,
+            elapsed: self.elapsed(),
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+
+    /// Writes [`RenderSession::checkpoint`] as a safetensors file, downloading one tensor at a
+    /// time (so it never holds a second copy of the optimizer's state).
+    pub fn write_checkpoint(&self, w: &mut dyn std::io::Write) -> Result<()> {
+        use crate::checkpoint::{Head, HeadOptimizer, Source};
+        let Some(a) = &self.active else {
+            return self.checkpoint()?.write_to(w);
+        };
+        fn src<B: Backend>(name: String, t: &Tensor<B>) -> Source<'_> {
+            (name, Box::new(move || Ok(t.to_f32()?)))
+        }
+        let lbfgs;
+        let adam;
+        let mut sources = vec![src("image".into(), &a.x)];
+        if let Some(p) = &a.previous {
+            sources.push(src("previous".into(), p));
+        }
+        let optimizer = match &a.opt {
+            AnyOptimizer::Lbfgs(o) => {
+                lbfgs = o.state();
+                for (i, (sv, yv, _)) in lbfgs.pairs.iter().enumerate() {
+                    sources.push(src(format!("lbfgs.s.{i}"), sv));
+                    sources.push(src(format!("lbfgs.y.{i}"), yv));
+                }
+                if let Some((ls, lg)) = &lbfgs.last {
+                    sources.push(src("lbfgs.last_s".into(), ls));
+                    sources.push(src("lbfgs.last_g".into(), lg));
+                }
+                HeadOptimizer::Lbfgs {
+                    rho: lbfgs.pairs.iter().map(|p| p.2).collect(),
+                    h_diag: lbfgs.h_diag,
+                    last: lbfgs.last.is_some(),
+                }
+            }
+            AnyOptimizer::Adam(o) => {
+                adam = o.state();
+                if let Some((m, v)) = &adam.moments {
+                    sources.push(src("adam.m".into(), m));
+                    sources.push(src("adam.v".into(), v));
+                }
+                HeadOptimizer::Adam { steps: adam.steps }
+            }
+            AnyOptimizer::Gd(_) => HeadOptimizer::Stateless,
+        };
+        let head = Head {
+            scale: self.scale,
+            iteration: self.done,
+            size: self.scales[self.scale],
+            elapsed: self.elapsed(),
+            fingerprint: &self.fingerprint,
+            optimizer,
+        };
+        crate::checkpoint::write(w, &head, &sources)
+    }
+
+    /// The result: the final image, or the last good one with the reason the render stopped.
+    pub fn finish(self) -> Result<Rendered> {
+        let image = self.image()?;
+        let stopped_early = match &self.status {
+            SessionStatus::Finished => None,
+            SessionStatus::Stopped(why) => Some(why.clone()),
+            SessionStatus::Running => Some(match &self.last {
+                Some(p) => format!("stopped at iteration {}", p.iteration.0),
+                None => "stopped before the first iteration".into(),
+            }),
+        };
+        Ok(Rendered {
+            image,
+            stopped_early,
+        })
+    }
+}
+
+/// Runs a render of `content` in the style of `styles` on the model's backend, reporting to
+/// `observer` (a [`RenderSession`] driven to its end).
+pub fn render<B: Backend>(
+    backend: &B,
+    model: &Vgg<B>,
+    content: &Image,
+    styles: &[Image],
+    cfg: &RenderConfig,
+    observer: &mut dyn Observer,
+) -> Result<Rendered> {
+    let mut session = RenderSession::new(backend, model, content, styles, cfg)?;
+    loop {
+        if let Some((si, size, plan)) = session.starting_scale() {
+            observer.plan(si, size, plan);
+        }
+        let Some(progress) = session.step()? else {
+            break;
+        };
+        if cfg.save_every > 0 && progress.iteration.0 % cfg.save_every == 0 {
+            observer.snapshot(&progress, &session.image()?);
+        }
+        if !observer.iteration(&progress) {
+            session.stop(format!("stopped at iteration {}", progress.iteration.0));
+            break;
+        }
+    }
+    session.finish()
 }

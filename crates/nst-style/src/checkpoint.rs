@@ -1,0 +1,405 @@
+//! [`Checkpoint`]: everything a render needs to continue where it stopped, as one safetensors
+//! file (the tensors, plus the counters and the fingerprint of the inputs and settings in its
+//! metadata).
+//!
+//! The reader trusts nothing in the file: every count, shape and number is checked against
+//! the others before anything is allocated from it, and anything inconsistent is an
+//! [`Error::Checkpoint`].
+
+use crate::{Error, Result};
+use nst_optim::{AdamState, LbfgsState};
+use safetensors::tensor::Dtype;
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+/// The format name written into every checkpoint.
+const FORMAT: &str = "nst-checkpoint";
+/// The version of the layout below.
+const VERSION: &str = "1";
+/// The most correction pairs a checkpoint may hold (far beyond any useful history).
+const MAX_PAIRS: usize = 100_000;
+
+/// The optimizer's saved state, on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptimizerState {
+    /// L-BFGS (with or without a line search).
+    Lbfgs(LbfgsState<Vec<f32>>),
+    /// Adam.
+    Adam(AdamState<Vec<f32>>),
+    /// Gradient descent keeps no state.
+    Stateless,
+}
+
+/// The state of a render between two iterations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// The scale the render is in (0-based).
+    pub scale: usize,
+    /// Iterations completed in that scale (equal to its iteration count at a scale's end).
+    pub iteration: usize,
+    /// Width and height of the scale.
+    pub size: (usize, usize),
+    /// The image in model space (`3 x h x w`).
+    pub image: Vec<f32>,
+    /// The image before the last iteration, the last one known to have a finite loss (`None`
+    /// at a scale's start).
+    pub previous: Option<Vec<f32>>,
+    /// The optimizer's state (`Stateless` at a scale's end: the next scale starts afresh).
+    pub optimizer: OptimizerState,
+    /// Render time spent before this checkpoint.
+    pub elapsed: Duration,
+    /// What the render was made from: `(name, value)` pairs of digests of the inputs and of
+    /// the settings; a resume with a different fingerprint is refused.
+    pub fingerprint: Vec<(String, String)>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Checkpoint(msg.into())
+}
+
+/// What a checkpoint's metadata says besides the fingerprint.
+pub(crate) struct Head<'a> {
+    pub(crate) scale: usize,
+    pub(crate) iteration: usize,
+    pub(crate) size: (usize, usize),
+    pub(crate) elapsed: Duration,
+    pub(crate) fingerprint: &'a [(String, String)],
+    pub(crate) optimizer: HeadOptimizer,
+}
+
+/// The optimizer's scalars.
+pub(crate) enum HeadOptimizer {
+    Stateless,
+    Lbfgs {
+        rho: Vec<f64>,
+        h_diag: f64,
+        last: bool,
+    },
+    Adam {
+        steps: u32,
+    },
+}
+
+/// An image-shaped tensor to write, produced when its turn comes (so a device tensor is
+/// downloaded one at a time, never all at once).
+pub(crate) type Source<'s> = (String, Box<dyn Fn() -> Result<Vec<f32>> + 's>);
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes a checkpoint as a safetensors file: the header (every tensor's shape and offsets,
+/// the metadata), then each tensor's bytes as its source produces them.
+pub(crate) fn write(w: &mut dyn Write, head: &Head<'_>, images: &[Source<'_>]) -> Result<()> {
+    let (width, height) = head.size;
+    let image_bytes = 3 * width * height * 4;
+    let mut meta: Vec<(String, String)> = vec![
+        ("format".into(), FORMAT.into()),
+        ("version".into(), VERSION.into()),
+        ("scale".into(), head.scale.to_string()),
+        ("iteration".into(), head.iteration.to_string()),
+        ("width".into(), width.to_string()),
+        ("height".into(), height.to_string()),
+        ("elapsed_ns".into(), head.elapsed.as_nanos().to_string()),
+    ];
+    let mut rho_bytes: Vec<u8> = Vec::new();
+    match &head.optimizer {
+        HeadOptimizer::Stateless => meta.push(("optimizer".into(), "none".into())),
+        HeadOptimizer::Lbfgs { rho, h_diag, last } => {
+            meta.push(("optimizer".into(), "lbfgs".into()));
+            meta.push(("lbfgs.pairs".into(), rho.len().to_string()));
+            meta.push(("lbfgs.h_diag".into(), format!("{:016x}", h_diag.to_bits())));
+            meta.push(("lbfgs.last".into(), last.to_string()));
+            rho_bytes = rho.iter().flat_map(|r| r.to_le_bytes()).collect();
+        }
+        HeadOptimizer::Adam { steps } => {
+            meta.push(("optimizer".into(), "adam".into()));
+            meta.push(("adam.steps".into(), steps.to_string()));
+        }
+    }
+    for (k, v) in head.fingerprint {
+        meta.push((format!("fp.{k}"), v.clone()));
+    }
+    let mut header = String::from("{\"__metadata__\":{");
+    header.push_str(
+        &meta
+            .iter()
+            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    header.push('}');
+    let mut offset = 0usize;
+    if !rho_bytes.is_empty() {
+        header.push_str(&format!(
+            ",\"lbfgs.rho\":{{\"dtype\":\"F64\",\"shape\":[{}],\"data_offsets\":[0,{}]}}",
+            rho_bytes.len() / 8,
+            rho_bytes.len()
+        ));
+        offset = rho_bytes.len();
+    }
+    for (name, _) in images {
+        header.push_str(&format!(
+            ",{}:{{\"dtype\":\"F32\",\"shape\":[1,3,{height},{width}],\"data_offsets\":[{offset},{}]}}",
+            json_str(name),
+            offset + image_bytes
+        ));
+        offset += image_bytes;
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let io = |e: std::io::Error| bad(format!("cannot write the checkpoint: {e}"));
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(header.as_bytes()).map_err(io)?;
+    w.write_all(&rho_bytes).map_err(io)?;
+    for (name, source) in images {
+        let data = source()?;
+        if data.len() * 4 != image_bytes {
+            return Err(bad(format!("tensor {name} does not have the image's size")));
+        }
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.write_all(&bytes).map_err(io)?;
+    }
+    Ok(())
+}
+
+impl Checkpoint {
+    /// The names of the image-shaped tensors and the optimizer's scalars of a state.
+    fn parts(&self) -> (Vec<(String, &[f32])>, HeadOptimizer) {
+        let mut v: Vec<(String, &[f32])> = vec![("image".into(), &self.image)];
+        if let Some(p) = &self.previous {
+            v.push(("previous".into(), p));
+        }
+        let head = match &self.optimizer {
+            OptimizerState::Stateless => HeadOptimizer::Stateless,
+            OptimizerState::Lbfgs(s) => {
+                for (i, (sv, yv, _)) in s.pairs.iter().enumerate() {
+                    v.push((format!("lbfgs.s.{i}"), sv));
+                    v.push((format!("lbfgs.y.{i}"), yv));
+                }
+                if let Some((ls, lg)) = &s.last {
+                    v.push(("lbfgs.last_s".into(), ls));
+                    v.push(("lbfgs.last_g".into(), lg));
+                }
+                HeadOptimizer::Lbfgs {
+                    rho: s.pairs.iter().map(|p| p.2).collect(),
+                    h_diag: s.h_diag,
+                    last: s.last.is_some(),
+                }
+            }
+            OptimizerState::Adam(s) => {
+                if let Some((m, mv)) = &s.moments {
+                    v.push(("adam.m".into(), m));
+                    v.push(("adam.v".into(), mv));
+                }
+                HeadOptimizer::Adam { steps: s.steps }
+            }
+        };
+        (v, head)
+    }
+
+    /// Writes the checkpoint as a safetensors file.
+    pub fn write_to(&self, w: &mut dyn Write) -> Result<()> {
+        let (parts, optimizer) = self.parts();
+        let head = Head {
+            scale: self.scale,
+            iteration: self.iteration,
+            size: self.size,
+            elapsed: self.elapsed,
+            fingerprint: &self.fingerprint,
+            optimizer,
+        };
+        let sources: Vec<Source<'_>> = parts
+            .into_iter()
+            .map(|(n, d)| -> Source<'_> { (n, Box::new(move || Ok(d.to_vec()))) })
+            .collect();
+        write(w, &head, &sources)
+    }
+
+    /// The checkpoint as the bytes of a safetensors file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// Reads a checkpoint written by [`Checkpoint::to_bytes`], checking everything.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
+        let meta = header
+            .metadata()
+            .clone()
+            .ok_or_else(|| bad("not a checkpoint (no metadata)"))?;
+        let get = |k: &str| -> Result<&str> {
+            meta.get(k)
+                .map(String::as_str)
+                .ok_or_else(|| bad(format!("the checkpoint has no {k}")))
+        };
+        let num = |k: &str| -> Result<usize> {
+            get(k)?
+                .parse::<usize>()
+                .map_err(|_| bad(format!("the checkpoint's {k} is not a count")))
+        };
+        if get("format")? != FORMAT {
+            return Err(bad("not an nst checkpoint"));
+        }
+        if get("version")? != VERSION {
+            return Err(bad(format!(
+                "checkpoint version {} (this build reads version {VERSION})",
+                get("version")?
+            )));
+        }
+        let (w, h) = (num("width")?, num("height")?);
+        let len = w
+            .checked_mul(h)
+            .and_then(|p| p.checked_mul(3))
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad(format!("bad image size {w}x{h}")))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
+        let read = |name: &str| -> Result<Option<Vec<f32>>> {
+            let t = match st.tensor(name) {
+                Ok(t) => t,
+                Err(_) => return Ok(None),
+            };
+            if t.dtype() != Dtype::F32 || t.shape() != [1, 3, h, w] {
+                return Err(bad(format!(
+                    "tensor {name} is {:?} {:?}, expected F32 [1, 3, {h}, {w}]",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            let data = t.data();
+            if data.len() != len * 4 {
+                return Err(bad(format!("tensor {name} has the wrong length")));
+            }
+            Ok(Some(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ))
+        };
+        let need = |name: &str| -> Result<Vec<f32>> {
+            read(name)?.ok_or_else(|| bad(format!("the checkpoint has no tensor {name}")))
+        };
+        let image = need("image")?;
+        let previous = read("previous")?;
+        let optimizer = match get("optimizer")? {
+            "none" => OptimizerState::Stateless,
+            "lbfgs" => {
+                let n = num("lbfgs.pairs")?;
+                if n > MAX_PAIRS {
+                    return Err(bad(format!("{n} correction pairs")));
+                }
+                let bits = u64::from_str_radix(get("lbfgs.h_diag")?, 16)
+                    .map_err(|_| bad("the checkpoint's lbfgs.h_diag is not a number"))?;
+                let rho: Vec<f64> = if n == 0 {
+                    Vec::new()
+                } else {
+                    let t = st
+                        .tensor("lbfgs.rho")
+                        .map_err(|_| bad("the checkpoint has no tensor lbfgs.rho"))?;
+                    if t.dtype() != Dtype::F64 || t.shape() != [n] || t.data().len() != n * 8 {
+                        return Err(bad("tensor lbfgs.rho does not match lbfgs.pairs"));
+                    }
+                    t.data()
+                        .chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect()
+                };
+                let pairs = (0..n)
+                    .map(|i| {
+                        Ok((
+                            need(&format!("lbfgs.s.{i}"))?,
+                            need(&format!("lbfgs.y.{i}"))?,
+                            rho[i],
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let last = match get("lbfgs.last")? {
+                    "true" => Some((need("lbfgs.last_s")?, need("lbfgs.last_g")?)),
+                    "false" => None,
+                    _ => return Err(bad("the checkpoint's lbfgs.last is not true or false")),
+                };
+                OptimizerState::Lbfgs(LbfgsState {
+                    pairs,
+                    last,
+                    h_diag: f64::from_bits(bits),
+                })
+            }
+            "adam" => {
+                let steps = u32::try_from(num("adam.steps")?)
+                    .map_err(|_| bad("the checkpoint's adam.steps is too large"))?;
+                let moments = match (read("adam.m")?, read("adam.v")?) {
+                    (Some(m), Some(v)) => Some((m, v)),
+                    (None, None) => None,
+                    _ => return Err(bad("the checkpoint has one of Adam's moments only")),
+                };
+                OptimizerState::Adam(AdamState { moments, steps })
+            }
+            other => return Err(bad(format!("unknown optimizer {other:?}"))),
+        };
+        let elapsed_ns: u64 = get("elapsed_ns")?
+            .parse()
+            .map_err(|_| bad("the checkpoint's elapsed_ns is not a count"))?;
+        let mut fingerprint: Vec<(String, String)> = meta
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("fp.").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        fingerprint.sort();
+        Ok(Checkpoint {
+            scale: num("scale")?,
+            iteration: num("iteration")?,
+            size: (w, h),
+            image,
+            previous,
+            optimizer,
+            elapsed: Duration::from_nanos(elapsed_ns),
+            fingerprint,
+        })
+    }
+
+    /// The names (and values, checkpoint first) of the fingerprint entries that differ from
+    /// `current`: empty when the checkpoint belongs to this render.
+    pub fn differences(&self, current: &[(String, String)]) -> Vec<String> {
+        let theirs: HashMap<&str, &str> = self
+            .fingerprint
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let ours: HashMap<&str, &str> = current
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut keys: Vec<&str> = theirs.keys().chain(ours.keys()).copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| theirs.get(k) != ours.get(k))
+            .map(|k| {
+                format!(
+                    "{k} ({} in the checkpoint, {} now)",
+                    theirs.get(k).copied().unwrap_or("absent"),
+                    ours.get(k).copied().unwrap_or("absent")
+                )
+            })
+            .collect()
+    }
+}
