@@ -1,12 +1,13 @@
 //! End-to-end tests of the workspace: real weights, real images, the `nst` binary.
 //!
-//! Tests that need the weights find them through `NST_WEIGHTS` or `weights/vgg19.safetensors`.
-//! Under `cargo xtask test` and CI (`NST_REQUIRE_WEIGHTS=1`) missing weights fail the test;
-//! under plain `cargo test` such a test prints why it skips and returns.
+//! Tests that need the weights find them through `NST_WEIGHTS` or `weights/vgg19.safetensors`
+//! and fail when they are missing; `cargo xtask test` fetches them (and installs NumPy for the
+//! reference tests).
 #![allow(clippy::print_stderr)]
 
 mod device;
 mod features;
+mod guard;
 mod tiled;
 
 use nst_cpu::Cpu64;
@@ -23,25 +24,18 @@ pub(crate) fn images() -> PathBuf {
         .unwrap_or_else(|| root().join("..").join("shared").join("images"))
 }
 
-/// The weights' path, or `None` (after printing why) when the test should skip.
-pub(crate) fn weights() -> Option<PathBuf> {
+/// The weights' path; a test that needs them fails when they are missing (`cargo xtask test`
+/// fetches them).
+pub(crate) fn weights() -> PathBuf {
     let path = std::env::var_os("NST_WEIGHTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("weights").join("vgg19.safetensors"));
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("NST_REQUIRE_WEIGHTS").is_some() {
-        panic!(
-            "weights not found at {} (run `cargo xtask fetch-weights`)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIP: weights not found at {}; run `cargo xtask fetch-weights` (cargo xtask test does)",
+    assert!(
+        path.is_file(),
+        "weights not found at {} (run `cargo xtask fetch-weights`; `cargo xtask test` does)",
         path.display()
     );
-    None
+    path
 }
 
 /// An image from the shared folder as interleaved RGB 0-255, cropped to `w x h` at (x0, y0).
@@ -54,9 +48,8 @@ pub(crate) fn image_crop(name: &str, x0: u32, y0: u32, w: u32, h: u32) -> Vec<f3
     crop.as_raw().iter().map(|&v| v as f32).collect()
 }
 
-pub(crate) fn vgg64() -> Option<nst_vgg::Vgg<Cpu64>> {
-    let path = weights()?;
-    let bytes = std::fs::read(path).unwrap();
-    Some(nst_vgg::Vgg::from_safetensors(&Cpu64::new(2), &bytes).unwrap())
+pub(crate) fn vgg64() -> nst_vgg::Vgg<Cpu64> {
+    let bytes = std::fs::read(weights()).unwrap();
+    nst_vgg::Vgg::from_safetensors(&Cpu64::new(2), &bytes).unwrap()
 }
 mod reference;

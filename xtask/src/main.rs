@@ -191,7 +191,7 @@ fn test(extra: &[String]) -> Result<()> {
     c.env("NST_WEIGHTS", weights::vgg19_path(&root))
         .env("NST_REQUIRE_WEIGHTS", "1")
         .env("NST_REQUIRE_NVRTC", "1")
-        .env("LD_LIBRARY_PATH", ld)
+        .env("LD_LIBRARY_PATH", &ld)
         .args([
             "test",
             "--workspace",
@@ -199,7 +199,26 @@ fn test(extra: &[String]) -> Result<()> {
             "nst-cli/cuda,nst-bench/cuda",
         ])
         .args(extra);
-    status(c)
+    status(c)?;
+    // Where there is a GPU, the CUDA parity tests (ignored elsewhere) run too.
+    let gpu = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"));
+    if gpu {
+        let mut c = cargo();
+        c.env("LD_LIBRARY_PATH", &ld).args([
+            "test",
+            "-p",
+            "nst-cuda",
+            "--test",
+            "it",
+            "--",
+            "--ignored",
+        ]);
+        status(c)?;
+    }
+    Ok(())
 }
 
 fn gradcheck(args: &[String]) -> Result<()> {

@@ -43,8 +43,21 @@ impl<'t, B: Backend> Var<'t, B> {
         })
     }
 
+    /// Refuses an operand recorded on another tape (its node id would mean another node here).
+    fn same_tape(&self, other: &Self, op: &'static str) -> Result<()> {
+        if std::ptr::eq(self.tape, other.tape) {
+            Ok(())
+        } else {
+            Err(nst_tensor::Error::invalid(
+                op,
+                "the operands belong to different tapes",
+            ))
+        }
+    }
+
     /// `a + b`.
     pub fn add(&self, rhs: &Self) -> Result<Self> {
+        self.same_tape(rhs, "add")?;
         let y = self.value.add(&rhs.value)?;
         let (a, b) = ((self.requires_grad, self.id), (rhs.requires_grad, rhs.id));
         Ok(self.tape.record(y, a.0 || b.0, move |g| {
@@ -57,6 +70,7 @@ impl<'t, B: Backend> Var<'t, B> {
 
     /// `a - b`.
     pub fn sub(&self, rhs: &Self) -> Result<Self> {
+        self.same_tape(rhs, "sub")?;
         let y = self.value.sub(&rhs.value)?;
         let (a, b) = ((self.requires_grad, self.id), (rhs.requires_grad, rhs.id));
         Ok(self.tape.record(y, a.0 || b.0, move |g| {
@@ -67,6 +81,7 @@ impl<'t, B: Backend> Var<'t, B> {
 
     /// `a * b`, elementwise.
     pub fn mul(&self, rhs: &Self) -> Result<Self> {
+        self.same_tape(rhs, "mul")?;
         let y = self.value.mul(&rhs.value)?;
         let (a, b) = ((self.requires_grad, self.id), (rhs.requires_grad, rhs.id));
         let (av, bv) = (
@@ -185,6 +200,7 @@ impl<'t, B: Backend> Var<'t, B> {
     /// When both operands are the same value and exactly one is transposed (a Gram matrix
     /// `A·Aᵀ` or `Aᵀ·A`), the backward pass is one product with `G + Gᵀ` instead of two.
     pub fn matmul_t(&self, rhs: &Self, ta: bool, tb: bool) -> Result<Self> {
+        self.same_tape(rhs, "matmul")?;
         let y = self.value.matmul_t(&rhs.value, ta, tb)?;
         if self.id == rhs.id && ta != tb {
             let x = self.value.clone();
@@ -243,6 +259,10 @@ impl<'t, B: Backend> Var<'t, B> {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        self.same_tape(weight, "conv2d")?;
+        if let Some(b) = bias {
+            self.same_tape(b, "conv2d")?;
+        }
         let y = self
             .value
             .conv2d(&weight.value, bias.map(|b| &b.value), stride, padding)?;
@@ -283,6 +303,10 @@ impl<'t, B: Backend> Var<'t, B> {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        self.same_tape(weight, "conv2d_relu")?;
+        if let Some(b) = bias {
+            self.same_tape(b, "conv2d_relu")?;
+        }
         if weight.requires_grad || bias.is_some_and(|b| b.requires_grad) {
             return self.conv2d(weight, bias, stride, padding)?.relu();
         }

@@ -36,7 +36,12 @@ struct Node<B: Backend> {
 /// ```
 pub struct Tape<B: Backend> {
     nodes: RefCell<Vec<Node<B>>>,
+    /// Unique among the tapes of this process, so gradients know which tape they came from.
+    id: u64,
 }
+
+/// The id of the next tape.
+static NEXT_TAPE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<B: Backend> Default for Tape<B> {
     fn default() -> Self {
@@ -74,6 +79,7 @@ impl<B: Backend> Tape<B> {
     pub fn new() -> Self {
         Tape {
             nodes: RefCell::new(Vec::new()),
+            id: NEXT_TAPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -225,23 +231,35 @@ impl<B: Backend> Tape<B> {
                 None => {}
             }
         }
-        Ok(Gradients { grads: leaves })
+        Ok(Gradients {
+            grads: leaves,
+            tape: self.id,
+        })
     }
 }
 
 /// The gradients of the variables of a tape, from [`Tape::backward`].
 pub struct Gradients<B: Backend> {
     grads: Vec<Option<Tensor<B>>>,
+    tape: u64,
 }
 
 impl<B: Backend> Gradients<B> {
-    /// The gradient of `var`, if the loss depends on it.
+    /// The gradient of `var`, if the loss depends on it (`None` for a variable of another
+    /// tape).
     pub fn get(&self, var: &Var<'_, B>) -> Option<&Tensor<B>> {
+        if var.tape.id != self.tape {
+            return None;
+        }
         self.grads.get(var.id).and_then(|g| g.as_ref())
     }
 
-    /// Takes the gradient of `var` out, if the loss depends on it.
+    /// Takes the gradient of `var` out, if the loss depends on it (`None` for a variable of
+    /// another tape).
     pub fn take(&mut self, var: &Var<'_, B>) -> Option<Tensor<B>> {
+        if var.tape.id != self.tape {
+            return None;
+        }
         self.grads.get_mut(var.id).and_then(|g| g.take())
     }
 }

@@ -241,7 +241,7 @@ fn measure_on<B: nst_tensor::Backend>(
             // The image and the optimizer's state stay on the device, as in `nst render`.
             let mut x = Tensor::from_f32(
                 be,
-                &conv.to_model(&content.data, size, size),
+                &conv.to_model(content.data(), size, size),
                 [1, 3, size, size],
             )?;
             let mut opt = nst_optim::Lbfgs::new(Default::default());
@@ -360,7 +360,7 @@ fn pytorch(
     std::fs::create_dir_all(&dir)?;
     let write = |name: &str, img: &nst_style::Image| -> Result<std::path::PathBuf> {
         let p = dir.join(name);
-        let bytes: Vec<u8> = img.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = img.data().iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&p, bytes)?;
         Ok(p)
     };

@@ -82,7 +82,7 @@ fn inputs(dir: &Path, w: usize, h: usize) -> Result<(PathBuf, PathBuf)> {
     let save = |name: &str, src: &str| -> Result<PathBuf> {
         let img = crate::load_rgb(src)?.resize(w, h);
         let bytes: Vec<u8> = img
-            .data
+            .data()
             .iter()
             .map(|v| v.round().clamp(0.0, 255.0) as u8)
             .collect();

@@ -58,7 +58,7 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
     let peak = plans.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
     for (i, p) in plans.iter().enumerate() {
         let (w, h) = if cfg.scales.is_empty() {
-            (content.width, content.height)
+            (content.width(), content.height())
         } else {
             content.fitted_size(cfg.scales[i])
         };

@@ -36,12 +36,12 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let styles = common::load_styles(&a.inputs.style, a.model.max_pixels)?;
     let image = io::load_image(&a.image, a.model.max_pixels)?;
     ensure!(
-        (image.width, image.height) == (content.width, content.height),
+        (image.width(), image.height()) == (content.width(), content.height()),
         "the image is {}x{} but the content is {}x{}: they must have the same size",
-        image.width,
-        image.height,
-        content.width,
-        content.height
+        image.width(),
+        image.height(),
+        content.width(),
+        content.height()
     );
     io::check_writable(&a.out)?;
     let model = a.model.model(cpu)?;
@@ -51,8 +51,8 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         .map(|s| s.to_model(cpu, conv))
         .collect::<nst_tensor::Result<Vec<_>>>()?;
     let req = nst_style::PlanRequest {
-        size: (content.width, content.height),
-        style_sizes: styles.iter().map(|s| (s.width, s.height)).collect(),
+        size: (content.width(), content.height()),
+        style_sizes: styles.iter().map(|s| (s.width(), s.height())).collect(),
         optimizer: nst_style::OptimizerKind::Gd,
         history: 1,
         iterations: 1,
@@ -70,10 +70,14 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         plan.tiling,
     )?;
     let e = objective.evaluate(&image.to_model(cpu, conv)?)?;
-    let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height, image.width);
+    let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height(), image.width());
     io::save_tensors(
         &a.out,
-        &[("grad".to_string(), vec![3, image.height, image.width], g)],
+        &[(
+            "grad".to_string(),
+            vec![3, image.height(), image.width()],
+            g,
+        )],
     )?;
     println!(
         "{}",

@@ -53,8 +53,8 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     eprintln!(
         "wrote {} layers of {}x{} {} to {}",
         tensors.len(),
-        img.width,
-        img.height,
+        img.width(),
+        img.height(),
         a.image.display(),
         a.out.display()
     );

@@ -217,12 +217,12 @@ pub(crate) fn save_image_with(img: &Image, path: &Path, opts: &SaveOptions) -> R
     use image::ImageFormat as F;
     check_save_options(path, opts)?;
     let format = output_format(path)?;
-    let (w, h) = (img.width as u32, img.height as u32);
+    let (w, h) = (img.width() as u32, img.height() as u32);
     let rgb8;
     let rgb16: Vec<u8>;
     let (bytes, color): (&[u8], image::ExtendedColorType) = if opts.bit_depth == 16 {
         rgb16 = img
-            .data
+            .data()
             .iter()
             .flat_map(|v| ((v * 257.0).round().clamp(0.0, 65535.0) as u16).to_ne_bytes())
             .collect();
@@ -231,7 +231,7 @@ pub(crate) fn save_image_with(img: &Image, path: &Path, opts: &SaveOptions) -> R
         rgb8 = img.to_rgb8();
         (&rgb8, image::ExtendedColorType::Rgb8)
     };
-    if bytes.len() != img.width * img.height * 3 * usize::from(opts.bit_depth / 8) {
+    if bytes.len() != img.width() * img.height() * 3 * usize::from(opts.bit_depth / 8) {
         bail!("image buffer does not match its size");
     }
     let shown = path.display();

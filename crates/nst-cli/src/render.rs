@@ -575,8 +575,8 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         eprintln!(
             "wrote {} ({}x{}) in {:.1}s{}",
             a.out.display(),
-            rendered.image.width,
-            rendered.image.height,
+            rendered.image.width(),
+            rendered.image.height(),
             start.elapsed().as_secs_f64(),
             peak.map(|b| format!(", peak memory {}", nst_style::memory::format_bytes(b)))
                 .unwrap_or_default()

@@ -18,7 +18,7 @@ pub use pool::{set_pool_limit, BufPool};
 
 use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
-    Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
+    check, Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
 };
 use ops::winograd::{Filters, Fused, Variant};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -365,10 +365,12 @@ impl<E: Element> Backend for CpuBackend<E> {
     }
 
     fn sum_axis(&self, x: &Self::Buffer, shape: &Shape, axis: usize) -> Result<Self::Buffer> {
+        check::shape_axis("sum_axis", x.len(), shape, axis)?;
         Ok(self.run(|| ops::reduce::sum_axis(x.as_slice(), shape, axis)))
     }
 
     fn broadcast(&self, x: &Self::Buffer, from: &Shape, to: &Shape) -> Result<Self::Buffer> {
+        check::broadcast("broadcast", x.len(), from, to)?;
         Ok(self.run(|| ops::reduce::broadcast(x.as_slice(), from, to)))
     }
 
@@ -380,6 +382,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         start: usize,
         len: usize,
     ) -> Result<Self::Buffer> {
+        check::narrow("narrow", x.len(), shape, axis, start, len)?;
         Ok(self.run(|| ops::reduce::narrow(x.as_slice(), shape, axis, start, len)))
     }
 
@@ -391,11 +394,12 @@ impl<E: Element> Backend for CpuBackend<E> {
         start: usize,
         full: usize,
     ) -> Result<Self::Buffer> {
+        check::narrow_backward("narrow_backward", dy.len(), shape, axis, start, full)?;
         Ok(self.run(|| ops::reduce::narrow_backward(dy.as_slice(), shape, axis, start, full)))
     }
 
     fn transpose(&self, x: &Self::Buffer, rows: usize, cols: usize) -> Result<Self::Buffer> {
-        if x.len() != rows * cols {
+        if rows.checked_mul(cols) != Some(x.len()) {
             return Err(Error::invalid(
                 "transpose",
                 "buffer does not match its shape",
@@ -414,16 +418,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         ta: bool,
         tb: bool,
     ) -> Result<Self::Buffer> {
-        if a.len() != m * k || b.len() != k * n {
-            return Err(Error::invalid(
-                "matmul",
-                format!(
-                    "buffers of {} and {} elements for {m}x{k} · {k}x{n}",
-                    a.len(),
-                    b.len()
-                ),
-            ));
-        }
+        check::matmul("matmul", a.len(), b.len(), m, k, n)?;
         Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
     }
 
@@ -434,6 +429,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         bias: Option<&Self::Buffer>,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
+        p.check_forward("conv2d", x.len(), w.len(), bias.map(|b| b.len()))?;
         Ok(self.conv_forward(x, w, bias, p, false))
     }
 
@@ -443,6 +439,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         w: &Self::Buffer,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
+        p.check_backward_input("conv2d_backward_input", dy.len(), w.len())?;
         Ok(self.conv_backward_input(dy, w, None, p))
     }
 
@@ -453,6 +450,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         bias: Option<&Self::Buffer>,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
+        p.check_forward("conv2d_relu", x.len(), w.len(), bias.map(|b| b.len()))?;
         Ok(self.conv_forward(x, w, bias, p, true))
     }
 
@@ -464,6 +462,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
         lengths("conv2d_relu_backward_input", y, dy)?;
+        p.check_backward_input("conv2d_relu_backward_input", dy.len(), w.len())?;
         Ok(self.conv_backward_input(dy, w, Some(y), p))
     }
 
@@ -473,10 +472,12 @@ impl<E: Element> Backend for CpuBackend<E> {
         dy: &Self::Buffer,
         p: &Conv2dParams,
     ) -> Result<Self::Buffer> {
+        p.check_backward_weight("conv2d_backward_weight", x.len(), dy.len())?;
         Ok(self.run(|| ops::conv::backward_weight(self, x.as_slice(), dy.as_slice(), p)))
     }
 
     fn pool2d(&self, x: &Self::Buffer, p: &Pool2dParams) -> Result<Self::Buffer> {
+        p.check("pool2d", x.len(), None)?;
         Ok(self.run(|| ops::pool::forward(x.as_slice(), p)))
     }
 
@@ -486,6 +487,7 @@ impl<E: Element> Backend for CpuBackend<E> {
         dy: &Self::Buffer,
         p: &Pool2dParams,
     ) -> Result<Self::Buffer> {
+        p.check("pool2d_backward", x.len(), Some(dy.len()))?;
         Ok(self.run(|| ops::pool::backward(x.as_slice(), dy.as_slice(), p)))
     }
 }

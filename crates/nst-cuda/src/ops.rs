@@ -6,8 +6,8 @@ use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use nst_tensor::{
-    Backend, BinaryOp, Conv2dParams, Error as TError, Pool2dParams, PoolKind, Result as TResult,
-    Shape, UnaryOp,
+    check, Backend, BinaryOp, Conv2dParams, Error as TError, Pool2dParams, PoolKind,
+    Result as TResult, Shape, UnaryOp,
 };
 
 const THREADS: u32 = 256;
@@ -366,12 +366,14 @@ impl Backend for Cuda {
     }
 
     fn sum_axis(&self, x: &CudaBuffer, shape: &Shape, axis: usize) -> TResult<CudaBuffer> {
+        check::shape_axis("sum_axis", x.0.len(), shape, axis)?;
         let (outer, n, inner) = shape.split_at_axis(axis);
         let args = [outer, n, inner].map(|v| v as u64);
         Ok(self.launch_indexed("sum_axis_f32", &x.0, outer * inner, &args)?)
     }
 
     fn broadcast(&self, x: &CudaBuffer, from: &Shape, to: &Shape) -> TResult<CudaBuffer> {
+        check::broadcast("broadcast", x.0.len(), from, to)?;
         let rank = to.rank();
         if rank > 8 {
             return Err(TError::invalid("broadcast", "at most 8 dimensions on CUDA"));
@@ -417,6 +419,7 @@ impl Backend for Cuda {
         start: usize,
         len: usize,
     ) -> TResult<CudaBuffer> {
+        check::narrow("narrow", x.0.len(), shape, axis, start, len)?;
         let (outer, n, inner) = shape.split_at_axis(axis);
         let args = [outer, n, inner, start, len].map(|v| v as u64);
         Ok(self.launch_indexed("narrow_f32", &x.0, outer * len * inner, &args)?)
@@ -430,13 +433,14 @@ impl Backend for Cuda {
         start: usize,
         full: usize,
     ) -> TResult<CudaBuffer> {
+        check::narrow_backward("narrow_backward", dy.0.len(), shape, axis, start, full)?;
         let (outer, len, inner) = shape.split_at_axis(axis);
         let args = [outer, len, inner, start, full].map(|v| v as u64);
         Ok(self.launch_indexed("narrow_backward_f32", &dy.0, outer * full * inner, &args)?)
     }
 
     fn transpose(&self, x: &CudaBuffer, rows: usize, cols: usize) -> TResult<CudaBuffer> {
-        check_len("transpose", x.0.len(), rows * cols)?;
+        check_len("transpose", x.0.len(), rows.saturating_mul(cols))?;
         let args = [rows, cols].map(|v| v as u64);
         Ok(self.launch_indexed("transpose_f32", &x.0, rows * cols, &args)?)
     }
@@ -451,6 +455,7 @@ impl Backend for Cuda {
         ta: bool,
         tb: bool,
     ) -> TResult<CudaBuffer> {
+        check::matmul("matmul", a.0.len(), b.0.len(), m, k, n)?;
         check_len("matmul", a.0.len(), m * k)?;
         check_len("matmul", b.0.len(), k * n)?;
         let mut out = self.alloc(m * n)?;
@@ -486,6 +491,7 @@ impl Backend for Cuda {
         bias: Option<&CudaBuffer>,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        p.check_forward("conv2d", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
@@ -535,6 +541,7 @@ impl Backend for Cuda {
         w: &CudaBuffer,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        p.check_backward_input("conv2d_backward_input", dy.0.len(), w.0.len())?;
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
@@ -575,6 +582,7 @@ impl Backend for Cuda {
         dy: &CudaBuffer,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        p.check_backward_weight("conv2d_backward_weight", x.0.len(), dy.0.len())?;
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
@@ -610,6 +618,7 @@ impl Backend for Cuda {
     }
 
     fn pool2d(&self, x: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
+        p.check("pool2d", x.0.len(), None)?;
         let planes = p.batch * p.channels;
         let (oh, ow) = (p.out_h(), p.out_w());
         let mut y = self.alloc(planes * oh * ow)?;
@@ -632,6 +641,7 @@ impl Backend for Cuda {
         dy: &CudaBuffer,
         p: &Pool2dParams,
     ) -> TResult<CudaBuffer> {
+        p.check("pool2d_backward", x.0.len(), Some(dy.0.len()))?;
         let planes = p.batch * p.channels;
         let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
         let a = pool_args(p);

@@ -5,14 +5,14 @@ use nst_tensor::{Backend, Result, Tensor};
 use nst_vgg::InputConvention;
 
 /// An RGB image, interleaved (`h x w x 3`), values in 0-255 (unclamped while optimising).
+///
+/// Its size is never zero and always matches its data ([`Image::new`] checks), so nothing
+/// that takes an `Image` has to check again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// `height · width · 3` values.
-    pub data: Vec<f32>,
+    width: usize,
+    height: usize,
+    data: Vec<f32>,
 }
 
 impl Image {
@@ -23,6 +23,31 @@ impl Image {
             height,
             data,
         })
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The `height · width · 3` values.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The values, to change in place (the size stays).
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// The values.
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
     }
 
     /// The size with the longer side scaled to `size` (unchanged when it already is).
@@ -105,13 +130,15 @@ impl Image {
         Tensor::from_f64(backend, &x, [1, 3, self.height, self.width])
     }
 
-    /// An image from the network's input space (`3 x h x w` values).
-    pub fn from_model(x: &[f32], w: usize, h: usize, conv: InputConvention) -> Image {
-        Image {
+    /// An image from the network's input space (`3 x h x w` values); `None` when the length
+    /// does not match the size or the size is zero.
+    pub fn from_model(x: &[f32], w: usize, h: usize, conv: InputConvention) -> Option<Image> {
+        let n = w.checked_mul(h)?.checked_mul(3)?;
+        (n == x.len() && n > 0).then(|| Image {
             width: w,
             height: h,
             data: conv.from_model(x, h, w),
-        }
+        })
     }
 }
 

@@ -224,7 +224,7 @@ fn style_long_side(w: usize, h: usize, style_scale: f64) -> usize {
 /// The sizes (width, height) of the scales of a render of `content`.
 fn scale_sizes(content: &Image, cfg: &RenderConfig) -> Vec<(usize, usize)> {
     if cfg.scales.is_empty() {
-        vec![(content.width, content.height)]
+        vec![(content.width(), content.height())]
     } else {
         cfg.scales.iter().map(|&s| content.fitted_size(s)).collect()
     }
@@ -300,12 +300,17 @@ fn check_config(cfg: &RenderConfig, styles: usize) -> Result<f64> {
     Ok(lr)
 }
 
+/// The error of an image buffer whose length does not match its scale (a bug, not an input).
+fn bad_len() -> Error {
+    Error::Config("an image buffer does not match its size".into())
+}
+
 /// A short digest of an image's size and pixels.
 fn image_digest(img: &Image) -> String {
     let mut h = sha2::Sha256::new();
-    h.update((img.width as u64).to_le_bytes());
-    h.update((img.height as u64).to_le_bytes());
-    for v in &img.data {
+    h.update((img.width() as u64).to_le_bytes());
+    h.update((img.height() as u64).to_le_bytes());
+    for v in img.data() {
         h.update(v.to_le_bytes());
     }
     h.finalize()[..8]
@@ -652,14 +657,17 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 // The previous scale's image, upsampled.
                 let (pw, ph) = self.scales[si - 1];
                 conv.to_model(
-                    &Image::from_model(&prev, pw, ph, conv).resize(w, h).data,
+                    Image::from_model(&prev, pw, ph, conv)
+                        .ok_or_else(bad_len)?
+                        .resize(w, h)
+                        .data(),
                     h,
                     w,
                 )
             }
             (None, Init::Noise) => noise(w, h, cfg.seed),
-            (None, Init::Content) => conv.to_model(&content.data, h, w),
-            (None, Init::Image(img)) => conv.to_model(&img.resize(w, h).data, h, w),
+            (None, Init::Content) => conv.to_model(content.data(), h, w),
+            (None, Init::Image(img)) => conv.to_model(img.resize(w, h).data(), h, w),
         };
         let shape = [1, 3, h, w];
         let upload = |v: Vec<f32>| Tensor::from_f32(backend, &v, shape);
@@ -807,7 +815,10 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let (img, content) = match &self.active {
             Some(a) => {
                 let (w, h) = self.scales[self.scale];
-                (Image::from_model(&a.x.to_f32()?, w, h, conv), None)
+                (
+                    Image::from_model(&a.x.to_f32()?, w, h, conv).ok_or_else(bad_len)?,
+                    None,
+                )
             }
             None => {
                 // Between scales (or done): the image of the last finished scale, or the
@@ -822,11 +833,14 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                     Some(x) => x.clone(),
                     None => match &self.cfg.init {
                         Init::Noise => noise(w, h, self.cfg.seed),
-                        Init::Content => conv.to_model(&self.content.resize(w, h).data, h, w),
-                        Init::Image(img) => conv.to_model(&img.resize(w, h).data, h, w),
+                        Init::Content => conv.to_model(self.content.resize(w, h).data(), h, w),
+                        Init::Image(img) => conv.to_model(img.resize(w, h).data(), h, w),
                     },
                 };
-                (Image::from_model(&x, w, h, conv), Some((w, h)))
+                (
+                    Image::from_model(&x, w, h, conv).ok_or_else(bad_len)?,
+                    Some((w, h)),
+                )
             }
         };
         if !self.cfg.original_colors {

@@ -4,6 +4,7 @@
 //! (`nst-cpu`, `nst-cuda`) implement [`Backend`], and everything above works on [`Tensor<B>`].
 
 mod backend;
+pub mod check;
 mod counting;
 mod error;
 mod shape;

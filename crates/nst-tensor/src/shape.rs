@@ -92,6 +92,17 @@ impl From<Vec<usize>> for Shape {
     }
 }
 
+/// `(n + 2·padding − kernel) / stride + 1`, or 0 when the kernel does not fit (or the
+/// arithmetic would overflow, or the stride is 0).
+fn out_len(n: usize, padding: usize, kernel: usize, stride: usize) -> usize {
+    padding
+        .checked_mul(2)
+        .and_then(|p| p.checked_add(n))
+        .and_then(|p| p.checked_sub(kernel))
+        .filter(|_| stride > 0 && kernel > 0)
+        .map_or(0, |span| span / stride + 1)
+}
+
 /// Geometry of a 2-D convolution over NCHW input with OIHW weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dParams {
@@ -116,14 +127,15 @@ pub struct Conv2dParams {
 }
 
 impl Conv2dParams {
-    /// Output height.
+    /// Output height (0 when the kernel does not fit the padded input; never panics, see
+    /// [`Conv2dParams::validate`]).
     pub fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.padding - self.kh) / self.stride + 1
+        out_len(self.in_h, self.padding, self.kh, self.stride)
     }
 
-    /// Output width.
+    /// Output width (0 when the kernel does not fit the padded input).
     pub fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.padding - self.kw) / self.stride + 1
+        out_len(self.in_w, self.padding, self.kw, self.stride)
     }
 
     /// Input shape `[N, C_in, H, W]`.
@@ -143,8 +155,18 @@ impl Conv2dParams {
 
     /// Floating-point operations of one forward pass (2 per multiply-add, bias excluded).
     pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.in_channels * self.out_channels * self.kh * self.kw) as f64
-            * (self.out_h() * self.out_w()) as f64
+        2.0 * [
+            self.batch,
+            self.in_channels,
+            self.out_channels,
+            self.kh,
+            self.kw,
+            self.out_h(),
+            self.out_w(),
+        ]
+        .iter()
+        .map(|&d| d as f64)
+        .product::<f64>()
     }
 }
 
@@ -177,14 +199,14 @@ pub struct Pool2dParams {
 }
 
 impl Pool2dParams {
-    /// Output height (floor mode).
+    /// Output height (floor mode; 0 when the window does not fit).
     pub fn out_h(&self) -> usize {
-        (self.in_h - self.kernel) / self.stride + 1
+        out_len(self.in_h, 0, self.kernel, self.stride)
     }
 
-    /// Output width (floor mode).
+    /// Output width (floor mode; 0 when the window does not fit).
     pub fn out_w(&self) -> usize {
-        (self.in_w - self.kernel) / self.stride + 1
+        out_len(self.in_w, 0, self.kernel, self.stride)
     }
 
     /// Output shape `[N, C, H_out, W_out]`.

@@ -83,3 +83,32 @@ fn shape_errors_name_the_op() {
         "{err}"
     );
 }
+
+#[test]
+fn vars_of_two_tapes_are_refused() {
+    let cpu = nst_cpu::Cpu::new(1);
+    let (t1, t2) = (Tape::new(), Tape::new());
+    let t = |v: &[f32]| Tensor::from_f32(&cpu, v, [v.len()]).unwrap();
+    let a = t1.var(t(&[1.0, 2.0]));
+    let b = t2.var(t(&[3.0, 4.0]));
+    for err in [
+        a.add(&b).unwrap_err(),
+        a.sub(&b).unwrap_err(),
+        a.mul(&b).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("different tapes"), "{err}");
+    }
+    let m = t1.var(Tensor::from_f32(&cpu, &[1.0; 4], [2, 2]).unwrap());
+    let n = t2.var(Tensor::from_f32(&cpu, &[1.0; 4], [2, 2]).unwrap());
+    assert!(m.matmul(&n).is_err());
+    let x = t1.var(Tensor::from_f32(&cpu, &[1.0; 16], [1, 1, 4, 4]).unwrap());
+    let w = t2.constant(Tensor::from_f32(&cpu, &[1.0; 9], [1, 1, 3, 3]).unwrap());
+    assert!(x.conv2d(&w, None, 1, 1).is_err());
+    assert!(x.conv2d_relu(&w, None, 1, 1).is_err());
+    // Gradients answer only for their own tape's variables.
+    let loss = a.mul(&a).unwrap().sum().unwrap();
+    let g = t1.backward(&loss).unwrap();
+    assert!(g.get(&a).is_some());
+    // `b` has the same node id on its tape as `a` on its own.
+    assert!(g.get(&b).is_none());
+}

@@ -1,8 +1,7 @@
 //! Tests of the `nst` binary, run as a user would run it.
 //!
 //! Tests that need the weights find them through `NST_WEIGHTS` or `weights/vgg19.safetensors`
-//! at the workspace root. Under `cargo xtask test` and CI (`NST_REQUIRE_WEIGHTS=1`) missing
-//! weights fail the test; under plain `cargo test` such a test prints why it skips.
+//! at the workspace root, and fail when they are missing (`cargo xtask test` fetches them).
 #![allow(clippy::print_stderr)]
 
 mod features;
@@ -31,22 +30,16 @@ fn weights_path() -> PathBuf {
         .unwrap_or_else(|| root().join("weights").join("vgg19.safetensors"))
 }
 
-/// The weights' path, or `None` (after printing why) when the test should skip.
-pub(crate) fn weights() -> Option<PathBuf> {
+/// The weights' path; a test that needs them fails when they are missing (`cargo xtask test`
+/// fetches them).
+pub(crate) fn weights() -> PathBuf {
     let path = weights_path();
-    if path.is_file() {
-        return Some(path);
-    }
     assert!(
-        std::env::var_os("NST_REQUIRE_WEIGHTS").is_none(),
-        "weights not found at {} (run `cargo xtask fetch-weights`)",
+        path.is_file(),
+        "weights not found at {} (run `cargo xtask fetch-weights`; `cargo xtask test` does)",
         path.display()
     );
-    eprintln!(
-        "SKIP: weights not found at {}; run `cargo xtask fetch-weights`",
-        path.display()
-    );
-    None
+    path
 }
 
 /// Runs `nst` with the given arguments and the test weights.

@@ -9,9 +9,7 @@ fn base<'a>(c: &'a str, st: &'a str, out: &'a str) -> Vec<&'a str> {
 
 #[test]
 fn a_tiled_render_matches_the_untiled_one() {
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let render = |name: &str, tile: &str| {
@@ -49,9 +47,7 @@ fn a_tiled_render_matches_the_untiled_one() {
 
 #[test]
 fn estimate_prints_the_plan_and_budgets_are_enforced() {
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let est = |extra: &[&str]| {
@@ -107,9 +103,7 @@ fn estimate_prints_the_plan_and_budgets_are_enforced() {
 
 #[test]
 fn bad_tiling_settings_are_refused_before_any_work() {
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let out = tmp("never_tiled.png");
@@ -139,9 +133,7 @@ fn bad_tiling_settings_are_refused_before_any_work() {
 
 #[test]
 fn tiled_eval_matches_untiled_eval() {
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let thumb = |src: &str, name: &str, w: u32, h: u32| {
         let p = tmp(name);
         image::open(images().join(src))
@@ -203,9 +195,7 @@ fn tiled_eval_matches_untiled_eval() {
 
 #[test]
 fn a_2048_px_render_under_3g_stays_under_3g() {
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let (out, log) = (tmp("big2048.png"), tmp("big2048.jsonl"));

@@ -419,3 +419,80 @@ fn long_gram_products_match_and_do_not_depend_on_threads() {
     let got: Vec<f64> = one.iter().map(|v| *v as f64).collect();
     assert_close(&got, &want, 1e-4);
 }
+
+/// The backend's safe methods check every buffer against the parameters: short buffers and
+/// impossible geometry are errors, never reads out of bounds.
+#[test]
+fn backend_calls_with_mismatched_buffers_are_errors() {
+    use nst_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};
+    let be = Cpu::new(1);
+    let buf = |n: usize| be.upload_f32(&vec![1.0; n]).unwrap();
+    let p = Conv2dParams {
+        batch: 1,
+        in_channels: 64,
+        out_channels: 64,
+        in_h: 8,
+        in_w: 8,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let (x, w, b) = (buf(64 * 64), buf(64 * 64 * 9), buf(64));
+    assert!(be.conv2d(&x, &w, Some(&b), &p).is_ok());
+    // A weight buffer one element short, on the Winograd and the im2col paths.
+    let short = buf(64 * 64 * 9 - 1);
+    assert!(be.conv2d(&x, &short, Some(&b), &p).is_err());
+    assert!(be.conv2d_relu(&x, &short, None, &p).is_err());
+    assert!(be.conv2d(&buf(10), &w, None, &p).is_err());
+    assert!(be.conv2d(&x, &w, Some(&buf(3)), &p).is_err());
+    assert!(be.conv2d_backward_input(&buf(5), &w, &p).is_err());
+    assert!(be.conv2d_backward_weight(&x, &buf(5), &p).is_err());
+    assert!(be
+        .conv2d_relu_backward_input(&buf(5), &buf(5), &w, &p)
+        .is_err());
+    // Impossible geometry: a kernel larger than the padded input, a zero stride.
+    for bad in [
+        Conv2dParams { kh: 11, ..p },
+        Conv2dParams { stride: 0, ..p },
+        Conv2dParams {
+            in_h: usize::MAX / 2,
+            ..p
+        },
+    ] {
+        assert!(be.conv2d(&x, &w, None, &bad).is_err(), "{bad:?}");
+        let _ = (bad.out_h(), bad.out_w(), bad.flops());
+    }
+    let pool = Pool2dParams {
+        kind: PoolKind::Max,
+        batch: 1,
+        channels: 2,
+        in_h: 4,
+        in_w: 4,
+        kernel: 2,
+        stride: 2,
+    };
+    assert!(be.pool2d(&buf(32), &pool).is_ok());
+    assert!(be.pool2d(&buf(31), &pool).is_err());
+    assert!(be.pool2d_backward(&buf(32), &buf(3), &pool).is_err());
+    assert!(be
+        .pool2d(&buf(32), &Pool2dParams { kernel: 5, ..pool })
+        .is_err());
+    assert!(be
+        .pool2d(&buf(32), &Pool2dParams { stride: 0, ..pool })
+        .is_err());
+    let s = Shape::new([2, 3]);
+    assert!(be.sum_axis(&buf(5), &s, 0).is_err());
+    assert!(be.sum_axis(&buf(6), &s, 2).is_err());
+    assert!(be.narrow(&buf(6), &s, 1, 2, 2).is_err());
+    assert!(be.narrow(&buf(6), &s, 1, usize::MAX, 2).is_err());
+    assert!(be.narrow_backward(&buf(6), &s, 1, 1, 3).is_err());
+    assert!(be
+        .broadcast(&buf(3), &Shape::new([3, 1]), &Shape::new([2, 3]))
+        .is_err());
+    assert!(be.matmul(&buf(6), &buf(5), 2, 3, 2, false, false).is_err());
+    assert!(be
+        .matmul(&buf(6), &buf(6), usize::MAX, 3, 2, false, false)
+        .is_err());
+    assert!(be.transpose(&buf(6), usize::MAX, 2).is_err());
+}

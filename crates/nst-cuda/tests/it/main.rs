@@ -1,7 +1,8 @@
 //! CUDA backend tests: kernel compilation (no GPU needed) and CPU parity (GPU only).
 //!
-//! Parity tests skip, printing why, when no GPU is usable; they never fail a GPU-less run.
-//! The compile test needs NVRTC; `NST_REQUIRE_NVRTC=1` (set by CI) makes its absence a failure.
+//! The parity tests are ignored unless asked for (`--include-ignored`, which the GPU bundle
+//! and `cargo xtask test` on a machine with a GPU pass), and fail when asked for without a GPU.
+//! The compile tests need NVRTC and fail without it (`cargo xtask test` installs it).
 #![allow(clippy::print_stderr)]
 
 mod parity;
@@ -9,12 +10,7 @@ mod parity;
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
     if let Err(e) = nst_cuda::probe::nvrtc() {
-        assert!(
-            std::env::var_os("NST_REQUIRE_NVRTC").is_none(),
-            "NVRTC is required here: {e}"
-        );
-        eprintln!("SKIP: {e}");
-        return;
+        panic!("NVRTC is required here (`cargo xtask test` installs it): {e}");
     }
     let ptx = nst_cuda::kernels::compile_all().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ptx.len(), nst_cuda::kernels::SOURCES.len());
@@ -31,9 +27,8 @@ fn every_kernel_compiles_with_nvrtc() {
 
 #[test]
 fn a_broken_kernel_reports_the_nvrtc_log() {
-    if nst_cuda::probe::nvrtc().is_err() {
-        eprintln!("SKIP: NVRTC not found");
-        return;
+    if let Err(e) = nst_cuda::probe::nvrtc() {
+        panic!("NVRTC is required here (`cargo xtask test` installs it): {e}");
     }
     let err = nst_cuda::kernels::compile(
         "broken.cu",

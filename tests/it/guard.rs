@@ -1,0 +1,208 @@
+//! The non-finite guard keeps the last good image: a backend wrapper poisons the network's
+//! first convolution with NaN at a chosen evaluation, and the render must return the image
+//! from before the point whose loss went bad.
+
+use crate::{image_crop, weights};
+use nst_cpu::Cpu;
+use nst_style::{Image, RenderConfig, RenderSession, SessionStatus};
+use nst_tensor::{Backend, BinaryOp, Conv2dParams, Pool2dParams, Result, Shape, UnaryOp};
+use nst_vgg::Vgg;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Forwards every op to `inner`; once armed, the `at`-th convolution of the image itself
+/// (3 input channels: the network's first layer, one per evaluation) returns NaN.
+#[derive(Clone, Debug)]
+struct Poison {
+    inner: Cpu,
+    /// Image convolutions left before the poisoned one (0: disarmed).
+    left: Arc<AtomicUsize>,
+}
+
+impl Poison {
+    fn arm(&self, at: usize) {
+        self.left.store(at, Ordering::SeqCst);
+    }
+
+    fn maybe_poison(&self, p: &Conv2dParams, y: Vec<f32>) -> Result<Vec<f32>> {
+        if p.in_channels == 3 {
+            let left = self.left.load(Ordering::SeqCst);
+            if left > 0 {
+                self.left.store(left - 1, Ordering::SeqCst);
+                if left == 1 {
+                    return Ok(vec![f32::NAN; y.len()]);
+                }
+            }
+        }
+        Ok(y)
+    }
+}
+
+type Buf = <Cpu as Backend>::Buffer;
+
+impl Backend for Poison {
+    type Buffer = Buf;
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn upload_f32(&self, d: &[f32]) -> Result<Buf> {
+        self.inner.upload_f32(d)
+    }
+    fn upload_f64(&self, d: &[f64]) -> Result<Buf> {
+        self.inner.upload_f64(d)
+    }
+    fn download_f32(&self, b: &Buf) -> Result<Vec<f32>> {
+        self.inner.download_f32(b)
+    }
+    fn download_f64(&self, b: &Buf) -> Result<Vec<f64>> {
+        self.inner.download_f64(b)
+    }
+    fn len(&self, b: &Buf) -> usize {
+        self.inner.len(b)
+    }
+    fn full(&self, len: usize, v: f64) -> Result<Buf> {
+        self.inner.full(len, v)
+    }
+    fn unary(&self, op: UnaryOp, x: &Buf) -> Result<Buf> {
+        self.inner.unary(op, x)
+    }
+    fn affine(&self, x: &Buf, m: f64, a: f64) -> Result<Buf> {
+        self.inner.affine(x, m, a)
+    }
+    fn binary(&self, op: BinaryOp, a: &Buf, b: &Buf) -> Result<Buf> {
+        self.inner.binary(op, a, b)
+    }
+    fn sum_all(&self, x: &Buf) -> Result<Buf> {
+        self.inner.sum_all(x)
+    }
+    fn sum_axis(&self, x: &Buf, s: &Shape, axis: usize) -> Result<Buf> {
+        self.inner.sum_axis(x, s, axis)
+    }
+    fn broadcast(&self, x: &Buf, from: &Shape, to: &Shape) -> Result<Buf> {
+        self.inner.broadcast(x, from, to)
+    }
+    fn narrow(&self, x: &Buf, s: &Shape, axis: usize, start: usize, len: usize) -> Result<Buf> {
+        self.inner.narrow(x, s, axis, start, len)
+    }
+    fn narrow_backward(
+        &self,
+        dy: &Buf,
+        s: &Shape,
+        axis: usize,
+        start: usize,
+        full: usize,
+    ) -> Result<Buf> {
+        self.inner.narrow_backward(dy, s, axis, start, full)
+    }
+    fn transpose(&self, x: &Buf, r: usize, c: usize) -> Result<Buf> {
+        self.inner.transpose(x, r, c)
+    }
+    fn matmul(
+        &self,
+        a: &Buf,
+        b: &Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Buf> {
+        self.inner.matmul(a, b, m, k, n, ta, tb)
+    }
+    fn conv2d(&self, x: &Buf, w: &Buf, b: Option<&Buf>, p: &Conv2dParams) -> Result<Buf> {
+        let y = self.inner.download_f32(&self.inner.conv2d(x, w, b, p)?)?;
+        self.inner.upload_f32(&self.maybe_poison(p, y)?)
+    }
+    fn conv2d_relu(&self, x: &Buf, w: &Buf, b: Option<&Buf>, p: &Conv2dParams) -> Result<Buf> {
+        let y = self
+            .inner
+            .download_f32(&self.inner.conv2d_relu(x, w, b, p)?)?;
+        self.inner.upload_f32(&self.maybe_poison(p, y)?)
+    }
+    fn conv2d_backward_input(&self, dy: &Buf, w: &Buf, p: &Conv2dParams) -> Result<Buf> {
+        self.inner.conv2d_backward_input(dy, w, p)
+    }
+    fn conv2d_relu_backward_input(
+        &self,
+        y: &Buf,
+        dy: &Buf,
+        w: &Buf,
+        p: &Conv2dParams,
+    ) -> Result<Buf> {
+        self.inner.conv2d_relu_backward_input(y, dy, w, p)
+    }
+    fn conv2d_backward_weight(&self, x: &Buf, dy: &Buf, p: &Conv2dParams) -> Result<Buf> {
+        self.inner.conv2d_backward_weight(x, dy, p)
+    }
+    fn pool2d(&self, x: &Buf, p: &Pool2dParams) -> Result<Buf> {
+        self.inner.pool2d(x, p)
+    }
+    fn pool2d_backward(&self, x: &Buf, dy: &Buf, p: &Pool2dParams) -> Result<Buf> {
+        self.inner.pool2d_backward(x, dy, p)
+    }
+    fn dot(&self, a: &Buf, b: &Buf) -> Result<f64> {
+        self.inner.dot(a, b)
+    }
+    fn axpy(&self, a: f64, x: &Buf, y: &Buf) -> Result<Buf> {
+        self.inner.axpy(a, x, y)
+    }
+    fn norms(&self, x: &Buf) -> Result<(f64, f64)> {
+        self.inner.norms(x)
+    }
+}
+
+fn inputs() -> (Image, Image) {
+    (
+        Image::new(40, 32, image_crop("tubingen.jpg", 300, 150, 40, 32)).unwrap(),
+        Image::new(36, 36, image_crop("starry_night.jpg", 100, 80, 36, 36)).unwrap(),
+    )
+}
+
+/// The image after `steps` clean iterations.
+fn clean_after(bytes: &[u8], cfg: &RenderConfig, steps: usize) -> Image {
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, bytes).unwrap();
+    let (content, style) = inputs();
+    let styles = [style];
+    let mut s = RenderSession::new(&be, &vgg, &content, &styles, cfg).unwrap();
+    for _ in 0..steps {
+        s.step().unwrap().expect("an iteration");
+    }
+    s.image().unwrap()
+}
+
+#[test]
+fn a_non_finite_loss_keeps_the_last_good_image() {
+    let bytes = std::fs::read(weights()).unwrap();
+    let cfg = RenderConfig {
+        iterations: 10,
+        ..Default::default()
+    };
+    let be = Poison {
+        inner: Cpu::new(2),
+        left: Arc::default(),
+    };
+    let vgg = Vgg::from_safetensors(&be, &bytes).unwrap();
+    let (content, style) = inputs();
+    let styles = [style];
+    let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+    // The first iteration builds the targets and evaluates x0; then the 5th evaluation from
+    // here is the 6th of the render: the point x5 that iteration 5 moved to.
+    s.step().unwrap().expect("iteration 1");
+    be.arm(5);
+    for it in 2..=5 {
+        let p = s.step().unwrap().expect("a clean iteration");
+        assert_eq!(p.iteration.0, it);
+    }
+    assert!(s.step().unwrap().is_none(), "the poisoned iteration stops");
+    let SessionStatus::Stopped(why) = s.status().clone() else {
+        panic!("not stopped: {:?}", s.status());
+    };
+    assert!(why.contains("NaN") && why.contains("iteration 6"), "{why}");
+    let kept = s.finish().unwrap();
+    assert!(kept.stopped_early.is_some());
+    // x5's loss was the bad one: the last good image is x4, the image after 4 iterations.
+    assert_eq!(kept.image, clean_after(&bytes, &cfg, 4));
+    assert_ne!(kept.image, clean_after(&bytes, &cfg, 5));
+    assert!(kept.image.data().iter().all(|v| v.is_finite()));
+}
