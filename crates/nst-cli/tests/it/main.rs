@@ -6,6 +6,7 @@
 
 mod features;
 mod render;
+mod resume;
 mod tiling;
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub(crate) fn images() -> PathBuf {
         .unwrap_or_else(|| root().join("..").join("shared").join("images"))
 }
 
-fn weights_path() -> PathBuf {
+pub(crate) fn weights_path() -> PathBuf {
     std::env::var_os("NST_WEIGHTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("weights").join("vgg19.safetensors"))
