@@ -275,9 +275,11 @@ impl Options {
             max_pixels,
             max_bytes: o.memory.budget()?,
         };
+        // The output keeps the content's colour profile; its bit depth is chosen apart.
         let io::Loaded {
             image: content,
             icc,
+            ..
         } = io::load_image_with(&o.inputs.content, &limits)?;
         let styles = common::load_styles(&o.inputs.style, max_pixels)?;
         let init = match o.init.as_str() {

@@ -121,7 +121,7 @@ fn bad_tiling_settings_are_refused_before_any_work() {
     assert_fails_with(&run(&["--tile", "0"]), &["--tile"]);
     assert_fails_with(&run(&["--tile", "big"]), &["--tile", "big"]);
     assert_fails_with(&run(&["--max-memory", "lots"]), &["--max-memory", "lots"]);
-    assert_fails_with(&run(&["--max-memory", "10M"]), &["at least"]);
+    assert_fails_with(&run(&["--max-memory", "60M"]), &["at least"]);
     assert_fails_with(&run(&["--lbfgs-history", "0"]), &["--lbfgs-history"]);
     assert_fails_with(&run(&["--scales", "32,abc"]), &["abc"]);
     assert_fails_with(
