@@ -22,6 +22,11 @@ commands:
                        (e.g. --content C.jpg --style S.jpg --out out.png)
   gpu-bundle           build target/gpu-bundle: CUDA-enabled binaries, the parity tests, the
                        benchmark and run.sh, for a GPU machine without Rust (docs/cuda.md)
+  fuzz [--seconds N] [--release] [--target NAME] [--seed N]
+                       structure-aware mutation fuzzing of every loader (pickle, torch.save
+                       zip and legacy, safetensors weights, checkpoints, PNG/JPEG/TIFF/WebP
+                       through nst-io) for N seconds in all (default 60); failing inputs go
+                       to target/fuzz; the debug build (default) checks integer overflow
   gradcheck [N]        run the gradient checks and properties with N cases each (default 1000)
   bench conv [--size N] [--threads N]
                        per-layer convolution throughput against the GEMM ceiling
@@ -61,6 +66,7 @@ fn run() -> Result<()> {
         "render" => render(rest),
         "gpu-bundle" => bundle::gpu_bundle(&root()),
         "gradcheck" => gradcheck(rest),
+        "fuzz" => fuzz(rest),
         "bench" => bench(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
@@ -219,6 +225,27 @@ fn test(extra: &[String]) -> Result<()> {
         status(c)?;
     }
     Ok(())
+}
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let root = root();
+    let release = args.iter().any(|a| a == "--release");
+    let rest: Vec<&String> = args.iter().filter(|a| *a != "--release").collect();
+    let mut build = cargo();
+    build.args(["build", "-p", "nst-fuzz"]);
+    if release {
+        build.arg("--release");
+    }
+    status(build)?;
+    let bin = root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("nst-fuzz");
+    let mut c = Command::new(bin);
+    c.arg("--out")
+        .arg(root.join("target").join("fuzz"))
+        .args(rest);
+    status(c)
 }
 
 fn gradcheck(args: &[String]) -> Result<()> {

@@ -51,21 +51,47 @@ fn f16_to_f32(h: u16) -> f32 {
 /// Gathers a strided view of raw little-endian storage bytes into a contiguous tensor.
 fn materialize(t: &TensorRef, raw: &[u8], name: &str) -> Result<HostTensor> {
     let es = t.storage.dtype.size();
-    if raw.len() < t.storage.numel * es {
+    let bad = |msg: &str| Error::Format(format!("{name}: {msg}"));
+    let need = t
+        .storage
+        .numel
+        .checked_mul(es)
+        .ok_or_else(|| bad("the storage size overflows"))?;
+    if raw.len() < need {
         return Err(Error::Format(format!(
-            "{name}: storage {} holds {} bytes, expected {}",
+            "{name}: storage {} holds {} bytes, expected {need}",
             t.storage.key,
             raw.len(),
-            t.storage.numel * es
         )));
     }
     if t.size.len() != t.stride.len() {
-        return Err(Error::Format(format!(
-            "{name}: size and stride differ in rank"
-        )));
+        return Err(bad("size and stride differ in rank"));
     }
-    let numel: usize = t.size.iter().product();
-    // Flat storage index of every element in row-major order.
+    let numel = t
+        .size
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad("the tensor size overflows"))?;
+    // The view's last element, checked before anything is allocated for it: the view must
+    // lie inside its storage, and hold no more elements than the storage (a state dict's
+    // tensors are never broadcast views).
+    if numel > 0 {
+        let last = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |acc, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
+            })
+            .ok_or_else(|| bad("view exceeds its storage"))?;
+        if last >= t.storage.numel {
+            return Err(bad("view exceeds its storage"));
+        }
+        if numel > t.storage.numel {
+            return Err(bad("view has more elements than its storage"));
+        }
+    }
+    // Flat storage index of every element in row-major order (all inside the storage).
     let mut idx = Vec::with_capacity(numel);
     if numel > 0 {
         let mut counter = vec![0usize; t.size.len()];
@@ -76,9 +102,6 @@ fn materialize(t: &TensorRef, raw: &[u8], name: &str) -> Result<HostTensor> {
                     .zip(&t.stride)
                     .map(|(c, s)| c * s)
                     .sum::<usize>();
-            if off >= t.storage.numel {
-                return Err(Error::Format(format!("{name}: view exceeds its storage")));
-            }
             idx.push(off);
             for d in (0..counter.len()).rev() {
                 counter[d] += 1;
@@ -190,7 +213,7 @@ pub fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         let es = dtypes.get(key.as_str()).map_or(4, |d| d.size());
         let len = count
             .checked_mul(es)
-            .filter(|&l| pos + l <= bytes.len())
+            .filter(|&l| pos.checked_add(l).is_some_and(|end| end <= bytes.len()))
             .ok_or_else(|| Error::Format(format!("storage {key}: truncated")))?;
         storages.insert(key, &bytes[pos..pos + len]);
         pos += len;

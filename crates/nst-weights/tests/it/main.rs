@@ -193,3 +193,28 @@ fn garbage_is_refused() {
     assert!(convert(b"hello world, not weights").is_err());
     assert!(convert(b"PK\x03\x04 broken zip").is_err());
 }
+
+/// Found by `cargo xtask fuzz`: a view whose size claims far more elements than its storage
+/// made the reader reserve memory for all of them (62 GB) before checking the storage.
+#[test]
+fn a_view_larger_than_its_storage_is_refused_before_allocating() {
+    for (size, stride) in [
+        (&[65536usize, 65536, 65536][..], &[0usize, 0, 0][..]),
+        (&[4, 4][..], &[1, 1][..]),
+        (&[2][..], &[0x7fff_ffff][..]),
+    ] {
+        let main = Pickle::state_dict(&[("a", "0", 6, 0, size, stride)], false);
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut z = zip::ZipWriter::new(&mut buf);
+            let opt = zip::write::SimpleFileOptions::default();
+            z.start_file("archive/data.pkl", opt).unwrap();
+            z.write_all(&main).unwrap();
+            z.start_file("archive/data/0", opt).unwrap();
+            z.write_all(&le(&floats(6, 0.0))).unwrap();
+            z.finish().unwrap();
+        }
+        let err = read_zip(buf.get_ref()).unwrap_err().to_string();
+        assert!(err.contains("storage"), "{size:?}: {err}");
+    }
+}
