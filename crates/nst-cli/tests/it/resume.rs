@@ -86,15 +86,16 @@ fn checkpoint_position(path: &Path) -> (usize, usize) {
     (m["scale"].parse().unwrap(), m["iteration"].parse().unwrap())
 }
 
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
+/// Temporary files left beside `out` for it or for `checkpoint` (other tests write in the
+/// same folder at the same time, so only these names count).
+fn leftovers(out: &Path, checkpoint: &Path) -> Vec<PathBuf> {
+    let names = [out, checkpoint].map(|p| p.file_name().unwrap().to_string_lossy().to_string());
+    std::fs::read_dir(out.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".nst-tmp")
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with(".nst-tmp") && names.iter().any(|m| n.ends_with(m.as_str()))
         })
         .collect()
 }
@@ -156,7 +157,7 @@ fn sigint_writes_image_and_checkpoint_and_resumes_to_the_same_bytes() {
         assert_eq!(img.width(), 96);
         let (_, at) = checkpoint_position(&ck);
         assert!((8..40).contains(&at), "stopped at {at}");
-        assert!(leftovers(out.parent().unwrap()).is_empty());
+        assert!(leftovers(&out, &ck).is_empty());
         run_ok(&render_args(&out, &["--resume", s(&ck)]));
         assert!(std::fs::read(&out).unwrap() == reference(), "{signal}");
     }
@@ -386,4 +387,40 @@ fn sixteen_bit_png_round_trips_at_full_precision_with_its_icc_profile() {
         fine > got.len() / 2,
         "only {fine} values use more than 8 bits"
     );
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_leaving_no_partial_file() {
+    weights();
+    let out = tmp("twice.png");
+    let (ck, log) = (tmp("twice.ckpt"), tmp("twice.jsonl"));
+    let mut child = spawn(&render_args(
+        &out,
+        &[
+            "--checkpoint",
+            s(&ck),
+            "--checkpoint-every",
+            "1",
+            "--json-log",
+            s(&log),
+        ],
+    ));
+    wait_for_log(&mut child, &log, 3);
+    for _ in 0..2 {
+        let k = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(k.success());
+    }
+    let r = child.wait_with_output().unwrap();
+    assert_eq!(r.status.code(), Some(130));
+    // Whatever was being written when the second signal came is either complete or gone.
+    assert!(leftovers(&out, &ck).is_empty());
+    if ck.exists() {
+        checkpoint_position(&ck);
+    }
+    if out.exists() {
+        image::open(&out).unwrap();
+    }
 }
