@@ -2,6 +2,10 @@
 //! file (the tensors, plus the counters and the fingerprint of the inputs and settings in its
 //! metadata).
 //!
+//! The render's only random draw is the initial noise, made from the seed when the first
+//! scale starts; the seed is part of the fingerprint, so the seed is the whole RNG state a
+//! checkpoint needs (the noise is not drawn again on resume: the image is restored).
+//!
 //! The reader trusts nothing in the file: every count, shape and number is checked against
 //! the others before anything is allocated from it, and anything inconsistent is an
 //! [`Error::Checkpoint`].

@@ -235,6 +235,8 @@ fn peak(
     // this scale, and the result.
     let objective_vectors = if tiled { 4.0 } else { 1.0 };
     let host_vectors = 5.0;
+    // The render session keeps the point before the last step: the last good image.
+    let session_vectors = 1.0;
     let pairs = history.min(req.iterations.max(1));
     let style_px: f64 = req.style_sizes.iter().map(|&(a, b)| (a * b) as f64).sum();
     // Style targets are built one image at a time, inference only.
@@ -265,7 +267,12 @@ fn peak(
         pool_limit(req.budget),
     );
     BASE_BYTES
-        + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + objective_vectors + host_vectors)
+        + VECTOR
+            * px
+            * (optimizer_vectors(req.optimizer, pairs)
+                + objective_vectors
+                + host_vectors
+                + session_vectors)
         + VECTOR * style_px
         + net.content_bytes(h, w)
         + deep
