@@ -8,6 +8,7 @@
 mod device;
 mod features;
 mod guard;
+mod session;
 mod tiled;
 
 use nst_cpu::Cpu64;

@@ -407,3 +407,86 @@ impl Checkpoint {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(optimizer: OptimizerState) -> Checkpoint {
+        let v = |k: f32| -> Vec<f32> { (0..3 * 5 * 2).map(|i| i as f32 * k - 1.5).collect() };
+        Checkpoint {
+            scale: 1,
+            iteration: 7,
+            size: (5, 2),
+            image: v(1.0),
+            previous: Some(v(-0.5)),
+            optimizer,
+            elapsed: Duration::from_nanos(123_456_789),
+            fingerprint: vec![
+                ("objective".into(), "Config { \"a\\b\" \n }".into()),
+                ("seed".into(), "3".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn every_state_round_trips_exactly() {
+        let v = |k: f32| -> Vec<f32> { (0..30).map(|i| (i as f32).sin() * k).collect() };
+        for opt in [
+            OptimizerState::Stateless,
+            OptimizerState::Lbfgs(LbfgsState {
+                pairs: vec![(v(1.0), v(2.0), 0.1), (v(3.0), v(4.0), 1e-300)],
+                last: Some((v(5.0), v(6.0))),
+                h_diag: std::f64::consts::PI,
+            }),
+            OptimizerState::Lbfgs(LbfgsState {
+                pairs: Vec::new(),
+                last: None,
+                h_diag: 1.0,
+            }),
+            OptimizerState::Adam(AdamState {
+                moments: Some((v(0.1), v(0.2))),
+                steps: 9,
+            }),
+            OptimizerState::Adam(AdamState {
+                moments: None,
+                steps: 0,
+            }),
+        ] {
+            let c = state(opt);
+            let bytes = c.to_bytes().unwrap();
+            assert_eq!(Checkpoint::from_bytes(&bytes).unwrap(), c);
+            assert!(c.differences(&c.fingerprint).is_empty());
+            // Every truncation is an error, never a panic.
+            for cut in (0..bytes.len()).step_by(7) {
+                assert!(
+                    Checkpoint::from_bytes(&bytes[..cut]).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn differences_name_each_setting() {
+        let c = state(OptimizerState::Stateless);
+        let now = vec![
+            (
+                "objective".to_string(),
+                "Config { \"a\\b\" \n }".to_string(),
+            ),
+            ("seed".to_string(), "4".to_string()),
+            ("threads".to_string(), "2".to_string()),
+        ];
+        let d = c.differences(&now);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].starts_with("seed (3 in the checkpoint, 4 now)"),
+            "{d:?}"
+        );
+        assert!(
+            d[1].starts_with("threads (absent in the checkpoint"),
+            "{d:?}"
+        );
+    }
+}
