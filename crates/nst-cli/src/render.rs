@@ -587,14 +587,10 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// What the render's bytes depend on besides the crates' settings: the thread count, the
-/// network's pooling and weights.
+/// What the render's bytes depend on besides the crates' settings: the network's pooling and
+/// weights. (Not the thread count: the CPU backend gives the same bytes with any, so a render
+/// can resume on a machine with more or fewer cores.)
 fn describe<B: nst_tensor::Backend>(s: &mut nst_style::RenderSession<'_, B>, o: &Options) {
-    let threads = match o.model.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    s.describe("threads", &threads.to_string());
     s.describe("pooling", &format!("{:?}", o.model.pooling));
     let weights = io::weights_path(o.model.weights.as_deref())
         .ok()
