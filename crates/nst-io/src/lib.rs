@@ -390,4 +390,48 @@ mod tests {
             .to_string();
         assert!(e.contains("60000x60000"), "{e}");
     }
+
+    /// All eight EXIF orientations come out upright: each output pixel is the stored pixel
+    /// the EXIF specification maps to it.
+    #[test]
+    fn every_exif_orientation_is_applied() {
+        let (w, h) = (3u32, 2u32);
+        let stored: Vec<u8> = (0..w * h * 3).map(|i| (i * 11) as u8).collect();
+        let px = |x: u32, y: u32| &stored[((y * w + x) * 3) as usize..][..3];
+        for o in 1u16..=8 {
+            let mut exif = b"II*\0".to_vec();
+            exif.extend(8u32.to_le_bytes());
+            exif.extend(1u16.to_le_bytes());
+            exif.extend([0x12, 0x01, 3, 0]);
+            exif.extend(1u32.to_le_bytes());
+            exif.extend(o.to_le_bytes());
+            exif.extend([0, 0, 0, 0, 0, 0]);
+            let mut png = Vec::new();
+            let mut enc = image::codecs::png::PngEncoder::new(&mut png);
+            enc.set_exif_metadata(exif).unwrap();
+            enc.write_image(&stored, w, h, image::ExtendedColorType::Rgb8)
+                .unwrap();
+            let img = decode(&png, "o.png", &Limits::default()).unwrap().image;
+            let swapped = o >= 5;
+            let (ow, oh) = if swapped { (h, w) } else { (w, h) };
+            assert_eq!((img.width() as u32, img.height() as u32), (ow, oh), "{o}");
+            let out = img.to_rgb8();
+            for y in 0..oh {
+                for x in 0..ow {
+                    let (sx, sy) = match o {
+                        1 => (x, y),
+                        2 => (w - 1 - x, y),
+                        3 => (w - 1 - x, h - 1 - y),
+                        4 => (x, h - 1 - y),
+                        5 => (y, x),
+                        6 => (y, h - 1 - x),
+                        7 => (w - 1 - y, h - 1 - x),
+                        _ => (w - 1 - y, x),
+                    };
+                    let got = &out[((y * ow + x) * 3) as usize..][..3];
+                    assert_eq!(got, px(sx, sy), "orientation {o} at ({x}, {y})");
+                }
+            }
+        }
+    }
 }
