@@ -136,7 +136,6 @@ struct Reporter {
     scale_index: usize,
     /// When the previous iteration was reported (a new scale's clock starts there).
     last_report: Instant,
-    error: Option<anyhow::Error>,
 }
 
 fn short(v: f64) -> String {
@@ -206,8 +205,11 @@ impl Observer for Reporter {
                 ("total", common::json_num(p.total)),
             ];
             if let Err(e) = writeln!(j, "{}", common::json_object(&lead, &p.terms)) {
-                self.error = Some(anyhow::anyhow!("cannot write the JSON log: {e}"));
-                return false;
+                // The log is a convenience: losing it must not cost the render.
+                self.json = None;
+                self.warn(&format!(
+                    "warning: cannot write the JSON log ({e}); the render goes on without it"
+                ));
             }
         }
         if self.quiet {
@@ -495,7 +497,6 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         scale_start: Instant::now(),
         scale_index: scale0,
         last_report: Instant::now(),
-        error: None,
     };
     crate::signals::install();
     let start = Instant::now();
@@ -532,10 +533,9 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     }
     let peak = common::peak_rss();
     if let Some(j) = &mut reporter.json {
-        j.flush().context("cannot write the JSON log")?;
-    }
-    if let Some(e) = reporter.error.take() {
-        return Err(e);
+        if let Err(e) = j.flush() {
+            reporter.warn(&format!("warning: cannot write the JSON log ({e})"));
+        }
     }
     if let Some(sig) = interrupted {
         let mut saved_checkpoint = false;

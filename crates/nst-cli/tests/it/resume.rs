@@ -429,3 +429,20 @@ fn a_second_sigint_exits_at_once_leaving_no_partial_file() {
         image::open(&out).unwrap();
     }
 }
+
+/// A JSON log that cannot be written (a full disk: `/dev/full`) is a warning; the render
+/// and its output go on.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failing_json_log_is_a_warning_and_the_image_is_written() {
+    weights();
+    let out = tmp("fulllog.png");
+    let mut a = render_args(&out, &["--iterations", "3", "--json-log", "/dev/full"]);
+    a.retain(|x| x != "--quiet");
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    let r = nst(&refs);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("warning: cannot write the JSON log"), "{err}");
+    assert_eq!(image::open(&out).unwrap().width(), 96);
+}
