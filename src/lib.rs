@@ -1,8 +1,79 @@
-//! nst, neural style transfer: one dependency that re-exports the workspace's crates.
+//! nst, neural style transfer: one dependency that re-exports every library crate of the
+//! workspace, so research code can take any of them through `nst::…`.
+//!
+//! | module | crate | what it is for |
+//! |---|---|---|
+//! | [`tensor`] | nst-tensor | shapes, the `Backend` trait, the `Tensor` handle |
+//! | [`cpu`] | nst-cpu | the CPU backend (`Cpu` for work, `Cpu64` for gradient checks) |
+//! | [`autodiff`] | nst-autodiff | the tape, `Var`, finite-difference gradient checks |
+//! | [`vgg`] | nst-vgg | VGG19/VGG16, the input convention, receptive fields |
+//! | [`weights`] | nst-weights | reading and converting `torch.save` and safetensors weights |
+//! | [`features`] | nst-features | activations at named layers, on a tape or not |
+//! | [`loss`] | nst-loss | Gram matrices, content, style and total-variation losses |
+//! | [`optim`] | nst-optim | L-BFGS, Adam, gradient descent over any vector and closure |
+//! | [`style`] | nst-style | the objective, the memory planner, the render session |
+//! | [`io`] | nst-io | image files with limits, EXIF orientation, 16 bits, ICC |
+//! | `cuda` | nst-cuda | the CUDA backend, with the `cuda` feature |
+//!
+//! The examples in `examples/` (`cargo run --release --example NAME`) mix these crates the way
+//! research code does; `docs/research.md` is the guide.
+//!
+//! ```
+//! // A Gram matrix of VGG19 activations on a tape, and its gradient w.r.t. the image, with
+//! // random weights (the real ones come from `nst::load_vgg19`).
+//! use nst::{autodiff::Tape, cpu::Cpu, features::FeatureExtractor, tensor::Tensor, vgg};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cpu = Cpu::new(1);
+//! let net = vgg::Vgg::random_for_tests(&cpu, vgg::Arch::Vgg19, 0)?;
+//! let fx = FeatureExtractor::new(&net, &["relu2_1"])?;
+//! let tape = Tape::new();
+//! let x = tape.var(Tensor::from_f32(&cpu, &vec![0.5; 3 * 16 * 16], [1, 3, 16, 16])?);
+//! let g = nst::loss::gram(fx.extract_var(&x)?.get("relu2_1").unwrap())?;
+//! assert_eq!(g.shape().dims(), &[128, 128]);
+//! let grad = tape.backward(&g.sum()?)?;
+//! assert_eq!(grad.get(&x).unwrap().dims(), &[1, 3, 16, 16]);
+//! # Ok(()) }
+//! ```
 
 pub use nst_autodiff as autodiff;
 pub use nst_cpu as cpu;
+#[cfg(feature = "cuda")]
+pub use nst_cuda as cuda;
 pub use nst_features as features;
+pub use nst_io as io;
+pub use nst_loss as loss;
+pub use nst_optim as optim;
+pub use nst_style as style;
 pub use nst_tensor as tensor;
 pub use nst_vgg as vgg;
 pub use nst_weights as weights;
+
+use std::path::PathBuf;
+
+/// Where the weights are: `$NST_WEIGHTS`, else `weights/vgg19.safetensors` in the current
+/// folder or the nearest folder above it that has one (`cargo xtask fetch-weights` makes it).
+pub fn weights_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("NST_WEIGHTS") {
+        return PathBuf::from(p);
+    }
+    let rel = std::path::Path::new("weights").join("vgg19.safetensors");
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| d.ancestors().map(|a| a.join(&rel)).find(|c| c.is_file()))
+        .unwrap_or(rel)
+}
+
+/// Loads VGG19 from [`weights_path`] onto `backend`, with an error saying how to get the
+/// weights when they are missing.
+pub fn load_vgg19<B: tensor::Backend>(
+    backend: &B,
+) -> Result<vgg::Vgg<B>, Box<dyn std::error::Error + Send + Sync>> {
+    let path = weights_path();
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "cannot read the weights {}: {e}; run `cargo xtask fetch-weights` or set NST_WEIGHTS",
+            path.display()
+        )
+    })?;
+    Ok(vgg::Vgg::from_safetensors(backend, &bytes)?)
+}

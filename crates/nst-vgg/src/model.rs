@@ -149,6 +149,53 @@ impl<B: Backend> Vgg<B> {
         })
     }
 
+    /// **For tests and documentation only**: the network `arch` with random weights (Kaiming
+    /// uniform, from a fixed generator seeded by `seed`; biases 0.01), built in memory so an
+    /// example runs without the 550 MB weight file. Its activations have the right shapes and
+    /// sensible magnitudes, but it has learnt nothing: losses and renders made with it do
+    /// not look like style transfer. Load real weights with [`Vgg::from_safetensors`].
+    ///
+    /// ```
+    /// use nst_vgg::{Arch, Vgg};
+    /// let cpu = nst_cpu::Cpu::new(1);
+    /// let vgg = Vgg::random_for_tests(&cpu, Arch::Vgg19, 7).unwrap();
+    /// assert_eq!(vgg.layer_index("relu4_2").unwrap(), 22);
+    /// ```
+    pub fn random_for_tests(backend: &B, arch: Arch, seed: u64) -> Result<Self> {
+        let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
+        // SplitMix64, mapped to [-1, 1).
+        let mut uniform = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let layers = arch.layers();
+        let mut params = Vec::with_capacity(layers.len());
+        for layer in &layers {
+            let LayerOp::Conv { cin, cout } = layer.op else {
+                params.push(None);
+                continue;
+            };
+            let bound = (6.0 / (9 * cin) as f32).sqrt();
+            let w: Vec<f32> = (0..cout * cin * 9).map(|_| uniform() * bound).collect();
+            params.push(Some((
+                Tensor::from_f32(backend, &w, [cout, cin, 3, 3])?,
+                Tensor::from_f32(backend, &vec![0.01; cout], [cout])?,
+            )));
+        }
+        Ok(Vgg {
+            arch,
+            layers,
+            params,
+            pooling: PoolKind::Max,
+            convention: InputConvention::CaffeBgr,
+            metadata: BTreeMap::from([("nst.random_for_tests".to_string(), seed.to_string())]),
+        })
+    }
+
     /// The same network with another pooling (max by default; average as in the paper's
     /// variant).
     pub fn with_pooling(mut self, pooling: PoolKind) -> Self {
