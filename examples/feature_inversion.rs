@@ -22,7 +22,7 @@ use common::{Args, Res};
 use nst::autodiff::Tape;
 use nst::cpu::Cpu;
 use nst::features::FeatureExtractor;
-use nst::optim::{Lbfgs, Optimizer};
+use nst::optim::Lbfgs;
 use nst::style::Image;
 use nst::tensor::Tensor;
 use std::path::PathBuf;
@@ -55,14 +55,7 @@ fn run(args: &Args) -> Res<Vec<Inverted>> {
             Ok((loss.value().scalar()?, grad))
         };
         let mut opt = Lbfgs::new(Default::default());
-        let (mut first, mut last) = (f64::NAN, f64::NAN);
-        for it in 0..iterations {
-            let step = opt.step(&mut x, &mut objective)?;
-            if it == 0 {
-                first = step.loss;
-            }
-            last = step.loss;
-        }
+        let (first, last) = common::optimise(&mut opt, &mut x, &mut objective, iterations)?;
         let img = Image::from_model(&x.to_f32()?, w, h, conv).ok_or("a size mismatch")?;
         let path = dir.join(format!("inversion_{layer}.png"));
         common::save(&img, &path)?;

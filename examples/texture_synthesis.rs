@@ -16,23 +16,16 @@
 
 mod common;
 
-use common::{Args, Res};
+use common::{Args, Res, Summary};
 use nst::autodiff::Tape;
 use nst::cpu::Cpu;
 use nst::features::FeatureExtractor;
-use nst::optim::{Lbfgs, Optimizer};
+use nst::optim::Lbfgs;
 use nst::style::Image;
 use nst::tensor::Tensor;
 use std::path::PathBuf;
 
 const LAYERS: [&str; 5] = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"];
-
-/// The loss at the first and the last iteration, and the file written.
-struct Summary {
-    first: f64,
-    last: f64,
-    out: PathBuf,
-}
 
 fn run(args: &Args) -> Res<Summary> {
     let size: usize = args.num("size", 256)?;
@@ -73,27 +66,14 @@ fn run(args: &Args) -> Res<Summary> {
         Ok((total, grad))
     };
     let mut opt = Lbfgs::new(Default::default());
-    let (mut first, mut last) = (f64::NAN, f64::NAN);
-    for it in 0..iterations {
-        let step = opt.step(&mut x, &mut objective)?;
-        if it == 0 {
-            first = step.loss;
-        }
-        last = step.loss;
-    }
+    let (first, last) = common::optimise(&mut opt, &mut x, &mut objective, iterations)?;
     let img = Image::from_model(&x.to_f32()?, size, size, conv).ok_or("a size mismatch")?;
     common::save(&img, &out)?;
     Ok(Summary { first, last, out })
 }
 
 fn main() -> Res<()> {
-    let s = run(&Args::from_env()?)?;
-    println!(
-        "style loss {:.4e} -> {:.4e}; wrote {}",
-        s.first,
-        s.last,
-        s.out.display()
-    );
+    run(&Args::from_env()?)?.print("style loss");
     Ok(())
 }
 

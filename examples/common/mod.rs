@@ -100,3 +100,48 @@ pub(crate) fn test_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("a temporary folder");
     d
 }
+
+/// What an optimising example did: the loss at the first and the last iteration, and the
+/// file it wrote.
+pub(crate) struct Summary {
+    pub(crate) first: f64,
+    pub(crate) last: f64,
+    pub(crate) out: PathBuf,
+}
+
+impl Summary {
+    /// One line: `what first -> last; wrote out`.
+    #[allow(clippy::print_stdout)]
+    pub(crate) fn print(&self, what: &str) {
+        println!(
+            "{what} {:.4e} -> {:.4e}; wrote {}",
+            self.first,
+            self.last,
+            self.out.display()
+        );
+    }
+}
+
+/// Runs `iterations` steps of `opt` on `x`; returns the loss at the first and the last.
+pub(crate) fn optimise<V, O, F>(
+    opt: &mut O,
+    x: &mut V,
+    mut f: F,
+    iterations: usize,
+) -> Res<(f64, f64)>
+where
+    V: nst::optim::Vector,
+    O: nst::optim::Optimizer<V>,
+    F: FnMut(&V) -> Res<(f64, V)>,
+    Box<dyn std::error::Error + Send + Sync>: From<V::Error>,
+{
+    let (mut first, mut last) = (f64::NAN, f64::NAN);
+    for it in 0..iterations {
+        let step = opt.step(x, &mut f)?;
+        if it == 0 {
+            first = step.loss;
+        }
+        last = step.loss;
+    }
+    Ok((first, last))
+}
