@@ -35,6 +35,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub use nst_autodiff as autodiff;
 pub use nst_cpu as cpu;
 #[cfg(feature = "cuda")]

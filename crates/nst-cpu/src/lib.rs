@@ -8,6 +8,27 @@
 //! `gemm` crate's kernels (AVX-512 chosen at run time where the processor has it); everything
 //! else is parallel loops over large chunks. All reductions and Winograd's blocks use a fixed
 //! split that does not depend on the thread count, so results are bit-identical across runs.
+//!
+//! ```
+//! use nst_cpu::Cpu;
+//! use nst_tensor::Tensor;
+//! # fn main() -> nst_tensor::Result<()> {
+//! // A 3x3 convolution of a 1x1x4x4 image with one all-ones filter and padding 1.
+//! let conv = |threads| -> nst_tensor::Result<Vec<f32>> {
+//!     let cpu = Cpu::new(threads);
+//!     let x = Tensor::from_f32(&cpu, &(0..16).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 4, 4])?;
+//!     let w = Tensor::from_f32(&cpu, &[1.0; 9], [1, 1, 3, 3])?;
+//!     x.conv2d(&w, None, 1, 1)?.to_f32()
+//! };
+//! let y = conv(1)?;
+//! // The corner sums its 2x2 neighbourhood: 0 + 1 + 4 + 5.
+//! assert_eq!(y[0], 10.0);
+//! // The same bytes with any number of threads.
+//! assert_eq!(y, conv(2)?);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
 
 mod element;
 mod ops;

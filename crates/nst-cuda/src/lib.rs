@@ -4,6 +4,21 @@
 //! `src/kernels/*.cu`, compiled once per process); matrix products and the convolutions' GEMMs
 //! run on cuBLAS in f32 (no TF32). Libraries are loaded at run time, so the crate builds without
 //! a CUDA toolkit, and a missing driver or library is a typed error, never a panic.
+//!
+//! ```
+//! use nst_tensor::Tensor;
+//! // Runs everywhere: on a machine without a GPU (or without the CUDA libraries) the
+//! // constructor returns an error saying what is missing.
+//! match nst_cuda::Cuda::new(0) {
+//!     Ok(gpu) => {
+//!         let x = Tensor::from_f32(&gpu, &[1.0, -2.0, 3.0], [3]).unwrap();
+//!         assert_eq!(x.relu().unwrap().to_f32().unwrap(), vec![1.0, 0.0, 3.0]);
+//!     }
+//!     Err(e) => assert!(!e.to_string().is_empty()),
+//! }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod kernels;
 mod ops;

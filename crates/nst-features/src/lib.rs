@@ -6,17 +6,26 @@
 //! one exists) and [`FeatureExtractor::extract_var`] runs on a tape, so losses can be built
 //! on the activations. Either way the pass stops at the deepest layer asked for.
 //!
-//! ```no_run
-//! # fn demo(weights: &[u8], image: nst_tensor::Tensor<nst_cpu::Cpu>) -> nst_vgg::Result<()> {
+//! ```
 //! use nst_features::FeatureExtractor;
-//! use nst_vgg::Vgg;
-//! let cpu = nst_cpu::Cpu::new(0);
-//! let vgg = Vgg::from_safetensors(&cpu, weights)?;
+//! use nst_tensor::Tensor;
+//! use nst_vgg::{Arch, Vgg};
+//! # fn main() -> nst_vgg::Result<()> {
+//! let cpu = nst_cpu::Cpu::new(1);
+//! // Random weights keep the example fast; real work loads them with
+//! // `Vgg::from_safetensors` (the shapes below are the same, the values meaningful).
+//! let vgg = Vgg::random_for_tests(&cpu, Arch::Vgg19, 1)?;
 //! let fx = FeatureExtractor::new(&vgg, &["relu1_1", "relu4_2"])?;
-//! let feats = fx.extract(&image)?; // image: [1, 3, H, W] in model space
-//! let relu4_2 = feats.get("relu4_2").unwrap();
+//! let image = Tensor::zeros(&cpu, [1, 3, 32, 48])?; // [1, 3, H, W] in model space
+//! let feats = fx.extract(&image)?;
+//! assert_eq!(feats.get("relu1_1").unwrap().dims(), &[1, 64, 32, 48]);
+//! assert_eq!(feats.get("relu4_2").unwrap().dims(), &[1, 512, 4, 6]);
+//! // A wrong name lists the valid ones.
+//! assert!(FeatureExtractor::new(&vgg, &["relu9_9"]).is_err());
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 use nst_autodiff::Var;
 use nst_tensor::{Backend, Tensor};

@@ -19,6 +19,8 @@
 //! assert!((back.image.data()[1] - 128.5).abs() < 0.01);
 //! ```
 
+#![warn(missing_docs)]
+
 use image::{ImageDecoder, ImageEncoder, ImageFormat};
 use nst_style::Image;
 use std::io::{BufRead, Cursor, Seek};

@@ -21,6 +21,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 use nst_autodiff::Var;
 use nst_tensor::{Backend, Error, Result, Tensor};
 
@@ -52,6 +54,18 @@ pub fn gram_tensor<B: Backend>(f: &Tensor<B>) -> Result<Tensor<B>> {
 }
 
 /// Content loss `weight · mean((f − target)²)`.
+///
+/// ```
+/// # use nst_autodiff::Tape;
+/// # use nst_tensor::Tensor;
+/// let cpu = nst_cpu::Cpu::new(1);
+/// let tape = Tape::new();
+/// let f = tape.var(Tensor::from_f32(&cpu, &[1.0, 3.0], [1, 2, 1, 1]).unwrap());
+/// let target = Tensor::from_f32(&cpu, &[0.0, 1.0], [1, 2, 1, 1]).unwrap();
+/// // 2 · ((1 − 0)² + (3 − 1)²) / 2
+/// let loss = nst_loss::content(&f, &target, 2.0).unwrap();
+/// assert_eq!(loss.value().scalar().unwrap(), 5.0);
+/// ```
 pub fn content<'t, B: Backend>(
     f: &Var<'t, B>,
     target: &Tensor<B>,
@@ -91,6 +105,17 @@ pub fn squared_differences<'t, B: Backend>(x: &Var<'t, B>, axis: usize) -> Resul
 
 /// Total variation `weight · Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] − x[i,j])²` of an image
 /// `[N, C, H, W]`, summed over every channel and position.
+///
+/// ```
+/// # use nst_autodiff::Tape;
+/// # use nst_tensor::Tensor;
+/// let cpu = nst_cpu::Cpu::new(1);
+/// let tape = Tape::new();
+/// // A 2x2 image [[0, 1], [0, 3]]: horizontal steps 1 and 3, vertical 0 and 2.
+/// let x = tape.var(Tensor::from_f32(&cpu, &[0.0, 1.0, 0.0, 3.0], [1, 1, 2, 2]).unwrap());
+/// let tv = nst_loss::total_variation(&x, 1.0).unwrap();
+/// assert_eq!(tv.value().scalar().unwrap(), 1.0 + 9.0 + 0.0 + 4.0);
+/// ```
 pub fn total_variation<'t, B: Backend>(x: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
     let dims = x.shape().dims().to_vec();
     if dims.len() != 4 {

@@ -28,6 +28,25 @@ impl Default for AdamConfig {
 }
 
 /// Adam (Kingma & Ba) with bias correction; its moments live wherever the vector does.
+///
+/// ```
+/// use nst_optim::{Adam, AdamConfig, LengthMismatch, Optimizer};
+/// // f(x) = Σ x², from x = (3, -4).
+/// let mut f = |x: &Vec<f32>| -> Result<(f64, Vec<f32>), LengthMismatch> {
+///     Ok((x.iter().map(|v| (*v as f64).powi(2)).sum(), x.iter().map(|v| 2.0 * v).collect()))
+/// };
+/// let mut x = vec![3.0f32, -4.0];
+/// let mut opt = Adam::new(AdamConfig { learning_rate: 0.1, ..Default::default() });
+/// let first = opt.step(&mut x, &mut f).unwrap().loss;
+/// for _ in 0..300 {
+///     opt.step(&mut x, &mut f).unwrap();
+/// }
+/// assert_eq!(first, 25.0);
+/// assert!(x.iter().all(|v| v.abs() < 0.1), "{x:?}");
+/// // Its whole state can be saved and restored (a checkpoint).
+/// let again = Adam::from_state(AdamConfig::default(), opt.state()).unwrap();
+/// assert_eq!(again.state(), opt.state());
+/// ```
 #[derive(Clone, Debug)]
 pub struct Adam<V = Vec<f32>> {
     cfg: AdamConfig,

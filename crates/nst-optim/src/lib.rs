@@ -25,6 +25,8 @@
 //! assert!((x[3] - 3.0).abs() < 1e-4);
 //! ```
 
+#![warn(missing_docs)]
+
 mod adam;
 mod lbfgs;
 mod vector;

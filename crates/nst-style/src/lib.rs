@@ -6,6 +6,8 @@
 //! original colours (luminance-only transfer), snapshots, and a guard that stops on a
 //! non-finite loss and keeps the last good image.
 
+#![warn(missing_docs)]
+
 mod checkpoint;
 mod image;
 pub mod memory;

@@ -416,20 +416,34 @@ pub enum SessionStatus {
 /// here, so a driver — the CLI, a web view, a batch job — decides when to report, save a
 /// snapshot or a [`Checkpoint`], or stop.
 ///
-/// ```no_run
-/// # fn demo<B: nst_tensor::Backend>(backend: &B, model: &nst_vgg::Vgg<B>,
-/// #     content: &nst_style::Image, style: &nst_style::Image) -> nst_style::Result<()> {
-/// use nst_style::{RenderConfig, RenderSession};
-/// let cfg = RenderConfig::default();
-/// let mut session = RenderSession::new(backend, model, content, std::slice::from_ref(style), &cfg)?;
-/// while let Some(progress) = session.step()? {
-///     if progress.iteration.0 % 50 == 0 {
-///         let bytes = session.checkpoint()?.to_bytes()?; // write them somewhere
-///         # drop(bytes);
-///     }
-/// }
-/// let rendered = session.finish()?;
-/// # drop(rendered); Ok(()) }
+/// ```
+/// use nst_style::{Checkpoint, Image, RenderConfig, RenderSession};
+/// use nst_vgg::{Arch, Vgg};
+/// # fn main() -> nst_style::Result<()> {
+/// let cpu = nst_cpu::Cpu::new(1);
+/// // Random weights keep the example fast; a real render loads them with
+/// // `Vgg::from_safetensors` (everything below stays the same).
+/// let vgg = Vgg::random_for_tests(&cpu, Arch::Vgg19, 3)?;
+/// let content = Image::new(24, 16, vec![120.0; 24 * 16 * 3]).unwrap();
+/// let styles = [Image::new(16, 16, (0..16 * 16 * 3).map(|i| (i % 256) as f32).collect()).unwrap()];
+/// let cfg = RenderConfig { iterations: 4, ..RenderConfig::default() };
+///
+/// // Two iterations, then a checkpoint (to bytes: a file in real use)...
+/// let mut session = RenderSession::new(&cpu, &vgg, &content, &styles, &cfg)?;
+/// session.step()?;
+/// let progress = session.step()?.expect("an iteration");
+/// assert_eq!(progress.iteration, (2, 4));
+/// let bytes = session.checkpoint()?.to_bytes()?;
+/// // ...then on, to the end.
+/// while session.step()?.is_some() {}
+/// let whole = session.finish()?.image;
+///
+/// // A new session resumed from the checkpoint ends on the same image, bit for bit.
+/// let mut resumed =
+///     RenderSession::resume(&cpu, &vgg, &content, &styles, &cfg, Checkpoint::from_bytes(&bytes)?)?;
+/// while resumed.step()?.is_some() {}
+/// assert!(resumed.finish()?.image == whole);
+/// # Ok(()) }
 /// ```
 pub struct RenderSession<'a, B: Backend> {
     backend: &'a B,

@@ -20,8 +20,6 @@ pub enum Tiling {
     /// alignment, [`Geometry::align`]); the image is cut into equal tiles of at most this
     /// side, rounded up to the alignment.
     Tiles(usize),
-    /// Tiles with a given halo (a multiple of the alignment) instead of the computed one:
-    /// for studying the halo. A halo narrower than [`Geometry::halo`] is inexact.
     /// Tiles of which only the last `keep` of pass 1 keep their tape for pass 2 (the others
     /// are run again); the default keeps every tile's deep part. Fewer kept tapes hold less
     /// memory and cost more time.
@@ -31,6 +29,8 @@ pub enum Tiling {
         /// Tiles whose tape is kept.
         keep: usize,
     },
+    /// Tiles with a given halo (a multiple of the alignment) instead of the computed one:
+    /// for studying the halo. A halo narrower than [`Geometry::halo`] is inexact.
     TilesWithHalo {
         /// The largest inner side.
         tile: usize,

@@ -3,6 +3,8 @@
 //! This crate knows nothing of any particular device, of files or of autodiff: backends
 //! (`nst-cpu`, `nst-cuda`) implement [`Backend`], and everything above works on [`Tensor<B>`].
 
+#![warn(missing_docs)]
+
 mod backend;
 pub mod check;
 mod counting;

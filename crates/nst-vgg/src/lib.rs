@@ -2,6 +2,8 @@
 //! safetensors, the image <-> model-space conversion, and a forward pass over plain tensors
 //! or tape variables.
 
+#![warn(missing_docs)]
+
 mod arch;
 pub mod convention;
 mod model;

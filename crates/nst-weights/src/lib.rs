@@ -5,6 +5,21 @@
 //! safetensors files already in nst's layout, through a pickle reader that refuses anything
 //! but plain data. Writes `convB_I.weight` / `convB_I.bias` f32 tensors with metadata naming
 //! the source and the input convention, byte-for-byte deterministic.
+//!
+//! ```
+//! use nst_weights::pickle::{self, Value};
+//! // `pickle.dumps({"a": 1}, protocol=2)`
+//! let bytes = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.";
+//! let value = pickle::load(bytes, &mut 0).unwrap();
+//! assert_eq!(value, Value::Dict(vec![(Value::Str("a".into()), Value::Int(1))]));
+//! // Anything that would run code is refused, never executed.
+//! let evil = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+//! assert!(pickle::load(evil, &mut 0).is_err());
+//! // Bytes that are no checkpoint at all are an error naming the formats tried.
+//! assert!(nst_weights::convert_any(b"not weights").is_err());
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod pickle;
 pub mod torch;
