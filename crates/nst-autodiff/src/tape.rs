@@ -138,6 +138,76 @@ impl<B: Backend> Tape<B> {
         }
     }
 
+    /// Records an op of the caller's own: `value` is its output, computed from `inputs`
+    /// however the caller likes (any tensor ops, or off the tape entirely); `backward` maps
+    /// the gradient of the output to one gradient per input, each of its input's shape. It is
+    /// called only when some input requires a gradient, and its results for inputs that
+    /// don't are dropped. Inputs of another tape, and gradients of the wrong number or shape,
+    /// are errors.
+    ///
+    /// ```
+    /// use nst_autodiff::{gradcheck, Tape};
+    /// use nst_cpu::Cpu64;
+    /// use nst_tensor::Tensor;
+    /// # fn main() -> nst_tensor::Result<()> {
+    /// // y = x³, with its backward dy/dx = 3x² written by hand.
+    /// fn cube<'t>(x: &nst_autodiff::Var<'t, Cpu64>) -> nst_tensor::Result<nst_autodiff::Var<'t, Cpu64>> {
+    ///     let v = x.value().clone();
+    ///     let y = v.mul(&v)?.mul(&v)?;
+    ///     x.tape().custom(y, &[x], move |g| Ok(vec![g.mul(&v.mul(&v)?.scale(3.0)?)?]))
+    /// }
+    /// let cpu = Cpu64::new(1);
+    /// let x = Tensor::from_f64(&cpu, &[0.5, -1.0, 2.0], [3])?;
+    /// // The gradient check compares the hand-written backward with central differences.
+    /// let report = gradcheck::check(&[x], |_, v| cube(&v[0])?.sum(), Default::default())?;
+    /// assert!(report.is_ok(), "{report}");
+    /// # Ok(()) }
+    /// ```
+    pub fn custom<'t>(
+        &'t self,
+        value: Tensor<B>,
+        inputs: &[&Var<'t, B>],
+        backward: impl FnOnce(&Tensor<B>) -> Result<Vec<Tensor<B>>> + 'static,
+    ) -> Result<Var<'t, B>> {
+        if inputs.iter().any(|v| !std::ptr::eq(v.tape, self)) {
+            return Err(Error::invalid("custom", "an input belongs to another tape"));
+        }
+        let parents: Vec<(bool, usize, nst_tensor::Shape)> = inputs
+            .iter()
+            .map(|v| (v.requires_grad, v.id, v.value.shape().clone()))
+            .collect();
+        let requires_grad = parents.iter().any(|p| p.0);
+        Ok(self.record(value, requires_grad, move |g| {
+            let grads = backward(g)?;
+            if grads.len() != parents.len() {
+                return Err(Error::invalid(
+                    "custom",
+                    format!(
+                        "backward returned {} gradients for {} inputs",
+                        grads.len(),
+                        parents.len()
+                    ),
+                ));
+            }
+            let mut out = Vec::new();
+            for ((needs, id, shape), grad) in parents.iter().zip(grads) {
+                if grad.shape() != shape {
+                    return Err(Error::invalid(
+                        "custom",
+                        format!(
+                            "a gradient of shape {} for an input of shape {shape}",
+                            grad.shape()
+                        ),
+                    ));
+                }
+                if *needs {
+                    out.push((*id, grad));
+                }
+            }
+            Ok(out)
+        }))
+    }
+
     /// The number of nodes recorded so far.
     pub fn len(&self) -> usize {
         self.nodes.borrow().len()

@@ -112,3 +112,35 @@ fn vars_of_two_tapes_are_refused() {
     // `b` has the same node id on its tape as `a` on its own.
     assert!(g.get(&b).is_none());
 }
+
+#[test]
+fn custom_ops_are_checked() {
+    let cpu = nst_cpu::Cpu::new(1);
+    let (t1, t2) = (Tape::new(), Tape::new());
+    let t = |v: &[f32]| Tensor::from_f32(&cpu, v, [v.len()]).unwrap();
+    let a = t1.var(t(&[1.0, 2.0]));
+    let b = t2.var(t(&[1.0, 2.0]));
+    assert!(t1.custom(t(&[0.0]), &[&a, &b], |_| Ok(vec![])).is_err());
+    // Too few gradients, or one of the wrong shape: an error at backward, not a panic.
+    let y = t1.custom(t(&[3.0]), &[&a], |_| Ok(vec![])).unwrap();
+    assert!(t1.backward(&y).is_err());
+    let y = t1
+        .custom(t(&[3.0]), &[&a], move |_| {
+            Ok(vec![
+                Tensor::from_f32(&nst_cpu::Cpu::new(1), &[1.0], [1]).unwrap()
+            ])
+        })
+        .unwrap();
+    assert!(t1.backward(&y).is_err());
+    // A constant input gets nothing, a variable its gradient.
+    let c = t1.constant(t(&[5.0, 6.0]));
+    let keep = t(&[7.0, 8.0]);
+    let y = t1
+        .custom(t(&[1.0]), &[&a, &c], move |_| {
+            Ok(vec![keep.clone(), keep.clone()])
+        })
+        .unwrap();
+    let g = t1.backward(&y).unwrap();
+    assert_eq!(g.get(&a).unwrap().to_f32().unwrap(), vec![7.0, 8.0]);
+    assert!(g.get(&c).is_none());
+}
