@@ -3,8 +3,10 @@
 //! Convolutional Networks" (2014).
 //!
 //! From a flat grey image, climb the gradient of one channel's mean activation at one layer,
-//! with a small L2 penalty on the pixels to keep them bounded: the picture shows what that
-//! channel responds to.
+//! with a small L2 penalty on the pixels to keep them bounded: the picture shows the pattern
+//! that channel responds to (a mid-level channel's is a repeated motif; without the image
+//! transformations of later feature-visualisation work it stays high-frequency). `--tv W`
+//! adds a total-variation penalty that smooths it, at the cost of activation.
 //!
 //! Demonstrates: gradients w.r.t. the input through `nst::features` and the tape alone
 //! (`narrow` picks the channel), and plain gradient ascent written out by hand.
@@ -33,6 +35,7 @@ fn run(args: &Args) -> Res<Summary> {
     let layer = args.get("layer", "relu4_1");
     let step: f64 = args.num("step", 2.0)?;
     let l2: f64 = args.num("l2", 1e-4)?;
+    let tv: f64 = args.num("tv", 0.0)?;
     let out = PathBuf::from(args.get("out", "channel.png"));
     let cpu = Cpu::new(args.num("threads", 0)?);
     let vgg = nst::load_vgg19(&cpu)?;
@@ -62,7 +65,13 @@ fn run(args: &Args) -> Res<Summary> {
             break;
         }
         // Maximise the activation minus the penalty: descend on its negative.
-        let objective = v.square()?.mean()?.scale(l2)?.sub(&activation)?;
+        let n = v.value().numel() as f64;
+        let penalty = v
+            .square()?
+            .mean()?
+            .scale(l2)?
+            .add(&nst::loss::total_variation(&v, tv / n)?)?;
+        let objective = penalty.sub(&activation)?;
         let g = tape
             .backward(&objective)?
             .take(&v)

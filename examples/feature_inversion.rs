@@ -50,7 +50,11 @@ fn run(args: &Args) -> Res<Vec<Inverted>> {
             let tape = Tape::new();
             let v = tape.var(x.clone());
             let f = fx.extract_var(&v)?.into_vec().remove(0).1;
-            let loss = nst::loss::content(&f, &target, 1.0)?;
+            // The sum of squared differences (the mean's weight times the element count):
+            // a mean over a large shallow layer has gradients so small that L-BFGS's first
+            // curvature pairs are rejected and it barely moves.
+            let n = f.value().numel() as f64;
+            let loss = nst::loss::content(&f, &target, n)?;
             let grad = tape.backward(&loss)?.take(&v).expect("x is a variable");
             Ok((loss.value().scalar()?, grad))
         };

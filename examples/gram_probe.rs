@@ -2,8 +2,8 @@
 //! Style Transfer Using Convolutional Neural Networks" (CVPR 2016).
 //!
 //! For a content/style pair, prints each style layer's Gram distance `mean((G(C) − G(S))²)`,
-//! and how much it moves when the content image gets a small random perturbation: deep
-//! layers' Gram matrices barely notice pixel noise, shallow ones do.
+//! and how much it moves when the content image gets a small random perturbation (`--noise`,
+//! in pixel values): a first look at how stable the style representation is.
 //!
 //! Demonstrates: `nst::features` without a tape (inference only) and
 //! `nst::loss::gram_tensor` — no optimizer, a few lines.
