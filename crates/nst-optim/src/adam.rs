@@ -157,6 +157,18 @@ impl<V: Vector> Optimizer<V> for Adam<V> {
 }
 
 /// Plain gradient descent: `x -= learning_rate · ∇f(x)`.
+///
+/// ```
+/// use nst_optim::{GradientDescent, LengthMismatch, Optimizer};
+/// // f(x) = (x - 1)², gradient 2(x - 1): each step with rate 0.25 halves the distance to 1.
+/// let mut f = |x: &Vec<f32>| -> Result<(f64, Vec<f32>), LengthMismatch> {
+///     Ok((((x[0] - 1.0) as f64).powi(2), vec![2.0 * (x[0] - 1.0)]))
+/// };
+/// let mut x = vec![5.0f32];
+/// let mut gd = GradientDescent { learning_rate: 0.25 };
+/// gd.step(&mut x, &mut f).unwrap();
+/// assert_eq!(x, vec![3.0]);
+/// ```
 #[derive(Clone, Debug)]
 pub struct GradientDescent {
     /// Step size.
