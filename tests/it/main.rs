@@ -5,6 +5,7 @@
 //! reference tests).
 #![allow(clippy::print_stderr)]
 
+mod color;
 mod device;
 mod features;
 mod guard;

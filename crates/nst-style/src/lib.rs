@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+pub mod color;
 mod image;
 pub mod memory;
 mod objective;
@@ -16,6 +17,7 @@ mod render;
 pub mod tiled;
 
 pub use checkpoint::{Checkpoint, OptimizerState};
+pub use color::{ColorControl, MatrixRoot};
 pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
 pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};

@@ -72,7 +72,7 @@ pub struct RenderConfig {
     /// when empty).
     pub scales: Vec<usize>,
     /// Keep the content's colours (transfer luminance only).
-    pub original_colors: bool,
+    pub color_control: crate::ColorControl,
     /// Call [`Observer::snapshot`] every this many iterations (0: never).
     pub save_every: usize,
     /// Iterations of each scale, when they differ (e.g. from [`auto_scales`]); `iterations`
@@ -99,7 +99,7 @@ impl Default for RenderConfig {
             style_blend: Vec::new(),
             style_scale: 1.0,
             scales: Vec::new(),
-            original_colors: false,
+            color_control: crate::ColorControl::None,
             save_every: 0,
             scale_iterations: Vec::new(),
             tile: TileChoice::Auto,
@@ -374,7 +374,7 @@ fn fingerprint<B: Backend>(
         ("objective".into(), format!("{:?}", cfg.objective)),
         ("style_blend".into(), format!("{:?}", cfg.style_blend)),
         ("style_scale".into(), format!("{:?}", cfg.style_scale)),
-        ("original_colors".into(), cfg.original_colors.to_string()),
+        ("color_control".into(), format!("{:?}", cfg.color_control)),
         (
             "plan".into(),
             list(
@@ -449,7 +449,10 @@ pub struct RenderSession<'a, B: Backend> {
     backend: &'a B,
     model: &'a Vgg<B>,
     content: &'a Image,
-    styles: &'a [Image],
+    /// The content and styles the objective sees: as given, or as colour control makes them
+    /// (grey for luminance-only transfer, colour-matched styles).
+    content_eff: Image,
+    styles_eff: Vec<Image>,
     cfg: &'a RenderConfig,
     lr: f64,
     plans: Vec<MemoryPlan>,
@@ -483,11 +486,29 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let lr = check_config(cfg, styles.len())?;
         let plans = plan_scales(model, content, styles, cfg)?;
         let fingerprint = fingerprint(backend, content, styles, cfg, &plans);
+        let (content_eff, styles_eff) = match cfg.color_control {
+            crate::ColorControl::None => (content.clone(), styles.to_vec()),
+            crate::ColorControl::Luminance => (
+                crate::color::luminance(content),
+                styles
+                    .iter()
+                    .map(|s| crate::color::luminance_matched(s, content))
+                    .collect(),
+            ),
+            crate::ColorControl::Match(root) => (
+                content.clone(),
+                styles
+                    .iter()
+                    .map(|s| crate::color::match_colors(s, content, root))
+                    .collect(),
+            ),
+        };
         Ok(RenderSession {
             backend,
             model,
             content,
-            styles,
+            content_eff,
+            styles_eff,
             cfg,
             lr,
             plans,
@@ -648,10 +669,10 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let cfg = self.cfg;
         // The previous scale's buffers are all of other sizes.
         backend.release_cached();
-        let content = self.content.resize(w, h);
+        let content = self.content_eff.resize(w, h);
         let long = style_long_side(w, h, cfg.style_scale);
         let style_t = self
-            .styles
+            .styles_eff
             .iter()
             .map(|s| s.fit(long).to_model(backend, conv))
             .collect::<nst_tensor::Result<Vec<_>>>()?;
@@ -724,7 +745,8 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         };
         self.active = Some(Active {
             objective,
-            content,
+            // The colours to put back (the content as given, not its grey).
+            content: self.content.resize(w, h),
             x,
             previous,
             opt,
@@ -847,7 +869,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                     Some(x) => x.clone(),
                     None => match &self.cfg.init {
                         Init::Noise => noise(w, h, self.cfg.seed),
-                        Init::Content => conv.to_model(self.content.resize(w, h).data(), h, w),
+                        Init::Content => conv.to_model(self.content_eff.resize(w, h).data(), h, w),
                         Init::Image(img) => conv.to_model(img.resize(w, h).data(), h, w),
                     },
                 };
@@ -857,7 +879,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 )
             }
         };
-        if !self.cfg.original_colors {
+        if self.cfg.color_control != crate::ColorControl::Luminance {
             return Ok(img);
         }
         Ok(match (&self.active, content) {

@@ -120,6 +120,61 @@ fn multi_scale_blend_and_original_colors_run() {
 }
 
 #[test]
+fn color_control_modes_render_and_original_colors_is_luminance() {
+    weights();
+    let (c, st) = (
+        images().join("tubingen.jpg"),
+        images().join("starry_night.jpg"),
+    );
+    let run = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "render",
+            "--content",
+            s(&c),
+            "--style",
+            s(&st),
+            "--out",
+            s(out),
+            "--size",
+            "40",
+            "--iterations",
+            "4",
+            "--threads",
+            "2",
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        nst(&a)
+    };
+    let (a, b) = (tmp("cc_lum.png"), tmp("cc_alias.png"));
+    for (extra, out) in [
+        (&["--color-control", "luminance"][..], &a),
+        (&["--original-colors"][..], &b),
+    ] {
+        let r = run(extra, out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    for root in ["pca", "chol", "sym"] {
+        let out = tmp(&format!("cc_{root}.png"));
+        let r = run(&["--color-control", "match", "--color-match", root], &out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(image::open(&out).unwrap().width(), 40);
+    }
+    assert_fails_with(
+        &run(
+            &["--original-colors", "--color-control", "match"],
+            &tmp("cc_bad.png"),
+        ),
+        &["--original-colors", "match"],
+    );
+    assert_fails_with(
+        &run(&["--color-control", "sepia"], &tmp("cc_bad.png")),
+        &["sepia"],
+    );
+}
+
+#[test]
 fn eval_prints_every_term_and_writes_the_gradient() {
     weights();
     // Small PNG inputs written here so that sizes match.
