@@ -70,7 +70,8 @@ pub(crate) struct Options {
     /// L-BFGS correction pairs kept (the memory budget may lower it, saying so).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     lbfgs_history: u32,
-    /// The starting image: noise, content, or a path.
+    /// The starting image: noise (small Gaussian noise around the mean pixel), content, gray
+    /// (the photo's mean colour), uniform (uniform noise over 0-255), or a path.
     #[arg(long, default_value = "noise")]
     init: String,
     /// The seed of the noise initialisation.
@@ -132,6 +133,10 @@ pub(crate) struct Args {
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
+    /// Print a progress line every N iterations when stderr is not a terminal (a terminal
+    /// gets a progress bar).
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    print_every: u32,
 }
 
 /// `--bit-depth`: 8 or 16.
@@ -157,6 +162,7 @@ fn snapshot_path(out: &Path, scale: usize, scales: usize, it: usize) -> PathBuf 
 
 struct Reporter {
     save: io::SaveOptions,
+    print_every: usize,
     quiet: bool,
     quiet_plans: bool,
     terminal: bool,
@@ -258,7 +264,7 @@ impl Observer for Reporter {
                 }
                 self.last_draw = Some(Instant::now());
             }
-        } else if it == 1 || it % 10 == 0 || it == n {
+        } else if it == 1 || it % self.print_every == 0 || it == n {
             eprintln!("{}", self.line(p));
         }
         true
@@ -318,6 +324,8 @@ impl Options {
         let init = match o.init.as_str() {
             "noise" => Init::Noise,
             "content" => Init::Content,
+            "gray" => Init::Gray,
+            "uniform" => Init::Uniform,
             path => Init::Image(
                 io::load_image(Path::new(path), max_pixels).context("loading the --init image")?,
             ),
@@ -530,6 +538,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let (scale0, _) = session.position();
     let mut reporter = Reporter {
         save: save.clone(),
+        print_every: a.print_every as usize,
         quiet: a.quiet,
         quiet_plans: a.quiet,
         terminal: std::io::stderr().is_terminal(),

@@ -21,6 +21,10 @@ pub enum Init {
     Noise,
     /// The content image.
     Content,
+    /// The content's mean colour everywhere.
+    Gray,
+    /// Uniform noise over the whole pixel range, 0–255 in each channel (from the seed).
+    Uniform,
     /// A given image (resized to the content's size).
     Image(Image),
 }
@@ -346,6 +350,8 @@ fn fingerprint<B: Backend>(
             match &cfg.init {
                 Init::Noise => "noise".into(),
                 Init::Content => "content".into(),
+                Init::Gray => "gray".into(),
+                Init::Uniform => "uniform".into(),
                 Init::Image(img) => format!("image {}", image_digest(img)),
             },
         ),
@@ -660,6 +666,39 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         self.elapsed_before + self.started.elapsed()
     }
 
+    /// The starting image of the first scale, `w x h`, in model space.
+    fn initial(&self, w: usize, h: usize) -> Vec<f32> {
+        let conv = self.model.convention();
+        let pixels = |img: &Image| conv.to_model(img.data(), h, w);
+        match &self.cfg.init {
+            Init::Noise => noise(w, h, self.cfg.seed),
+            Init::Content => pixels(&self.content_eff.resize(w, h)),
+            Init::Gray => {
+                let src = self.content_eff.data();
+                let n = (src.len() / 3).max(1) as f64;
+                let mean: Vec<f32> = (0..3)
+                    .map(|c| {
+                        (src.iter()
+                            .skip(c)
+                            .step_by(3)
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                            / n) as f32
+                    })
+                    .collect();
+                let data = (0..w * h).flat_map(|_| mean.iter().copied()).collect();
+                pixels(&Image::new(w, h, data).expect("a positive size"))
+            }
+            Init::Uniform => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed);
+                let uniform = rand_distr::Uniform::new(0.0f32, 255.0);
+                let data = (0..3 * w * h).map(|_| uniform.sample(&mut rng)).collect();
+                pixels(&Image::new(w, h, data).expect("a positive size"))
+            }
+            Init::Image(img) => pixels(&img.resize(w, h)),
+        }
+    }
+
     /// Builds the objective and the optimizer of the current scale.
     fn start_scale(&mut self) -> Result<()> {
         let si = self.scale;
@@ -700,9 +739,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                     w,
                 )
             }
-            (None, Init::Noise) => noise(w, h, cfg.seed),
-            (None, Init::Content) => conv.to_model(content.data(), h, w),
-            (None, Init::Image(img)) => conv.to_model(img.resize(w, h).data(), h, w),
+            (None, _) => self.initial(w, h),
         };
         let shape = [1, 3, h, w];
         let upload = |v: Vec<f32>| Tensor::from_f32(backend, &v, shape);
@@ -867,11 +904,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 let (w, h) = self.scales[si];
                 let x = match &self.carried {
                     Some(x) => x.clone(),
-                    None => match &self.cfg.init {
-                        Init::Noise => noise(w, h, self.cfg.seed),
-                        Init::Content => conv.to_model(self.content_eff.resize(w, h).data(), h, w),
-                        Init::Image(img) => conv.to_model(img.resize(w, h).data(), h, w),
-                    },
+                    None => self.initial(w, h),
                 };
                 (
                     Image::from_model(&x, w, h, conv).ok_or_else(bad_len)?,

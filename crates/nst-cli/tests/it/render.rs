@@ -175,6 +175,43 @@ fn color_control_modes_render_and_original_colors_is_luminance() {
 }
 
 #[test]
+fn gray_and_uniform_starts_and_print_every() {
+    weights();
+    let (c, st) = (
+        images().join("tubingen.jpg"),
+        images().join("starry_night.jpg"),
+    );
+    for init in ["gray", "uniform"] {
+        let out = tmp(&format!("init_{init}.png"));
+        let r = nst(&[
+            "render",
+            "--content",
+            s(&c),
+            "--style",
+            s(&st),
+            "--out",
+            s(&out),
+            "--size",
+            "32",
+            "--iterations",
+            "6",
+            "--init",
+            init,
+            "--print-every",
+            "2",
+            "--threads",
+            "2",
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{err}");
+        // Iterations 1, 2, 4 and 6 (the last), then the summary line.
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("/6 loss")).collect();
+        assert_eq!(lines.len(), 4, "{init}: {err}");
+        assert_eq!(image::open(&out).unwrap().width(), 32);
+    }
+}
+
+#[test]
 fn eval_prints_every_term_and_writes_the_gradient() {
     weights();
     // Small PNG inputs written here so that sizes match.
