@@ -321,3 +321,59 @@ pub(crate) fn plan_note(
         nst_style::memory::format_bytes(p.peak_bytes)
     ))
 }
+
+/// `--color-control`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ColorArg {
+    /// The style's colours come through.
+    None,
+    /// Luminance-only transfer, the photo's chroma put back.
+    Luminance,
+    /// The style's colour mean and covariance matched to the photo's first.
+    Match,
+}
+
+/// `--color-match`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum RootArg {
+    /// Σ_c^½ Σ_s^(−½).
+    Pca,
+    /// Cholesky factors.
+    Chol,
+    /// The symmetric root.
+    Sym,
+}
+
+/// Colour control (render and eval).
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct ColorArgs {
+    /// Colour control: none, luminance (optimise on luminance only, then put back the
+    /// photo's colours), or match (map the style's colours to the photo's first).
+    #[arg(long, value_enum, default_value = "none")]
+    color_control: ColorArg,
+    /// The matrix root of --color-control match: pca, chol or sym (docs/objective.md).
+    #[arg(long, value_enum, default_value = "pca")]
+    color_match: RootArg,
+    /// Keep the photo's colours: the same as --color-control luminance.
+    #[arg(long)]
+    original_colors: bool,
+}
+
+impl ColorArgs {
+    /// The colour control asked for.
+    pub(crate) fn control(&self) -> Result<nst_style::ColorControl> {
+        use nst_style::{ColorControl, MatrixRoot};
+        Ok(match (self.color_control, self.original_colors) {
+            (ColorArg::Match, true) => bail!(
+                "--original-colors is --color-control luminance: it cannot be combined with --color-control match"
+            ),
+            (ColorArg::Luminance, _) | (ColorArg::None, true) => ColorControl::Luminance,
+            (ColorArg::None, false) => ColorControl::None,
+            (ColorArg::Match, false) => ColorControl::Match(match self.color_match {
+                RootArg::Pca => MatrixRoot::Pca,
+                RootArg::Chol => MatrixRoot::Cholesky,
+                RootArg::Sym => MatrixRoot::Symmetric,
+            }),
+        })
+    }
+}

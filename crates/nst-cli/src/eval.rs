@@ -24,6 +24,8 @@ pub(crate) struct Args {
     model: ModelArgs,
     #[command(flatten)]
     objective: ObjectiveArgs,
+    #[command(flatten)]
+    color: common::ColorArgs,
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
@@ -44,6 +46,14 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         content.height()
     );
     io::check_writable(&a.out)?;
+    // What the objective sees under colour control (the image too: a luminance-only
+    // transfer optimises a grey image).
+    let control = a.color.control()?;
+    let (content, styles) = control.prepare(&content, &styles);
+    let image = match control {
+        nst_style::ColorControl::Luminance => nst_style::color::luminance(&image),
+        _ => image,
+    };
     let model = a.model.model(cpu)?;
     let conv = model.convention();
     let style_t = styles

@@ -3,9 +3,7 @@
 use crate::common::{self, ModelArgs, ObjectiveArgs};
 use crate::io;
 use anyhow::{bail, ensure, Context, Result};
-use nst_style::{
-    ColorControl, Image, Init, MatrixRoot, Observer, OptimizerKind, Progress, RenderConfig,
-};
+use nst_style::{Image, Init, Observer, OptimizerKind, Progress, RenderConfig};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,28 +19,6 @@ pub(crate) enum Optim {
     Adam,
     /// Plain gradient descent.
     Gd,
-}
-
-/// `--color-control`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum ColorArg {
-    /// The style's colours come through.
-    None,
-    /// Luminance-only transfer, the photo's chroma put back.
-    Luminance,
-    /// The style's colour mean and covariance matched to the photo's first.
-    Match,
-}
-
-/// `--color-match`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub(crate) enum RootArg {
-    /// Σ_c^½ Σ_s^(−½).
-    Pca,
-    /// Cholesky factors.
-    Chol,
-    /// The symmetric root.
-    Sym,
 }
 
 /// Everything that decides a render (shared by `render` and `estimate`).
@@ -80,16 +56,8 @@ pub(crate) struct Options {
     /// Style images are scaled so their longer side is this times the content's.
     #[arg(long, default_value_t = 1.0)]
     style_scale: f64,
-    /// Colour control: none, luminance (optimise on luminance only, then put back the
-    /// photo's colours), or match (map the style's colours to the photo's first).
-    #[arg(long, value_enum, default_value = "none")]
-    color_control: ColorArg,
-    /// The matrix root of --color-control match: pca, chol or sym (docs/objective.md).
-    #[arg(long, value_enum, default_value = "pca")]
-    color_match: RootArg,
-    /// Keep the photo's colours: the same as --color-control luminance.
-    #[arg(long)]
-    original_colors: bool,
+    #[command(flatten)]
+    color: common::ColorArgs,
     #[command(flatten)]
     pub(crate) memory: common::MemoryArgs,
     #[command(flatten)]
@@ -375,18 +343,7 @@ impl Options {
             style_blend: o.inputs.style_blend.clone(),
             style_scale: o.style_scale,
             scales,
-            color_control: match (o.color_control, o.original_colors) {
-                (ColorArg::Match, true) => {
-                    bail!("--original-colors is --color-control luminance: it cannot be combined with --color-control match")
-                }
-                (ColorArg::Luminance, _) | (ColorArg::None, true) => ColorControl::Luminance,
-                (ColorArg::None, false) => ColorControl::None,
-                (ColorArg::Match, false) => ColorControl::Match(match o.color_match {
-                    RootArg::Pca => MatrixRoot::Pca,
-                    RootArg::Chol => MatrixRoot::Cholesky,
-                    RootArg::Sym => MatrixRoot::Symmetric,
-                }),
-            },
+            color_control: o.color.control()?,
             save_every: 0,
             scale_iterations,
             tile: o.memory.tile()?,

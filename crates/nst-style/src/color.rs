@@ -40,6 +40,31 @@ pub enum ColorControl {
     Match(MatrixRoot),
 }
 
+impl ColorControl {
+    /// The content and styles the objective sees under this control: as given; grey, with
+    /// the styles' luminance moments matched to the content's (`Luminance`); or the styles
+    /// colour-matched to the content (`Match`).
+    pub fn prepare(self, content: &Image, styles: &[Image]) -> (Image, Vec<Image>) {
+        match self {
+            ColorControl::None => (content.clone(), styles.to_vec()),
+            ColorControl::Luminance => (
+                luminance(content),
+                styles
+                    .iter()
+                    .map(|s| luminance_matched(s, content))
+                    .collect(),
+            ),
+            ColorControl::Match(root) => (
+                content.clone(),
+                styles
+                    .iter()
+                    .map(|s| match_colors(s, content, root))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 type M3 = [[f64; 3]; 3];
 
 fn mul(a: &M3, b: &M3) -> M3 {

@@ -492,23 +492,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let lr = check_config(cfg, styles.len())?;
         let plans = plan_scales(model, content, styles, cfg)?;
         let fingerprint = fingerprint(backend, content, styles, cfg, &plans);
-        let (content_eff, styles_eff) = match cfg.color_control {
-            crate::ColorControl::None => (content.clone(), styles.to_vec()),
-            crate::ColorControl::Luminance => (
-                crate::color::luminance(content),
-                styles
-                    .iter()
-                    .map(|s| crate::color::luminance_matched(s, content))
-                    .collect(),
-            ),
-            crate::ColorControl::Match(root) => (
-                content.clone(),
-                styles
-                    .iter()
-                    .map(|s| crate::color::match_colors(s, content, root))
-                    .collect(),
-            ),
-        };
+        let (content_eff, styles_eff) = cfg.color_control.prepare(content, styles);
         Ok(RenderSession {
             backend,
             model,
