@@ -53,6 +53,46 @@ pub fn gram_tensor<B: Backend>(f: &Tensor<B>) -> Result<Tensor<B>> {
         .scale(1.0 / (c * hw).max(1) as f64)
 }
 
+/// The guided Gram matrix of a region (Gatys et al. 2017, spatial control):
+/// `F̂ diag(m²) F̂ᵀ / (C · Σ_p m(p)²)`, with `mask` the region's weights at this layer's
+/// positions (`[1, 1, H, W]` or `[1, H, W]`, values usually in [0, 1]). With `m ≡ 1` it is
+/// exactly [`gram`]. An empty region (`Σ m² = 0`) is an error.
+///
+/// ```
+/// # use nst_autodiff::Tape;
+/// # use nst_tensor::Tensor;
+/// let cpu = nst_cpu::Cpu::new(1);
+/// let tape = Tape::new();
+/// let f = tape.var(Tensor::from_f32(&cpu, &[1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2]).unwrap());
+/// // Only the first row counts: (1² + 2²) / (1 · 2).
+/// let m = Tensor::from_f32(&cpu, &[1.0, 1.0, 0.0, 0.0], [1, 1, 2, 2]).unwrap();
+/// let g = nst_loss::guided_gram(&f, &m).unwrap();
+/// assert_eq!(g.value().to_f32().unwrap(), vec![2.5]);
+/// ```
+pub fn guided_gram<'t, B: Backend>(f: &Var<'t, B>, mask: &Tensor<B>) -> Result<Var<'t, B>> {
+    let dims = f.shape().dims().to_vec();
+    let (c, hw) = channels_positions(&dims)?;
+    if mask.numel() != hw {
+        return Err(Error::invalid(
+            "guided_gram",
+            format!(
+                "a mask of {} values for an activation of {hw} positions",
+                mask.numel()
+            ),
+        ));
+    }
+    let m2 = mask.square()?.sum()?.scalar()?;
+    if !(m2 > 0.0 && m2.is_finite()) {
+        return Err(Error::invalid("guided_gram", "the region is empty"));
+    }
+    let m = f
+        .tape()
+        .constant(mask.reshape([1, hw])?.broadcast_to([c, hw])?);
+    let weighted = f.reshape([c, hw])?.mul(&m)?;
+    // gram() divides by C·HW; the guided Gram by C·Σm².
+    gram(&weighted.reshape(dims)?)?.scale(hw as f64 / m2)
+}
+
 /// Content loss `weight · mean((f − target)²)`.
 ///
 /// ```

@@ -88,6 +88,11 @@ proptest! {
             ("content", check(std::slice::from_ref(&f), |_, v| nst_loss::content(&v[0], &p, 3.0), tol)),
             ("style", check(std::slice::from_ref(&f), |_, v| nst_loss::style(&v[0], &a, 7.0), tol)),
             ("tv", check(std::slice::from_ref(&f), |_, v| nst_loss::total_variation(&v[0], 0.5), tol)),
+            ("guided gram", check(std::slice::from_ref(&f), |_, v| {
+                let m: Vec<f64> = rand_vec(h * w, seed ^ 3).iter().map(|x| x.abs() + 0.1).collect();
+                let m = Tensor::from_f64(&be, &m, [1, 1, h, w])?;
+                nst_loss::guided_gram(&v[0], &m)?.sub(&v[0].tape().constant(a.clone()))?.square()?.sum()
+            }, tol)),
             ("sum", check(std::slice::from_ref(&f), |_, v| {
                 nst_loss::content(&v[0], &p, 2.0)?
                     .add(&nst_loss::style(&v[0], &a, 5.0)?)?
@@ -98,6 +103,47 @@ proptest! {
             prop_assert!(report.is_ok(), "{}: {}", name, report);
         }
     }
+}
+
+/// With a mask of ones the guided Gram matrix is the plain one, bit for bit; masked, it is
+/// the definition's `F̂ diag(m²) F̂ᵀ / (C Σ m²)`.
+#[test]
+fn the_guided_gram_is_the_definition() {
+    let be = Cpu64::new(1);
+    let (c, h, w) = (3, 4, 5);
+    let f = Tensor::from_f64(&be, &rand_vec(c * h * w, 9), [1, c, h, w]).unwrap();
+    let tape = Tape::new();
+    let v = tape.var(f.clone());
+    let ones = Tensor::from_f64(&be, &vec![1.0; h * w], [1, 1, h, w]).unwrap();
+    let plain = nst_loss::gram(&v).unwrap().value().to_f64().unwrap();
+    let guided = nst_loss::guided_gram(&v, &ones)
+        .unwrap()
+        .value()
+        .to_f64()
+        .unwrap();
+    assert_eq!(plain, guided);
+    let m: Vec<f64> = (0..h * w).map(|p| (p % 3) as f64 * 0.5).collect();
+    let mt = Tensor::from_f64(&be, &m, [1, 1, h, w]).unwrap();
+    let got = nst_loss::guided_gram(&v, &mt)
+        .unwrap()
+        .value()
+        .to_f64()
+        .unwrap();
+    let x = f.to_f64().unwrap();
+    let m2: f64 = m.iter().map(|v| v * v).sum();
+    for i in 0..c {
+        for j in 0..c {
+            let want: f64 = (0..h * w)
+                .map(|p| x[i * h * w + p] * x[j * h * w + p] * m[p] * m[p])
+                .sum::<f64>()
+                / (c as f64 * m2);
+            assert!((got[i * c + j] - want).abs() < 1e-12 * want.abs().max(1.0));
+        }
+    }
+    let empty = Tensor::from_f64(&be, &vec![0.0; h * w], [1, 1, h, w]).unwrap();
+    assert!(nst_loss::guided_gram(&v, &empty).is_err());
+    let short = Tensor::from_f64(&be, &[1.0; 3], [1, 1, 1, 3]).unwrap();
+    assert!(nst_loss::guided_gram(&v, &short).is_err());
 }
 
 #[test]
