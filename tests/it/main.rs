@@ -55,3 +55,4 @@ pub(crate) fn vgg64() -> nst_vgg::Vgg<Cpu64> {
     nst_vgg::Vgg::from_safetensors(&Cpu64::new(2), &bytes).unwrap()
 }
 mod reference;
+mod regions;

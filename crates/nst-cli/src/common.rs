@@ -231,6 +231,20 @@ pub(crate) struct InputArgs {
     /// Blend weights of the style images, comma-separated (equal by default).
     #[arg(long, value_delimiter = ',')]
     pub(crate) style_blend: Vec<f64>,
+    /// Region masks, one grey image per style image, comma-separated: style k paints where
+    /// mask k is bright (value/255 weighs it; resized to the content's size).
+    #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
+    pub(crate) content_mask: Vec<PathBuf>,
+}
+
+impl InputArgs {
+    /// The region masks, loaded (empty when none are given).
+    pub(crate) fn masks(&self, max_pixels: u64) -> Result<Vec<Image>> {
+        self.content_mask
+            .iter()
+            .map(|p| io::load_image(p, max_pixels).context("loading a --content-mask"))
+            .collect()
+    }
 }
 
 /// Tiling and the memory budget (render, eval, estimate).

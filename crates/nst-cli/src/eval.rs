@@ -54,6 +54,17 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         nst_style::ColorControl::Luminance => nst_style::color::luminance(&image),
         _ => image,
     };
+    let masks = a.inputs.masks(a.model.max_pixels)?;
+    if !masks.is_empty() && masks.len() != styles.len() {
+        anyhow::bail!(
+            "{} content masks given for {} style images: one mask per style image",
+            masks.len(),
+            styles.len()
+        );
+    }
+    if !masks.is_empty() && !a.inputs.style_blend.is_empty() {
+        anyhow::bail!("--style-blend cannot be combined with masks: the masks are the blend");
+    }
     let model = a.model.model(cpu)?;
     let conv = model.convention();
     let style_t = styles
@@ -66,7 +77,11 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         optimizer: nst_style::OptimizerKind::Gd,
         history: 1,
         iterations: 1,
-        tile: a.memory.tile()?,
+        tile: if masks.is_empty() {
+            a.memory.tile()?
+        } else {
+            nst_style::TileChoice::Off
+        },
         budget: Some(a.memory.budget()?),
     };
     let plan = nst_style::memory::plan(&model, &cfg, &req)?;
@@ -79,6 +94,16 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         &a.inputs.style_blend,
         plan.tiling,
     )?;
+    let objective = if masks.is_empty() {
+        objective
+    } else {
+        let (w, h) = (content.width(), content.height());
+        let m = masks
+            .iter()
+            .map(|m| nst_style::region_mask(cpu, m, w, h))
+            .collect::<nst_style::Result<Vec<_>>>()?;
+        objective.with_regions(&m, &style_t)?
+    };
     let e = objective.evaluate(&image.to_model(cpu, conv)?)?;
     let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height(), image.width());
     io::save_tensors(

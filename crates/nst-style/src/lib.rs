@@ -22,8 +22,8 @@ pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
 pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};
 pub use render::{
-    auto_scales, plan_scales, render, Init, Observer, OptimizerKind, Progress, RenderConfig,
-    RenderSession, Rendered, SessionStatus,
+    auto_scales, plan_scales, region_mask, render, Init, Observer, OptimizerKind, Progress,
+    RenderConfig, RenderSession, Rendered, SessionStatus,
 };
 pub use tiled::{Geometry, TilePlan, Tiling};
 

@@ -64,6 +64,16 @@ pub struct Objective<'m, B: Backend> {
     content_dims: Vec<usize>,
     style_targets: Vec<Tensor<B>>,
     tiled: Option<Tiled<'m, B>>,
+    /// Region masks (spatial control), when given: see [`Objective::with_regions`].
+    regions: Option<Regions<B>>,
+}
+
+/// Spatial control: a style per region.
+struct Regions<B: Backend> {
+    /// Per style layer, per region: the mask at the layer's positions (`[1, 1, H_l, W_l]`).
+    masks: Vec<Vec<Tensor<B>>>,
+    /// Per style layer, per region: the plain Gram matrix of the region's style image.
+    targets: Vec<Vec<Tensor<B>>>,
 }
 
 enum ContentTargets<B: Backend> {
@@ -359,7 +369,82 @@ impl<'m, B: Backend> Objective<'m, B> {
                 .map(|t| t.expect("one style at least"))
                 .collect(),
             tiled,
+            regions: None,
         })
+    }
+
+    /// Spatial control (Gatys et al. 2017): region `k` of the image is painted in style
+    /// image `k`. `masks[k]` is `[1, 1, H, W]` at the content's size (values usually in
+    /// [0, 1], not necessarily binary nor a partition), average-pooled 2x2 with stride 2 at
+    /// every pooling layer before each style layer. Each style layer's term becomes
+    /// `w_s · mult_l · Σ_k (1/K) · mean((G_{l,k}(x) − A_{l,k})²)` with the guided Gram matrix
+    /// `G_{l,k}` ([`nst_loss::guided_gram`]) and `A_{l,k}` the plain Gram matrix of style `k`
+    /// (any blend is replaced: the masks are the blend). With one style and a mask of ones
+    /// this is exactly the objective without regions. Untiled objectives only.
+    pub fn with_regions(mut self, masks: &[Tensor<B>], styles: &[Tensor<B>]) -> Result<Self> {
+        if self.tiled.is_some() {
+            return Err(Error::Config(
+                "region masks need the untiled objective (pass --tile off, or a larger --max-memory)".into(),
+            ));
+        }
+        if masks.len() != styles.len() || masks.is_empty() {
+            return Err(Error::Config(format!(
+                "{} masks given for {} style images: one mask per style image",
+                masks.len(),
+                styles.len()
+            )));
+        }
+        let (h, w) = (self.content_dims[2], self.content_dims[3]);
+        for m in masks {
+            if m.dims() != [1, 1, h, w] {
+                return Err(Error::Config(format!(
+                    "a mask is {:?}, expected [1, 1, {h}, {w}] (the content's size)",
+                    m.dims()
+                )));
+            }
+        }
+        let model = self.fx.model();
+        let names: Vec<&str> = self
+            .cfg
+            .style_layers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let sfx = FeatureExtractor::new(model, &names)?;
+        let mut per_style = Vec::with_capacity(styles.len());
+        for s in styles {
+            let f = sfx.extract(s)?;
+            per_style.push(
+                names
+                    .iter()
+                    .map(|n| nst_loss::gram_tensor(f.get(n).expect("extracted")))
+                    .collect::<nst_tensor::Result<Vec<_>>>()?,
+            );
+        }
+        let mut layer_masks = Vec::with_capacity(names.len());
+        let mut targets = Vec::with_capacity(names.len());
+        for (li, name) in names.iter().enumerate() {
+            let idx = model.layer_index(name)?;
+            let pools = model.layers()[..idx]
+                .iter()
+                .filter(|l| l.op == nst_vgg::LayerOp::Pool)
+                .count();
+            let mut row = Vec::with_capacity(masks.len());
+            for m in masks {
+                let mut m = m.clone();
+                for _ in 0..pools {
+                    m = m.pool2d(nst_tensor::PoolKind::Avg, 2, 2)?;
+                }
+                row.push(m);
+            }
+            layer_masks.push(row);
+            targets.push(per_style.iter().map(|t| t[li].clone()).collect());
+        }
+        self.regions = Some(Regions {
+            masks: layer_masks,
+            targets,
+        });
+        Ok(self)
     }
 
     /// The tile plan, when evaluated tile by tile.
@@ -402,12 +487,34 @@ impl<'m, B: Backend> Objective<'m, B> {
             terms.push((format!("content/{name}"), l.value().scalar()?));
             parts.push(l);
         }
-        for ((name, w), target) in self.cfg.style_layers.iter().zip(&self.style_targets) {
-            let l = nst_loss::style(
-                feats.get(name).expect("extracted"),
-                target,
-                self.cfg.style_weight * w,
-            )?;
+        for (li, ((name, w), target)) in self
+            .cfg
+            .style_layers
+            .iter()
+            .zip(&self.style_targets)
+            .enumerate()
+        {
+            let f = feats.get(name).expect("extracted");
+            let l = match &self.regions {
+                None => nst_loss::style(f, target, self.cfg.style_weight * w)?,
+                Some(r) => {
+                    let k = r.masks[li].len();
+                    let weight = self.cfg.style_weight * w / k as f64;
+                    let mut sum: Option<nst_autodiff::Var<'_, B>> = None;
+                    for (m, a) in r.masks[li].iter().zip(&r.targets[li]) {
+                        let term = nst_loss::guided_gram(f, m)?
+                            .sub(&tape.constant(a.clone()))?
+                            .square()?
+                            .mean()?
+                            .scale(weight)?;
+                        sum = Some(match sum {
+                            None => term,
+                            Some(acc) => acc.add(&term)?,
+                        });
+                    }
+                    sum.expect("one region at least")
+                }
+            };
             terms.push((format!("style/{name}"), l.value().scalar()?));
             parts.push(l);
         }

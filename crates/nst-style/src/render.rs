@@ -77,6 +77,9 @@ pub struct RenderConfig {
     pub scales: Vec<usize>,
     /// Keep the content's colours (transfer luminance only).
     pub color_control: crate::ColorControl,
+    /// Region masks, one per style image (empty: none): grey images whose value/255 weighs
+    /// where style `k` applies, resized to each scale ([`Objective::with_regions`]).
+    pub content_masks: Vec<Image>,
     /// Call [`Observer::snapshot`] every this many iterations (0: never).
     pub save_every: usize,
     /// Iterations of each scale, when they differ (e.g. from [`auto_scales`]); `iterations`
@@ -104,6 +107,7 @@ impl Default for RenderConfig {
             style_scale: 1.0,
             scales: Vec::new(),
             color_control: crate::ColorControl::None,
+            content_masks: Vec::new(),
             save_every: 0,
             scale_iterations: Vec::new(),
             tile: TileChoice::Auto,
@@ -261,7 +265,12 @@ pub fn plan_scales<B: Backend>(
                 optimizer: cfg.optimizer,
                 history: cfg.lbfgs_history,
                 iterations: iterations_of(cfg, si),
-                tile: cfg.tile,
+                // Region masks need the untiled objective.
+                tile: if cfg.content_masks.is_empty() {
+                    cfg.tile
+                } else {
+                    TileChoice::Off
+                },
                 budget: cfg.memory_budget,
             };
             crate::memory::plan(model, &cfg.objective, &req)
@@ -294,6 +303,19 @@ fn check_config(cfg: &RenderConfig, styles: usize) -> Result<f64> {
         )));
     }
     crate::normalize_blend(&cfg.style_blend, styles)?;
+    if !cfg.content_masks.is_empty() {
+        if cfg.content_masks.len() != styles {
+            return Err(Error::Config(format!(
+                "{} content masks given for {styles} style images: one mask per style image",
+                cfg.content_masks.len()
+            )));
+        }
+        if !cfg.style_blend.is_empty() {
+            return Err(Error::Config(
+                "--style-blend cannot be combined with masks: the masks are the blend".into(),
+            ));
+        }
+    }
     if !cfg.scale_iterations.is_empty() && cfg.scale_iterations.len() != cfg.scales.len() {
         return Err(Error::Config(format!(
             "{} iteration counts given for {} scales",
@@ -302,6 +324,18 @@ fn check_config(cfg: &RenderConfig, styles: usize) -> Result<f64> {
         )));
     }
     Ok(lr)
+}
+
+/// A region mask at `w x h`: the grey value (BT.601 luminance) / 255 of `mask` resized,
+/// clamped to [0, 1], as `[1, 1, h, w]` (what [`Objective::with_regions`] takes).
+pub fn region_mask<B: Backend>(backend: &B, mask: &Image, w: usize, h: usize) -> Result<Tensor<B>> {
+    let m = mask.resize(w, h);
+    let v: Vec<f32> = m
+        .data()
+        .chunks_exact(3)
+        .map(|p| ((0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0).clamp(0.0, 1.0))
+        .collect();
+    Ok(Tensor::from_f32(backend, &v, [1, 1, h, w])?)
 }
 
 /// The error of an image buffer whose length does not match its scale (a bug, not an input).
@@ -381,6 +415,10 @@ fn fingerprint<B: Backend>(
         ("style_blend".into(), format!("{:?}", cfg.style_blend)),
         ("style_scale".into(), format!("{:?}", cfg.style_scale)),
         ("color_control".into(), format!("{:?}", cfg.color_control)),
+        (
+            "content_masks".into(),
+            list(cfg.content_masks.iter().map(image_digest)),
+        ),
         (
             "plan".into(),
             list(
@@ -699,7 +737,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             .iter()
             .map(|s| s.fit(long).to_model(backend, conv))
             .collect::<nst_tensor::Result<Vec<_>>>()?;
-        let objective = Objective::with_tiling(
+        let mut objective = Objective::with_tiling(
             self.model,
             &cfg.objective,
             &content.to_model(backend, conv)?,
@@ -707,6 +745,14 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             &cfg.style_blend,
             self.plans[si].tiling,
         )?;
+        if !cfg.content_masks.is_empty() {
+            let masks = cfg
+                .content_masks
+                .iter()
+                .map(|m| region_mask(backend, m, w, h))
+                .collect::<Result<Vec<_>>>()?;
+            objective = objective.with_regions(&masks, &style_t)?;
+        }
         drop(style_t);
         let restored = self.restored.take();
         let x0: Vec<f32> = match (self.carried.take(), &cfg.init) {
