@@ -27,7 +27,7 @@ fn one_full_mask_is_exactly_the_unmasked_objective() {
     let ones = Tensor::from_f64(&be, &vec![1.0; w * h], [1, 1, h, w]).unwrap();
     let masked = Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
         .unwrap()
-        .with_regions(&[ones], &[s.clone()])
+        .with_regions(&[ones], std::slice::from_ref(&s))
         .unwrap();
     let xt = x.to_model(&be, conv).unwrap();
     let (a, b) = (plain.evaluate(&xt).unwrap(), masked.evaluate(&xt).unwrap());
@@ -39,7 +39,7 @@ fn one_full_mask_is_exactly_the_unmasked_objective() {
     assert!(
         Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
             .unwrap()
-            .with_regions(&[wrong], &[s.clone()])
+            .with_regions(&[wrong], std::slice::from_ref(&s))
             .is_err()
     );
 }
