@@ -35,7 +35,7 @@ fn one_full_mask_is_exactly_the_unmasked_objective() {
     assert_eq!(a.total.to_bits(), b.total.to_bits());
     assert_eq!(a.grad.to_f64().unwrap(), b.grad.to_f64().unwrap());
     // Masks that do not match are refused.
-    let wrong = Tensor::from_f64(&be, &vec![1.0; 4], [1, 1, 2, 2]).unwrap();
+    let wrong = Tensor::from_f64(&be, &[1.0; 4], [1, 1, 2, 2]).unwrap();
     assert!(
         Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
             .unwrap()
