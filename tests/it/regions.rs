@@ -27,19 +27,38 @@ fn one_full_mask_is_exactly_the_unmasked_objective() {
     let ones = Tensor::from_f64(&be, &vec![1.0; w * h], [1, 1, h, w]).unwrap();
     let masked = Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
         .unwrap()
-        .with_regions(&[ones], std::slice::from_ref(&s))
+        .with_regions(&[ones], std::slice::from_ref(&s), &[])
         .unwrap();
     let xt = x.to_model(&be, conv).unwrap();
     let (a, b) = (plain.evaluate(&xt).unwrap(), masked.evaluate(&xt).unwrap());
     assert_eq!(a.terms, b.terms);
     assert_eq!(a.total.to_bits(), b.total.to_bits());
     assert_eq!(a.grad.to_f64().unwrap(), b.grad.to_f64().unwrap());
+    // Style masks of ones change nothing either.
+    let style_ones = Tensor::from_f64(&be, &vec![1.0; 36 * 36], [1, 1, 36, 36]).unwrap();
+    let ones = Tensor::from_f64(&be, &vec![1.0; w * h], [1, 1, h, w]).unwrap();
+    let both = Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
+        .unwrap()
+        .with_regions(&[ones], std::slice::from_ref(&s), &[style_ones])
+        .unwrap();
+    let e = both.evaluate(&xt).unwrap();
+    assert_eq!(a.terms, e.terms);
+    assert_eq!(a.grad.to_f64().unwrap(), e.grad.to_f64().unwrap());
+    // A style mask that is not its style's size is refused.
+    let small = Tensor::from_f64(&be, &[1.0; 4], [1, 1, 2, 2]).unwrap();
+    let ones = Tensor::from_f64(&be, &vec![1.0; w * h], [1, 1, h, w]).unwrap();
+    assert!(
+        Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
+            .unwrap()
+            .with_regions(&[ones], std::slice::from_ref(&s), &[small])
+            .is_err()
+    );
     // Masks that do not match are refused.
     let wrong = Tensor::from_f64(&be, &[1.0; 4], [1, 1, 2, 2]).unwrap();
     assert!(
         Objective::new(&vgg, &cfg, &c, std::slice::from_ref(&s), &[])
             .unwrap()
-            .with_regions(&[wrong], std::slice::from_ref(&s))
+            .with_regions(&[wrong], std::slice::from_ref(&s), &[])
             .is_err()
     );
 }

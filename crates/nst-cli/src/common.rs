@@ -235,6 +235,10 @@ pub(crate) struct InputArgs {
     /// mask k is bright (value/255 weighs it; resized to the content's size).
     #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
     pub(crate) content_mask: Vec<PathBuf>,
+    /// Masks on the style images, one per style image (with --content-mask): the style
+    /// statistics of style k are taken where its mask is bright.
+    #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
+    pub(crate) style_mask: Vec<PathBuf>,
 }
 
 impl InputArgs {
@@ -243,6 +247,14 @@ impl InputArgs {
         self.content_mask
             .iter()
             .map(|p| io::load_image(p, max_pixels).context("loading a --content-mask"))
+            .collect()
+    }
+
+    /// The style masks, loaded (empty when none are given).
+    pub(crate) fn style_masks(&self, max_pixels: u64) -> Result<Vec<Image>> {
+        self.style_mask
+            .iter()
+            .map(|p| io::load_image(p, max_pixels).context("loading a --style-mask"))
             .collect()
     }
 }

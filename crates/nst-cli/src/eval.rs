@@ -62,6 +62,9 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             styles.len()
         );
     }
+    if masks.is_empty() && !a.inputs.style_mask.is_empty() {
+        anyhow::bail!("style masks need content masks (--content-mask)");
+    }
     if !masks.is_empty() && !a.inputs.style_blend.is_empty() {
         anyhow::bail!("--style-blend cannot be combined with masks: the masks are the blend");
     }
@@ -102,7 +105,20 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             .iter()
             .map(|m| nst_style::region_mask(cpu, m, w, h))
             .collect::<nst_style::Result<Vec<_>>>()?;
-        objective.with_regions(&m, &style_t)?
+        let sm = a.inputs.style_masks(a.model.max_pixels)?;
+        if !sm.is_empty() && sm.len() != styles.len() {
+            anyhow::bail!(
+                "{} style masks given for {} style images: one mask per style image",
+                sm.len(),
+                styles.len()
+            );
+        }
+        let sm = sm
+            .iter()
+            .zip(&styles)
+            .map(|(m, s)| nst_style::region_mask(cpu, m, s.width(), s.height()))
+            .collect::<nst_style::Result<Vec<_>>>()?;
+        objective.with_regions(&m, &style_t, &sm)?
     };
     let e = objective.evaluate(&image.to_model(cpu, conv)?)?;
     let g = conv.grad_to_pixels(&e.grad.to_f32()?, image.height(), image.width());

@@ -342,6 +342,7 @@ impl Options {
             seed: o.seed,
             style_blend: o.inputs.style_blend.clone(),
             content_masks: o.inputs.masks(max_pixels)?,
+            style_masks: o.inputs.style_masks(max_pixels)?,
             style_scale: o.style_scale,
             scales,
             color_control: o.color.control()?,

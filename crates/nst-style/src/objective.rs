@@ -379,9 +379,16 @@ impl<'m, B: Backend> Objective<'m, B> {
     /// every pooling layer before each style layer. Each style layer's term becomes
     /// `w_s · mult_l · Σ_k (1/K) · mean((G_{l,k}(x) − A_{l,k})²)` with the guided Gram matrix
     /// `G_{l,k}` ([`nst_loss::guided_gram`]) and `A_{l,k}` the plain Gram matrix of style `k`
-    /// (any blend is replaced: the masks are the blend). With one style and a mask of ones
-    /// this is exactly the objective without regions. Untiled objectives only.
-    pub fn with_regions(mut self, masks: &[Tensor<B>], styles: &[Tensor<B>]) -> Result<Self> {
+    /// (any blend is replaced: the masks are the blend), or, when `style_masks` is not
+    /// empty, the guided Gram matrix of style `k` under `style_masks[k]` (`[1, 1, H_k, W_k]`
+    /// at style `k`'s size). With one style and a mask of ones this is exactly the
+    /// objective without regions. Untiled objectives only.
+    pub fn with_regions(
+        mut self,
+        masks: &[Tensor<B>],
+        styles: &[Tensor<B>],
+        style_masks: &[Tensor<B>],
+    ) -> Result<Self> {
         if self.tiled.is_some() {
             return Err(Error::Config(
                 "region masks need the untiled objective (pass --tile off, or a larger --max-memory)".into(),
@@ -391,6 +398,13 @@ impl<'m, B: Backend> Objective<'m, B> {
             return Err(Error::Config(format!(
                 "{} masks given for {} style images: one mask per style image",
                 masks.len(),
+                styles.len()
+            )));
+        }
+        if !style_masks.is_empty() && style_masks.len() != styles.len() {
+            return Err(Error::Config(format!(
+                "{} style masks given for {} style images: one mask per style image",
+                style_masks.len(),
                 styles.len()
             )));
         }
@@ -411,32 +425,54 @@ impl<'m, B: Backend> Objective<'m, B> {
             .map(|(n, _)| n.as_str())
             .collect();
         let sfx = FeatureExtractor::new(model, &names)?;
-        let mut per_style = Vec::with_capacity(styles.len());
-        for s in styles {
-            let f = sfx.extract(s)?;
-            per_style.push(
-                names
-                    .iter()
-                    .map(|n| nst_loss::gram_tensor(f.get(n).expect("extracted")))
-                    .collect::<nst_tensor::Result<Vec<_>>>()?,
-            );
-        }
-        let mut layer_masks = Vec::with_capacity(names.len());
-        let mut targets = Vec::with_capacity(names.len());
-        for (li, name) in names.iter().enumerate() {
+        // Average pooling at every pooling layer before a layer: its positions.
+        let propagate = |m: &Tensor<B>, name: &str| -> Result<Tensor<B>> {
             let idx = model.layer_index(name)?;
             let pools = model.layers()[..idx]
                 .iter()
                 .filter(|l| l.op == nst_vgg::LayerOp::Pool)
                 .count();
-            let mut row = Vec::with_capacity(masks.len());
-            for m in masks {
-                let mut m = m.clone();
-                for _ in 0..pools {
-                    m = m.pool2d(nst_tensor::PoolKind::Avg, 2, 2)?;
-                }
-                row.push(m);
+            let mut m = m.clone();
+            for _ in 0..pools {
+                m = m.pool2d(nst_tensor::PoolKind::Avg, 2, 2)?;
             }
+            Ok(m)
+        };
+        let mut per_style = Vec::with_capacity(styles.len());
+        for (k, s) in styles.iter().enumerate() {
+            let f = sfx.extract(s)?;
+            let mut grams = Vec::with_capacity(names.len());
+            for n in &names {
+                let fl = f.get(n).expect("extracted");
+                grams.push(match style_masks.get(k) {
+                    None => nst_loss::gram_tensor(fl)?,
+                    Some(sm) => {
+                        let d = s.dims();
+                        if sm.dims() != [1, 1, d[2], d[3]] {
+                            return Err(Error::Config(format!(
+                                "a style mask is {:?}, expected [1, 1, {}, {}] (its style's size)",
+                                sm.dims(),
+                                d[2],
+                                d[3]
+                            )));
+                        }
+                        let tape = nst_autodiff::Tape::new();
+                        let v = tape.constant(fl.clone());
+                        nst_loss::guided_gram(&v, &propagate(sm, n)?)?
+                            .value()
+                            .clone()
+                    }
+                });
+            }
+            per_style.push(grams);
+        }
+        let mut layer_masks = Vec::with_capacity(names.len());
+        let mut targets = Vec::with_capacity(names.len());
+        for (li, name) in names.iter().enumerate() {
+            let row = masks
+                .iter()
+                .map(|m| propagate(m, name))
+                .collect::<Result<Vec<_>>>()?;
             layer_masks.push(row);
             targets.push(per_style.iter().map(|t| t[li].clone()).collect());
         }

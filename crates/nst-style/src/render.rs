@@ -80,6 +80,9 @@ pub struct RenderConfig {
     /// Region masks, one per style image (empty: none): grey images whose value/255 weighs
     /// where style `k` applies, resized to each scale ([`Objective::with_regions`]).
     pub content_masks: Vec<Image>,
+    /// Masks on the style images, one per style image (empty: each whole style image);
+    /// only with `content_masks`.
+    pub style_masks: Vec<Image>,
     /// Call [`Observer::snapshot`] every this many iterations (0: never).
     pub save_every: usize,
     /// Iterations of each scale, when they differ (e.g. from [`auto_scales`]); `iterations`
@@ -108,6 +111,7 @@ impl Default for RenderConfig {
             scales: Vec::new(),
             color_control: crate::ColorControl::None,
             content_masks: Vec::new(),
+            style_masks: Vec::new(),
             save_every: 0,
             scale_iterations: Vec::new(),
             tile: TileChoice::Auto,
@@ -316,6 +320,19 @@ fn check_config(cfg: &RenderConfig, styles: usize) -> Result<f64> {
             ));
         }
     }
+    if !cfg.style_masks.is_empty() {
+        if cfg.content_masks.is_empty() {
+            return Err(Error::Config(
+                "style masks need content masks (--content-mask)".into(),
+            ));
+        }
+        if cfg.style_masks.len() != styles {
+            return Err(Error::Config(format!(
+                "{} style masks given for {styles} style images: one mask per style image",
+                cfg.style_masks.len()
+            )));
+        }
+    }
     if !cfg.scale_iterations.is_empty() && cfg.scale_iterations.len() != cfg.scales.len() {
         return Err(Error::Config(format!(
             "{} iteration counts given for {} scales",
@@ -418,6 +435,10 @@ fn fingerprint<B: Backend>(
         (
             "content_masks".into(),
             list(cfg.content_masks.iter().map(image_digest)),
+        ),
+        (
+            "style_masks".into(),
+            list(cfg.style_masks.iter().map(image_digest)),
         ),
         (
             "plan".into(),
@@ -751,7 +772,16 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 .iter()
                 .map(|m| region_mask(backend, m, w, h))
                 .collect::<Result<Vec<_>>>()?;
-            objective = objective.with_regions(&masks, &style_t)?;
+            let style_masks = cfg
+                .style_masks
+                .iter()
+                .zip(&self.styles_eff)
+                .map(|(m, s)| {
+                    let (sw, sh) = s.fitted_size(long);
+                    region_mask(backend, m, sw, sh)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            objective = objective.with_regions(&masks, &style_t, &style_masks)?;
         }
         drop(style_t);
         let restored = self.restored.take();

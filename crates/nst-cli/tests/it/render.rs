@@ -175,6 +175,85 @@ fn color_control_modes_render_and_original_colors_is_luminance() {
 }
 
 #[test]
+fn region_masks_on_render_and_eval() {
+    weights();
+    let (c, s1, s2) = (
+        images().join("tubingen.jpg"),
+        images().join("starry_night.jpg"),
+        images().join("the_scream.jpg"),
+    );
+    let (left, right) = (tmp("mask_left.png"), tmp("mask_right.png"));
+    for (path, on_left) in [(&left, true), (&right, false)] {
+        image::GrayImage::from_fn(40, 30, |x, _| {
+            image::Luma([if (x < 20) == on_left { 255 } else { 0 }])
+        })
+        .save(path)
+        .unwrap();
+    }
+    let styles = format!("{},{}", s(&s1), s(&s2));
+    let masks = format!("{},{}", s(&left), s(&right));
+    let out = tmp("masked.png");
+    let base = |extra: &[&str]| {
+        let mut a = vec![
+            "render",
+            "--content",
+            s(&c),
+            "--style",
+            &styles,
+            "--out",
+            s(&out),
+            "--size",
+            "40",
+            "--iterations",
+            "3",
+            "--threads",
+            "2",
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        nst(&a)
+    };
+    let r = base(&["--content-mask", &masks, "--style-mask", &masks]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(image::open(&out).unwrap().width(), 40);
+    assert_fails_with(
+        &base(&["--content-mask", s(&left)]),
+        &["1 content masks", "2 style"],
+    );
+    assert_fails_with(
+        &base(&["--content-mask", &masks, "--style-blend", "1,2"]),
+        &["--style-blend", "masks"],
+    );
+    assert_fails_with(&base(&["--style-mask", &masks]), &["content masks"]);
+    // eval: the same image scores differently with masks.
+    let content = tmp("mask_content.png");
+    image::open(&c)
+        .unwrap()
+        .resize_exact(40, 30, image::imageops::FilterType::Triangle)
+        .save(&content)
+        .unwrap();
+    let grad = tmp("mask_grad.safetensors");
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--content",
+            s(&content),
+            "--style",
+            &styles,
+            "--image",
+            s(&content),
+            "--out",
+            s(&grad),
+        ];
+        a.extend_from_slice(extra);
+        let r = nst(&a);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).to_string()
+    };
+    assert_ne!(eval(&[]), eval(&["--content-mask", &masks]));
+}
+
+#[test]
 fn gray_and_uniform_starts_and_print_every() {
     weights();
     let (c, st) = (
