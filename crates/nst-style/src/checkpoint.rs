@@ -89,20 +89,9 @@ pub(crate) enum HeadOptimizer {
 /// downloaded one at a time, never all at once).
 pub(crate) type Source<'s> = (String, Box<dyn Fn() -> Result<Vec<f32>> + 's>);
 
-/// A JSON string literal.
+/// A JSON string literal (serde_json's escaping, the same the safetensors reader parses).
 fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::to_string(s).expect("a string always serialises")
 }
 
 /// Writes a checkpoint as a safetensors file: the header (every tensor's shape and offsets,

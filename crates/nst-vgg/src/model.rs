@@ -65,6 +65,24 @@ pub struct Vgg<B: Backend> {
     metadata: BTreeMap<String, String>,
 }
 
+/// The layer table of `arch` and, per layer, the (weight, bias) that `make(layer, cin, cout)`
+/// gives each convolution (`None` for ReLU and pooling layers).
+#[allow(clippy::type_complexity)]
+fn conv_params<B: Backend>(
+    arch: Arch,
+    mut make: impl FnMut(&Layer, usize, usize) -> Result<(Tensor<B>, Tensor<B>)>,
+) -> Result<(Vec<Layer>, Vec<Option<(Tensor<B>, Tensor<B>)>>)> {
+    let layers = arch.layers();
+    let params = layers
+        .iter()
+        .map(|layer| match layer.op {
+            LayerOp::Conv { cin, cout } => make(layer, cin, cout).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((layers, params))
+}
+
 fn f32s(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<f32>> {
     if view.dtype() != safetensors::Dtype::F32 {
         return Err(Error::Weights(format!(
@@ -108,13 +126,7 @@ impl<B: Backend> Vgg<B> {
                 )))
             }
         };
-        let layers = arch.layers();
-        let mut params = Vec::with_capacity(layers.len());
-        for layer in &layers {
-            let LayerOp::Conv { cin, cout } = layer.op else {
-                params.push(None);
-                continue;
-            };
+        let (layers, params) = conv_params(arch, |layer, cin, cout| {
             let load = |suffix: &str, shape: &[usize]| -> Result<Tensor<B>> {
                 let name = format!("{}.{suffix}", layer.name);
                 let view = st
@@ -134,11 +146,8 @@ impl<B: Backend> Vgg<B> {
                 }
                 Ok(Tensor::from_f32(backend, &data, shape.to_vec())?)
             };
-            params.push(Some((
-                load("weight", &[cout, cin, 3, 3])?,
-                load("bias", &[cout])?,
-            )));
-        }
+            Ok((load("weight", &[cout, cin, 3, 3])?, load("bias", &[cout])?))
+        })?;
         Ok(Vgg {
             arch,
             layers,
@@ -172,20 +181,14 @@ impl<B: Backend> Vgg<B> {
             z ^= z >> 31;
             (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         };
-        let layers = arch.layers();
-        let mut params = Vec::with_capacity(layers.len());
-        for layer in &layers {
-            let LayerOp::Conv { cin, cout } = layer.op else {
-                params.push(None);
-                continue;
-            };
+        let (layers, params) = conv_params(arch, |_, cin, cout| {
             let bound = (6.0 / (9 * cin) as f32).sqrt();
             let w: Vec<f32> = (0..cout * cin * 9).map(|_| uniform() * bound).collect();
-            params.push(Some((
+            Ok((
                 Tensor::from_f32(backend, &w, [cout, cin, 3, 3])?,
                 Tensor::from_f32(backend, &vec![0.01; cout], [cout])?,
-            )));
-        }
+            ))
+        })?;
         Ok(Vgg {
             arch,
             layers,
