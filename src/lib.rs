@@ -9,7 +9,8 @@
 //! | [`vgg`] | nst-vgg | VGG19/VGG16, the input convention, receptive fields |
 //! | [`weights`] | nst-weights | reading and converting `torch.save` and safetensors weights |
 //! | [`features`] | nst-features | activations at named layers, on a tape or not |
-//! | [`loss`] | nst-loss | Gram matrices, content, style and total-variation losses |
+//! | [`loss`] | nst-loss | Gram matrices, content, style (Gram and W2) and total-variation losses |
+//! | [`linalg`] | nst-linalg | symmetric eigendecompositions, matrix functions (LAPACK with `lapack`) |
 //! | [`optim`] | nst-optim | L-BFGS, Adam, gradient descent over any vector and closure |
 //! | [`style`] | nst-style | the objective, the memory planner, the render session |
 //! | [`io`] | nst-io | image files with limits, EXIF orientation, 16 bits, ICC |
@@ -43,6 +44,7 @@ pub use nst_cpu as cpu;
 pub use nst_cuda as cuda;
 pub use nst_features as features;
 pub use nst_io as io;
+pub use nst_linalg as linalg;
 pub use nst_loss as loss;
 pub use nst_optim as optim;
 pub use nst_style as style;

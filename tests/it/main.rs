@@ -11,6 +11,7 @@ mod features;
 mod guard;
 mod session;
 mod tiled;
+mod w2;
 
 use nst_cpu::Cpu64;
 use std::path::PathBuf;

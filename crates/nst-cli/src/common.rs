@@ -3,7 +3,7 @@
 use crate::io;
 use anyhow::{bail, Context, Result};
 use nst_cpu::Cpu;
-use nst_style::{Image, ObjectiveConfig};
+use nst_style::{Image, ObjectiveConfig, StyleLoss};
 use nst_tensor::PoolKind;
 use std::path::PathBuf;
 
@@ -134,9 +134,17 @@ pub(crate) struct ObjectiveArgs {
     /// Weight of the content loss (w_c).
     #[arg(long, default_value_t = 5.0, value_name = "W")]
     content_weight: f64,
-    /// Weight of the style loss (w_s).
-    #[arg(long, default_value_t = 100.0, value_name = "W")]
-    style_weight: f64,
+    /// Weight of the style loss (w_s) [default: 100 with --style-loss gram, 100 with w2].
+    #[arg(long, value_name = "W")]
+    style_weight: Option<f64>,
+    /// The style statistic: Gram matrices (Gatys et al.) or the Wasserstein-2 distance
+    /// between the activations' Gaussians.
+    #[arg(long, value_enum, default_value_t = StyleLossArg::Gram, value_name = "LOSS")]
+    style_loss: StyleLossArg,
+    /// Divide each content and style layer's gradient by its L1 norm before weighting it
+    /// (the classic -normalize_gradients; needs the untiled objective).
+    #[arg(long)]
+    normalize_gradients: bool,
     /// Weight of the total-variation loss (w_tv).
     #[arg(long, default_value_t = 1e-3, value_name = "W")]
     tv_weight: f64,
@@ -175,15 +183,32 @@ fn layer_list(specs: &[String], what: &str) -> Result<Vec<(String, f64)>> {
         .collect()
 }
 
+/// `--style-loss`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StyleLossArg {
+    /// Gram matrices.
+    Gram,
+    /// The Wasserstein-2 distance between Gaussians.
+    W2,
+}
+
 impl ObjectiveArgs {
     /// The objective's settings.
     pub(crate) fn config(&self) -> Result<ObjectiveConfig> {
+        let style_loss = match self.style_loss {
+            StyleLossArg::Gram => StyleLoss::Gram,
+            StyleLossArg::W2 => StyleLoss::W2,
+        };
         Ok(ObjectiveConfig {
             content_weight: self.content_weight,
-            style_weight: self.style_weight,
+            style_weight: self
+                .style_weight
+                .unwrap_or_else(|| style_loss.default_style_weight()),
             tv_weight: self.tv_weight,
             content_layers: layer_list(&self.content_layers, "content")?,
             style_layers: layer_list(&self.style_layers, "style")?,
+            style_loss,
+            normalize_gradients: self.normalize_gradients,
         })
     }
 }

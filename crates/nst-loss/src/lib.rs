@@ -4,7 +4,10 @@
 //! - [`gram`]: `G = F̂ F̂ᵀ / N` with `F̂` the `C x (H·W)` reshape;
 //! - [`content`]: `w · mean((F − P)²)`;
 //! - [`style`]: `w · mean((G(F) − A)²)` against a target Gram matrix `A`;
-//! - [`total_variation`]: `w · Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] − x[i,j])²` over channels.
+//! - [`total_variation`]: `w · Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] − x[i,j])²` over channels;
+//! - [`w2_style`]: the squared Wasserstein-2 distance between the Gaussians of `F` and of a
+//!   style ([`W2Target`], built from [`Moments`]), on top of [`trace_sqrtm`], `tr(M^½)` as one
+//!   op on the tape.
 //!
 //! ```
 //! use nst_autodiff::Tape;
@@ -22,6 +25,12 @@
 //! ```
 
 #![warn(missing_docs)]
+
+mod w2;
+
+pub use w2::{
+    trace_sqrt, trace_sqrtm, w2_activation_grad, w2_style, Moments, W2Eval, W2Target, W2_RIDGE,
+};
 
 use nst_autodiff::Var;
 use nst_tensor::{Backend, Error, Result, Tensor};
@@ -176,4 +185,38 @@ pub fn total_variation<'t, B: Backend>(x: &Var<'t, B>, weight: f64) -> Result<Va
         _ => terms[0].add(&terms[1])?,
     };
     total.scale(weight)
+}
+
+/// The classic `-normalize_gradients` on the tape: `f` itself in the forward pass; in the
+/// backward pass the incoming gradient `g` (that of a term `weight · loss(f)`, so
+/// `g = weight · ∇loss`) becomes `weight · g / (‖g‖₁ + weight · 1e-8)`, i.e.
+/// `weight · ∇loss / (‖∇loss‖₁ + 1e-8)`: the term's gradient w.r.t. `f` normalised to unit
+/// L1 norm before its weight multiplies it. With `weight = 0` the gradient is zero.
+///
+/// ```
+/// # use nst_autodiff::Tape;
+/// # use nst_tensor::Tensor;
+/// let cpu = nst_cpu::Cpu64::new(1);
+/// let tape = Tape::new();
+/// let f = tape.var(Tensor::from_f64(&cpu, &[1.0, -3.0], [2]).unwrap());
+/// let n = nst_loss::normalize_gradient(&f, 4.0).unwrap();
+/// // 4 · Σ n²: gradient 8f = [8, −24] → 4 · [8, −24] / 32 = [1, −3].
+/// let loss = n.square().unwrap().sum().unwrap().scale(4.0).unwrap();
+/// let g = tape.backward(&loss).unwrap().get(&f).unwrap().to_f64().unwrap();
+/// assert!((g[0] - 1.0).abs() < 1e-9 && (g[1] + 3.0).abs() < 1e-9);
+/// ```
+pub fn normalize_gradient<'t, B: Backend>(f: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
+    if !(weight.is_finite() && weight >= 0.0) {
+        return Err(Error::invalid(
+            "normalize_gradient",
+            format!("the weight must be a non-negative number, got {weight}"),
+        ));
+    }
+    f.tape().custom(f.value().clone(), &[f], move |g| {
+        if weight == 0.0 {
+            return g.scale(0.0).map(|z| vec![z]);
+        }
+        let (l1, _) = g.norms()?;
+        Ok(vec![g.scale(weight / (l1 + weight * 1e-8))?])
+    })
 }

@@ -20,7 +20,9 @@ pub use checkpoint::{Checkpoint, OptimizerState};
 pub use color::{ColorControl, MatrixRoot};
 pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
-pub use objective::{normalize_blend, Evaluation, Objective, ObjectiveConfig};
+pub use objective::{
+    normalize_blend, Evaluation, Objective, ObjectiveConfig, StyleLoss, W2_DEFAULT_STYLE_WEIGHT,
+};
 pub use render::{
     auto_scales, plan_scales, region_mask, render, Init, Observer, OptimizerKind, Progress,
     RenderConfig, RenderSession, Rendered, SessionStatus,

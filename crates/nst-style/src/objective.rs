@@ -21,7 +21,47 @@ pub struct ObjectiveConfig {
     pub content_layers: Vec<(String, f64)>,
     /// Style layers with a per-layer multiplier (1 by default).
     pub style_layers: Vec<(String, f64)>,
+    /// The style statistic compared at the style layers.
+    pub style_loss: StyleLoss,
+    /// The classic `-normalize_gradients`: the gradient of each content and style term with
+    /// respect to its layer's activations is divided by its L1 norm (plus 1e-8) before the
+    /// term's weight multiplies it. The reported terms are unchanged (so the gradient is no
+    /// longer theirs). Untiled objectives only.
+    pub normalize_gradients: bool,
 }
+
+/// The style statistic compared at the style layers (see `docs/objective.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StyleLoss {
+    /// Gram matrices: `mean((G(x) − A)²)` (Gatys et al.).
+    #[default]
+    Gram,
+    /// The squared Wasserstein-2 distance between the Gaussians of the activations
+    /// ([`nst_loss::w2_style`]).
+    W2,
+}
+
+impl StyleLoss {
+    /// The name used on the command line and in logs: `gram` or `w2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StyleLoss::Gram => "gram",
+            StyleLoss::W2 => "w2",
+        }
+    }
+
+    /// The default style weight w_s for this loss (the two differ in scale by orders of
+    /// magnitude; see `docs/objective.md`).
+    pub fn default_style_weight(self) -> f64 {
+        match self {
+            StyleLoss::Gram => 100.0,
+            StyleLoss::W2 => W2_DEFAULT_STYLE_WEIGHT,
+        }
+    }
+}
+
+/// The default w_s of the W2 style loss.
+pub const W2_DEFAULT_STYLE_WEIGHT: f64 = 100.0;
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
@@ -35,6 +75,8 @@ impl Default for ObjectiveConfig {
                 .into_iter()
                 .map(one)
                 .collect(),
+            style_loss: StyleLoss::Gram,
+            normalize_gradients: false,
         }
     }
 }
@@ -62,7 +104,10 @@ pub struct Objective<'m, B: Backend> {
     /// tile's own positions (`None` where it owns none).
     content_targets: ContentTargets<B>,
     content_dims: Vec<usize>,
+    /// Gram targets per style layer (empty with the W2 loss).
     style_targets: Vec<Tensor<B>>,
+    /// W2 targets per style layer (empty with the Gram loss).
+    w2_targets: Vec<nst_loss::W2Target>,
     tiled: Option<Tiled<'m, B>>,
     /// Region masks (spatial control), when given: see [`Objective::with_regions`].
     regions: Option<Regions<B>>,
@@ -302,8 +347,18 @@ impl<'m, B: Backend> Objective<'m, B> {
             }
         };
 
+        if cfg.normalize_gradients && plan.is_some() {
+            return Err(Error::Config(
+                "--normalize-gradients needs the untiled objective (pass --tile off, or a larger --max-memory)".into(),
+            ));
+        }
         let mut style_targets: Vec<Option<Tensor<B>>> = vec![None; style_layers.len()];
-        for (s, b) in styles.iter().zip(&beta) {
+        let gram_styles = if cfg.style_loss == StyleLoss::Gram {
+            styles
+        } else {
+            &[]
+        };
+        for (s, b) in gram_styles.iter().zip(&beta) {
             let grams = match plan.as_ref().map(|p| (p.tile, p.halo)) {
                 None => {
                     let sf = sfx.extract(s)?;
@@ -320,7 +375,8 @@ impl<'m, B: Backend> Objective<'m, B> {
                         )));
                     }
                     let splan = geometry.plan_with_halo(d[2], d[3], t, halo)?;
-                    let sums = tiled_gram_sums(&sfx, &geometry, &splan, &style_idx, s)?;
+                    let (sums, _) =
+                        tiled_moment_sums(&sfx, &geometry, &splan, &style_idx, s, false)?;
                     sums.into_iter()
                         .zip(&style_idx)
                         .map(|(g, &li)| {
@@ -337,6 +393,52 @@ impl<'m, B: Backend> Objective<'m, B> {
                     Some(acc) => acc.add(&g)?,
                     None => g,
                 });
+            }
+        }
+        let mut w2_targets = Vec::new();
+        if cfg.style_loss == StyleLoss::W2 {
+            let mut per_style: Vec<Vec<nst_loss::Moments>> = Vec::with_capacity(styles.len());
+            for s in styles {
+                let d = s.dims();
+                if d.len() != 4 {
+                    return Err(Error::Config(format!(
+                        "a style image must be [1, 3, H, W], got {d:?}"
+                    )));
+                }
+                per_style.push(match plan.as_ref().map(|p| (p.tile, p.halo)) {
+                    None => {
+                        let sf = sfx.extract(s)?;
+                        style_layers
+                            .iter()
+                            .map(|n| nst_loss::Moments::of(sf.get(n).expect("extracted")))
+                            .collect::<nst_tensor::Result<Vec<_>>>()?
+                    }
+                    Some((t, halo)) => {
+                        let splan = geometry.plan_with_halo(d[2], d[3], t, halo)?;
+                        let (grams, sums) =
+                            tiled_moment_sums(&sfx, &geometry, &splan, &style_idx, s, true)?;
+                        let mut layers = Vec::with_capacity(style_idx.len());
+                        for ((g, s1), &li) in grams.iter().zip(&sums).zip(&style_idx) {
+                            let (_, c) = geometry.layer(li);
+                            let p = geometry.positions(d[2], d[3], li);
+                            layers.push(nst_loss::Moments::from_sums(
+                                c,
+                                p,
+                                &s1.to_f64()?,
+                                &g.to_f64()?,
+                            ));
+                        }
+                        layers
+                    }
+                });
+            }
+            for li in 0..style_layers.len() {
+                let parts: Vec<(f64, &nst_loss::Moments)> = beta
+                    .iter()
+                    .copied()
+                    .zip(per_style.iter().map(|m| &m[li]))
+                    .collect();
+                w2_targets.push(nst_loss::W2Target::new(&nst_loss::Moments::blend(&parts)?)?);
             }
         }
         let deepest = all.iter().copied().max().unwrap_or(0);
@@ -364,10 +466,8 @@ impl<'m, B: Backend> Objective<'m, B> {
             fx,
             content_targets,
             content_dims: dims,
-            style_targets: style_targets
-                .into_iter()
-                .map(|t| t.expect("one style at least"))
-                .collect(),
+            style_targets: style_targets.into_iter().flatten().collect(),
+            w2_targets,
             tiled,
             regions: None,
         })
@@ -392,6 +492,11 @@ impl<'m, B: Backend> Objective<'m, B> {
         if self.tiled.is_some() {
             return Err(Error::Config(
                 "region masks need the untiled objective (pass --tile off, or a larger --max-memory)".into(),
+            ));
+        }
+        if self.cfg.style_loss != StyleLoss::Gram {
+            return Err(Error::Config(
+                "region masks work with the Gram style loss only (--style-loss gram)".into(),
             ));
         }
         if masks.len() != styles.len() || masks.is_empty() {
@@ -483,6 +588,16 @@ impl<'m, B: Backend> Objective<'m, B> {
         Ok(self)
     }
 
+    /// `f` itself, or behind the gradient normalisation of a term of weight `weight` when the
+    /// configuration asks for it.
+    fn normalized<'t>(&self, f: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
+        Ok(if self.cfg.normalize_gradients {
+            nst_loss::normalize_gradient(f, weight)?
+        } else {
+            f.clone()
+        })
+    }
+
     /// The tile plan, when evaluated tile by tile.
     pub fn plan(&self) -> Option<&TilePlan> {
         self.tiled.as_ref().map(|t| &t.plan)
@@ -518,24 +633,23 @@ impl<'m, B: Backend> Objective<'m, B> {
         let mut terms = Vec::new();
         let mut parts = Vec::new();
         for ((name, w), target) in self.cfg.content_layers.iter().zip(content_targets) {
-            let f = feats.get(name).expect("extracted");
-            let l = nst_loss::content(f, target, self.cfg.content_weight * w)?;
+            let wl = self.cfg.content_weight * w;
+            let f = &self.normalized(feats.get(name).expect("extracted"), wl)?;
+            let l = nst_loss::content(f, target, wl)?;
             terms.push((format!("content/{name}"), l.value().scalar()?));
             parts.push(l);
         }
-        for (li, ((name, w), target)) in self
-            .cfg
-            .style_layers
-            .iter()
-            .zip(&self.style_targets)
-            .enumerate()
-        {
-            let f = feats.get(name).expect("extracted");
+        for (li, (name, w)) in self.cfg.style_layers.iter().enumerate() {
+            let wl = self.cfg.style_weight * w;
+            let f = &self.normalized(feats.get(name).expect("extracted"), wl)?;
             let l = match &self.regions {
-                None => nst_loss::style(f, target, self.cfg.style_weight * w)?,
+                None if self.cfg.style_loss == StyleLoss::W2 => {
+                    nst_loss::w2_style(f, &self.w2_targets[li], wl)?
+                }
+                None => nst_loss::style(f, &self.style_targets[li], wl)?,
                 Some(r) => {
                     let k = r.masks[li].len();
-                    let weight = self.cfg.style_weight * w / k as f64;
+                    let weight = wl / k as f64;
                     let mut sum: Option<nst_autodiff::Var<'_, B>> = None;
                     for (m, a) in r.masks[li].iter().zip(&r.targets[li]) {
                         let term = nst_loss::guided_gram(f, m)?
@@ -605,12 +719,18 @@ impl<'m, B: Backend> Objective<'m, B> {
         let tapes: Vec<Tape<B>> = (0..n).map(|_| Tape::new()).collect();
         let mut kept: Vec<Option<Kept<'_, B>>> = (0..n).map(|_| None).collect();
         let mut sums: Vec<Option<Tensor<B>>> = vec![None; t.style_idx.len()];
+        // With the W2 loss, also Σ_p F_p per style layer.
+        let w2 = self.cfg.style_loss == StyleLoss::W2;
+        let mut firsts: Vec<Option<Tensor<B>>> = vec![None; t.style_idx.len()];
         for (ti, tile) in plan.tiles.iter().enumerate() {
             let crop = window(x, &tile.crop)?;
             let mut add = |i: usize, f: &Tensor<B>| -> nst_vgg::Result<()> {
-                for (slot, &li) in sums.iter_mut().zip(&t.style_idx) {
+                for ((slot, first), &li) in sums.iter_mut().zip(&mut firsts).zip(&t.style_idx) {
                     if li == i {
                         accumulate_gram(slot, f, geo, plan, tile, li)?;
+                        if w2 {
+                            accumulate_sum(first, f, geo, plan, tile, li)?;
+                        }
                     }
                 }
                 Ok(())
@@ -642,15 +762,51 @@ impl<'m, B: Backend> Objective<'m, B> {
             });
         }
 
-        // The style terms and their activation-gradient matrices D_l = 4w/(C²N)·(G − A).
+        // The style terms and what seeds their gradients: with Gram matrices the
+        // activation-gradient matrices D_l = 4w/(C²N)·(G − A); with W2 the moment gradients.
         let mut terms = Vec::new();
         let mut style_d = Vec::with_capacity(t.style_idx.len());
         let mut style_values = Vec::with_capacity(t.style_idx.len());
+        if w2 {
+            for (li_pos, (((name, m), sum), first)) in self
+                .cfg
+                .style_layers
+                .iter()
+                .zip(std::mem::take(&mut sums))
+                .zip(firsts)
+                .enumerate()
+            {
+                let li = t.style_idx[li_pos];
+                let (_, c) = geo.layer(li);
+                let positions = geo.positions(h, w, li);
+                let wl = self.cfg.style_weight * m;
+                let host = |v: Option<Tensor<B>>, n: usize| -> Result<Vec<f64>> {
+                    Ok(match v {
+                        Some(v) => v.to_f64()?,
+                        None => vec![0.0; n],
+                    })
+                };
+                let moments = nst_loss::Moments::from_sums(
+                    c,
+                    positions,
+                    &host(first, c)?,
+                    &host(sum, c * c)?,
+                );
+                let eval = self.w2_targets[li_pos].evaluate(&moments)?;
+                style_values.push((format!("style/{name}"), wl * eval.value));
+                style_d.push(StyleSeed::W2 {
+                    eval,
+                    positions,
+                    weight: wl,
+                });
+            }
+        }
+        let gram_targets = if w2 { &[][..] } else { &self.style_targets[..] };
         for (((name, m), target), (sum, &li)) in self
             .cfg
             .style_layers
             .iter()
-            .zip(&self.style_targets)
+            .zip(gram_targets)
             .zip(sums.into_iter().zip(&t.style_idx))
         {
             let (_, c) = geo.layer(li);
@@ -663,7 +819,9 @@ impl<'m, B: Backend> Objective<'m, B> {
             let diff = g.sub(target)?;
             let value = wl * diff.square()?.sum()?.scalar()? / (c * c).max(1) as f64;
             style_values.push((format!("style/{name}"), value));
-            style_d.push(diff.scale(4.0 * wl / ((c * c) as f64 * npos))?);
+            style_d.push(StyleSeed::Gram(
+                diff.scale(4.0 * wl / ((c * c) as f64 * npos))?,
+            ));
         }
 
         // Pass 2: the backward pass, tile by tile; the kept tiles first, latest first.
@@ -749,11 +907,23 @@ impl<'m, B: Backend> Objective<'m, B> {
     }
 }
 
+/// What seeds a style layer's gradient in the tiled evaluation.
+enum StyleSeed<B: Backend> {
+    /// The Gram loss's `D_l`: the seed of positions `F̂` is `D_l·F̂`.
+    Gram(Tensor<B>),
+    /// The W2 loss's moment gradients over the layer's `positions`.
+    W2 {
+        eval: nst_loss::W2Eval,
+        positions: usize,
+        weight: f64,
+    },
+}
+
 /// What the seeds of one tile are made from.
 struct SeedCtx<'a, 'm, B: Backend> {
     objective: &'a Objective<'m, B>,
     t: &'a Tiled<'m, B>,
-    style_d: &'a [Tensor<B>],
+    style_d: &'a [StyleSeed<B>],
     targets: &'a [Option<Tensor<B>>],
     tile: &'a Tile,
 }
@@ -779,9 +949,18 @@ impl<B: Backend> SeedCtx<'_, '_, B> {
                 continue;
             };
             let inner = window(f, &iw)?;
-            let dims = inner.shape().clone();
-            let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
-            let seed = d.matmul(&flat)?.reshape(dims)?;
+            let seed = match d {
+                StyleSeed::Gram(d) => {
+                    let dims = inner.shape().clone();
+                    let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
+                    d.matmul(&flat)?.reshape(dims)?
+                }
+                StyleSeed::W2 {
+                    eval,
+                    positions,
+                    weight,
+                } => nst_loss::w2_activation_grad(inner.value(), eval, *positions, *weight)?,
+            };
             seeds.push((inner, seed));
         }
         for (ci, (((_, m), target), &li)) in cfg
@@ -838,40 +1017,71 @@ fn accumulate_gram<B: Backend>(
     Ok(())
 }
 
+/// Adds a tile's own positions of activation `f` to a sum over positions `Σ_p F_p` (`[C, 1]`).
+fn accumulate_sum<B: Backend>(
+    slot: &mut Option<Tensor<B>>,
+    f: &Tensor<B>,
+    geo: &Geometry,
+    plan: &TilePlan,
+    tile: &Tile,
+    li: usize,
+) -> nst_tensor::Result<()> {
+    if let Some(iw) = geo.inner_at(plan, tile, li) {
+        let inner = window(f, &iw)?;
+        let d = inner.dims().to_vec();
+        let s = inner.reshape([d[1], d[2] * d[3]])?.sum_axis(1)?;
+        *slot = Some(match slot.take() {
+            Some(acc) => acc.add(&s)?,
+            None => s,
+        });
+    }
+    Ok(())
+}
+
+/// Per style layer: `Σ F̂F̂ᵀ`, and `Σ_p F_p` when asked for (else empty).
+type GramAndFirstSums<B> = (Vec<Tensor<B>>, Vec<Tensor<B>>);
+
 /// Unnormalised Gram sums `Σ F̂F̂ᵀ` of an image at the style layers, tile by tile (inference
-/// only).
-fn tiled_gram_sums<B: Backend>(
+/// only), and with `firsts` the sums `Σ_p F_p` too (else the second list is empty).
+fn tiled_moment_sums<B: Backend>(
     sfx: &FeatureExtractor<'_, B>,
     geo: &Geometry,
     plan: &TilePlan,
     style_idx: &[usize],
     image: &Tensor<B>,
-) -> Result<Vec<Tensor<B>>> {
+    firsts: bool,
+) -> Result<GramAndFirstSums<B>> {
     let names: Vec<String> = sfx.layer_names().map(str::to_string).collect();
     let mut sums: Vec<Option<Tensor<B>>> = vec![None; style_idx.len()];
+    let mut ones: Vec<Option<Tensor<B>>> = vec![None; style_idx.len()];
     for tile in &plan.tiles {
         let feats = sfx.extract(&window(image, &tile.crop)?)?;
-        for ((slot, name), &li) in sums.iter_mut().zip(&names).zip(style_idx) {
-            accumulate_gram(
-                slot,
-                feats.get(name).expect("extracted"),
-                geo,
-                plan,
-                tile,
-                li,
-            )?;
+        for (((slot, first), name), &li) in
+            sums.iter_mut().zip(&mut ones).zip(&names).zip(style_idx)
+        {
+            let f = feats.get(name).expect("extracted");
+            accumulate_gram(slot, f, geo, plan, tile, li)?;
+            if firsts {
+                accumulate_sum(first, f, geo, plan, tile, li)?;
+            }
         }
     }
-    sums.into_iter()
-        .zip(style_idx)
-        .map(|(s, &li)| match s {
-            Some(s) => Ok(s),
-            None => {
-                let (_, c) = geo.layer(li);
-                Ok(Tensor::zeros(image.backend(), [c, c])?)
-            }
-        })
-        .collect()
+    let fill = |v: Vec<Option<Tensor<B>>>, shape: fn(usize) -> [usize; 2]| {
+        v.into_iter()
+            .zip(style_idx)
+            .map(|(s, &li)| match s {
+                Some(s) => Ok(s),
+                None => Ok(Tensor::zeros(image.backend(), shape(geo.layer(li).1))?),
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let grams = fill(sums, |c| [c, c])?;
+    let firsts = if firsts {
+        fill(ones, |c| [c, 1])?
+    } else {
+        Vec::new()
+    };
+    Ok((grams, firsts))
 }
 
 /// The total variation of a tile's own pixels, on the tape: the differences between each of

@@ -269,8 +269,8 @@ pub fn plan_scales<B: Backend>(
                 optimizer: cfg.optimizer,
                 history: cfg.lbfgs_history,
                 iterations: iterations_of(cfg, si),
-                // Region masks need the untiled objective.
-                tile: if cfg.content_masks.is_empty() {
+                // Region masks and normalised gradients need the untiled objective.
+                tile: if cfg.content_masks.is_empty() && !cfg.objective.normalize_gradients {
                     cfg.tile
                 } else {
                     TileChoice::Off

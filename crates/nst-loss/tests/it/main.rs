@@ -7,6 +7,8 @@ use nst_tensor::Tensor;
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod w2;
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
