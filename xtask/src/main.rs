@@ -179,6 +179,51 @@ fn ensure_nvrtc(root: &Path) -> Result<PathBuf> {
     find().context("nvidia-cuda-nvrtc installed no libnvrtc")
 }
 
+/// Whether the OpenBLAS development library (LAPACK included) is where the linker looks.
+fn openblas_present() -> bool {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+    ]
+    .iter()
+    .any(|d| Path::new(d).join("libopenblas.so").exists())
+}
+
+/// Installs the OpenBLAS development package for the `lapack` feature when it is missing
+/// (with apt-get, as root), or says how to.
+fn ensure_openblas() -> Result<()> {
+    if openblas_present() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = Command::new("apt-get").arg("--version").output().is_ok();
+    if !(root && apt) {
+        bail!("the lapack tests need the OpenBLAS development package (libopenblas-dev on Debian): install it and run again");
+    }
+    eprintln!("installing libopenblas-dev for the lapack tests (apt-get)");
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    status(update)?;
+    let mut install = Command::new("apt-get");
+    install.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "libopenblas-dev",
+    ]);
+    status(install)?;
+    if !openblas_present() {
+        bail!("libopenblas-dev was installed but libopenblas.so is not where the linker looks");
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     let root = root();
     weights::fetch(&root, &[])?;
@@ -205,6 +250,37 @@ fn test(extra: &[String]) -> Result<()> {
             "nst-cli/cuda,nst-bench/cuda",
         ])
         .args(extra);
+    status(c)?;
+    // The LAPACK path (feature `lapack`, on the system OpenBLAS): the eigensolver, W2 and
+    // colour tests again, each path checked against the same references and the two
+    // solvers against each other.
+    ensure_openblas()?;
+    let mut c = cargo();
+    c.env("NST_WEIGHTS", weights::vgg19_path(&root)).args([
+        "test",
+        "-p",
+        "nst-linalg",
+        "-p",
+        "nst-loss",
+        "-p",
+        "nst-style",
+        "--features",
+        "nst-linalg/lapack,nst-loss/lapack,nst-style/lapack",
+    ]);
+    status(c)?;
+    let mut c = cargo();
+    c.env("NST_WEIGHTS", weights::vgg19_path(&root)).args([
+        "test",
+        "-p",
+        "nst",
+        "--features",
+        "lapack",
+        "--test",
+        "it",
+        "--",
+        "w2",
+        "color",
+    ]);
     status(c)?;
     // Where there is a GPU, the CUDA parity tests (ignored elsewhere) run too.
     let gpu = Command::new("nvidia-smi")

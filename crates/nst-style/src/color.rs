@@ -86,11 +86,7 @@ fn sym_power(m: &M3, power: f64) -> M3 {
         return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
     };
     let r = e.map(|v| v.max(1e-12).powf(power));
-    [
-        [r[0], r[1], r[2]],
-        [r[3], r[4], r[5]],
-        [r[6], r[7], r[8]],
-    ]
+    [[r[0], r[1], r[2]], [r[3], r[4], r[5]], [r[6], r[7], r[8]]]
 }
 
 /// The lower-triangular Cholesky factor of a symmetric positive definite matrix.

@@ -501,3 +501,95 @@ fn fast_precision_renders_like_the_default() {
         d[29]
     );
 }
+
+#[test]
+fn w2_style_loss_and_normalized_gradients_on_render_and_eval() {
+    weights();
+    let (c, st) = (
+        images().join("tubingen.jpg"),
+        images().join("starry_night.jpg"),
+    );
+    let render = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "render",
+            "--content",
+            s(&c),
+            "--style",
+            s(&st),
+            "--out",
+            s(out),
+            "--size",
+            "40",
+            "--iterations",
+            "4",
+            "--threads",
+            "2",
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        nst(&a)
+    };
+    let (gram, w2, norm) = (tmp("sl_gram.png"), tmp("sl_w2.png"), tmp("sl_norm.png"));
+    for (extra, out) in [
+        (&["--style-loss", "gram"][..], &gram),
+        (&["--style-loss", "w2"][..], &w2),
+        (&["--normalize-gradients"][..], &norm),
+    ] {
+        let r = render(extra, out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(image::open(out).unwrap().width(), 40);
+    }
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert_ne!(bytes(&gram), bytes(&w2));
+    assert_ne!(bytes(&gram), bytes(&norm));
+    assert_fails_with(
+        &render(&["--style-loss", "wasserstein"], &tmp("sl_bad.png")),
+        &["wasserstein"],
+    );
+    // Masks are Gram-only.
+    let mask = tmp("sl_mask.png");
+    image::GrayImage::from_pixel(40, 30, image::Luma([255]))
+        .save(&mask)
+        .unwrap();
+    assert_fails_with(
+        &render(
+            &["--style-loss", "w2", "--content-mask", s(&mask)],
+            &tmp("sl_bad.png"),
+        ),
+        &["Gram"],
+    );
+    // eval: W2 terms differ from the Gram ones; normalisation leaves the terms as they are.
+    let content = tmp("sl_content.png");
+    image::open(&c)
+        .unwrap()
+        .resize_exact(40, 30, image::imageops::FilterType::Triangle)
+        .save(&content)
+        .unwrap();
+    let grad = tmp("sl_grad.safetensors");
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--content",
+            s(&content),
+            "--style",
+            s(&st),
+            "--image",
+            s(&content),
+            "--out",
+            s(&grad),
+        ];
+        a.extend_from_slice(extra);
+        let r = nst(&a);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        (
+            String::from_utf8_lossy(&r.stdout).to_string(),
+            std::fs::read(&grad).unwrap(),
+        )
+    };
+    let (plain, g_plain) = eval(&[]);
+    let (w2_terms, _) = eval(&["--style-loss", "w2"]);
+    let (normed, g_normed) = eval(&["--normalize-gradients"]);
+    assert_ne!(plain, w2_terms);
+    assert_eq!(plain, normed);
+    assert_ne!(g_plain, g_normed);
+}
