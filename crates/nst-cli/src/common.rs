@@ -134,7 +134,7 @@ pub(crate) struct ObjectiveArgs {
     /// Weight of the content loss (w_c).
     #[arg(long, default_value_t = 5.0, value_name = "W")]
     content_weight: f64,
-    /// Weight of the style loss (w_s) [default: 100 with --style-loss gram, 100 with w2].
+    /// Weight of the style loss (w_s) [default: 100 with --style-loss gram, 10 with w2].
     #[arg(long, value_name = "W")]
     style_weight: Option<f64>,
     /// The style statistic: Gram matrices (Gatys et al.) or the Wasserstein-2 distance

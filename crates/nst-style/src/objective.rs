@@ -61,7 +61,7 @@ impl StyleLoss {
 }
 
 /// The default w_s of the W2 style loss.
-pub const W2_DEFAULT_STYLE_WEIGHT: f64 = 100.0;
+pub const W2_DEFAULT_STYLE_WEIGHT: f64 = 10.0;
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
