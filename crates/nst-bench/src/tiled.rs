@@ -64,7 +64,7 @@ fn render(bin: &Path, common: &[String], dir: &Path) -> Result<Row> {
     ]);
     nst(bin, &args)?;
     let text = std::fs::read_to_string(&log)?;
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains("\"event\"")).collect();
     if lines.len() < 2 {
         bail!("a timing needs two iterations at least");
     }

@@ -9,6 +9,7 @@ mod features;
 mod io;
 mod render;
 mod signals;
+mod web;
 
 use clap::{Parser, Subcommand};
 

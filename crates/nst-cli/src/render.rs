@@ -98,6 +98,10 @@ pub(crate) struct Args {
     /// Write one JSON object per iteration (losses by term, elapsed seconds) to this file.
     #[arg(long)]
     json_log: Option<PathBuf>,
+    /// Serve a live view of the render (image, losses, a Stop button) at ADDR
+    /// [default: 127.0.0.1:8080]; the URL with its token is printed at start.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::web::DEFAULT_ADDR, value_parser = crate::web::parse_addr)]
+    web: Option<std::net::SocketAddr>,
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
@@ -156,11 +160,30 @@ impl Reporter {
         eprintln!("{}", msg.replace('\n', " "));
     }
 
-    fn line(&self, p: &Progress) -> String {
+    /// Iterations per second in the current scale, and the seconds left in it.
+    fn rate_eta(&self, p: &Progress) -> (f64, f64) {
         let (it, n) = p.iteration;
         let secs = self.scale_start.elapsed().as_secs_f64();
         let rate = it as f64 / secs.max(1e-9);
-        let eta = (n - it) as f64 / rate.max(1e-9);
+        (rate, (n - it) as f64 / rate.max(1e-9))
+    }
+
+    /// Writes a line of the JSON log (a failure turns the log off, with a warning).
+    fn log(&mut self, line: &str) {
+        if let Some(j) = &mut self.json {
+            if let Err(e) = writeln!(j, "{line}") {
+                // The log is a convenience: losing it must not cost the render.
+                self.json = None;
+                self.warn(&format!(
+                    "warning: cannot write the JSON log ({e}); the render goes on without it"
+                ));
+            }
+        }
+    }
+
+    fn line(&self, p: &Progress) -> String {
+        let (it, n) = p.iteration;
+        let (rate, eta) = self.rate_eta(p);
         let sum = |prefix: &str| -> f64 {
             p.terms
                 .iter()
@@ -196,7 +219,7 @@ impl Observer for Reporter {
             self.scale_start = self.last_report;
         }
         self.last_report = Instant::now();
-        if let Some(j) = &mut self.json {
+        if self.json.is_some() {
             let lead = [
                 ("scale", format!("{}", p.scale.0)),
                 ("width", format!("{}", p.size.0)),
@@ -209,13 +232,8 @@ impl Observer for Reporter {
                 ),
                 ("total", common::json_num(p.total)),
             ];
-            if let Err(e) = writeln!(j, "{}", common::json_object(&lead, &p.terms)) {
-                // The log is a convenience: losing it must not cost the render.
-                self.json = None;
-                self.warn(&format!(
-                    "warning: cannot write the JSON log ({e}); the render goes on without it"
-                ));
-            }
+            let line = common::json_object(&lead, &p.terms);
+            self.log(&line);
         }
         if self.quiet {
             return true;
@@ -240,6 +258,20 @@ impl Observer for Reporter {
 
     fn plan(&mut self, scale: usize, size: (usize, usize), plan: &nst_style::MemoryPlan) {
         common::apply_plan(plan);
+        if self.json.is_some() {
+            let line = serde_json::json!({
+                "event": "scale",
+                "scale": scale,
+                "width": size.0,
+                "height": size.1,
+                "tiling": format!("{:?}", plan.tiling),
+                "lbfgs_history": plan.history,
+                "predicted_peak_mb": plan.peak_bytes as f64 / 1e6,
+                "peak_rss_mb": common::peak_rss().map(|b| b as f64 / 1e6),
+            })
+            .to_string();
+            self.log(&line);
+        }
         if !self.quiet_plans {
             if let Some(line) = common::plan_note(scale, size, plan) {
                 if self.terminal {
@@ -508,11 +540,34 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         scale_index: scale0,
         last_report: Instant::now(),
     };
+    let settings = settings_json(a, &cfg, &cpu.name());
+    reporter.log(&settings);
+    let mut web = match a.web {
+        Some(addr) => {
+            let w = crate::web::WebView::start(addr, settings.clone())?;
+            if !addr.ip().is_loopback() {
+                reporter.warn(&format!(
+                    "warning: the web view listens on {addr}, beyond this machine: anyone who can reach it can watch (stopping needs the token)"
+                ));
+            }
+            eprintln!("web view: {}", w.url());
+            Some(w)
+        }
+        None => None,
+    };
     crate::signals::install();
     let start = Instant::now();
     let every = a.checkpoint_every as usize;
     let mut checkpointed_at = None;
     let mut interrupted = None;
+    let mut web_stop = false;
+    let iterations_of = |si: usize| {
+        cfg.scale_iterations
+            .get(si)
+            .copied()
+            .unwrap_or(cfg.iterations)
+    };
+    let mut shown_scale = None;
     loop {
         if let Some((si, size, plan)) = session.starting_scale() {
             reporter.plan(si, size, plan);
@@ -525,6 +580,18 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             reporter.snapshot(&p, &session.image()?);
         }
         let keep_going = reporter.iteration(&p);
+        if let Some(w) = &web {
+            // The preview every few iterations and at every scale's first and last.
+            if it == 1 || it % 5 == 0 || it == n || shown_scale != Some(p.scale.0) {
+                shown_scale = Some(p.scale.0);
+                w.image(session.image()?);
+            }
+            let step: usize = (0..p.scale.0).map(iterations_of).sum::<usize>() + it;
+            w.progress(web_record(&p, step, reporter.rate_eta(&p), "running", w));
+            if w.stop_requested() {
+                web_stop = true;
+            }
+        }
         if let Some(c) = &checkpoint_path {
             if it % every == 0 || it == n {
                 match write_checkpoint(&session, c) {
@@ -537,7 +604,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             interrupted = Some(sig);
             break;
         }
-        if !keep_going {
+        if !keep_going || web_stop {
             break;
         }
     }
@@ -547,7 +614,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             reporter.warn(&format!("warning: cannot write the JSON log ({e})"));
         }
     }
-    if let Some(sig) = interrupted {
+    if interrupted.is_some() || web_stop {
         let mut saved_checkpoint = false;
         if let Some(c) = &checkpoint_path {
             if checkpointed_at == Some(session.position()) {
@@ -561,11 +628,22 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         }
         let image = session.image()?;
         io::save_image_with(&image, &a.out, &save)?;
+        let why = match interrupted {
+            Some(sig) => format!("interrupted by {}", crate::signals::name(sig)),
+            None => "stopped from the web view".to_string(),
+        };
         reporter.warn(&format!(
-            "interrupted by {}: wrote the current image to {}",
-            crate::signals::name(sig),
+            "{why}: wrote the current image to {}",
             a.out.display()
         ));
+        if let Some(w) = &mut web {
+            w.final_image(image);
+            w.progress(format!(
+                "{{\"state\":\"stopped\",\"image\":{}}}",
+                w.image_version()
+            ));
+            w.linger();
+        }
         match (&checkpoint_path, saved_checkpoint) {
             (Some(c), true) => eprintln!(
                 "checkpoint in {}; resume with:\n  {}",
@@ -576,10 +654,21 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
                 "no checkpoint was written (pass --checkpoint FILE to make a render resumable)"
             ),
         }
-        return Err(Interrupted(sig).into());
+        return match interrupted {
+            Some(sig) => Err(Interrupted(sig).into()),
+            None => Ok(()),
+        };
     }
     let rendered = session.finish()?;
     io::save_image_with(&rendered.image, &a.out, &save)?;
+    if let Some(w) = &mut web {
+        w.final_image(rendered.image.clone());
+        w.progress(format!(
+            "{{\"state\":\"done\",\"image\":{}}}",
+            w.image_version()
+        ));
+        w.linger();
+    }
     if let Some(why) = rendered.stopped_early {
         bail!("{why}; wrote it to {}", a.out.display());
     }
@@ -595,6 +684,72 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The settings of a render as one JSON object (the first line of `--json-log`, and the web
+/// view's `/settings`).
+fn settings_json(a: &Args, cfg: &RenderConfig, device: &str) -> String {
+    let o = &a.options;
+    let paths =
+        |v: &[PathBuf]| -> Vec<String> { v.iter().map(|p| p.display().to_string()).collect() };
+    serde_json::json!({
+        "event": "start",
+        "version": env!("CARGO_PKG_VERSION"),
+        "device": device,
+        "content": o.inputs.content.display().to_string(),
+        "style": paths(&o.inputs.style),
+        "style_blend": o.inputs.style_blend,
+        "out": a.out.display().to_string(),
+        "scales": cfg.scales,
+        "iterations": cfg.iterations,
+        "scale_iterations": cfg.scale_iterations,
+        "optimizer": format!("{:?}", cfg.optimizer),
+        "init": o.init,
+        "seed": cfg.seed,
+        "content_weight": cfg.objective.content_weight,
+        "style_weight": cfg.objective.style_weight,
+        "tv_weight": cfg.objective.tv_weight,
+        "content_layers": cfg.objective.content_layers,
+        "style_layers": cfg.objective.style_layers,
+        "style_loss": cfg.objective.style_loss.name(),
+        "normalize_gradients": cfg.objective.normalize_gradients,
+        "style_scale": cfg.style_scale,
+        "color_control": format!("{:?}", cfg.color_control),
+        "pooling": format!("{:?}", o.model.pooling),
+    })
+    .to_string()
+}
+
+/// One progress record of the web view.
+fn web_record(
+    p: &Progress,
+    step: usize,
+    (rate, eta): (f64, f64),
+    state: &str,
+    w: &crate::web::WebView,
+) -> String {
+    let terms: serde_json::Map<String, serde_json::Value> = p
+        .terms
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!(v.is_finite().then_some(*v))))
+        .collect();
+    serde_json::json!({
+        "state": state,
+        "step": step,
+        "iteration": p.iteration.0,
+        "iterations": p.iteration.1,
+        "scale": p.scale.0,
+        "scales": p.scale.1,
+        "width": p.size.0,
+        "height": p.size.1,
+        "elapsed_s": p.elapsed.as_secs_f64(),
+        "eta_s": eta,
+        "it_per_s": rate,
+        "total": p.total.is_finite().then_some(p.total),
+        "terms": terms,
+        "image": w.image_version(),
+    })
+    .to_string()
 }
 
 /// What the render's bytes depend on besides the crates' settings: the network's pooling and

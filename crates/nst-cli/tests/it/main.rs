@@ -8,6 +8,7 @@ mod features;
 mod render;
 mod resume;
 mod tiling;
+mod web;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

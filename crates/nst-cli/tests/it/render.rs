@@ -8,8 +8,9 @@ fn totals(log: &Path) -> Vec<f64> {
     std::fs::read_to_string(log)
         .unwrap()
         .lines()
+        .filter(|l| !l.contains("\"event\""))
         .map(|l| {
-            let at = l.find("\"total\":").expect("total in every line") + 8;
+            let at = l.find("\"total\":").expect("total in every iteration line") + 8;
             let rest = &l[at..];
             rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
         })

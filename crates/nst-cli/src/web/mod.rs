@@ -1,0 +1,326 @@
+//! `nst render --web`: a small HTTP server beside the render (axum on a single-threaded tokio
+//! runtime of its own) that shows the current image, the losses and a Stop button.
+//!
+//! The render thread only publishes: a progress record per iteration (a JSON string) and,
+//! every few iterations, the current image, which an encoder thread scales to at most
+//! [`PREVIEW_MAX`] px and encodes as PNG, so the render never waits for the browser.
+//! Endpoints (documented in `docs/web.md`): `GET /`, `GET /image.png`, `GET /progress`,
+//! `GET /history`, `GET /settings`, `GET /events` (Server-Sent Events) and `POST /stop`
+//! (with the run's token).
+
+use anyhow::{Context, Result};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use nst_style::Image;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The longest side of the preview image sent to the browser.
+pub(crate) const PREVIEW_MAX: usize = 1024;
+
+/// The page, with its script and styles inline.
+const PAGE: &str = include_str!("page.html");
+
+/// The address `--web` binds without a value.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+struct Shared {
+    token: String,
+    settings: String,
+    /// The latest progress record.
+    progress: watch::Sender<Arc<String>>,
+    /// Every progress record so far (the page draws its plot from them when it opens).
+    history: Mutex<Vec<Arc<String>>>,
+    /// The latest preview PNG.
+    image: Mutex<Option<Arc<Vec<u8>>>>,
+    /// How many previews have been encoded (the page reloads the image when it grows).
+    image_version: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// A running web view.
+pub(crate) struct WebView {
+    shared: Arc<Shared>,
+    frames: Option<SyncSender<Image>>,
+    encoder: Option<std::thread::JoinHandle<()>>,
+    url: String,
+}
+
+/// Parses `--web`'s address (`HOST:PORT`, or a port alone for 127.0.0.1).
+pub(crate) fn parse_addr(s: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("expected HOST:PORT (e.g. {DEFAULT_ADDR}) or a port, got {s:?}"))
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl WebView {
+    /// Binds `addr` (an error now, before any work, if it cannot) and serves on a thread of
+    /// its own. `settings` is a JSON object shown on the page.
+    pub(crate) fn start(addr: SocketAddr, settings: String) -> Result<WebView> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("--web: cannot listen on {addr}"))?;
+        listener
+            .set_nonblocking(true)
+            .context("--web: cannot configure the socket")?;
+        let local = listener.local_addr().context("--web: no local address")?;
+        let token = random_token();
+        let (tx, _) = watch::channel(Arc::new(String::from("{\"state\":\"starting\"}")));
+        let shared = Arc::new(Shared {
+            token: token.clone(),
+            settings,
+            progress: tx,
+            history: Mutex::new(Vec::new()),
+            image: Mutex::new(None),
+            image_version: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("--web: cannot start the server's runtime")?;
+        let app = router(shared.clone());
+        std::thread::Builder::new()
+            .name("nst-web".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+                        let _ = axum::serve(l, app).await;
+                    }
+                })
+            })
+            .context("--web: cannot start the server thread")?;
+        // The encoder: one frame in flight at most; frames arriving while it works are
+        // dropped (the next one will do).
+        let (frames, rx) = sync_channel::<Image>(1);
+        let enc_shared = shared.clone();
+        let encoder = std::thread::Builder::new()
+            .name("nst-web-png".into())
+            .spawn(move || {
+                while let Ok(img) = rx.recv() {
+                    if let Some(png) = preview_png(&img) {
+                        *enc_shared.image.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Arc::new(png));
+                        enc_shared.image_version.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .context("--web: cannot start the encoder thread")?;
+        let host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            local.ip().to_string()
+        };
+        let host = if local.is_ipv6() {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(WebView {
+            shared,
+            frames: Some(frames),
+            encoder: Some(encoder),
+            url: format!("http://{host}:{}/?token={token}", local.port()),
+        })
+    }
+
+    /// The page's address with the run's token.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Publishes a progress record (a JSON object).
+    pub(crate) fn progress(&self, record: String) {
+        let record = Arc::new(record);
+        self.shared
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record.clone());
+        self.shared.progress.send_replace(record);
+    }
+
+    /// Offers the current image to the encoder (dropped when it is busy).
+    pub(crate) fn image(&self, img: Image) {
+        if let Some(f) = &self.frames {
+            match f.try_send(img) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Encodes `img` now, waiting for the encoder (the final image must be what the page
+    /// shows).
+    pub(crate) fn final_image(&mut self, img: Image) {
+        if let Some(f) = self.frames.take() {
+            let _ = f.send(img);
+        }
+        if let Some(e) = self.encoder.take() {
+            let _ = e.join();
+        }
+    }
+
+    /// How many previews have been encoded so far.
+    pub(crate) fn image_version(&self) -> u64 {
+        self.shared.image_version.load(Ordering::SeqCst)
+    }
+
+    /// With a page connected, gives it a moment to fetch the final record and image before
+    /// the process (and the server) ends.
+    pub(crate) fn linger(&self) {
+        if self.shared.progress.receiver_count() > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+
+    /// Whether the page's Stop button was pressed.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// The image scaled to at most [`PREVIEW_MAX`] px on its longer side, as 8-bit PNG bytes.
+fn preview_png(img: &Image) -> Option<Vec<u8>> {
+    let (w, h) = (img.width(), img.height());
+    let long = w.max(h).max(1);
+    let img = if long > PREVIEW_MAX {
+        let s = PREVIEW_MAX as f64 / long as f64;
+        img.resize(
+            ((w as f64 * s).round() as usize).max(1),
+            ((h as f64 * s).round() as usize).max(1),
+        )
+    } else {
+        img.clone()
+    };
+    let rgb: Vec<u8> = img
+        .data()
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let buf = image::RgbImage::from_raw(img.width() as u32, img.height() as u32, rgb)?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    buf.write_to(&mut out, image::ImageFormat::Png).ok()?;
+    Some(out.into_inner())
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/image.png", get(image_png))
+        .route("/progress", get(progress))
+        .route("/history", get(history))
+        .route("/settings", get(settings))
+        .route("/events", get(events))
+        .route("/stop", post(stop))
+        .with_state(shared)
+}
+
+fn json(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn image_png(State(s): State<Arc<Shared>>) -> Response {
+    let png = s.image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match png {
+        Some(bytes) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            bytes.as_ref().clone(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no image yet\n").into_response(),
+    }
+}
+
+async fn progress(State(s): State<Arc<Shared>>) -> Response {
+    json(s.progress.borrow().as_ref().clone())
+}
+
+async fn history(State(s): State<Arc<Shared>>) -> Response {
+    let h = s.history.lock().unwrap_or_else(|p| p.into_inner());
+    let parts: Vec<&str> = h.iter().map(|r| r.as_str()).collect();
+    json(format!("[{}]", parts.join(",")))
+}
+
+async fn settings(State(s): State<Arc<Shared>>) -> Response {
+    json(s.settings.clone())
+}
+
+async fn events(
+    State(s): State<Arc<Shared>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let rx = s.progress.subscribe();
+    // The current record first, then one per change (records published faster than the
+    // client reads are coalesced: the latest wins).
+    let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        let data = rx.borrow_and_update().as_ref().clone();
+        Some((Ok(Event::default().data(data)), (rx, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+/// `POST /stop`: needs the run's token (`?token=` or an `X-Nst-Token` header), and, when the
+/// request says where it comes from (`Origin`), the page's own origin.
+async fn stop(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let given = q
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| headers.get("x-nst-token").and_then(|v| v.to_str().ok()));
+    if given != Some(s.token.as_str()) {
+        return (StatusCode::FORBIDDEN, "a valid token is needed\n").into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let same = match (origin.to_str().ok(), host) {
+            (Some(o), Some(h)) => o == format!("http://{h}"),
+            _ => false,
+        };
+        if !same {
+            return (
+                StatusCode::FORBIDDEN,
+                "cross-origin requests cannot stop a render\n",
+            )
+                .into_response();
+        }
+    }
+    s.stop.store(true, Ordering::SeqCst);
+    json("{\"stopping\":true}".into())
+}

@@ -1,0 +1,349 @@
+//! `nst render --web`: the endpoints over plain HTTP (token and origin checks, a graceful
+//! stop), and the page in headless Chromium (the iteration advancing, the image, one plot
+//! series per loss term, the Stop button).
+
+use super::{images, weights, weights_path};
+use crate::features::{assert_fails_with, s, tmp};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A render with `--web` on a free port; returns the child, the page's URL (with the token),
+/// and the channel of its remaining stderr lines.
+fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let size = size.to_string();
+    let mut args = vec![
+        "render",
+        "--content",
+        s(&c),
+        "--style",
+        s(&st),
+        "--out",
+        s(out),
+        "--size",
+        &size,
+        "--iterations",
+        "100000",
+        "--threads",
+        "2",
+        "--print-every",
+        "100000",
+        "--web",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nst"))
+        .args(&args)
+        .env("NST_WEIGHTS", weights_path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("nst printed the web view's URL");
+        if let Some(url) = line.strip_prefix("web view: ") {
+            return (child, url.to_string(), rx);
+        }
+    }
+}
+
+/// `(status, body)` of one HTTP/1.1 request.
+fn http(url: &str, method: &str, path: &str, headers: &[&str]) -> (u16, Vec<u8>) {
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stream = TcpStream::connect(&host).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+fn token(url: &str) -> &str {
+    url.split("token=").nth(1).unwrap()
+}
+
+/// Waits for the child to exit (at most `secs`), killing it when it does not.
+fn wait(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("nst did not end within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
+    weights();
+    let out = tmp("web_http.png");
+    let _ = std::fs::remove_file(&out);
+    let (mut child, url, rx) = start(&out, 40, &[]);
+    assert!(
+        url.starts_with("http://127.0.0.1:") && token(&url).len() == 32,
+        "{url}"
+    );
+    let (st, page) = http(&url, "GET", "/", &[]);
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&page).contains("id=\"stop\""));
+    let (st, settings) = http(&url, "GET", "/settings", &[]);
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&settings).contains("\"style_loss\":\"gram\""));
+    let progress = until("an iteration", 60, || {
+        let (st, body) = http(&url, "GET", "/progress", &[]);
+        let text = String::from_utf8_lossy(&body).to_string();
+        (st == 200 && text.contains("\"iteration\"")).then_some(text)
+    });
+    assert!(
+        progress.contains("\"terms\"") && progress.contains("\"eta_s\""),
+        "{progress}"
+    );
+    let png = until("an image", 60, || {
+        let (st, body) = http(&url, "GET", "/image.png", &[]);
+        (st == 200).then_some(body)
+    });
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (40, 30));
+    let (st, history) = http(&url, "GET", "/history", &[]);
+    assert_eq!(st, 200);
+    assert!(history.starts_with(b"[{"));
+    // No token, a wrong one, or another origin: refused, and the render goes on.
+    let t = token(&url).to_string();
+    assert_eq!(http(&url, "POST", "/stop", &[]).0, 403);
+    assert_eq!(http(&url, "POST", "/stop?token=0123", &[]).0, 403);
+    let cross = http(
+        &url,
+        "POST",
+        &format!("/stop?token={t}"),
+        &["Origin: http://attacker.example"],
+    );
+    assert_eq!(cross.0, 403);
+    assert_eq!(http(&url, "GET", "/stop", &[]).0, 405);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a refused stop stopped it"
+    );
+    // The token in a header, from the page's own origin: the render ends gracefully.
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let origin = format!("Origin: http://{host}");
+    let token_header = format!("X-Nst-Token: {t}");
+    assert_eq!(
+        http(&url, "POST", "/stop", &[&origin, &token_header]).0,
+        200
+    );
+    let status = wait(&mut child, 60);
+    let err: Vec<String> = rx.try_iter().collect();
+    assert!(status.success(), "{err:?}");
+    assert!(
+        err.iter().any(|l| l.contains("stopped from the web view")),
+        "{err:?}"
+    );
+    assert_eq!(image::open(&out).unwrap().width(), 40);
+}
+
+#[test]
+fn a_bad_or_busy_address_is_an_error_before_any_work() {
+    weights();
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let out = tmp("web_bad.png");
+    for (addr, needles) in [
+        ("nowhere", &["HOST:PORT"][..]),
+        (port.as_str(), &["cannot listen", &port][..]),
+    ] {
+        let r = super::nst(&[
+            "render",
+            "--content",
+            s(&c),
+            "--style",
+            s(&st),
+            "--out",
+            s(&out),
+            "--size",
+            "32",
+            "--iterations",
+            "2",
+            "--web",
+            addr,
+        ]);
+        assert_fails_with(&r, needles);
+    }
+    // Beyond loopback only when asked, and with a warning.
+    let r = super::nst(&[
+        "render",
+        "--content",
+        s(&c),
+        "--style",
+        s(&st),
+        "--out",
+        s(&out),
+        "--size",
+        "32",
+        "--iterations",
+        "2",
+        "--web",
+        "0.0.0.0:0",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(
+        err.contains("warning: the web view listens on 0.0.0.0"),
+        "{err}"
+    );
+}
+
+/// Chromium: `$NST_CHROMIUM`, else the first of the usual names on the PATH.
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("NST_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!("Chromium not found (cargo xtask test installs it; or set NST_CHROMIUM)");
+}
+
+#[test]
+#[ignore = "needs Chromium: `cargo xtask test` installs it and runs this test"]
+fn the_page_in_a_real_browser_shows_the_render_and_stops_it() {
+    use headless_chrome::{Browser, LaunchOptions};
+    weights();
+    // NST_WEB_SIZE and NST_WEB_SCREENSHOT make the README's screenshot.
+    let size: u32 = std::env::var("NST_WEB_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let out = tmp("web_browser.png");
+    let _ = std::fs::remove_file(&out);
+    let (mut child, url, rx) = start(&out, size, &[]);
+    let browser = Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chromium()))
+            .sandbox(false)
+            .window_size(Some((1280, 900)))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let tab = browser.new_tab().unwrap();
+    tab.navigate_to(&url).unwrap();
+    tab.wait_until_navigated().unwrap();
+    let eval = |js: &str| -> serde_json::Value {
+        tab.evaluate(js, false)
+            .unwrap()
+            .value
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let iteration = || -> u64 {
+        eval("document.getElementById('iteration').textContent")
+            .as_str()
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let first = until("the first iteration on the page", 120, || {
+        let i = iteration();
+        (i > 0).then_some(i)
+    });
+    until("the iteration advancing", 60, || {
+        (iteration() > first).then_some(())
+    });
+    let (w, h) = until("the image", 60, || {
+        let w = eval("document.getElementById('image').naturalWidth").as_u64()?;
+        let h = eval("document.getElementById('image').naturalHeight").as_u64()?;
+        (w > 0).then_some((w, h))
+    });
+    assert_eq!((w, h), (size as u64, (size * 3 / 4) as u64));
+    // One series per loss term: content/relu4_2, five style layers, tv.
+    until("the plot's series", 60, || {
+        let n = eval("window.nstPlot.series.size").as_u64()?;
+        let drawn = eval("document.getElementById('plot').dataset.series");
+        (n == 7 && drawn.as_str() == Some("7")).then_some(())
+    });
+    if let Some(path) = std::env::var_os("NST_WEB_SCREENSHOT") {
+        std::thread::sleep(Duration::from_secs(2));
+        let png = tab
+            .capture_screenshot(
+                headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+    tab.find_element("#stop").unwrap().click().unwrap();
+    let status = wait(&mut child, 120);
+    let err: Vec<String> = rx.try_iter().collect();
+    assert!(status.success(), "{err:?}");
+    assert!(
+        err.iter().any(|l| l.contains("stopped from the web view")),
+        "{err:?}"
+    );
+    assert_eq!(image::open(&out).unwrap().width(), size);
+    until("the page to show the stop", 10, || {
+        (eval("document.getElementById('state').textContent").as_str() == Some("stopped"))
+            .then_some(())
+    });
+}
