@@ -198,30 +198,54 @@ fn ensure_openblas() -> Result<()> {
     if openblas_present() {
         return Ok(());
     }
+    apt_install(
+        "libopenblas-dev",
+        "the lapack tests need the OpenBLAS development package",
+    )?;
+    if !openblas_present() {
+        bail!("libopenblas-dev was installed but libopenblas.so is not where the linker looks");
+    }
+    Ok(())
+}
+
+/// Chromium on the PATH (`chromium`, `chromium-browser`, `google-chrome`).
+fn find_chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|n| std::env::split_paths(&path).map(move |d| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Chromium for the web view's browser test, installed from the OS packages (apt-get, as
+/// root) when it is missing.
+fn ensure_chromium() -> Result<PathBuf> {
+    if let Some(p) = find_chromium() {
+        return Ok(p);
+    }
+    apt_install("chromium", "the web view's browser test needs Chromium")?;
+    find_chromium().context("chromium was installed but is not on the PATH")
+}
+
+/// Installs a Debian package with apt-get (as root), or says what is missing.
+fn apt_install(package: &str, why: &str) -> Result<()> {
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let apt = Command::new("apt-get").arg("--version").output().is_ok();
     if !(root && apt) {
-        bail!("the lapack tests need the OpenBLAS development package (libopenblas-dev on Debian): install it and run again");
+        bail!("{why}: install the {package} package and run again");
     }
-    eprintln!("installing libopenblas-dev for the lapack tests (apt-get)");
+    eprintln!("installing {package} (apt-get): {why}");
     let mut update = Command::new("apt-get");
     update.args(["update", "-q"]);
     status(update)?;
     let mut install = Command::new("apt-get");
-    install.env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "-q",
-        "libopenblas-dev",
-    ]);
-    status(install)?;
-    if !openblas_present() {
-        bail!("libopenblas-dev was installed but libopenblas.so is not where the linker looks");
-    }
-    Ok(())
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", package]);
+    status(install)
 }
 
 fn test(extra: &[String]) -> Result<()> {
@@ -281,6 +305,22 @@ fn test(extra: &[String]) -> Result<()> {
         "w2",
         "color",
     ]);
+    status(c)?;
+    // The web view in a real browser (ignored by a plain `cargo test`: it needs Chromium).
+    let browser = ensure_chromium()?;
+    let mut c = cargo();
+    c.env("NST_WEIGHTS", weights::vgg19_path(&root))
+        .env("NST_CHROMIUM", &browser)
+        .args([
+            "test",
+            "-p",
+            "nst-cli",
+            "--test",
+            "it",
+            "--",
+            "--ignored",
+            "web::",
+        ]);
     status(c)?;
     // Where there is a GPU, the CUDA parity tests (ignored elsewhere) run too.
     let gpu = Command::new("nvidia-smi")

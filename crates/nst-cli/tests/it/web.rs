@@ -12,7 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A render with `--web` on a free port; returns the child, the page's URL (with the token),
-/// and the channel of its remaining stderr lines.
+/// and the channel of its remaining stderr lines. (Every caller waits for the child.)
+#[allow(clippy::zombie_processes)]
 fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
@@ -322,7 +323,9 @@ fn the_page_in_a_real_browser_shows_the_render_and_stops_it() {
         (n == 7 && drawn.as_str() == Some("7")).then_some(())
     });
     if let Some(path) = std::env::var_os("NST_WEB_SCREENSHOT") {
-        std::thread::sleep(Duration::from_secs(2));
+        // Far enough into the render for a picture worth showing.
+        until("iteration 80", 600, || (iteration() >= 80).then_some(()));
+        std::thread::sleep(Duration::from_secs(1));
         let png = tab
             .capture_screenshot(
                 headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
