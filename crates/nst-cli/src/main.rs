@@ -7,6 +7,7 @@ mod estimate;
 mod eval;
 mod features;
 mod io;
+mod plot;
 mod render;
 mod signals;
 mod web;
@@ -35,6 +36,8 @@ enum Command {
     ConvertWeights(convert::Args),
     /// Write a network's activations at named layers for one image.
     Features(features::Args),
+    /// Plot the loss terms of one or more `--json-log` files (SVG or PNG).
+    Plot(plot::Args),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Eval(a) => eval::run(*a),
         Command::Estimate(a) => estimate::run(*a),
         Command::Features(a) => features::run(a),
+        Command::Plot(a) => plot::run(a),
         Command::ConvertWeights(a) => convert::run(a),
     };
     if let Err(e) = result {

@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 mod features;
+mod plot;
 mod render;
 mod resume;
 mod tiling;

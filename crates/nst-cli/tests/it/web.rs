@@ -18,6 +18,8 @@ fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receive
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let size = size.to_string();
+    // NST_WEB_ITERATIONS: a render that ends on its own (for the README's screenshot).
+    let iterations = std::env::var("NST_WEB_ITERATIONS").unwrap_or_else(|_| "100000".into());
     let mut args = vec![
         "render",
         "--content",
@@ -29,7 +31,7 @@ fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receive
         "--size",
         &size,
         "--iterations",
-        "100000",
+        &iterations,
         "--threads",
         "2",
         "--print-every",
