@@ -66,13 +66,15 @@ struct Run {
     series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
+/// One iteration record: scale, iteration, elapsed seconds, terms.
+type Record = (u64, u64, f64, Vec<(String, f64)>);
+
 /// Reads a log: iteration records only (not its `event` lines); a render resumed from a
 /// checkpoint appends records that go back in time, which replace the ones after them.
 fn read_log(path: &Path, axis: Axis, which: Series) -> Result<Run> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // (scale, iteration, elapsed, terms)
-    let mut records: Vec<(u64, u64, f64, Vec<(String, f64)>)> = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
