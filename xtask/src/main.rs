@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bundle;
+mod gallery;
 mod weights;
 
 const HELP: &str = "\
@@ -27,6 +28,8 @@ commands:
                        zip and legacy, safetensors weights, checkpoints, PNG/JPEG/TIFF/WebP
                        through nst-io) for N seconds in all (default 60); failing inputs go
                        to target/fuzz; the debug build (default) checks integer overflow
+  gallery [--force]    render the gallery (3 photos x 4 paintings, coarse to fine) into
+                       docs/images/gallery and docs/gallery.md, keeping finished cells
   gradcheck [N]        run the gradient checks and properties with N cases each (default 1000)
   bench conv [--size N] [--threads N]
                        per-layer convolution throughput against the GEMM ceiling
@@ -67,6 +70,7 @@ fn run() -> Result<()> {
         "gpu-bundle" => bundle::gpu_bundle(&root()),
         "gradcheck" => gradcheck(rest),
         "fuzz" => fuzz(rest),
+        "gallery" => gallery::gallery(&root(), rest),
         "bench" => bench(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");

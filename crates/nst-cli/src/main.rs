@@ -1,6 +1,7 @@
 //! `nst`: neural style transfer from the command line (a thin layer over the nst crates).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod batch;
 mod common;
 mod convert;
 mod estimate;
@@ -38,6 +39,9 @@ enum Command {
     Features(features::Args),
     /// Plot the loss terms of one or more `--json-log` files (SVG or PNG).
     Plot(plot::Args),
+    /// Run one render per line of a JSONL file: idempotent, sharded for Slurm, Kubernetes
+    /// and AWS Batch arrays.
+    Batch(batch::Args),
 }
 
 fn main() {
@@ -61,6 +65,7 @@ fn main() {
         Command::Estimate(a) => estimate::run(*a),
         Command::Features(a) => features::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Batch(a) => batch::run(a),
         Command::ConvertWeights(a) => convert::run(a),
     };
     if let Err(e) = result {

@@ -4,6 +4,7 @@
 //! at the workspace root, and fail when they are missing (`cargo xtask test` fetches them).
 #![allow(clippy::print_stderr)]
 
+mod batch;
 mod features;
 mod plot;
 mod render;
