@@ -24,6 +24,13 @@ pub(crate) struct Args {
     /// Jobs: `JOB_COMPLETION_INDEX`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     shards: Option<u64>,
+    /// The device of every job that does not set its own (`cpu`, `cuda`, `cuda:N`): one
+    /// process per GPU, each with its shard.
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Worker threads of every job that does not set its own.
+    #[arg(long, value_name = "N")]
+    threads: Option<u32>,
 }
 
 fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
@@ -134,7 +141,7 @@ fn resolve(base: &Path, v: &str) -> String {
     }
 }
 
-fn parse_job(line: &str, base: &Path) -> Result<Job> {
+fn parse_job(line: &str, base: &Path, defaults: &[(&str, String)]) -> Result<Job> {
     let v: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
     let obj = v.as_object().context("not a JSON object")?;
     let mut fields: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -144,6 +151,11 @@ fn parse_job(line: &str, base: &Path) -> Result<Job> {
             bail!("option {key:?} cannot be used in a batch");
         }
         fields.insert(key, v.clone());
+    }
+    for (k, v) in defaults {
+        fields
+            .entry(k.to_string())
+            .or_insert_with(|| serde_json::json!(v));
     }
     for needed in ["content", "style", "out"] {
         if !fields.contains_key(needed) {
@@ -313,10 +325,17 @@ pub(crate) fn run(a: Args) -> Result<()> {
         mine.len(),
         lines.len()
     );
+    let mut defaults = Vec::new();
+    if let Some(d) = &a.device {
+        defaults.push(("device", d.clone()));
+    }
+    if let Some(t) = a.threads {
+        defaults.push(("threads", t.to_string()));
+    }
     let mut results = Vec::new();
     let (mut done, mut skipped, mut failed) = (0, 0, 0);
     for (i, lineno, line) in mine {
-        let (out, outcome) = match parse_job(line, &base) {
+        let (out, outcome) = match parse_job(line, &base, &defaults) {
             Err(e) => (None, Outcome::Failed(format!("line {lineno}: {e:#}"))),
             Ok(job) => {
                 eprintln!("job {i} (line {lineno}): {}", job.out.display());
@@ -470,6 +489,7 @@ mod tests {
         let j = parse_job(
             r#"{"content": "c.jpg", "style": ["s1.jpg", "/abs/s2.jpg"], "out": "out/a.png", "iterations": 30, "original_colors": true, "quiet": false, "init": "gray"}"#,
             base,
+            &[("threads", "3".into())],
         )
         .unwrap();
         assert_eq!(j.out, PathBuf::from("/data/batch/out/a.png"));
@@ -488,13 +508,17 @@ mod tests {
             .windows(2)
             .any(|w| w[0] == "--init" && w[1] == "gray"));
         assert_eq!(j.inputs.len(), 3);
+        assert!(j
+            .argv
+            .windows(2)
+            .any(|w| w[0] == "--threads" && w[1] == "3"));
         for bad in [
             r#"{"style": "s", "out": "o"}"#,
             r#"{"content": "c", "style": "s", "out": "o", "web": true}"#,
             "[1]",
             "nope",
         ] {
-            assert!(parse_job(bad, base).is_err(), "{bad}");
+            assert!(parse_job(bad, base, &[]).is_err(), "{bad}");
         }
     }
 }
