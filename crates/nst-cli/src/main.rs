@@ -11,6 +11,7 @@ mod io;
 mod plot;
 mod render;
 mod signals;
+mod video;
 mod web;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Command {
     /// Run one render per line of a JSONL file: idempotent, sharded for Slurm, Kubernetes
     /// and AWS Batch arrays.
     Batch(batch::Args),
+    /// Stylise the frames in a folder with temporal consistency (optical flow, a temporal
+    /// term): `--frames DIR --style S --out DIR [render options]`.
+    Video(video::Args),
 }
 
 fn main() {
@@ -66,6 +70,7 @@ fn main() {
         Command::Features(a) => features::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Batch(a) => batch::run(a),
+        Command::Video(a) => video::run(a),
         Command::ConvertWeights(a) => convert::run(a),
     };
     if let Err(e) = result {

@@ -292,7 +292,18 @@ impl Observer for Reporter {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    common::with_backend!(a.options.model.device()?, |b| run_on(&b, &a))
+    run_frame(a, None)
+}
+
+/// What `nst video` adds to a frame's render: the starting image and the temporal term.
+pub(crate) struct FrameExtras {
+    pub(crate) init: Image,
+    pub(crate) temporal: nst_style::Temporal,
+}
+
+/// A render, with a video frame's extras when given.
+pub(crate) fn run_frame(a: Args, extras: Option<FrameExtras>) -> Result<()> {
+    common::with_backend!(a.options.model.device()?, |b| run_on(&b, &a, extras))
 }
 
 /// What a render needs, loaded and checked: the images and the configuration.
@@ -383,6 +394,7 @@ impl Options {
             tile: o.memory.tile()?,
             memory_budget: Some(o.memory.budget()?),
             lbfgs_history: o.lbfgs_history as usize,
+            temporal: None,
         };
         Ok(Prepared {
             content,
@@ -468,7 +480,7 @@ fn read_checkpoint(path: &Path) -> Result<nst_style::Checkpoint> {
         .with_context(|| format!("cannot resume from {}", path.display()))
 }
 
-fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
+fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>) -> Result<()> {
     let save = io::SaveOptions {
         bit_depth: a.bit_depth,
         jpeg_quality: a.jpeg_quality,
@@ -489,6 +501,10 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         styles,
         mut cfg,
     } = a.options.prepare()?;
+    if let Some(x) = extras {
+        cfg.init = Init::Image(x.init);
+        cfg.temporal = Some(x.temporal);
+    }
     let save = io::SaveOptions { icc, ..save };
     cfg.save_every = a.save_every;
     let model = a.options.model.model(cpu)?;

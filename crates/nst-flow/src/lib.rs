@@ -254,7 +254,7 @@ impl Flow {
 /// The settings of [`flow`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Params {
-    /// Pyramid levels at most (the coarsest keeps a side of at least 12 px).
+    /// Pyramid levels at most (the coarsest keeps a side of at least 8 px).
     pub levels: usize,
     /// Warps per level.
     pub warps: usize,
@@ -269,8 +269,8 @@ impl Default for Params {
         Params {
             levels: 6,
             warps: 4,
-            iterations: 80,
-            alpha: 6.0,
+            iterations: 200,
+            alpha: 3.0,
         }
     }
 }
@@ -292,7 +292,7 @@ pub fn flow(a: &Gray, b: &Gray, params: &Params) -> Flow {
     let mut pb = vec![b.blur()];
     while pa.len() < params.levels.max(1) {
         let last = pa.last().expect("one level");
-        if last.width.min(last.height) < 24 {
+        if last.width.min(last.height) < 16 {
             break;
         }
         let (na, nb) = (last.half(), pb.last().expect("one level").half());

@@ -25,7 +25,7 @@ pub use objective::{
 };
 pub use render::{
     auto_scales, plan_scales, region_mask, render, Init, Observer, OptimizerKind, Progress,
-    RenderConfig, RenderSession, Rendered, SessionStatus,
+    RenderConfig, RenderSession, Rendered, SessionStatus, Temporal,
 };
 pub use tiled::{Geometry, TilePlan, Tiling};
 

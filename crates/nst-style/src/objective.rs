@@ -111,6 +111,8 @@ pub struct Objective<'m, B: Backend> {
     tiled: Option<Tiled<'m, B>>,
     /// Region masks (spatial control), when given: see [`Objective::with_regions`].
     regions: Option<Regions<B>>,
+    /// The temporal term (video), when given: see [`Objective::with_temporal`].
+    temporal: Option<(Tensor<B>, Tensor<B>, f64)>,
 }
 
 /// Spatial control: a style per region.
@@ -470,6 +472,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             w2_targets,
             tiled,
             regions: None,
+            temporal: None,
         })
     }
 
@@ -588,6 +591,39 @@ impl<'m, B: Backend> Objective<'m, B> {
         Ok(self)
     }
 
+    /// Temporal consistency (Ruder et al. 2016): adds the term `temporal` =
+    /// `weight · (1/D) · Σ c_p (x_p − ω_p)²` over every pixel and channel (`D = 3·H·W`), with
+    /// `target` ω (`[1, 3, H, W]`, model space) and `weights` c (`[1, 1, H, W]`). Untiled
+    /// objectives only.
+    pub fn with_temporal(
+        mut self,
+        target: &Tensor<B>,
+        weights: &Tensor<B>,
+        weight: f64,
+    ) -> Result<Self> {
+        if self.tiled.is_some() {
+            return Err(Error::Config(
+                "the temporal term needs the untiled objective".into(),
+            ));
+        }
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::Config(format!(
+                "the temporal weight must be a non-negative number, got {weight}"
+            )));
+        }
+        let d = &self.content_dims;
+        if target.dims() != d.as_slice() || weights.dims() != [1, 1, d[2], d[3]] {
+            return Err(Error::Config(format!(
+                "the temporal target is {:?} and its weights {:?} for an image {d:?}",
+                target.dims(),
+                weights.dims()
+            )));
+        }
+        let c = weights.broadcast_to(d.clone())?;
+        self.temporal = Some((target.clone(), c, weight));
+        Ok(self)
+    }
+
     /// `f` itself, or behind the gradient normalisation of a term of weight `weight` when the
     /// configuration asks for it.
     fn normalized<'t>(&self, f: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
@@ -671,6 +707,16 @@ impl<'m, B: Backend> Objective<'m, B> {
         drop(feats);
         let tv = nst_loss::total_variation(&xv, self.cfg.tv_weight)?;
         terms.push(("tv".to_string(), tv.value().scalar()?));
+        if let Some((target, c, weight)) = &self.temporal {
+            let l = xv
+                .sub(&tape.constant(target.clone()))?
+                .square()?
+                .mul(&tape.constant(c.clone()))?
+                .sum()?
+                .scale(weight / x.numel().max(1) as f64)?;
+            terms.push(("temporal".to_string(), l.value().scalar()?));
+            parts.push(l);
+        }
         let mut total = tv;
         for p in &parts {
             total = total.add(p)?;

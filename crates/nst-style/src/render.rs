@@ -95,6 +95,22 @@ pub struct RenderConfig {
     pub memory_budget: Option<u64>,
     /// L-BFGS correction pairs kept (100, the classic value; the budget may lower it).
     pub lbfgs_history: usize,
+    /// Temporal consistency with the previous frame of a video (applied at the scale of
+    /// the target's size; untiled).
+    pub temporal: Option<Temporal>,
+}
+
+/// The temporal term of video style transfer (Ruder, Dosovitskiy & Brox 2016):
+/// `weight · (1/D) · Σ_p c_p · (x_p − ω_p)²` over pixels and channels (D = pixels x 3), in
+/// model space, with ω the previous stylised frame warped into this one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Temporal {
+    /// ω, at the output's size.
+    pub target: Image,
+    /// c: one weight per pixel (0 where the flow is unreliable, 1 elsewhere), row-major.
+    pub weights: Vec<f32>,
+    /// w_t.
+    pub weight: f64,
 }
 
 impl Default for RenderConfig {
@@ -117,6 +133,7 @@ impl Default for RenderConfig {
             tile: TileChoice::Auto,
             memory_budget: None,
             lbfgs_history: 100,
+            temporal: None,
         }
     }
 }
@@ -270,7 +287,10 @@ pub fn plan_scales<B: Backend>(
                 history: cfg.lbfgs_history,
                 iterations: iterations_of(cfg, si),
                 // Region masks and normalised gradients need the untiled objective.
-                tile: if cfg.content_masks.is_empty() && !cfg.objective.normalize_gradients {
+                tile: if cfg.content_masks.is_empty()
+                    && !cfg.objective.normalize_gradients
+                    && cfg.temporal.is_none()
+                {
                     cfg.tile
                 } else {
                     TileChoice::Off
@@ -439,6 +459,25 @@ fn fingerprint<B: Backend>(
         (
             "style_masks".into(),
             list(cfg.style_masks.iter().map(image_digest)),
+        ),
+        (
+            "temporal".into(),
+            match &cfg.temporal {
+                None => "none".into(),
+                Some(t) => {
+                    let c = Image::new(
+                        t.target.width(),
+                        t.target.height(),
+                        t.weights.iter().flat_map(|v| [*v; 3]).collect(),
+                    );
+                    format!(
+                        "{} {} {:?}",
+                        image_digest(&t.target),
+                        c.map_or("bad weights".into(), |c| image_digest(&c)),
+                        t.weight
+                    )
+                }
+            },
         ),
         (
             "plan".into(),
@@ -782,6 +821,21 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             objective = objective.with_regions(&masks, &style_t, &style_masks)?;
+        }
+        if let Some(t) = cfg
+            .temporal
+            .as_ref()
+            .filter(|t| (t.target.width(), t.target.height()) == (w, h))
+        {
+            let target = t.target.to_model(backend, conv)?;
+            if t.weights.len() != w * h {
+                return Err(Error::Config(format!(
+                    "{} temporal weights for a {w}x{h} frame",
+                    t.weights.len()
+                )));
+            }
+            let c = Tensor::from_f32(backend, &t.weights, [1, 1, h, w])?;
+            objective = objective.with_temporal(&target, &c, t.weight)?;
         }
         drop(style_t);
         let restored = self.restored.take();

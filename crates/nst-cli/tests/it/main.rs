@@ -10,6 +10,7 @@ mod plot;
 mod render;
 mod resume;
 mod tiling;
+mod video;
 mod web;
 
 use std::path::PathBuf;
