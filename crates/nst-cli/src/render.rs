@@ -171,7 +171,9 @@ impl Reporter {
     /// Writes a line of the JSON log (a failure turns the log off, with a warning).
     fn log(&mut self, line: &str) {
         if let Some(j) = &mut self.json {
-            if let Err(e) = writeln!(j, "{line}") {
+            // Flushed line by line: the log is complete up to the last iteration even when
+            // the process is killed (and `tail -f` follows it).
+            if let Err(e) = writeln!(j, "{line}").and_then(|()| j.flush()) {
                 // The log is a convenience: losing it must not cost the render.
                 self.json = None;
                 self.warn(&format!(

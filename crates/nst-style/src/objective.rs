@@ -391,10 +391,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             };
             for (slot, g) in style_targets.iter_mut().zip(grams) {
                 let g = g.scale(*b)?;
-                *slot = Some(match slot.take() {
-                    Some(acc) => acc.add(&g)?,
-                    None => g,
-                });
+                add_into(slot, g)?;
             }
         }
         let mut w2_targets = Vec::new();
@@ -1044,6 +1041,15 @@ struct Kept<'t, B: Backend> {
     full: bool,
 }
 
+/// `slot += t` (`slot = t` when empty).
+fn add_into<B: Backend>(slot: &mut Option<Tensor<B>>, t: Tensor<B>) -> nst_tensor::Result<()> {
+    *slot = Some(match slot.take() {
+        Some(acc) => acc.add(&t)?,
+        None => t,
+    });
+    Ok(())
+}
+
 /// Adds a tile's own positions of activation `f` (a crop's, at layer `li`) to a Gram sum.
 fn accumulate_gram<B: Backend>(
     slot: &mut Option<Tensor<B>>,
@@ -1055,10 +1061,7 @@ fn accumulate_gram<B: Backend>(
 ) -> nst_tensor::Result<()> {
     if let Some(iw) = geo.inner_at(plan, tile, li) {
         let g = gram_sum(&window(f, &iw)?)?;
-        *slot = Some(match slot.take() {
-            Some(acc) => acc.add(&g)?,
-            None => g,
-        });
+        add_into(slot, g)?;
     }
     Ok(())
 }
@@ -1076,10 +1079,7 @@ fn accumulate_sum<B: Backend>(
         let inner = window(f, &iw)?;
         let d = inner.dims().to_vec();
         let s = inner.reshape([d[1], d[2] * d[3]])?.sum_axis(1)?;
-        *slot = Some(match slot.take() {
-            Some(acc) => acc.add(&s)?,
-            None => s,
-        });
+        add_into(slot, s)?;
     }
     Ok(())
 }
