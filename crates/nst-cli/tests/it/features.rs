@@ -26,6 +26,33 @@ pub(crate) fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// `nst render` of tubingen by starry_night at `size` px for `iterations`, on 2 threads,
+/// with `extra` options.
+pub(crate) fn render_small(out: &Path, size: u32, iterations: u32, extra: &[&str]) -> Output {
+    let (c, st) = (
+        images().join("tubingen.jpg"),
+        images().join("starry_night.jpg"),
+    );
+    let (size, iterations) = (size.to_string(), iterations.to_string());
+    let mut a = vec![
+        "render",
+        "--content",
+        s(&c),
+        "--style",
+        s(&st),
+        "--out",
+        s(out),
+        "--size",
+        &size,
+        "--iterations",
+        &iterations,
+        "--threads",
+        "2",
+    ];
+    a.extend_from_slice(extra);
+    nst(&a)
+}
+
 /// A path as `&str` for the command line.
 pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -1,7 +1,7 @@
 //! `nst render` and `nst eval` end to end on small real images, and their error messages.
 
 use super::{images, nst, weights};
-use crate::features::{assert_fails_with, s, tmp};
+use crate::features::{assert_fails_with, render_small, s, tmp};
 use std::path::Path;
 
 fn totals(log: &Path) -> Vec<f64> {
@@ -511,24 +511,9 @@ fn w2_style_loss_and_normalized_gradients_on_render_and_eval() {
         images().join("starry_night.jpg"),
     );
     let render = |extra: &[&str], out: &Path| {
-        let mut a = vec![
-            "render",
-            "--content",
-            s(&c),
-            "--style",
-            s(&st),
-            "--out",
-            s(out),
-            "--size",
-            "40",
-            "--iterations",
-            "4",
-            "--threads",
-            "2",
-            "--quiet",
-        ];
+        let mut a = vec!["--quiet"];
         a.extend_from_slice(extra);
-        nst(&a)
+        render_small(out, 40, 4, &a)
     };
     let (gram, w2, norm) = (tmp("sl_gram.png"), tmp("sl_w2.png"), tmp("sl_norm.png"));
     for (extra, out) in [

@@ -3,7 +3,7 @@
 //! series per loss term, the Stop button).
 
 use super::{images, weights, weights_path};
-use crate::features::{assert_fails_with, s, tmp};
+use crate::features::{assert_fails_with, render_small, s, tmp};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -200,8 +200,6 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
 #[test]
 fn a_bad_or_busy_address_is_an_error_before_any_work() {
     weights();
-    let c = images().join("tubingen.jpg");
-    let st = images().join("starry_night.jpg");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().to_string();
     let out = tmp("web_bad.png");
@@ -209,39 +207,10 @@ fn a_bad_or_busy_address_is_an_error_before_any_work() {
         ("nowhere", &["HOST:PORT"][..]),
         (port.as_str(), &["cannot listen", &port][..]),
     ] {
-        let r = super::nst(&[
-            "render",
-            "--content",
-            s(&c),
-            "--style",
-            s(&st),
-            "--out",
-            s(&out),
-            "--size",
-            "32",
-            "--iterations",
-            "2",
-            "--web",
-            addr,
-        ]);
-        assert_fails_with(&r, needles);
+        assert_fails_with(&render_small(&out, 32, 2, &["--web", addr]), needles);
     }
     // Beyond loopback only when asked, and with a warning.
-    let r = super::nst(&[
-        "render",
-        "--content",
-        s(&c),
-        "--style",
-        s(&st),
-        "--out",
-        s(&out),
-        "--size",
-        "32",
-        "--iterations",
-        "2",
-        "--web",
-        "0.0.0.0:0",
-    ]);
+    let r = render_small(&out, 32, 2, &["--web", "0.0.0.0:0"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(
