@@ -114,3 +114,123 @@ fn a_checkpoint_of_another_render_is_refused() {
         .to_string();
     assert!(e.contains("optimizer"), "{e}");
 }
+
+/// The range of an image in model space, as pixel values.
+fn pixel_range(vgg: &Vgg<Cpu>, c: &Checkpoint) -> (f32, f32) {
+    let (w, h) = c.size;
+    let px = vgg.convention().from_model(&c.image, h, w);
+    px.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+#[test]
+fn clamped_pixels_stay_in_range_and_resume_exactly() {
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let (content, styles) = inputs();
+    // Without the projection the optimiser leaves 0-255 (what makes the projection matter);
+    // with it every iterate stays inside, and the loss still falls.
+    let mut widest = (0.0f32, 255.0f32);
+    for clamp_pixels in [false, true] {
+        let cfg = RenderConfig {
+            iterations: 30,
+            clamp_pixels,
+            ..Default::default()
+        };
+        let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+        let mut losses = Vec::new();
+        let mut range = (f32::INFINITY, f32::NEG_INFINITY);
+        while let Some(p) = s.step().unwrap() {
+            losses.push(p.total);
+            let (lo, hi) = pixel_range(&vgg, &s.checkpoint().unwrap());
+            range = (range.0.min(lo), range.1.max(hi));
+        }
+        if clamp_pixels {
+            // The round trip through the model's convention costs an ulp or so.
+            assert!(
+                range.0 >= -1e-3 && range.1 <= 255.0 + 1e-3,
+                "clamped render left the range: {range:?}"
+            );
+            assert!(
+                losses[losses.len() - 1] < 0.1 * losses[0],
+                "the clamped render did not converge: {losses:?}"
+            );
+        } else {
+            widest = range;
+        }
+    }
+    assert!(
+        widest.0 < -1.0 || widest.1 > 256.0,
+        "the unclamped render stayed in range ({widest:?}): the test shows nothing"
+    );
+    // Resumed mid-scale, the projected render ends on the uninterrupted image.
+    let cfg = RenderConfig {
+        iterations: 8,
+        clamp_pixels: true,
+        scales: vec![20, 40],
+        scale_iterations: vec![4, 4],
+        ..Default::default()
+    };
+    let whole = run(&vgg, &be, &cfg, None);
+    for stop in [2, 6] {
+        assert!(
+            run(&vgg, &be, &cfg, Some(stop)) == whole,
+            "clamped render resumed after {stop} differs"
+        );
+    }
+}
+
+#[test]
+fn a_converged_scale_ends_early_and_resumes_exactly() {
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let (content, styles) = inputs();
+    let cfg = RenderConfig {
+        iterations: 60,
+        scales: vec![20, 40],
+        scale_iterations: vec![60, 60],
+        // 2% a iteration: met within the first scale's 60 iterations at this size.
+        tolerance: 2e-2,
+        ..Default::default()
+    };
+    let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+    let mut ends = Vec::new();
+    let mut count = [0usize; 2];
+    while let Some(p) = s.step().unwrap() {
+        count[p.scale.0] += 1;
+        if p.converged {
+            ends.push((p.scale.0, p.iteration.0));
+        }
+    }
+    assert!(
+        !ends.is_empty() && ends[0].0 == 0 && ends[0].1 > nst_style::TOLERANCE_WINDOW,
+        "no early end in the first scale: {ends:?}"
+    );
+    assert_eq!(
+        count[0], ends[0].1,
+        "the first scale went on after converging"
+    );
+    assert!(count[1] > 0, "the second scale never ran");
+    // Without the tolerance every iteration runs.
+    let full = RenderConfig {
+        tolerance: 0.0,
+        ..cfg.clone()
+    };
+    let mut s = RenderSession::new(&be, &vgg, &content, &styles, &full).unwrap();
+    let mut n = 0;
+    while s.step().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 120);
+    // Stopped inside the window, just before the early end, and in the second scale: the
+    // resumed render ends on the same image.
+    let whole = run(&vgg, &be, &cfg, None);
+    for stop in [5, ends[0].1 - 1, ends[0].1 + 3] {
+        assert!(
+            run(&vgg, &be, &cfg, Some(stop)) == whole,
+            "resumed after {stop} differs"
+        );
+    }
+}

@@ -47,6 +47,12 @@ commands:
                        the same without the optimizer: objective and gradient only
                        (render and gradient take --precision fast: nst's fast mode against
                        PyTorch under bf16 autocast)
+  bench time-to-image [--sizes 384,512] [--pairs C.jpg:S.jpg,…] [--reference-iterations N]
+                      [--every 25] [--threads N] [--fresh] [--references-only] [-- RENDER ARGS]
+                       `nst render` at its defaults, wall time to the written file, against
+                       the time PyTorch's classic recipe (noise start, L-BFGS history 100)
+                       needs to reach the same `nst eval` score on its saved 8-bit images
+                       (PyTorch's trajectories are cached in target/time-to-image)
   help                 this text
 ";
 
@@ -386,7 +392,13 @@ fn render(args: &[String]) -> Result<()> {
     let mut c = Command::new(root.join("target").join("release").join("nst"));
     c.arg("render")
         .args(args)
-        .env("NST_WEIGHTS", weights::vgg19_path(&root));
+        .env("NST_WEIGHTS", weights::vgg19_path(&root))
+        .env(
+            "NST_BENCH_DIR",
+            std::env::var_os("NST_BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target").join("time-to-image")),
+        );
     let st = c.status().context("running nst")?;
     if !st.success() {
         std::process::exit(st.code().unwrap_or(1));
@@ -427,19 +439,27 @@ fn bench(args: &[String]) -> Result<()> {
     if args.first().is_some_and(|a| a != "conv") {
         weights::fetch(&root, &[])?;
     }
-    if args.first().is_some_and(|a| a == "tiled") {
+    let ttl = args.first().is_some_and(|a| a == "time-to-image");
+    if args.first().is_some_and(|a| a == "tiled") || ttl {
         let mut c = cargo();
         c.args(["build", "--release", "-q", "-p", "nst-cli"]);
         status(c)?;
     }
     let mut c = cargo();
     c.env("NST_BIN", root.join("target").join("release").join("nst"));
-    if args.iter().any(|a| a == "--vs-pytorch") && std::env::var_os("NST_PYTHON").is_none() {
+    if (ttl || args.iter().any(|a| a == "--vs-pytorch")) && std::env::var_os("NST_PYTHON").is_none()
+    {
         c.env("NST_PYTHON", torch_venv(&root)?);
     }
     c.args(["run", "--release", "-q", "-p", "nst-bench", "--"])
         .args(args)
         .env("NST_WEIGHTS", weights::vgg19_path(&root))
+        .env(
+            "NST_BENCH_DIR",
+            std::env::var_os("NST_BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target").join("time-to-image")),
+        )
         .env(
             "NST_IMAGES",
             std::env::var_os("NST_IMAGES")

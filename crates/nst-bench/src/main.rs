@@ -7,6 +7,7 @@ use nst_tensor::Tensor;
 use std::time::Instant;
 
 mod tiled;
+mod time_to_image;
 
 /// The machine's memory in bytes (`MemTotal`).
 pub(crate) fn total_memory() -> Option<f64> {
@@ -414,6 +415,17 @@ fn main() -> Result<()> {
     let mut what = None;
     let mut budgets = vec!["3G".to_string(), "6G".to_string()];
     let mut iterations = 3;
+    let mut ttl = time_to_image::Options {
+        sizes: vec![384, 512],
+        pairs: time_to_image::default_pairs(),
+        reference_iterations: 1000,
+        every: 25,
+        threads: 0,
+        fresh: false,
+        references_only: false,
+        render_args: Vec::new(),
+        timing_iterations: 10,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -442,6 +454,36 @@ fn main() -> Result<()> {
                 iterations = it.next().context("--iterations needs a value")?.parse()?
             }
             "--vs-pytorch" => vs_pytorch = true,
+            "--pairs" => {
+                ttl.pairs = it
+                    .next()
+                    .context("--pairs needs a value")?
+                    .split(',')
+                    .map(|p| {
+                        p.split_once(':')
+                            .map(|(c, s)| (c.trim().to_string(), s.trim().to_string()))
+                            .with_context(|| format!("--pairs takes CONTENT:STYLE,…, got {p:?}"))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--reference-iterations" => {
+                ttl.reference_iterations = it
+                    .next()
+                    .context("--reference-iterations needs a value")?
+                    .parse()?
+            }
+            "--every" => ttl.every = it.next().context("--every needs a value")?.parse()?,
+            "--timing-iterations" => {
+                ttl.timing_iterations = it
+                    .next()
+                    .context("--timing-iterations needs a value")?
+                    .parse()?
+            }
+            "--fresh" => ttl.fresh = true,
+            "--references-only" => ttl.references_only = true,
+            "--" => {
+                ttl.render_args = it.by_ref().cloned().collect();
+            }
             "--precision" => match it.next().map(String::as_str) {
                 Some("fast") => fast = true,
                 Some("default") => fast = false,
@@ -474,6 +516,14 @@ fn main() -> Result<()> {
             };
             tiled::bench_tiled(&sizes, &budgets, iterations, threads)
         }
-        _ => bail!("usage: nst-bench conv|features|render|gradient|tiled [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
+        Some("time-to-image") => {
+            if let Some(s) = sizes {
+                ttl.sizes = s;
+            }
+            ttl.threads = threads;
+            anyhow::ensure!(ttl.every > 0, "--every must be positive");
+            time_to_image::bench(&ttl)
+        }
+        _ => bail!("usage: nst-bench conv|features|render|gradient|tiled|time-to-image [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
     }
 }

@@ -21,6 +21,27 @@ pub(crate) enum Optim {
     Gd,
 }
 
+/// The schedule presets of `--quality`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Quality {
+    /// A quick preview at most 256 px on its longer side.
+    Draft,
+    /// Coarse to fine: the classic result's quality in a fraction of its time.
+    Default,
+    /// The classic recipe: 500 iterations at the output size.
+    High,
+}
+
+impl From<Quality> for nst_style::Quality {
+    fn from(q: Quality) -> Self {
+        match q {
+            Quality::Draft => nst_style::Quality::Draft,
+            Quality::Default => nst_style::Quality::Default,
+            Quality::High => nst_style::Quality::High,
+        }
+    }
+}
+
 /// Everything that decides a render (shared by `render` and `estimate`).
 #[derive(clap::Args)]
 #[command(allow_negative_numbers = true)]
@@ -30,13 +51,20 @@ pub(crate) struct Options {
     /// The longer side of the output in pixels.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     size: u32,
-    /// Coarse-to-fine sizes, e.g. 256,512: optimise small, upsample, continue (overrides
-    /// --size); `auto`: a schedule doubling up to --size (see docs/tiling.md).
+    /// The schedule when neither --scales nor --iterations is given: draft (a quick preview,
+    /// at most 256 px), default (coarse to fine, see docs/benchmarks.md), high (the classic
+    /// recipe: 500 iterations at the output size).
+    #[arg(long, value_enum, default_value = "default")]
+    quality: Quality,
+    /// Coarse-to-fine sizes, e.g. 256,512 or 256:200,512:100 (SIZE:ITERATIONS): optimise
+    /// small, upsample, continue (overrides --size and --quality); `auto`: a schedule
+    /// doubling up to --size (see docs/tiling.md).
     #[arg(long, value_delimiter = ',')]
     scales: Vec<String>,
-    /// Iterations (per scale; with --scales auto, at the first scale).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
-    iterations: u32,
+    /// Iterations: a single scale at --size (overrides --quality), or per scale with
+    /// --scales (default 500; with --scales auto, at the first scale).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: Option<u32>,
     /// The optimizer.
     #[arg(long, value_enum, default_value = "lbfgs")]
     optimizer: Optim,
@@ -50,6 +78,14 @@ pub(crate) struct Options {
     /// (the photo's mean colour), uniform (uniform noise over 0-255), or a path.
     #[arg(long, default_value = "noise")]
     init: String,
+    /// Let the optimiser use pixel values outside 0-255 (the classic behaviour); by default
+    /// the image is kept in range after every step, since the saved image is clamped.
+    #[arg(long)]
+    no_clamp: bool,
+    /// End a scale early once its loss falls by less than this fraction per iteration,
+    /// averaged over the last 10 iterations (0: run every iteration).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_tolerance)]
+    tolerance: f64,
     /// The seed of the noise initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -109,6 +145,16 @@ pub(crate) struct Args {
     /// gets a progress bar).
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     print_every: u32,
+}
+
+/// `--tolerance`: a finite fraction, 0 or more.
+fn parse_tolerance(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected a number of 0 or more, like 1e-3, got {s:?}"
+        )),
+    }
 }
 
 /// `--bit-depth`: 8 or 16.
@@ -234,6 +280,12 @@ impl Observer for Reporter {
                 ),
                 ("total", common::json_num(p.total)),
             ];
+            let converged = [("converged", "true".to_string())];
+            let lead: Vec<(&str, String)> = if p.converged {
+                lead.into_iter().chain(converged).collect()
+            } else {
+                lead.to_vec()
+            };
             let line = common::json_object(&lead, &p.terms);
             self.log(&line);
         }
@@ -245,15 +297,21 @@ impl Observer for Reporter {
             let due = self
                 .last_draw
                 .is_none_or(|t| t.elapsed().as_millis() >= 100);
-            if due || it == n {
+            if due || it == n || p.converged {
                 eprint!("\r\x1b[2K{}", self.line(p));
-                if it == n {
+                if it == n || p.converged {
                     eprintln!();
                 }
                 self.last_draw = Some(Instant::now());
             }
-        } else if it == 1 || it % self.print_every == 0 || it == n {
+        } else if it == 1 || it % self.print_every == 0 || it == n || p.converged {
             eprintln!("{}", self.line(p));
+        }
+        if p.converged {
+            self.warn(&format!(
+                "scale {}x{}: converged after {it} of {n} iterations (--tolerance)",
+                p.size.0, p.size.1
+            ));
         }
         true
     }
@@ -343,26 +401,20 @@ impl Options {
                 io::load_image(Path::new(path), max_pixels).context("loading the --init image")?,
             ),
         };
+        let per_scale = o.iterations.unwrap_or(500) as usize;
         let (scales, scale_iterations): (Vec<usize>, Vec<usize>) =
             if o.scales.len() == 1 && o.scales[0].trim() == "auto" {
-                nst_style::auto_scales(o.size as usize, o.iterations as usize)
+                nst_style::auto_scales(o.size as usize, per_scale)
                     .into_iter()
                     .unzip()
-            } else if o.scales.is_empty() {
-                (vec![o.size as usize], Vec::new())
+            } else if !o.scales.is_empty() {
+                parse_scales(&o.scales, per_scale)?.into_iter().unzip()
+            } else if let Some(n) = o.iterations {
+                (vec![o.size as usize], vec![n as usize])
             } else {
-                let sizes = o
-                    .scales
-                    .iter()
-                    .map(|s| {
-                        s.trim().parse::<usize>().map_err(|_| {
-                            anyhow::anyhow!(
-                                "bad --scales entry {s:?}: expected sizes like 256,512 or auto"
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                (sizes, Vec::new())
+                nst_style::quality_schedule(o.quality.into(), o.size as usize)
+                    .into_iter()
+                    .unzip()
             };
         if scales.contains(&0) {
             bail!("sizes must be positive");
@@ -375,7 +427,7 @@ impl Options {
         );
         let cfg = RenderConfig {
             objective,
-            iterations: o.iterations as usize,
+            iterations: *scale_iterations.last().unwrap_or(&per_scale),
             optimizer: match o.optimizer {
                 Optim::Lbfgs => OptimizerKind::Lbfgs,
                 Optim::LbfgsWolfe => OptimizerKind::LbfgsWolfe,
@@ -397,6 +449,8 @@ impl Options {
             memory_budget: Some(o.memory.budget()?),
             lbfgs_history: o.lbfgs_history as usize,
             temporal: None,
+            clamp_pixels: !o.no_clamp,
+            tolerance: o.tolerance,
         };
         Ok(Prepared {
             content,
@@ -405,6 +459,31 @@ impl Options {
             cfg,
         })
     }
+}
+
+/// `--scales` entries: `SIZE` (with `iterations` iterations) or `SIZE:ITERATIONS`.
+fn parse_scales(entries: &[String], iterations: usize) -> Result<Vec<(usize, usize)>> {
+    entries
+        .iter()
+        .map(|e| {
+            let bad = || {
+                anyhow::anyhow!(
+                    "bad --scales entry {e:?}: expected sizes like 256,512, SIZE:ITERATIONS \
+                     like 256:200,512:100, or auto"
+                )
+            };
+            let (size, its) = match e.trim().split_once(':') {
+                Some((s, i)) => (s, i.trim().parse::<usize>().map_err(|_| bad())?),
+                None => (e.trim(), iterations),
+            };
+            let size = size.trim().parse::<usize>().map_err(|_| bad())?;
+            ensure!(
+                its > 0,
+                "bad --scales entry {e:?}: iterations must be positive"
+            );
+            Ok((size, its))
+        })
+        .collect()
 }
 
 /// The render stopped on a signal: the process exits with this status (128 + the signal).

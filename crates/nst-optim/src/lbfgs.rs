@@ -55,6 +55,17 @@ pub struct Lbfgs<V = Vec<f32>> {
 }
 
 impl<V: Vector> Lbfgs<V> {
+    /// Tells the optimizer that the point it stepped to was moved by `delta` afterwards (e.g.
+    /// projected back into a box), so that its last step, and with it the next correction
+    /// pair, is the displacement that really happened.
+    pub fn moved(&mut self, delta: &V) -> Result<(), V::Error> {
+        if let Some((s, _)) = &mut self.last {
+            *s = delta.axpy(1.0, s)?;
+        }
+        self.cached = None;
+        Ok(())
+    }
+
     /// A fresh optimizer.
     pub fn new(cfg: LbfgsConfig) -> Self {
         Lbfgs {

@@ -53,6 +53,9 @@ pub struct Checkpoint {
     pub optimizer: OptimizerState,
     /// Render time spent before this checkpoint.
     pub elapsed: Duration,
+    /// The current scale's last losses, oldest first, as many as the convergence test
+    /// (`RenderConfig::tolerance`) looks back over (empty when it is off).
+    pub recent_losses: Vec<f64>,
     /// What the render was made from: `(name, value)` pairs of digests of the inputs and of
     /// the settings; a resume with a different fingerprint is refused.
     pub fingerprint: Vec<(String, String)>,
@@ -68,6 +71,7 @@ pub(crate) struct Head<'a> {
     pub(crate) iteration: usize,
     pub(crate) size: (usize, usize),
     pub(crate) elapsed: Duration,
+    pub(crate) recent_losses: &'a [f64],
     pub(crate) fingerprint: &'a [(String, String)],
     pub(crate) optimizer: HeadOptimizer,
 }
@@ -108,6 +112,15 @@ pub(crate) fn write(w: &mut dyn Write, head: &Head<'_>, images: &[Source<'_>]) -
         ("height".into(), height.to_string()),
         ("elapsed_ns".into(), head.elapsed.as_nanos().to_string()),
     ];
+    if !head.recent_losses.is_empty() {
+        // Bit patterns, so that a resumed convergence test sees exactly the same numbers.
+        let bits: Vec<String> = head
+            .recent_losses
+            .iter()
+            .map(|l| format!("{:016x}", l.to_bits()))
+            .collect();
+        meta.push(("recent_losses".into(), bits.join(",")));
+    }
     let mut rho_bytes: Vec<u8> = Vec::new();
     match &head.optimizer {
         HeadOptimizer::Stateless => meta.push(("optimizer".into(), "none".into())),
@@ -215,6 +228,7 @@ impl Checkpoint {
             iteration: self.iteration,
             size: self.size,
             elapsed: self.elapsed,
+            recent_losses: &self.recent_losses,
             fingerprint: &self.fingerprint,
             optimizer,
         };
@@ -294,6 +308,14 @@ impl Checkpoint {
         };
         let image = need("image")?;
         let previous = read("previous")?;
+        let recent_losses = match meta.get("recent_losses") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(|b| u64::from_str_radix(b, 16).map(f64::from_bits))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| bad("the checkpoint's recent_losses are not numbers"))?,
+        };
         let optimizer = match get("optimizer")? {
             "none" => OptimizerState::Stateless,
             "lbfgs" => {
@@ -365,6 +387,7 @@ impl Checkpoint {
             previous,
             optimizer,
             elapsed: Duration::from_nanos(elapsed_ns),
+            recent_losses,
             fingerprint,
         })
     }
@@ -411,6 +434,7 @@ mod tests {
             previous: Some(v(-0.5)),
             optimizer,
             elapsed: Duration::from_nanos(123_456_789),
+            recent_losses: vec![1.5e6, f64::MIN_POSITIVE, 0.1 + 0.2],
             fingerprint: vec![
                 ("objective".into(), "Config { \"a\\b\" \n }".into()),
                 ("seed".into(), "3".into()),

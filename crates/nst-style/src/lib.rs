@@ -24,8 +24,9 @@ pub use objective::{
     normalize_blend, Evaluation, Objective, ObjectiveConfig, StyleLoss, W2_DEFAULT_STYLE_WEIGHT,
 };
 pub use render::{
-    auto_scales, plan_scales, region_mask, render, Init, Observer, OptimizerKind, Progress,
-    RenderConfig, RenderSession, Rendered, SessionStatus, Temporal,
+    auto_scales, plan_scales, quality_schedule, region_mask, render, Init, Observer, OptimizerKind,
+    Progress, Quality, RenderConfig, RenderSession, Rendered, SessionStatus, Temporal,
+    TOLERANCE_WINDOW,
 };
 pub use tiled::{Geometry, TilePlan, Tiling};
 

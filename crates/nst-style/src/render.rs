@@ -98,7 +98,19 @@ pub struct RenderConfig {
     /// Temporal consistency with the previous frame of a video (applied at the scale of
     /// the target's size; untiled).
     pub temporal: Option<Temporal>,
+    /// Keep the image's pixels in 0-255 during the optimisation: after every step, values
+    /// outside are projected back (the L-BFGS history learns the displacement that really
+    /// happened). The saved image is clamped anyway; without this the optimiser can lean on
+    /// values the saved image cannot hold.
+    pub clamp_pixels: bool,
+    /// End a scale early when its loss has stopped falling: when the mean relative decrease
+    /// per iteration over the last [`TOLERANCE_WINDOW`] iterations is below this (0: never;
+    /// every scale runs its iterations).
+    pub tolerance: f64,
 }
+
+/// The iterations the convergence test of [`RenderConfig::tolerance`] looks back over.
+pub const TOLERANCE_WINDOW: usize = 10;
 
 /// The temporal term of video style transfer (Ruder, Dosovitskiy & Brox 2016):
 /// `weight · (1/D) · Σ_p c_p · (x_p − ω_p)²` over pixels and channels (D = pixels x 3), in
@@ -134,6 +146,8 @@ impl Default for RenderConfig {
             memory_budget: None,
             lbfgs_history: 100,
             temporal: None,
+            clamp_pixels: false,
+            tolerance: 0.0,
         }
     }
 }
@@ -153,6 +167,9 @@ pub struct Progress {
     pub terms: Vec<(String, f64)>,
     /// Time since the render started.
     pub elapsed: Duration,
+    /// This iteration ended its scale before its count: the loss had stopped falling
+    /// ([`RenderConfig::tolerance`]).
+    pub converged: bool,
 }
 
 /// Receives progress; returning `false` from [`Observer::iteration`] stops the render.
@@ -181,6 +198,102 @@ pub fn auto_scales(size: usize, iterations: usize) -> Vec<(usize, usize)> {
         .enumerate()
         .map(|(k, s)| (s, (iterations >> k.min(63)).max(iterations.min(25))))
         .collect()
+}
+
+/// The schedule presets of `nst render --quality`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Quality {
+    /// A quick preview: [`Quality::Default`]'s schedule for a longer side of at most 256 px.
+    Draft,
+    /// Coarse to fine, tuned for time to a finished image (see [`quality_schedule`]).
+    #[default]
+    Default,
+    /// The classic recipe: 500 iterations at the output size.
+    High,
+}
+
+/// The smallest coarse scale of [`Quality::Default`]: below it VGG19's deep layers see too
+/// few positions for the style to mean much.
+const COARSEST: usize = 128;
+
+/// The `(longer side, iterations)` of each scale, coarse to fine, of a render whose output's
+/// longer side is `size`, for a [`Quality`] preset.
+///
+/// [`Quality::Default`] halves `size` while the result stays at least 128 px, up to two
+/// coarser scales, and spends most iterations where they are cheap: the coarsest scale
+/// finds the composition, each finer one sharpens what it inherits (docs/benchmarks.md has
+/// the measurements behind the counts). [`Quality::High`] is one scale of 500 iterations.
+pub fn quality_schedule(quality: Quality, size: usize) -> Vec<(usize, usize)> {
+    let size = size.max(1);
+    let pyramid = |size: usize| {
+        let mut sizes = vec![size];
+        while sizes.len() < 3 && sizes[0] / 2 >= COARSEST {
+            sizes.insert(0, sizes[0] / 2);
+        }
+        sizes
+    };
+    match quality {
+        Quality::High => vec![(size, 500)],
+        Quality::Draft => {
+            let sizes = pyramid(size.min(256));
+            let counts: &[usize] = if sizes.len() == 1 { &[100] } else { &[100, 50] };
+            sizes.into_iter().zip(counts.iter().copied()).collect()
+        }
+        Quality::Default => {
+            let sizes = pyramid(size);
+            // Coarse to fine: the coarsest scale gets 300, every finer one 100.
+            let counts = (0..sizes.len()).map(|k| if k == 0 { 300 } else { 100 });
+            sizes.into_iter().zip(counts).collect()
+        }
+    }
+}
+
+/// Records an iteration's loss in `recent`; whether the scale's loss has stopped falling
+/// (by less than `tolerance` per iteration over the last [`TOLERANCE_WINDOW`]).
+fn converged(recent: &mut std::collections::VecDeque<f64>, tolerance: f64, loss: f64) -> bool {
+    if tolerance <= 0.0 {
+        return false;
+    }
+    recent.push_back(loss);
+    if recent.len() > TOLERANCE_WINDOW + 1 {
+        recent.pop_front();
+    }
+    if recent.len() <= TOLERANCE_WINDOW {
+        return false;
+    }
+    let old = recent[0];
+    let rate = (old - loss) / (TOLERANCE_WINDOW as f64 * old.abs().max(f64::MIN_POSITIVE));
+    rate < tolerance
+}
+
+/// Projects the image of `active` into the pixel range 0-255, telling the optimizer how far
+/// it moved. Entries already in range keep their exact values.
+fn project_into_range<B: Backend>(
+    active: &mut Active<'_, B>,
+    conv: nst_vgg::InputConvention,
+    (w, h): (usize, usize),
+) -> Result<()> {
+    let x = active.x.to_f32()?;
+    let pixels = conv.from_model(&x, h, w);
+    let clamped: Vec<f32> = pixels.iter().map(|v| v.clamp(0.0, 255.0)).collect();
+    if clamped == pixels {
+        return Ok(());
+    }
+    // Both back through the same conversion, so that unclamped entries compare equal.
+    let same = conv.to_model(&pixels, h, w);
+    let target = conv.to_model(&clamped, h, w);
+    let moved: Vec<f32> = x
+        .iter()
+        .zip(same.iter().zip(&target))
+        .map(|(&v, (&a, &b))| if a == b { v } else { b })
+        .collect();
+    let delta: Vec<f32> = moved.iter().zip(&x).map(|(a, b)| a - b).collect();
+    let shape = [1, 3, h, w];
+    active.x = Tensor::from_f32(active.x.backend(), &moved, shape)?;
+    if let AnyOptimizer::Lbfgs(o) = &mut active.opt {
+        o.moved(&Tensor::from_f32(active.x.backend(), &delta, shape)?)?;
+    }
+    Ok(())
 }
 
 /// The result of a render.
@@ -440,6 +553,8 @@ fn fingerprint<B: Backend>(
             list((0..plans.len()).map(|si| iterations_of(cfg, si))),
         ),
         ("optimizer".into(), format!("{:?}", cfg.optimizer)),
+        ("clamp_pixels".into(), cfg.clamp_pixels.to_string()),
+        ("tolerance".into(), format!("{:?}", cfg.tolerance)),
         (
             "learning_rate".into(),
             format!(
@@ -575,6 +690,9 @@ pub struct RenderSession<'a, B: Backend> {
     started: Instant,
     status: SessionStatus,
     last: Option<Progress>,
+    /// The current scale's last losses (up to [`TOLERANCE_WINDOW`] + 1), for the
+    /// convergence test.
+    recent: std::collections::VecDeque<f64>,
 }
 
 impl<'a, B: Backend> RenderSession<'a, B> {
@@ -611,6 +729,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             started: Instant::now(),
             status: SessionStatus::Running,
             last: None,
+            recent: Default::default(),
         })
     }
 
@@ -653,6 +772,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             previous,
             optimizer,
             elapsed,
+            recent_losses,
             ..
         } = checkpoint;
         if scale >= s.scales.len()
@@ -694,6 +814,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             s.done = iteration;
             s.carried = Some(image);
             s.restored = Some((previous, optimizer));
+            s.recent = recent_losses.into_iter().collect();
         }
         Ok(s)
     }
@@ -963,9 +1084,13 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             }
         }
         active.previous = Some(start);
+        if self.cfg.clamp_pixels {
+            project_into_range(active, self.model.convention(), (w, h))?;
+        }
         let (total, terms) = first.unwrap_or((f64::NAN, Vec::new()));
         let elapsed = self.elapsed_before + self.started.elapsed();
         self.done = it;
+        let converged = it < iterations && converged(&mut self.recent, self.cfg.tolerance, total);
         let progress = Progress {
             scale: (si, self.scales.len()),
             size: (w, h),
@@ -973,8 +1098,10 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             total,
             terms,
             elapsed,
+            converged,
         };
-        if it == iterations {
+        if it == iterations || converged {
+            self.recent.clear();
             let x = active.x.to_f32()?;
             self.active = None;
             self.carried = Some(x);
@@ -1071,6 +1198,11 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             previous,
             optimizer,
             elapsed: self.elapsed(),
+            recent_losses: if self.active.is_some() || self.restored.is_some() {
+                self.recent.iter().copied().collect()
+            } else {
+                Vec::new()
+            },
             fingerprint: self.fingerprint.clone(),
         })
     }
@@ -1118,11 +1250,13 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             }
             AnyOptimizer::Gd(_) => HeadOptimizer::Stateless,
         };
+        let recent: Vec<f64> = self.recent.iter().copied().collect();
         let head = Head {
             scale: self.scale,
             iteration: self.done,
             size: self.scales[self.scale],
             elapsed: self.elapsed(),
+            recent_losses: &recent,
             fingerprint: &self.fingerprint,
             optimizer,
         };
@@ -1174,4 +1308,23 @@ pub fn render<B: Backend>(
         }
     }
     session.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quality_schedule, Quality};
+
+    #[test]
+    fn quality_schedules() {
+        let d = |s| quality_schedule(Quality::Default, s);
+        assert_eq!(d(512), vec![(128, 300), (256, 100), (512, 100)]);
+        assert_eq!(d(384), vec![(192, 300), (384, 100)]);
+        assert_eq!(d(2048), vec![(512, 300), (1024, 100), (2048, 100)]);
+        assert_eq!(d(200), vec![(200, 300)]);
+        assert_eq!(d(0), vec![(1, 300)]);
+        let draft = |s| quality_schedule(Quality::Draft, s);
+        assert_eq!(draft(1024), vec![(128, 100), (256, 50)]);
+        assert_eq!(draft(64), vec![(64, 100)]);
+        assert_eq!(quality_schedule(Quality::High, 700), vec![(700, 500)]);
+    }
 }

@@ -232,3 +232,45 @@ fn a_2048_px_render_under_3g_stays_under_3g() {
         "peak RSS {peak} MB: is the measurement real?"
     );
 }
+
+#[test]
+fn quality_presets_and_per_scale_iterations_shape_the_schedule() {
+    weights();
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let est = |extra: &[&str]| {
+        let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
+        a.extend_from_slice(extra);
+        let r = nst(&a);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8(r.stdout).unwrap()
+    };
+    // The default: coarse to fine from a quarter of the size, 300 then 100 per scale.
+    let t = est(&["--size", "512"]);
+    assert!(
+        t.contains("scale 1/3 128x96")
+            && t.contains("scale 2/3 256x192")
+            && t.contains("scale 3/3 512x384"),
+        "{t}"
+    );
+    assert!(t.contains("x 300") && t.contains("x 100"), "{t}");
+    // High: the classic single scale of 500.
+    let t = est(&["--size", "512", "--quality", "high"]);
+    assert!(
+        t.contains("scale 1/1 512x384") && t.contains("x 500"),
+        "{t}"
+    );
+    // Draft: at most 256 px.
+    let t = est(&["--size", "1024", "--quality", "draft"]);
+    assert!(t.contains("scale 2/2 256x192") && t.contains("x 50"), "{t}");
+    // --iterations alone: one scale at --size; SIZE:ITERATIONS per scale.
+    let t = est(&["--size", "512", "--iterations", "42"]);
+    assert!(t.contains("scale 1/1 512x384") && t.contains("x 42"), "{t}");
+    let t = est(&["--scales", "128:7,256:9"]);
+    assert!(t.contains("x 7") && t.contains("x 9"), "{t}");
+    for bad in ["128:x", "128:0", "x:10"] {
+        let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
+        a.extend(["--scales", bad]);
+        assert_fails_with(&nst(&a), &["--scales"]);
+    }
+}
