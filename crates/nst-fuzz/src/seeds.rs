@@ -174,6 +174,7 @@ fn checkpoints() -> Vec<Vec<u8>> {
             h_diag: 0.75,
         }),
         elapsed: std::time::Duration::from_millis(1500),
+        recent_losses: vec![3.5e6, 3.4e6],
         fingerprint,
     };
     let adam = Checkpoint {

@@ -432,7 +432,8 @@ fn choose<B: Backend>(
     let too_big = |need: u64| {
         Error::Config(format!(
             "this render needs at least {} of memory but the budget is {} (raise --max-memory{})",
-            format_bytes(need),
+            // The budget that would hold the plan, headroom included.
+            format_bytes((need as f64 / HEADROOM).ceil() as u64),
             format_bytes(req.budget.unwrap_or(0)),
             if req.tile == TileChoice::Off {
                 " or allow tiling with --tile auto"

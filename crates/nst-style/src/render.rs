@@ -388,9 +388,12 @@ pub fn plan_scales<B: Backend>(
     styles: &[Image],
     cfg: &RenderConfig,
 ) -> Result<Vec<MemoryPlan>> {
-    scale_sizes(content, cfg)
+    // Finest first, so that a budget too small for the render names what the largest
+    // scale needs.
+    let mut plans = scale_sizes(content, cfg)
         .into_iter()
         .enumerate()
+        .rev()
         .map(|(si, (w, h))| {
             let long = style_long_side(w, h, cfg.style_scale);
             let req = PlanRequest {
@@ -412,7 +415,9 @@ pub fn plan_scales<B: Backend>(
             };
             crate::memory::plan(model, &cfg.objective, &req)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    plans.reverse();
+    Ok(plans)
 }
 
 /// Checks the settings of a render; returns the learning rate.
