@@ -6,13 +6,13 @@ Noise start (Gaussian, sigma 0.001 in model space, as nst's `--init noise`), one
 (docs/objective.md; the same one as render_bench.py, whose network and loss it imports).
 
 usage:
-  classic.py trajectory WEIGHTS CONTENT.png STYLE.png ITERS EVERY OUTDIR SEED
-      writes OUTDIR/iter_NNNN.rgb (8-bit RGB, H x W x 3, clamped and rounded: what a user
-      would save) at iteration 0 and every EVERY iterations up to ITERS, then OUTDIR/done
-  classic.py time WEIGHTS CONTENT.png STYLE.png ITERS SEED
+  classic.py trajectory WEIGHTS CONTENT.rgb STYLE.rgb ITERS EVERY OUTDIR SEED
+      writes OUTDIR/iter_NNNN.rgb (8-bit RGB, clamped and rounded: what a user would save)
+      at iteration 0 and every EVERY iterations up to ITERS, then OUTDIR/done
+  classic.py time WEIGHTS CONTENT.rgb STYLE.rgb ITERS SEED
       prints the mean seconds per iteration over ITERS iterations after one warm-up
-The images are read as binary PPM-like raw files: the benchmark writes CONTENT.rgb and
-STYLE.rgb next to each PNG with a `W H` header line (8-bit RGB), so no image library is needed.
+The .rgb files are a `W H` header line and then W x H x 3 bytes of 8-bit RGB, row-major, so
+that no image library is needed (the benchmark writes them beside the PNGs it scores).
 """
 import os
 import sys

@@ -26,6 +26,10 @@ pub struct LbfgsConfig {
     pub tolerance_grad: f64,
     /// Most objective evaluations of one line search.
     pub max_line_search_evals: usize,
+    /// The largest change of any one entry in a step without a line search: a longer step
+    /// is shortened to it (infinite: never). Steps on a bounded image are meaningless beyond
+    /// its range, and an early quasi-Newton step can be far longer.
+    pub max_step: f64,
 }
 
 impl Default for LbfgsConfig {
@@ -36,6 +40,7 @@ impl Default for LbfgsConfig {
             line_search: LineSearch::None,
             tolerance_grad: 0.0,
             max_line_search_evals: 25,
+            max_step: f64::INFINITY,
         }
     }
 }
@@ -409,7 +414,19 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
             self.cfg.learning_rate
         };
         let (t, next) = match self.cfg.line_search {
-            LineSearch::None => (t, d.axpy(t, x)?),
+            LineSearch::None => {
+                let t = if self.cfg.max_step.is_finite() {
+                    let longest = t * d.norms()?.1;
+                    if longest > self.cfg.max_step {
+                        t * self.cfg.max_step / longest
+                    } else {
+                        t
+                    }
+                } else {
+                    t
+                };
+                (t, d.axpy(t, x)?)
+            }
             LineSearch::StrongWolfe => {
                 let trial = strong_wolfe(
                     f,

@@ -220,9 +220,11 @@ const COARSEST: usize = 128;
 /// longer side is `size`, for a [`Quality`] preset.
 ///
 /// [`Quality::Default`] halves `size` while the result stays at least 128 px, up to two
-/// coarser scales, and spends most iterations where they are cheap: the coarsest scale
-/// finds the composition, each finer one sharpens what it inherits (docs/benchmarks.md has
-/// the measurements behind the counts). [`Quality::High`] is one scale of 500 iterations.
+/// coarser scales. The coarsest scale, where iterations are cheap, gets 300 and finds the
+/// composition; a middle scale gets 100; the output's size gets 200 to sharpen what it
+/// inherits (docs/benchmarks.md has the measurements behind the counts).
+/// [`Quality::Draft`] is a shorter schedule (100, then 50) at most 256 px.
+/// [`Quality::High`] is one scale of 500 iterations.
 pub fn quality_schedule(quality: Quality, size: usize) -> Vec<(usize, usize)> {
     let size = size.max(1);
     let pyramid = |size: usize| {
@@ -241,8 +243,14 @@ pub fn quality_schedule(quality: Quality, size: usize) -> Vec<(usize, usize)> {
         }
         Quality::Default => {
             let sizes = pyramid(size);
-            // Coarse to fine: the coarsest scale gets 300, every finer one 100.
-            let counts = (0..sizes.len()).map(|k| if k == 0 { 300 } else { 100 });
+            // Coarse to fine: the coarsest scale gets 300, the output's size 200, a scale
+            // between them 100.
+            let n = sizes.len();
+            let counts = (0..n).map(move |k| match k {
+                0 => 300,
+                k if k + 1 == n => 200,
+                _ => 100,
+            });
             sizes.into_iter().zip(counts).collect()
         }
     }
@@ -264,6 +272,21 @@ fn converged(recent: &mut std::collections::VecDeque<f64>, tolerance: f64, loss:
     let old = recent[0];
     let rate = (old - loss) / (TOLERANCE_WINDOW as f64 * old.abs().max(f64::MIN_POSITIVE));
     rate < tolerance
+}
+
+/// With [`RenderConfig::clamp_pixels`], the longest L-BFGS step, as a fraction of the pixel
+/// range: an early quasi-Newton step can be many times the range, and projected into it, it
+/// leaves a saturated image the optimiser does not recover from.
+const MAX_STEP_OF_RANGE: f64 = 0.25;
+
+/// The narrowest channel's width in model space of the pixel range 0-255.
+fn model_range(conv: nst_vgg::InputConvention) -> f64 {
+    let lo = conv.to_model(&[0.0; 3], 1, 1);
+    let hi = conv.to_model(&[255.0; 3], 1, 1);
+    lo.iter()
+        .zip(&hi)
+        .map(|(a, b)| f64::from((b - a).abs()))
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Projects the image of `active` into the pixel range 0-255, telling the optimizer how far
@@ -987,6 +1010,11 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let lbfgs_cfg = LbfgsConfig {
             learning_rate: self.lr,
             history: self.plans[si].history,
+            max_step: if cfg.clamp_pixels {
+                MAX_STEP_OF_RANGE * model_range(conv)
+            } else {
+                f64::INFINITY
+            },
             line_search: if cfg.optimizer == OptimizerKind::LbfgsWolfe {
                 LineSearch::StrongWolfe
             } else {
@@ -1322,9 +1350,9 @@ mod tests {
     #[test]
     fn quality_schedules() {
         let d = |s| quality_schedule(Quality::Default, s);
-        assert_eq!(d(512), vec![(128, 300), (256, 100), (512, 100)]);
-        assert_eq!(d(384), vec![(192, 300), (384, 100)]);
-        assert_eq!(d(2048), vec![(512, 300), (1024, 100), (2048, 100)]);
+        assert_eq!(d(512), vec![(128, 300), (256, 100), (512, 200)]);
+        assert_eq!(d(384), vec![(192, 300), (384, 200)]);
+        assert_eq!(d(2048), vec![(512, 300), (1024, 100), (2048, 200)]);
         assert_eq!(d(200), vec![(200, 300)]);
         assert_eq!(d(0), vec![(1, 300)]);
         let draft = |s| quality_schedule(Quality::Draft, s);

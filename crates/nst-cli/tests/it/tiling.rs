@@ -245,7 +245,7 @@ fn quality_presets_and_per_scale_iterations_shape_the_schedule() {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         String::from_utf8(r.stdout).unwrap()
     };
-    // The default: coarse to fine from a quarter of the size, 300 then 100 per scale.
+    // The default: coarse to fine from a quarter of the size, 300, 100 and 200 iterations.
     let t = est(&["--size", "512"]);
     assert!(
         t.contains("scale 1/3 128x96")
@@ -253,7 +253,10 @@ fn quality_presets_and_per_scale_iterations_shape_the_schedule() {
             && t.contains("scale 3/3 512x384"),
         "{t}"
     );
-    assert!(t.contains("x 300") && t.contains("x 100"), "{t}");
+    assert!(
+        t.contains("x 300") && t.contains("x 100") && t.contains("x 200"),
+        "{t}"
+    );
     // High: the classic single scale of 500.
     let t = est(&["--size", "512", "--quality", "high"]);
     assert!(
