@@ -289,3 +289,44 @@ fn tensor_steps_move_only_scalars_between_host_and_device() {
     );
     assert!(after.scalars > before.scalars);
 }
+
+#[test]
+fn max_step_caps_every_entry_and_moved_keeps_the_history_true() {
+    // A steep quadratic: unscaled quasi-Newton steps start far longer than 0.5.
+    let f = |x: &Vec<f32>| -> Result<(f64, Vec<f32>), nst_optim::LengthMismatch> {
+        let g: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1) as f32 * (v - 50.0))
+            .collect();
+        let l = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| 0.5 * (i + 1) as f64 * f64::from(v - 50.0).powi(2))
+            .sum();
+        Ok((l, g))
+    };
+    let mut opt = Lbfgs::new(LbfgsConfig {
+        max_step: 0.5,
+        ..Default::default()
+    });
+    let mut x = vec![0.0f32; 4];
+    let mut f = f;
+    for _ in 0..400 {
+        let before = x.clone();
+        opt.step(&mut x, &mut f).unwrap();
+        let longest = x
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(longest <= 0.5 + 1e-4, "a step of {longest}");
+        // Keep the iterate in a box, as a render keeps pixels in range, and say so.
+        let clamped: Vec<f32> = x.iter().map(|v| v.min(49.0)).collect();
+        let delta: Vec<f32> = clamped.iter().zip(&x).map(|(a, b)| a - b).collect();
+        opt.moved(&delta).unwrap();
+        x = clamped;
+    }
+    // The constrained minimum is the box's corner.
+    assert!(x.iter().all(|v| (v - 49.0).abs() < 1e-3), "{x:?}");
+}
