@@ -223,7 +223,7 @@ const COARSEST: usize = 128;
 /// coarser scales. The coarsest scale, where iterations are cheap, gets 300 and finds the
 /// composition; a middle scale gets 100; the output's size gets 200 to sharpen what it
 /// inherits (docs/benchmarks.md has the measurements behind the counts).
-/// [`Quality::Draft`] is a shorter schedule (100, then 50) at most 256 px.
+/// [`Quality::Draft`] is a shorter schedule (200 at 128 px, then 50) at most 256 px.
 /// [`Quality::High`] is one scale of 500 iterations.
 pub fn quality_schedule(quality: Quality, size: usize) -> Vec<(usize, usize)> {
     let size = size.max(1);
@@ -238,7 +238,8 @@ pub fn quality_schedule(quality: Quality, size: usize) -> Vec<(usize, usize)> {
         Quality::High => vec![(size, 500)],
         Quality::Draft => {
             let sizes = pyramid(size.min(256));
-            let counts: &[usize] = if sizes.len() == 1 { &[100] } else { &[100, 50] };
+            // 200 at the coarse scale: after only 100, the 256 px scale was measured to stall.
+            let counts: &[usize] = if sizes.len() == 1 { &[100] } else { &[200, 50] };
             sizes.into_iter().zip(counts.iter().copied()).collect()
         }
         Quality::Default => {
@@ -1356,7 +1357,7 @@ mod tests {
         assert_eq!(d(200), vec![(200, 300)]);
         assert_eq!(d(0), vec![(1, 300)]);
         let draft = |s| quality_schedule(Quality::Draft, s);
-        assert_eq!(draft(1024), vec![(128, 100), (256, 50)]);
+        assert_eq!(draft(1024), vec![(128, 200), (256, 50)]);
         assert_eq!(draft(64), vec![(64, 100)]);
         assert_eq!(quality_schedule(Quality::High, 700), vec![(700, 500)]);
     }
