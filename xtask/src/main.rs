@@ -392,13 +392,7 @@ fn render(args: &[String]) -> Result<()> {
     let mut c = Command::new(root.join("target").join("release").join("nst"));
     c.arg("render")
         .args(args)
-        .env("NST_WEIGHTS", weights::vgg19_path(&root))
-        .env(
-            "NST_BENCH_DIR",
-            std::env::var_os("NST_BENCH_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target").join("time-to-image")),
-        );
+        .env("NST_WEIGHTS", weights::vgg19_path(&root));
     let st = c.status().context("running nst")?;
     if !st.success() {
         std::process::exit(st.code().unwrap_or(1));

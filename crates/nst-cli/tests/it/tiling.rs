@@ -7,6 +7,15 @@ fn base<'a>(c: &'a str, st: &'a str, out: &'a str) -> Vec<&'a str> {
     vec!["--content", c, "--style", st, "--out", out]
 }
 
+/// `nst estimate` of tubingen by starry_night with `extra` options.
+fn estimate(extra: &[&str]) -> std::process::Output {
+    let c = images().join("tubingen.jpg");
+    let st = images().join("starry_night.jpg");
+    let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
+    a.extend_from_slice(extra);
+    nst(&a)
+}
+
 #[test]
 fn a_tiled_render_matches_the_untiled_one() {
     weights();
@@ -48,13 +57,7 @@ fn a_tiled_render_matches_the_untiled_one() {
 #[test]
 fn estimate_prints_the_plan_and_budgets_are_enforced() {
     weights();
-    let c = images().join("tubingen.jpg");
-    let st = images().join("starry_night.jpg");
-    let est = |extra: &[&str]| {
-        let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
-        a.extend_from_slice(extra);
-        nst(&a)
-    };
+    let est = estimate;
     // Untiled when it fits.
     let r = est(&["--size", "256"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -236,12 +239,8 @@ fn a_2048_px_render_under_3g_stays_under_3g() {
 #[test]
 fn quality_presets_and_per_scale_iterations_shape_the_schedule() {
     weights();
-    let c = images().join("tubingen.jpg");
-    let st = images().join("starry_night.jpg");
     let est = |extra: &[&str]| {
-        let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
-        a.extend_from_slice(extra);
-        let r = nst(&a);
+        let r = estimate(extra);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         String::from_utf8(r.stdout).unwrap()
     };
@@ -272,8 +271,6 @@ fn quality_presets_and_per_scale_iterations_shape_the_schedule() {
     let t = est(&["--scales", "128:7,256:9"]);
     assert!(t.contains("x 7") && t.contains("x 9"), "{t}");
     for bad in ["128:x", "128:0", "x:10"] {
-        let mut a = vec!["estimate", "--content", s(&c), "--style", s(&st)];
-        a.extend(["--scales", bad]);
-        assert_fails_with(&nst(&a), &["--scales"]);
+        assert_fails_with(&estimate(&["--scales", bad]), &["--scales"]);
     }
 }
