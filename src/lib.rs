@@ -40,7 +40,7 @@
 
 pub use nst_autodiff as autodiff;
 pub use nst_cpu as cpu;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
 pub use nst_cuda as cuda;
 pub use nst_features as features;
 pub use nst_io as io;

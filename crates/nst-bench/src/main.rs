@@ -196,7 +196,7 @@ fn measure(
             &|| Ok(()),
             &|| peak_rss_mb().context("reading the peak RSS"),
         ),
-        #[cfg(feature = "cuda")]
+        #[cfg(any(feature = "cuda", feature = "cuda-12"))]
         d if d.starts_with("cuda") => {
             let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
             let g = nst_cuda::Cuda::new(ordinal)?;

@@ -62,7 +62,7 @@ pub(crate) enum Device {
     /// The CPU.
     Cpu(Cpu),
     /// An NVIDIA GPU.
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", feature = "cuda-12"))]
     Cuda(nst_cuda::Cuda),
 }
 
@@ -72,7 +72,7 @@ macro_rules! with_backend {
     ($device:expr, |$b:ident| $body:expr) => {
         match $device {
             $crate::common::Device::Cpu($b) => $body,
-            #[cfg(feature = "cuda")]
+            #[cfg(any(feature = "cuda", feature = "cuda-12"))]
             $crate::common::Device::Cuda($b) => $body,
         }
     };
@@ -114,7 +114,7 @@ fn cuda_ordinal(d: &str) -> Result<usize> {
     }
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
 fn cuda(d: &str) -> Result<Device> {
     let ordinal = cuda_ordinal(d)?;
     Ok(Device::Cuda(
@@ -122,7 +122,7 @@ fn cuda(d: &str) -> Result<Device> {
     ))
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
 fn cuda(d: &str) -> Result<Device> {
     cuda_ordinal(d)?;
     bail!("device {d} is not available: this nst was built without CUDA support (rebuild with `--features cuda`)")

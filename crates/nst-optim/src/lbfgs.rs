@@ -13,6 +13,25 @@ pub enum LineSearch {
     StrongWolfe,
 }
 
+/// How L-BFGS computes its search direction `-H·g`. Both give the same direction in exact
+/// arithmetic (they differ in the last bits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recursion {
+    /// [`Recursion::Compact`] where the vectors batch their reductions (device tensors on a
+    /// GPU, see [`Vector::batches_reductions`]), [`Recursion::TwoLoop`] elsewhere.
+    #[default]
+    Auto,
+    /// The two-loop recursion: with `m` pairs, `2m` dot products, each a scalar the loop
+    /// waits for, and `2m` vector updates.
+    TwoLoop,
+    /// The same recursion on coefficients: the dot products between the correction pairs and
+    /// the gradient are kept from step to step, the newest ones computed in one batch
+    /// ([`Vector::dots`]), the loops run on the host over scalars, and the direction is one
+    /// linear combination ([`Vector::combine`]). A step waits for the device three times,
+    /// whatever the history.
+    Compact,
+}
+
 /// L-BFGS settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LbfgsConfig {
@@ -30,6 +49,8 @@ pub struct LbfgsConfig {
     /// is shortened to it (infinite: never). Steps on a bounded image are meaningless beyond
     /// its range, and an early quasi-Newton step can be far longer.
     pub max_step: f64,
+    /// How the direction is computed.
+    pub recursion: Recursion,
 }
 
 impl Default for LbfgsConfig {
@@ -41,6 +62,7 @@ impl Default for LbfgsConfig {
             tolerance_grad: 0.0,
             max_line_search_evals: 25,
             max_step: f64::INFINITY,
+            recursion: Recursion::Auto,
         }
     }
 }
@@ -57,6 +79,9 @@ pub struct Lbfgs<V = Vec<f32>> {
     h_diag: f64,
     /// An evaluation made by the line search at the point the next step starts from.
     cached: Option<(V, f64, V)>,
+    /// For [`Recursion::Compact`]: the dot products between the pairs' vectors, in the order
+    /// `s_0, y_0, s_1, y_1, …` (`None` until first needed, e.g. after a restore).
+    gram: Option<Vec<Vec<f64>>>,
 }
 
 impl<V: Vector> Lbfgs<V> {
@@ -71,6 +96,108 @@ impl<V: Vector> Lbfgs<V> {
         Ok(())
     }
 
+    /// Whether this step computes its direction from batched dot products.
+    fn compact(&self, x: &V) -> bool {
+        match self.cfg.recursion {
+            Recursion::Auto => x.batches_reductions(),
+            Recursion::TwoLoop => false,
+            Recursion::Compact => true,
+        }
+    }
+
+    /// The pairs' vectors in the Gram matrix's order.
+    fn basis(&self) -> Vec<&V> {
+        self.pairs.iter().flat_map(|(s, y, _)| [s, y]).collect()
+    }
+
+    /// Folds the gradient `g` into the curvature history ([`Recursion::Compact`]): computes
+    /// in one batch the dot products of the new pair (from the last step, if any) and of `g`
+    /// with every vector kept, adds the pair when its curvature is positive, and returns
+    /// `g`'s dot products with the (new) basis followed by `g·g`.
+    fn update_compact(&mut self, g: &V) -> Result<Vec<f64>, V::Error> {
+        if self.gram.is_none() {
+            let basis = self.basis();
+            let flat = V::dots(&basis, &basis)?;
+            let k = basis.len();
+            self.gram = Some(flat.chunks(k.max(1)).take(k).map(<[f64]>::to_vec).collect());
+        }
+        let new = match self.last.take() {
+            Some((s, g_prev)) => Some((s, g_prev.axpy(-1.0, g)?)),
+            None => None,
+        };
+        let old = self.basis().len();
+        let (mut rows, mut cols): (Vec<&V>, Vec<&V>) = (Vec::new(), self.basis());
+        if let Some((s, y)) = &new {
+            rows.extend([s, y]);
+            cols.extend([s, y]);
+        }
+        rows.push(g);
+        cols.push(g);
+        let flat = V::dots(&rows, &cols)?;
+        let width = cols.len();
+        let row = |r: usize| &flat[r * width..(r + 1) * width];
+        let mut g_dots = row(rows.len() - 1).to_vec();
+        let gram = self.gram.as_mut().expect("built above");
+        if let Some((s, y)) = new {
+            let (ys, yy) = (row(1)[old], row(1)[old + 1]);
+            if ys > 1e-10 {
+                // Extend the matrix by the new pair's rows and columns.
+                for (a, r) in gram.iter_mut().enumerate() {
+                    r.extend([row(0)[a], row(1)[a]]);
+                }
+                gram.push(row(0)[..old + 2].to_vec());
+                gram.push(row(1)[..old + 2].to_vec());
+                if self.pairs.len() == self.cfg.history.max(1) {
+                    self.pairs.pop_front();
+                    gram.drain(..2);
+                    for r in gram.iter_mut() {
+                        r.drain(..2);
+                    }
+                    g_dots.drain(..2);
+                }
+                self.h_diag = ys / yy;
+                self.pairs.push_back((s, y, 1.0 / ys));
+            } else {
+                // The pair is dropped: so are g's products with it.
+                g_dots.drain(old..old + 2);
+            }
+        }
+        Ok(g_dots)
+    }
+
+    /// The two-loop recursion on coefficients over the basis `s_0, y_0, …, g`, from the Gram
+    /// matrix and `g`'s products (`g_dots`, ending with `g·g`): the direction's coefficients
+    /// and `gᵀd`.
+    fn coefficients(&self, g_dots: &[f64]) -> (Vec<f64>, f64) {
+        let gram = self.gram.as_ref().expect("updated before");
+        let k = gram.len();
+        // q·b_a for basis vector a, where q = Σ delta_j b_j (b_k = g).
+        let dot = |delta: &[f64], a: usize| -> f64 {
+            let mut acc = delta[k] * g_dots[a];
+            for (j, d) in delta[..k].iter().enumerate() {
+                acc += d * gram[a][j];
+            }
+            acc
+        };
+        let mut delta = vec![0.0; k + 1];
+        delta[k] = -1.0;
+        let mut alpha = vec![0.0; self.pairs.len()];
+        for (i, (_, _, rho)) in self.pairs.iter().enumerate().rev() {
+            let a = rho * dot(&delta, 2 * i);
+            alpha[i] = a;
+            delta[2 * i + 1] -= a;
+        }
+        for d in delta.iter_mut() {
+            *d *= self.h_diag;
+        }
+        for (i, (_, _, rho)) in self.pairs.iter().enumerate() {
+            let b = rho * dot(&delta, 2 * i + 1);
+            delta[2 * i] += alpha[i] - b;
+        }
+        let gtd = delta.iter().zip(g_dots).map(|(d, p)| d * p).sum();
+        (delta, gtd)
+    }
+
     /// A fresh optimizer.
     pub fn new(cfg: LbfgsConfig) -> Self {
         Lbfgs {
@@ -79,6 +206,7 @@ impl<V: Vector> Lbfgs<V> {
             last: None,
             h_diag: 1.0,
             cached: None,
+            gram: None,
         }
     }
 
@@ -88,6 +216,7 @@ impl<V: Vector> Lbfgs<V> {
         self.last = None;
         self.h_diag = 1.0;
         self.cached = None;
+        self.gram = None;
     }
 
     /// The number of correction pairs held.
@@ -220,6 +349,7 @@ impl<V: Vector> Lbfgs<V> {
             last: state.last,
             h_diag: state.h_diag,
             cached: None,
+            gram: None,
         })
     }
 }
@@ -385,27 +515,43 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
             });
         }
         let first = self.last.is_none();
-        if let Some((s, g_prev)) = self.last.take() {
-            let y = g_prev.axpy(-1.0, &g)?;
-            let ys = y.dot(&s)?;
-            if ys > 1e-10 {
-                if self.pairs.len() == self.cfg.history.max(1) {
-                    self.pairs.pop_front();
+        let (mut d, mut gtd, gg) = if self.compact(x) {
+            let g_dots = self.update_compact(&g)?;
+            let gg = *g_dots.last().expect("ends with g·g");
+            let (delta, gtd) = self.coefficients(&g_dots);
+            let mut vectors = self.basis();
+            vectors.push(&g);
+            (V::combine(&delta, &vectors)?, gtd, Some(gg))
+        } else {
+            if let Some((s, g_prev)) = self.last.take() {
+                let y = g_prev.axpy(-1.0, &g)?;
+                let ys = y.dot(&s)?;
+                if ys > 1e-10 {
+                    if self.pairs.len() == self.cfg.history.max(1) {
+                        self.pairs.pop_front();
+                    }
+                    self.h_diag = ys / y.dot(&y)?;
+                    self.pairs.push_back((s, y, 1.0 / ys));
                 }
-                self.h_diag = ys / y.dot(&y)?;
-                self.pairs.push_back((s, y, 1.0 / ys));
             }
-        }
-        let mut d = self.direction(&g)?;
-        let mut gtd = g.dot(&d)?;
+            let d = self.direction(&g)?;
+            let gtd = g.dot(&d)?;
+            (d, gtd, None)
+        };
         let mut restart = first;
         if gtd >= 0.0 || !gtd.is_finite() {
             restart = true;
             // Not a descent direction: start the curvature history again.
             self.pairs.clear();
             self.h_diag = 1.0;
+            if self.gram.is_some() {
+                self.gram = Some(Vec::new());
+            }
             d = g.scale(-1.0)?;
-            gtd = g.dot(&d)?;
+            gtd = match gg {
+                Some(gg) => -gg,
+                None => g.dot(&d)?,
+            };
         }
         // The very first step (and a restart) has no curvature information: scale it down.
         let t = if restart {

@@ -32,7 +32,7 @@ mod lbfgs;
 mod vector;
 
 pub use adam::{Adam, AdamConfig, AdamState, GradientDescent};
-pub use lbfgs::{InvalidState, Lbfgs, LbfgsConfig, LbfgsState, LineSearch};
+pub use lbfgs::{InvalidState, Lbfgs, LbfgsConfig, LbfgsState, LineSearch, Recursion};
 pub use vector::{LengthMismatch, Vector};
 
 /// What one step did.

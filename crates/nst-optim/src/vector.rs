@@ -20,6 +20,31 @@ pub trait Vector: Clone {
     fn adam_ratio(&self, v: &Self, v_scale: f64, eps: f64) -> Result<Self, Self::Error>;
     /// `(Σ |x_i|, max |x_i|)`, NaN when an element is NaN.
     fn norms(&self) -> Result<(f64, f64), Self::Error>;
+    /// Every `rows[r]·cols[c]`, row-major, each the value [`Vector::dot`] gives. The default
+    /// calls `dot` per pair; device tensors compute them in one round trip.
+    fn dots(rows: &[&Self], cols: &[&Self]) -> Result<Vec<f64>, Self::Error> {
+        let mut out = Vec::with_capacity(rows.len() * cols.len());
+        for r in rows {
+            for c in cols {
+                out.push(r.dot(c)?);
+            }
+        }
+        Ok(out)
+    }
+    /// `Σ_j coeffs[j]·vectors[j]` (at least one vector). The default chains `axpy`s.
+    fn combine(coeffs: &[f64], vectors: &[&Self]) -> Result<Self, Self::Error> {
+        let mut acc = vectors[0].scale(coeffs[0])?;
+        for (c, v) in coeffs.iter().zip(vectors).skip(1) {
+            acc = v.axpy(*c, &acc)?;
+        }
+        Ok(acc)
+    }
+    /// Whether every scalar returned (a dot product, the norms) is a blocking round trip
+    /// worth batching, as on a GPU: L-BFGS then computes its direction from batched dot
+    /// products ([`crate::Recursion::Auto`]).
+    fn batches_reductions(&self) -> bool {
+        false
+    }
     /// Whether `other` is certainly the same point (for tensors: the same buffer).
     fn same(&self, other: &Self) -> bool;
     /// The number of elements.
@@ -155,6 +180,18 @@ impl<B: Backend> Vector for Tensor<B> {
 
     fn norms(&self) -> nst_tensor::Result<(f64, f64)> {
         Tensor::norms(self)
+    }
+
+    fn dots(rows: &[&Self], cols: &[&Self]) -> nst_tensor::Result<Vec<f64>> {
+        Tensor::dots(rows, cols)
+    }
+
+    fn combine(coeffs: &[f64], vectors: &[&Self]) -> nst_tensor::Result<Self> {
+        Tensor::combine(coeffs, vectors)
+    }
+
+    fn batches_reductions(&self) -> bool {
+        self.backend().batches_reductions()
     }
 
     fn same(&self, other: &Self) -> bool {

@@ -159,6 +159,69 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok(host_norms(&self.download_f64(x)?))
     }
 
+    /// Every `rows[r]·cols[c]`, row-major (`rows.len() x cols.len()`), each accumulated like
+    /// [`Backend::dot`]: the same value as that call would give, so batching never changes a
+    /// result. Devices where every returned scalar is a round trip compute them all in one
+    /// (see [`Backend::batches_reductions`]); the default calls `dot` for each pair.
+    fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(rows.len() * cols.len());
+        for r in rows {
+            for c in cols {
+                out.push(self.dot(r, c)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `Σ_j coeffs[j]·vectors[j]`, elementwise (the vectors of one length, at least one). The
+    /// default chains [`Backend::axpy`]s; devices accumulate in `f64` and round once.
+    fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
+        if coeffs.len() != vectors.len() || vectors.is_empty() {
+            return Err(crate::Error::invalid(
+                "combine",
+                format!(
+                    "{} coefficients for {} vectors (at least one of each)",
+                    coeffs.len(),
+                    vectors.len()
+                ),
+            ));
+        }
+        let mut acc = self.affine(vectors[0], coeffs[0], 0.0)?;
+        for (c, v) in coeffs.iter().zip(vectors).skip(1) {
+            acc = self.axpy(*c, v, &acc)?;
+        }
+        Ok(acc)
+    }
+
+    /// Whether each scalar this device returns (a [`Backend::dot`], a [`Backend::norms`]) costs
+    /// a blocking round trip worth avoiding, so that callers should batch them
+    /// ([`Backend::dots`], [`Backend::combine`]): true for GPUs, false (the default) where
+    /// the data is in host memory.
+    fn batches_reductions(&self) -> bool {
+        false
+    }
+
+    /// `x` (planes of `plane` elements, plane `p` in channel `p % ranges.len()`) with every
+    /// element of channel `c` clamped into `ranges[c] = (lo, hi)`: the projection of an image
+    /// into its pixel range, in model space. NaN stays NaN. The default runs on the host;
+    /// devices override it so the image stays where it is.
+    fn clamp_channels(
+        &self,
+        x: &Self::Buffer,
+        plane: usize,
+        ranges: &[(f32, f32)],
+    ) -> Result<Self::Buffer> {
+        let mut v = self.download_f32(x)?;
+        crate::check::clamp_channels("clamp_channels", v.len(), plane, ranges)?;
+        for (p, chunk) in v.chunks_mut(plane.max(1)).enumerate() {
+            let (lo, hi) = ranges[p % ranges.len()];
+            for e in chunk {
+                *e = e.max(lo).min(hi);
+            }
+        }
+        self.upload_f32(&v)
+    }
+
     /// Frees memory the device keeps for reuse (pools of freed buffers), e.g. between the
     /// scales of a render, whose buffers differ in size. The default does nothing.
     fn release_cached(&self) {}

@@ -207,3 +207,23 @@ pub fn matmul(op: &'static str, a: usize, b: usize, m: usize, k: usize, n: usize
     expect_len(op, "the right operand", b, product(op, &[k, n])?)?;
     product(op, &[m, n]).map(|_| ())
 }
+
+/// [`crate::Backend::clamp_channels`]: a positive plane length dividing the buffer, and at
+/// least one range, each `lo <= hi`.
+pub fn clamp_channels(
+    op: &'static str,
+    len: usize,
+    plane: usize,
+    ranges: &[(f32, f32)],
+) -> Result<()> {
+    if plane == 0 || len % plane != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("planes of {plane} elements do not divide a buffer of {len}"),
+        ));
+    }
+    if ranges.is_empty() || ranges.iter().any(|(lo, hi)| !(lo <= hi)) {
+        return Err(Error::invalid(op, format!("bad ranges {ranges:?}")));
+    }
+    Ok(())
+}

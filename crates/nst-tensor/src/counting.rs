@@ -15,6 +15,10 @@ pub struct Transfers {
     /// Uploads and downloads of a single element (scalars), and the scalars that
     /// [`Backend::dot`] and [`Backend::norms`] return.
     pub scalars: usize,
+    /// The calls that wait for the device to return something: every download, and every
+    /// [`Backend::dot`], [`Backend::dots`] and [`Backend::norms`] (one each, whatever the
+    /// number of scalars).
+    pub round_trips: usize,
 }
 
 #[derive(Debug, Default)]
@@ -22,6 +26,7 @@ struct Counters {
     uploads: AtomicUsize,
     downloads: AtomicUsize,
     scalars: AtomicUsize,
+    round_trips: AtomicUsize,
 }
 
 /// Wraps backend `B`, forwarding every op and counting host transfers ([`Counting::transfers`]).
@@ -39,6 +44,7 @@ struct Counters {
 pub struct Counting<B: Backend> {
     inner: B,
     counters: Arc<Counters>,
+    batches: Option<bool>,
 }
 
 impl<B: Backend> Counting<B> {
@@ -47,7 +53,15 @@ impl<B: Backend> Counting<B> {
         Counting {
             inner,
             counters: Arc::default(),
+            batches: None,
         }
+    }
+
+    /// The same backend claiming (or denying) that it batches reductions
+    /// ([`Backend::batches_reductions`]), e.g. to run a GPU's code path on the CPU.
+    pub fn with_batching(mut self, batches: bool) -> Self {
+        self.batches = Some(batches);
+        self
     }
 
     /// The transfers so far (shared by every clone of this backend).
@@ -57,7 +71,12 @@ impl<B: Backend> Counting<B> {
             uploads: c.uploads.load(Ordering::SeqCst),
             downloads: c.downloads.load(Ordering::SeqCst),
             scalars: c.scalars.load(Ordering::SeqCst),
+            round_trips: c.round_trips.load(Ordering::SeqCst),
         }
+    }
+
+    fn trip(&self) {
+        self.counters.round_trips.fetch_add(1, Ordering::SeqCst);
     }
 
     fn count(&self, len: usize, big: &AtomicUsize) {
@@ -85,10 +104,12 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.upload_f64(data)
     }
     fn download_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>> {
+        self.trip();
         self.count(self.inner.len(buf), &self.counters.downloads);
         self.inner.download_f32(buf)
     }
     fn download_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>> {
+        self.trip();
         self.count(self.inner.len(buf), &self.counters.downloads);
         self.inner.download_f64(buf)
     }
@@ -206,13 +227,37 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.conv2d_relu_backward_input(y, dy, w, p)
     }
     fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
+        self.trip();
         self.counters.scalars.fetch_add(1, Ordering::SeqCst);
         self.inner.dot(a, b)
+    }
+    fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
+        self.trip();
+        self.counters
+            .scalars
+            .fetch_add(rows.len() * cols.len(), Ordering::SeqCst);
+        self.inner.dots(rows, cols)
+    }
+    fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
+        self.inner.combine(coeffs, vectors)
+    }
+    fn batches_reductions(&self) -> bool {
+        self.batches
+            .unwrap_or_else(|| self.inner.batches_reductions())
+    }
+    fn clamp_channels(
+        &self,
+        x: &Self::Buffer,
+        plane: usize,
+        ranges: &[(f32, f32)],
+    ) -> Result<Self::Buffer> {
+        self.inner.clamp_channels(x, plane, ranges)
     }
     fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
         self.inner.axpy(a, x, y)
     }
     fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
+        self.trip();
         self.counters.scalars.fetch_add(1, Ordering::SeqCst);
         self.inner.norms(x)
     }

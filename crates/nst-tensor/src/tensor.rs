@@ -287,6 +287,48 @@ impl<B: Backend> Tensor<B> {
         self.backend.norms(&self.buf)
     }
 
+    /// Every `rows[r]·cols[c]`, row-major, in one batch where the device batches (see
+    /// [`Backend::dots`]); all tensors of one shape.
+    pub fn dots(rows: &[&Self], cols: &[&Self]) -> Result<Vec<f64>> {
+        let Some(first) = rows.first().or(cols.first()) else {
+            return Ok(Vec::new());
+        };
+        for t in rows.iter().chain(cols) {
+            same_shape("dots", &first.shape, &t.shape)?;
+        }
+        let r: Vec<&B::Buffer> = rows.iter().map(|t| &*t.buf).collect();
+        let c: Vec<&B::Buffer> = cols.iter().map(|t| &*t.buf).collect();
+        first.backend.dots(&r, &c)
+    }
+
+    /// `Σ_j coeffs[j]·vectors[j]` (at least one tensor, all of one shape; see
+    /// [`Backend::combine`]).
+    pub fn combine(coeffs: &[f64], vectors: &[&Self]) -> Result<Self> {
+        let first = vectors
+            .first()
+            .ok_or_else(|| Error::invalid("combine", "no vectors"))?;
+        for t in vectors {
+            same_shape("combine", &first.shape, &t.shape)?;
+        }
+        let v: Vec<&B::Buffer> = vectors.iter().map(|t| &*t.buf).collect();
+        Ok(first.wrap(first.backend.combine(coeffs, &v)?, first.shape.clone()))
+    }
+
+    /// Each plane of the last two axes clamped into the range of its channel (axis
+    /// `rank - 3`, cycling through `ranges`): see [`Backend::clamp_channels`].
+    pub fn clamp_channels(&self, ranges: &[(f32, f32)]) -> Result<Self> {
+        let d = self.shape.dims();
+        let plane = if d.len() >= 2 {
+            d[d.len() - 2] * d[d.len() - 1]
+        } else {
+            self.numel()
+        };
+        Ok(self.wrap(
+            self.backend.clamp_channels(&self.buf, plane, ranges)?,
+            self.shape.clone(),
+        ))
+    }
+
     /// Whether both tensors share one buffer (a cheap identity test, not a comparison of values).
     pub fn same_buffer(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)

@@ -409,7 +409,7 @@ fn render_rejects_bad_input_with_one_line() {
         .arg("-L")
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"));
-    if cfg!(feature = "cuda") && gpu {
+    if cfg!(any(feature = "cuda", feature = "cuda-12")) && gpu {
         let r = base(&["--device", "cuda"]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     } else {

@@ -330,3 +330,133 @@ fn max_step_caps_every_entry_and_moved_keeps_the_history_true() {
     // The constrained minimum is the box's corner.
     assert!(x.iter().all(|v| (v - 49.0).abs() < 1e-3), "{x:?}");
 }
+
+/// Runs L-BFGS with the given recursion on the quadratic over `steps` steps (history 8, so
+/// that pairs are evicted), from a fixed start; returns the iterates.
+fn lbfgs_path(recursion: nst_optim::Recursion, cfg: LbfgsConfig, steps: usize) -> Vec<Vec<f32>> {
+    let mut opt = Lbfgs::new(LbfgsConfig { recursion, ..cfg });
+    let mut x: Vec<f32> = (0..40).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+    let mut f = |x: &Vec<f32>| quadratic(x);
+    (0..steps)
+        .map(|_| {
+            opt.step(&mut x, &mut f).unwrap();
+            x.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn the_compact_recursion_takes_the_two_loop_steps() {
+    use nst_optim::Recursion;
+    for cfg in [
+        LbfgsConfig {
+            learning_rate: 0.5,
+            history: 8,
+            ..Default::default()
+        },
+        LbfgsConfig {
+            history: 8,
+            line_search: LineSearch::StrongWolfe,
+            ..Default::default()
+        },
+        LbfgsConfig {
+            history: 8,
+            max_step: 0.5,
+            ..Default::default()
+        },
+    ] {
+        let two = lbfgs_path(Recursion::TwoLoop, cfg, 30);
+        let compact = lbfgs_path(Recursion::Compact, cfg, 30);
+        // The same direction in exact arithmetic: the paths agree to rounding while the
+        // loss is far above its floor.
+        for (step, (a, b)) in two.iter().zip(&compact).enumerate().take(12) {
+            let scale = a.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * scale,
+                    "{cfg:?} step {step}: {x} vs {y}"
+                );
+            }
+        }
+        let start = quadratic(&compact[0]).unwrap().0;
+        let end = quadratic(compact.last().unwrap()).unwrap().0;
+        let end_two = quadratic(two.last().unwrap()).unwrap().0;
+        assert!(
+            end < start && end <= 2.0 * end_two + 1e-6,
+            "{cfg:?}: loss {start} -> {end} (two-loop: {end_two})"
+        );
+        // Deterministic: the same path twice, to the bit.
+        assert_eq!(compact, lbfgs_path(Recursion::Compact, cfg, 30));
+    }
+}
+
+#[test]
+fn a_compact_step_waits_for_the_device_three_times_whatever_the_history() {
+    use nst_tensor::{Counting, Tensor};
+    // A backend that claims to batch its reductions, so Recursion::Auto picks Compact.
+    let be = Counting::new(nst_cpu::Cpu::new(2)).with_batching(true);
+    let n = 500;
+    let t: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
+    let c: Vec<f32> = (0..n).map(|i| 1.0 + 99.0 * i as f32 / n as f32).collect();
+    let t = Tensor::from_f32(&be, &t, [n]).unwrap();
+    let c = Tensor::from_f32(&be, &c, [n]).unwrap();
+    let mut f = |x: &Tensor<Counting<nst_cpu::Cpu>>| {
+        let d = x.sub(&t)?;
+        // The loss costs one round trip of its own.
+        let loss = d.square()?.mul(&c)?.sum()?.scalar()?;
+        Ok::<_, nst_tensor::Error>((loss, d.mul(&c)?.scale(2.0)?))
+    };
+    let cfg = LbfgsConfig {
+        history: 100,
+        max_step: 1.0,
+        ..Default::default()
+    };
+    let mut x = Tensor::zeros(&be, [n]).unwrap();
+    let mut opt = Lbfgs::new(cfg);
+    let mut per_step = Vec::new();
+    for _ in 0..40 {
+        let before = be.transfers().round_trips;
+        opt.step(&mut x, &mut f).unwrap();
+        per_step.push(be.transfers().round_trips - before);
+    }
+    assert!(opt.history_len() > 30, "{} pairs", opt.history_len());
+    // The loss, the gradient's norms, one batch of dot products, the direction's norms.
+    assert!(per_step.iter().all(|&r| r == 4), "{per_step:?}");
+
+    // The two-loop recursion on the same backend waits once per dot product.
+    let mut x = Tensor::zeros(&be, [n]).unwrap();
+    let mut opt = Lbfgs::new(LbfgsConfig {
+        recursion: nst_optim::Recursion::TwoLoop,
+        ..cfg
+    });
+    let mut last = 0;
+    for _ in 0..40 {
+        let before = be.transfers().round_trips;
+        opt.step(&mut x, &mut f).unwrap();
+        last = be.transfers().round_trips - before;
+    }
+    assert!(last > 2 * 30, "{last} round trips in a two-loop step");
+}
+
+#[test]
+fn a_restored_compact_optimizer_continues_exactly() {
+    use nst_optim::{LbfgsState, Recursion};
+    let cfg = LbfgsConfig {
+        history: 6,
+        recursion: Recursion::Compact,
+        ..Default::default()
+    };
+    let mut f = |x: &Vec<f32>| quadratic(x);
+    let x0: Vec<f32> = (0..40).map(|i| ((i * 3) % 7) as f32 - 3.0).collect();
+    let (mut a, mut xa) = (Lbfgs::new(cfg), x0.clone());
+    for _ in 0..10 {
+        a.step(&mut xa, &mut f).unwrap();
+    }
+    let state: LbfgsState<Vec<f32>> = a.state();
+    let (mut b, mut xb) = (Lbfgs::from_state(cfg, state).unwrap(), xa.clone());
+    for _ in 0..10 {
+        a.step(&mut xa, &mut f).unwrap();
+        b.step(&mut xb, &mut f).unwrap();
+    }
+    assert_eq!(xa, xb);
+}
