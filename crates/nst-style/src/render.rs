@@ -290,32 +290,23 @@ fn model_range(conv: nst_vgg::InputConvention) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Projects the image of `active` into the pixel range 0-255, telling the optimizer how far
-/// it moved. Entries already in range keep their exact values.
+/// Projects the image of `active` into the pixel range 0-255 (each model channel clamped
+/// into what 0 and 255 map to), on the model's device, telling the optimizer how far it
+/// moved. Entries in range keep their exact values; one scalar comes back.
 fn project_into_range<B: Backend>(
     active: &mut Active<'_, B>,
     conv: nst_vgg::InputConvention,
-    (w, h): (usize, usize),
 ) -> Result<()> {
-    let x = active.x.to_f32()?;
-    let pixels = conv.from_model(&x, h, w);
-    let clamped: Vec<f32> = pixels.iter().map(|v| v.clamp(0.0, 255.0)).collect();
-    if clamped == pixels {
+    let clamped = active.x.clamp_channels(&conv.model_range())?;
+    let delta = clamped.sub(&active.x)?;
+    // Nothing moved (or the image is not finite, which the next evaluation reports).
+    let moved = delta.norms()?.1;
+    if moved.is_nan() || moved == 0.0 {
         return Ok(());
     }
-    // Both back through the same conversion, so that unclamped entries compare equal.
-    let same = conv.to_model(&pixels, h, w);
-    let target = conv.to_model(&clamped, h, w);
-    let moved: Vec<f32> = x
-        .iter()
-        .zip(same.iter().zip(&target))
-        .map(|(&v, (&a, &b))| if a == b { v } else { b })
-        .collect();
-    let delta: Vec<f32> = moved.iter().zip(&x).map(|(a, b)| a - b).collect();
-    let shape = [1, 3, h, w];
-    active.x = Tensor::from_f32(active.x.backend(), &moved, shape)?;
+    active.x = clamped;
     if let AnyOptimizer::Lbfgs(o) = &mut active.opt {
-        o.moved(&Tensor::from_f32(active.x.backend(), &delta, shape)?)?;
+        o.moved(&delta)?;
     }
     Ok(())
 }
@@ -1119,7 +1110,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         }
         active.previous = Some(start);
         if self.cfg.clamp_pixels {
-            project_into_range(active, self.model.convention(), (w, h))?;
+            project_into_range(active, self.model.convention())?;
         }
         let (total, terms) = first.unwrap_or((f64::NAN, Vec::new()));
         let elapsed = self.elapsed_before + self.started.elapsed();

@@ -216,13 +216,17 @@ pub fn clamp_channels(
     plane: usize,
     ranges: &[(f32, f32)],
 ) -> Result<()> {
-    if plane == 0 || len % plane != 0 {
+    if plane == 0 || !len.is_multiple_of(plane) {
         return Err(Error::invalid(
             op,
             format!("planes of {plane} elements do not divide a buffer of {len}"),
         ));
     }
-    if ranges.is_empty() || ranges.iter().any(|(lo, hi)| !(lo <= hi)) {
+    if ranges.is_empty()
+        || ranges
+            .iter()
+            .any(|(lo, hi)| lo.partial_cmp(hi).is_none_or(|o| o.is_gt()))
+    {
         return Err(Error::invalid(op, format!("bad ranges {ranges:?}")));
     }
     Ok(())

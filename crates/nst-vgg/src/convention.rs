@@ -56,6 +56,15 @@ impl InputConvention {
         }
     }
 
+    /// For each model channel, the values that pixels 0 and 255 map to (in f32): the box an
+    /// image in range occupies in model space.
+    pub fn model_range(self) -> [(f32, f32); 3] {
+        std::array::from_fn(|c| {
+            let (_, scale, shift) = self.channel(c);
+            (shift as f32, (255.0 * scale + shift) as f32)
+        })
+    }
+
     /// Interleaved RGB pixels (0-255, `h x w x 3`) to model space (`3 x h x w`), computed
     /// in f64.
     pub fn to_model_f64(self, rgb: &[f32], h: usize, w: usize) -> Vec<f64> {
