@@ -74,11 +74,19 @@ def to_model(path, size, device):
 def main():
     wpath, cpath, spath, size, iters, device = sys.argv[1:7]
     kind = sys.argv[7] if len(sys.argv) > 7 else "render"
-    bf16 = len(sys.argv) > 8 and sys.argv[8] == "bf16"
+    # f32: strict f32 (no TF32, cuDNN's heuristics); tf32: as users get PyTorch on a GPU
+    # (TF32 in convolutions and matmuls, cudnn.benchmark timing its algorithms); bf16: f32
+    # with bf16 autocast (the CPU's comparison for nst --precision fast).
+    mode = sys.argv[8] if len(sys.argv) > 8 else "f32"
+    if mode not in ("f32", "tf32", "bf16"):
+        sys.exit(f"unknown mode {mode!r} (expected f32, tf32 or bf16)")
+    bf16 = mode == "bf16"
     size, iters = int(size), int(iters)
     dev = torch.device(device)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = tf32
     w = weights(wpath, dev)
     content_layers = ["relu4_2"]
     style_layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]

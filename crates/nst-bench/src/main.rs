@@ -179,9 +179,6 @@ fn measure(
     reps: usize,
     fast: bool,
 ) -> Result<()> {
-    if fast && device != "cpu" {
-        bail!("--precision fast is only available on the CPU");
-    }
     let precision = if fast {
         nst_cpu::Precision::Fast
     } else {
@@ -199,7 +196,14 @@ fn measure(
         #[cfg(any(feature = "cuda", feature = "cuda-12"))]
         d if d.starts_with("cuda") => {
             let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
-            let g = nst_cuda::Cuda::new(ordinal)?;
+            let g = nst_cuda::Cuda::open(
+                ordinal,
+                if fast {
+                    nst_cuda::Precision::Fast
+                } else {
+                    nst_cuda::Precision::Default
+                },
+            )?;
             measure_on(&g, kind, size, reps, &|| Ok(g.synchronize()?), &|| {
                 Ok(g.peak_memory()? as f64 / (1u64 << 20) as f64)
             })
@@ -265,7 +269,48 @@ fn measure_on<B: nst_tensor::Backend>(
     Ok(())
 }
 
-/// Runs each size in a fresh process so that peak memory is per size.
+/// One measurement of nst in a fresh process (so that peak memory is per size): (seconds,
+/// peak MB).
+fn nst_measure(
+    kind: &str,
+    device: &str,
+    threads: usize,
+    size: usize,
+    reps: usize,
+    fast: bool,
+) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(&exe)
+        .args(["--measure", kind, "--device", device])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--size",
+            &size.to_string(),
+        ])
+        .args(["--reps", &reps.to_string()])
+        .args(if fast {
+            &["--precision", "fast"][..]
+        } else {
+            &[]
+        })
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "measuring {kind} at {size}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut parts = text.split_whitespace();
+    let secs: f64 = parts.next().context("no time")?.parse()?;
+    let mb: f64 = parts.next().context("no memory")?.parse()?;
+    Ok((secs, mb))
+}
+
+/// Runs each size in a fresh process so that peak memory is per size. On CUDA against
+/// PyTorch, both precisions side by side: nst strict f32 against PyTorch strict f32, and nst
+/// `--precision fast` against PyTorch as users get it (TF32, `cudnn.benchmark`).
 fn bench_sized(
     kind: &str,
     device: &str,
@@ -274,7 +319,6 @@ fn bench_sized(
     vs_pytorch: bool,
     fast: bool,
 ) -> Result<()> {
-    let exe = std::env::current_exe()?;
     let what = match kind {
         "features" => "inference pass to relu5_1",
         "gradient" => "objective and its gradient (no optimizer)",
@@ -285,13 +329,32 @@ fn bench_sized(
     } else {
         threads.to_string()
     };
-    let precision = if fast {
+    let gpu = device.starts_with("cuda");
+    let both = gpu && vs_pytorch;
+    let precision = if both {
+        "strict f32 against PyTorch strict f32, then nst --precision fast against PyTorch TF32 + cudnn.benchmark"
+    } else if fast {
         "nst --precision fast against PyTorch bf16 autocast"
     } else {
         "f32"
     };
     println!("{what}, {precision}, {device}, {threads_text} threads (peak MB: process RSS on the CPU, GPU allocation on CUDA)");
-    if vs_pytorch {
+    if both {
+        println!(
+            "{:>10} {:>9} {:>8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>9} {:>8} {:>7}",
+            "size",
+            "nst s",
+            "nst MB",
+            "torch s",
+            "torch MB",
+            "ratio",
+            "fast s",
+            "fast MB",
+            "tf32 s",
+            "tf32 MB",
+            "ratio"
+        );
+    } else if vs_pytorch {
         println!(
             "{:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
             "size", "nst s", "nst MB", "torch s", "torch MB", "nst/torch"
@@ -301,34 +364,23 @@ fn bench_sized(
     }
     for &size in sizes {
         let reps = if size >= 1024 { 2 } else { 3 };
-        let out = std::process::Command::new(&exe)
-            .args(["--measure", kind, "--device", device])
-            .args([
-                "--threads",
-                &threads.to_string(),
-                "--size",
-                &size.to_string(),
-            ])
-            .args(["--reps", &reps.to_string()])
-            .args(if fast {
-                &["--precision", "fast"][..]
-            } else {
-                &[]
-            })
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "measuring {kind} at {size}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8(out.stdout)?;
-        let mut parts = text.split_whitespace();
-        let secs: f64 = parts.next().context("no time")?.parse()?;
-        let mb: f64 = parts.next().context("no memory")?.parse()?;
         let label = format!("{size}x{size}");
+        if both {
+            let (s1, m1) = nst_measure(kind, device, threads, size, reps, false)?;
+            let (t1, tm1) = pytorch(kind, device, threads, size, reps, "f32")?;
+            let (s2, m2) = nst_measure(kind, device, threads, size, reps, true)?;
+            let (t2, tm2) = pytorch(kind, device, threads, size, reps, "tf32")?;
+            println!(
+                "{label:>10} {s1:>9.4} {m1:>8.0} {t1:>9.4} {tm1:>8.0} {:>7.2} {s2:>9.4} {m2:>8.0} {t2:>9.4} {tm2:>8.0} {:>7.2}",
+                s1 / t1,
+                s2 / t2
+            );
+            continue;
+        }
+        let (secs, mb) = nst_measure(kind, device, threads, size, reps, fast)?;
         if vs_pytorch {
-            let (ts, tmb) = pytorch(kind, device, threads, size, reps, fast)?;
+            let mode = if fast { "bf16" } else { "f32" };
+            let (ts, tmb) = pytorch(kind, device, threads, size, reps, mode)?;
             println!(
                 "{label:>10} {secs:>10.3} {mb:>12.0} {ts:>10.3} {tmb:>12.0} {:>10.2}",
                 secs / ts
@@ -348,7 +400,7 @@ fn pytorch(
     threads: usize,
     size: usize,
     reps: usize,
-    bf16: bool,
+    mode: &str,
 ) -> Result<(f64, f64)> {
     let script = std::env::var_os("NST_PYTORCH_SCRIPT")
         .map(std::path::PathBuf::from)
@@ -381,7 +433,7 @@ fn pytorch(
         .arg(reps.to_string())
         .arg(device)
         .arg(kind)
-        .arg(if bf16 { "bf16" } else { "f32" });
+        .arg(mode);
     if threads > 0 {
         cmd.env("OMP_NUM_THREADS", threads.to_string());
     }

@@ -28,9 +28,11 @@ impl From<Pooling> for PoolKind {
 /// How exactly 3x3 convolutions are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum PrecisionArg {
-    /// Winograd F(2x2, 3x3): within 1e-5 of f64 on the losses and 1e-4 on the gradient.
+    /// Within 1e-5 of f64 on the losses and 1e-4 on the gradient: Winograd F(2x2, 3x3) on
+    /// the CPU, strict f32 (no TF32) on CUDA.
     Default,
-    /// Winograd F(4x4, 3x3) on the CPU: faster, less exact (see docs/benchmarks.md).
+    /// Faster, less exact: Winograd F(4x4, 3x3) on the CPU, TF32 tensor cores on CUDA (see
+    /// docs/benchmarks.md and docs/cuda.md).
     Fast,
 }
 
@@ -52,7 +54,7 @@ pub(crate) struct ModelArgs {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = io::DEFAULT_MAX_PIXELS, value_name = "N")]
     pub(crate) max_pixels: u64,
-    /// Convolution precision: default, or fast (CPU only; less exact, see docs/benchmarks.md).
+    /// Convolution precision: default, or fast (less exact; see docs/benchmarks.md, docs/cuda.md).
     #[arg(long, value_enum, default_value = "default")]
     pub(crate) precision: PrecisionArg,
 }
@@ -89,12 +91,9 @@ impl ModelArgs {
                     PrecisionArg::Fast => nst_cpu::Precision::Fast,
                 },
             ))),
-            d if self.precision == PrecisionArg::Fast
-                && (d == "cuda" || d.starts_with("cuda:")) =>
-            {
-                bail!("--precision fast is only available on the CPU (device {d} computes in f32)")
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                cuda(d, self.precision == PrecisionArg::Fast)
             }
-            d if d == "cuda" || d.starts_with("cuda:") => cuda(d),
             d => bail!("unknown device {d:?} (expected cpu, cuda or cuda:N)"),
         }
     }
@@ -115,15 +114,23 @@ fn cuda_ordinal(d: &str) -> Result<usize> {
 }
 
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
-fn cuda(d: &str) -> Result<Device> {
+fn cuda(d: &str, fast: bool) -> Result<Device> {
     let ordinal = cuda_ordinal(d)?;
-    Ok(Device::Cuda(
-        nst_cuda::Cuda::new(ordinal).map_err(|e| anyhow::anyhow!("device {d}: {e}"))?,
-    ))
+    let precision = if fast {
+        nst_cuda::Precision::Fast
+    } else {
+        nst_cuda::Precision::Default
+    };
+    let gpu =
+        nst_cuda::Cuda::open(ordinal, precision).map_err(|e| anyhow::anyhow!("device {d}: {e}"))?;
+    if let Some(note) = gpu.note() {
+        eprintln!("{note}");
+    }
+    Ok(Device::Cuda(gpu))
 }
 
 #[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
-fn cuda(d: &str) -> Result<Device> {
+fn cuda(d: &str, _fast: bool) -> Result<Device> {
     cuda_ordinal(d)?;
     bail!("device {d} is not available: this nst was built without CUDA support (rebuild with `--features cuda`)")
 }

@@ -1,9 +1,11 @@
 //! The CUDA backend of nst: [`Cuda`] implements [`nst_tensor::Backend`] with cudarc.
 //!
-//! Elementwise ops, reductions, im2col/col2im and pooling are NVRTC-compiled kernels (sources in
-//! `src/kernels/*.cu`, compiled once per process); matrix products and the convolutions' GEMMs
-//! run on cuBLAS in f32 (no TF32). Libraries are loaded at run time, so the crate builds without
-//! a CUDA toolkit, and a missing driver or library is a typed error, never a panic.
+//! Convolutions run on cuDNN when it is found (else on im2col + cuBLAS, see
+//! [`Cuda::convolutions`]), matrix products on cuBLAS, everything else in NVRTC-compiled kernels
+//! (sources in `src/kernels/*.cu`, compiled once per process for the GPU's architecture).
+//! [`Precision::Default`] is strict f32 (no tensor-core TF32); [`Precision::Fast`] allows TF32.
+//! Libraries are loaded at run time, so the crate builds without a CUDA toolkit, and a missing
+//! driver or library is a typed error, never a panic.
 //!
 //! ```
 //! use nst_tensor::Tensor;
@@ -20,14 +22,30 @@
 
 #![warn(missing_docs)]
 
+#[cfg(all(feature = "cuda-12", feature = "cuda-13"))]
+compile_error!(
+    "nst-cuda: the features cuda-12 and cuda-13 exclude each other; for CUDA 12 build with \
+     --no-default-features --features cuda-12 (or a dependent crate's cuda-12 feature)"
+);
+#[cfg(not(any(feature = "cuda-12", feature = "cuda-13")))]
+compile_error!("nst-cuda: enable one of the features cuda-13 (the default) or cuda-12");
+
+mod dnn;
 pub mod kernels;
 mod ops;
 pub mod probe;
 
+/// The CUDA version of the bindings this crate was built with (`cuda-12` or `cuda-13`).
+pub const BINDINGS: &str = if cfg!(feature = "cuda-12") {
+    "12.8"
+} else {
+    "13.0"
+};
+
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Errors of the CUDA backend.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +68,33 @@ pub enum Error {
     /// cuBLAS reported an error.
     #[error("cuBLAS: {0:?}")]
     Blas(#[from] cudarc::cublas::result::CublasError),
+    /// cuDNN reported an error.
+    #[error("cuDNN: {0}")]
+    Cudnn(String),
+}
+
+/// The arithmetic of the matrix products and convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Strict f32: no tensor-core math (cuBLAS default math, cuDNN FMA-only kernels) and, on
+    /// cuDNN, only GEMM-family convolution algorithms, so results meet the same tolerances as
+    /// the CPU's default.
+    #[default]
+    Default,
+    /// TF32 tensor cores allowed in cuBLAS and cuDNN, and any deterministic cuDNN algorithm
+    /// (FFT, Winograd): what PyTorch gives by default with `cudnn.allow_tf32`. Faster on
+    /// Ampere and later; about 1e-3 relative error per product.
+    Fast,
+}
+
+/// What runs the convolutions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Convolutions {
+    /// cuDNN, of this version (e.g. 90100 for 9.1.0).
+    Cudnn(usize),
+    /// im2col kernels and cuBLAS GEMMs, because cuDNN is missing or failed its check (the
+    /// reason).
+    Im2col(String),
 }
 
 /// The result type of this crate.
@@ -68,13 +113,36 @@ impl From<Error> for nst_tensor::Error {
 #[derive(Debug)]
 pub struct CudaBuffer(pub(crate) CudaSlice<f32>);
 
-/// The PTX of every kernel source, compiled once per process.
-fn ptx() -> Result<&'static [(&'static str, cudarc::nvrtc::Ptx)]> {
-    static PTX: OnceLock<std::result::Result<Vec<(&'static str, cudarc::nvrtc::Ptx)>, String>> =
-        OnceLock::new();
-    PTX.get_or_init(|| kernels::compile_all().map_err(|e| e.to_string()))
-        .as_deref()
-        .map_err(|e| Error::Unavailable(e.clone()))
+type Compiled = Vec<(&'static str, cudarc::nvrtc::Ptx)>;
+type PtxCache = Mutex<HashMap<Option<(i32, i32)>, Arc<Compiled>>>;
+
+/// The PTX of every kernel source for an architecture (`None`: NVRTC's default), compiled once
+/// per process and architecture.
+fn ptx(arch: Option<(i32, i32)>) -> Result<Arc<Compiled>> {
+    static PTX: OnceLock<PtxCache> = OnceLock::new();
+    let cache = PTX.get_or_init(Default::default);
+    if let Some(p) = cache.lock().ok().and_then(|c| c.get(&arch).cloned()) {
+        return Ok(p);
+    }
+    let compiled = Arc::new(kernels::compile_all_for(arch)?);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(arch, compiled.clone());
+    }
+    Ok(compiled)
+}
+
+/// NVRTC's and the driver's CUDA versions, for messages, e.g. ("13.0", "12.4").
+fn versions() -> (String, String) {
+    let (mut major, mut minor, mut driver) = (0, 0, 0);
+    // SAFETY: out-pointers to live integers; both libraries were probed present.
+    unsafe {
+        let _ = cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor);
+        let _ = cudarc::driver::sys::cuDriverGetVersion(&mut driver);
+    }
+    (
+        format!("{major}.{minor}"),
+        format!("{}.{}", driver / 1000, (driver % 1000) / 10),
+    )
 }
 
 pub(crate) struct Inner {
@@ -82,6 +150,10 @@ pub(crate) struct Inner {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) blas: CudaBlas,
     pub(crate) funcs: HashMap<&'static str, CudaFunction>,
+    pub(crate) precision: Precision,
+    pub(crate) dnn: Option<dnn::Dnn>,
+    convolutions: Convolutions,
+    arch: (i32, i32),
 }
 
 /// The CUDA backend on one GPU.
@@ -103,9 +175,16 @@ unsafe impl Send for Inner {}
 unsafe impl Sync for Inner {}
 
 impl Cuda {
-    /// Opens GPU `ordinal`, checking first that the driver, NVRTC and cuBLAS load and that
-    /// the GPU exists.
+    /// Opens GPU `ordinal` in strict f32 ([`Precision::Default`]); see [`Cuda::open`].
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::open(ordinal, Precision::Default)
+    }
+
+    /// Opens GPU `ordinal`: checks first that the driver, NVRTC and cuBLAS load and that the
+    /// GPU exists, compiles the kernels for its architecture and loads them all (so a driver
+    /// too old for NVRTC's PTX is an error here, not mid-render), and sets up cuDNN when it is
+    /// found (else the convolutions fall back to im2col, see [`Cuda::convolutions`]).
+    pub fn open(ordinal: usize, precision: Precision) -> Result<Self> {
         probe::driver()?;
         probe::nvrtc()?;
         probe::cublas()?;
@@ -120,23 +199,75 @@ impl Cuda {
             )));
         }
         let ctx = CudaContext::new(ordinal)?;
+        // SAFETY: every buffer of this backend is created, used and freed on the one stream
+        // below, in order, so cudarc's cross-stream events (two per allocation) are not needed.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let arch = ctx.compute_capability()?;
+        let funcs = load_kernels(&ctx, arch)?;
         let blas = CudaBlas::new(stream.clone())?;
-        let mut funcs = HashMap::new();
-        for ((_, ptx), (_, _, names)) in ptx()?.iter().zip(kernels::SOURCES) {
-            let module = ctx.load_module(ptx.clone())?;
-            for name in names.iter() {
-                funcs.insert(*name, module.load_function(name)?);
+        let mode = match precision {
+            Precision::Default => cudarc::cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::Fast => cudarc::cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: a live handle.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) }.result()?;
+        let (dnn, convolutions) = match open_dnn(&stream, precision) {
+            Ok(d) => {
+                let v = d.version;
+                (Some(d), Convolutions::Cudnn(v))
             }
-        }
-        Ok(Cuda {
+            Err(why) => (None, Convolutions::Im2col(why)),
+        };
+        let gpu = Cuda {
             inner: Arc::new(Inner {
                 ordinal,
                 stream,
                 blas,
                 funcs,
+                precision,
+                dnn,
+                convolutions,
+                arch,
             }),
-        })
+        };
+        gpu.keep_freed_memory()?;
+        Ok(gpu)
+    }
+
+    /// The precision this backend computes in.
+    pub fn precision(&self) -> Precision {
+        self.inner.precision
+    }
+
+    /// What runs the convolutions: cuDNN, or im2col + cuBLAS and why.
+    pub fn convolutions(&self) -> &Convolutions {
+        &self.inner.convolutions
+    }
+
+    /// A one-line note for the user when the convolutions fell back to im2col (`None` on
+    /// cuDNN).
+    pub fn note(&self) -> Option<String> {
+        match &self.inner.convolutions {
+            Convolutions::Cudnn(_) => None,
+            Convolutions::Im2col(why) => Some(format!(
+                "note: {why}; convolutions run on im2col + cuBLAS (slower, more memory)"
+            )),
+        }
+    }
+
+    /// The GPU's compute capability, e.g. (9, 0).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.inner.arch
+    }
+
+    /// The cuDNN algorithms chosen so far, one line per convolution shape.
+    pub fn algorithms(&self) -> Vec<String> {
+        self.inner
+            .dnn
+            .as_ref()
+            .map(|d| d.chosen())
+            .unwrap_or_default()
     }
 
     /// Waits for all queued work (for timing).
@@ -158,6 +289,39 @@ impl Cuda {
         // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
         unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }.result()?;
         Ok(pool)
+    }
+
+    /// Keeps freed memory in the pool for reuse instead of returning it to the driver at every
+    /// synchronisation (a release threshold of "everything"); [`Backend::release_cached`]
+    /// trims it.
+    ///
+    /// [`Backend::release_cached`]: nst_tensor::Backend::release_cached
+    fn keep_freed_memory(&self) -> Result<()> {
+        use cudarc::driver::sys;
+        let Ok(pool) = self.mem_pool() else {
+            return Ok(());
+        };
+        let mut threshold: u64 = u64::MAX;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+        // SAFETY: RELEASE_THRESHOLD is a 64-bit attribute and the pointer is to a live u64.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                attr,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .result()?;
+        Ok(())
+    }
+
+    /// Returns the pool's unused memory to the driver.
+    pub(crate) fn trim_pool(&self) {
+        if let Ok(pool) = self.mem_pool() {
+            let _ = self.synchronize();
+            // SAFETY: a live pool; trimming only releases memory no allocation holds.
+            let _ = unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) };
+        }
     }
 
     /// The memory pool's `USED_MEM_HIGH` attribute: read it, or with `reset`, zero it (which
@@ -199,5 +363,56 @@ impl Cuda {
             .funcs
             .get(name)
             .ok_or_else(|| Error::Unavailable(format!("kernel {name} was not loaded")))
+    }
+}
+
+/// Compiles the kernels for the GPU's architecture (falling back to NVRTC's default target
+/// when this NVRTC does not know the architecture) and loads every one of them.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    arch: (i32, i32),
+) -> Result<HashMap<&'static str, CudaFunction>> {
+    let compiled = ptx(Some(arch)).or_else(|_| ptx(None))?;
+    let mut funcs = HashMap::new();
+    for ((name, ptx), (_, _, names)) in compiled.iter().zip(kernels::SOURCES) {
+        let module = ctx.load_module(ptx.clone()).map_err(|e| {
+            use cudarc::driver::sys::CUresult as R;
+            let (nvrtc, driver) = versions();
+            match e.0 {
+                R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+                | R::CUDA_ERROR_INVALID_PTX
+                | R::CUDA_ERROR_NO_BINARY_FOR_GPU => Error::Unavailable(format!(
+                    "the driver (CUDA {driver}) cannot load the kernels NVRTC (CUDA {nvrtc}) compiled from {name}: \
+                     install a driver for CUDA {nvrtc} or newer, or put an NVRTC no newer than CUDA {driver} on LD_LIBRARY_PATH"
+                )),
+                _ => Error::Driver(e),
+            }
+        })?;
+        for k in names.iter() {
+            funcs.insert(*k, module.load_function(k)?);
+        }
+    }
+    Ok(funcs)
+}
+
+/// cuDNN on `stream`, checked by running each convolution entry point once on a tiny problem
+/// (a missing library or symbol, or a failing call, becomes the reason for the fallback).
+fn open_dnn(
+    stream: &Arc<CudaStream>,
+    precision: Precision,
+) -> std::result::Result<dnn::Dnn, String> {
+    probe::cudnn().map_err(|e| e.to_string())?;
+    let free = cudarc::driver::result::mem_get_info()
+        .map(|(f, _)| f)
+        .unwrap_or(1 << 30);
+    let run = || -> Result<dnn::Dnn> {
+        let d = dnn::Dnn::new(stream.clone(), precision, free)?;
+        d.self_test()?;
+        Ok(d)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(format!("cuDNN failed its check ({e})")),
+        Err(_) => Err("cuDNN could not be used (a function is missing from the library)".into()),
     }
 }

@@ -13,6 +13,8 @@ use nst_tensor::{
 const THREADS: u32 = 256;
 /// Blocks of the first pass of a full sum: fixed, so the split never depends on the size.
 const SUM_PARTS: u32 = 256;
+/// Rows of one `dots_partial_f32` launch (`MAX_DOT_ROWS` in batched.cu).
+const MAX_DOT_ROWS: usize = 8;
 
 fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
@@ -41,12 +43,109 @@ struct Mat<V> {
 }
 
 impl Cuda {
-    /// A zeroed device buffer of exactly `n` elements (an empty one for 0).
+    /// A device buffer of exactly `n` elements (an empty one for 0), not initialised: for
+    /// outputs every element of which the op then writes.
     fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
         if n == 0 {
             return Ok(self.inner.stream.null::<f32>()?);
         }
+        // SAFETY: every caller writes all `n` elements before the buffer is read.
+        Ok(unsafe { self.inner.stream.alloc::<f32>(n) }?)
+    }
+
+    /// A zeroed device buffer of `n` elements, for outputs not every element of which is
+    /// written (an empty product, accumulation).
+    fn alloc_zeroed(&self, n: usize) -> Result<CudaSlice<f32>> {
+        if n == 0 {
+            return Ok(self.inner.stream.null::<f32>()?);
+        }
         Ok(self.inner.stream.alloc_zeros::<f32>(n)?)
+    }
+
+    /// Device pointers of buffers, uploaded as an array for the batched kernels.
+    fn pointers(&self, bufs: &[&CudaBuffer]) -> Result<CudaSlice<u64>> {
+        let s = &self.inner.stream;
+        let ptrs: Vec<u64> = bufs.iter().map(|b| b.0.device_ptr(s).0).collect();
+        Ok(s.clone_htod(&ptrs)?)
+    }
+
+    /// `y = max(y + b, 0)` in place, per output channel (`b` absent: the ReLU alone).
+    fn bias_relu(
+        &self,
+        y: &mut CudaSlice<f32>,
+        b: Option<&CudaBuffer>,
+        p: &Conv2dParams,
+    ) -> Result<()> {
+        let hw = p.out_h() * p.out_w();
+        let total = p.batch * p.out_channels * hw;
+        if total == 0 {
+            return Ok(());
+        }
+        let (planes, c, hw64) = (
+            (p.batch * p.out_channels) as u64,
+            p.out_channels as i32,
+            hw as u64,
+        );
+        let s = &self.inner.stream;
+        let null = 0u64;
+        let bias_ptr = b.map_or(null, |b| b.0.device_ptr(s).0);
+        let f = self.func("bias_relu_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(y).arg(&bias_ptr).arg(&planes).arg(&c).arg(&hw64);
+        // SAFETY: `y` holds planes·hw elements and the bias (when not null) one per channel; the
+        // kernel's second parameter is a pointer, passed as its 64-bit value.
+        unsafe { l.launch(grid(total)) }?;
+        Ok(())
+    }
+
+    /// The convolution without bias: cuDNN when present (with bias and ReLU fused when
+    /// `fuse` is given and cuDNN's algorithm allows; the bool says whether they were), else
+    /// im2col + cuBLAS.
+    fn conv_core(
+        &self,
+        x: &CudaBuffer,
+        w: &CudaBuffer,
+        p: &Conv2dParams,
+        fuse: Option<&CudaBuffer>,
+    ) -> Result<(CudaSlice<f32>, bool)> {
+        let hw = p.out_h() * p.out_w();
+        let kk = p.in_channels * p.kh * p.kw;
+        let cout = p.out_channels;
+        if hw * kk * cout * p.batch == 0 {
+            return Ok((self.alloc_zeroed(p.batch * cout * hw)?, false));
+        }
+        let mut y = self.alloc(p.batch * cout * hw)?;
+        if let Some(d) = &self.inner.dnn {
+            let fused = d.forward(p, &x.0, &w.0, fuse.map(|b| &b.0), &mut y)?;
+            return Ok((y, fused));
+        }
+        let in_img = p.in_channels * p.in_h * p.in_w;
+        let mut col = self.alloc(kk * hw)?;
+        let wv = w.0.slice(..);
+        for img in 0..p.batch {
+            self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
+            let cv = col.slice(..);
+            let mut yv = y.slice_mut(img * cout * hw..(img + 1) * cout * hw);
+            self.gemm(
+                cout,
+                hw,
+                kk,
+                Mat {
+                    v: &wv,
+                    ld: kk,
+                    t: false,
+                },
+                Mat {
+                    v: &cv,
+                    ld: hw,
+                    t: false,
+                },
+                &mut yv,
+                hw,
+                0.0,
+            )?;
+        }
+        Ok((y, false))
     }
 
     /// `c = op(a)·op(b) + beta·c` for row-major matrices (`op(a)` is m x k, `op(b)` k x n),
@@ -231,8 +330,11 @@ impl Backend for Cuda {
     }
 
     fn full(&self, len: usize, value: f64) -> TResult<CudaBuffer> {
+        if value == 0.0 {
+            return Ok(CudaBuffer(self.alloc_zeroed(len)?));
+        }
         let mut out = self.alloc(len)?;
-        if len > 0 && value != 0.0 {
+        if len > 0 {
             let (n, v) = (len as u64, value as f32);
             let f = self.func("fill_f32")?;
             let mut l = self.inner.stream.launch_builder(f);
@@ -311,19 +413,136 @@ impl Backend for Cuda {
     }
 
     fn dot(&self, a: &CudaBuffer, b: &CudaBuffer) -> TResult<f64> {
-        check_len("dot", b.0.len(), a.0.len())?;
+        Ok(self.dots(&[a], &[b])?[0])
+    }
+
+    fn dots(&self, rows: &[&CudaBuffer], cols: &[&CudaBuffer]) -> TResult<Vec<f64>> {
+        let (nr, nc) = (rows.len(), cols.len());
+        if nr * nc == 0 {
+            return Ok(Vec::new());
+        }
+        let n = rows[0].0.len();
+        for b in rows.iter().chain(cols) {
+            check_len("dots", b.0.len(), n)?;
+        }
+        if n == 0 {
+            return Ok(vec![0.0; nr * nc]);
+        }
+        if nc > i32::MAX as usize || nr > i32::MAX as usize {
+            return Err(TError::invalid("dots", "too many vectors"));
+        }
         let s = &self.inner.stream;
-        let mut partial = s
-            .alloc_zeros::<f64>(SUM_PARTS as usize)
-            .map_err(crate::Error::from)?;
-        let n64 = a.0.len() as u64;
-        let f = self.func("dot_partial_f32")?;
+        let (rp, cp) = (self.pointers(rows)?, self.pointers(cols)?);
+        let count = nr * nc;
+        // SAFETY: the first pass writes every partial (each row chunk its own rows).
+        let mut partial =
+            unsafe { s.alloc::<f64>(count * SUM_PARTS as usize) }.map_err(crate::Error::from)?;
+        let (n64, nc32) = (n as u64, nc as i32);
+        let f = self.func("dots_partial_f32")?;
+        for row0 in (0..nr).step_by(MAX_DOT_ROWS) {
+            let chunk = (nr - row0).min(MAX_DOT_ROWS) as i32;
+            let r0 = row0 as i32;
+            let rv = rp.slice(row0..);
+            let mut l = s.launch_builder(f);
+            l.arg(&rv)
+                .arg(&chunk)
+                .arg(&r0)
+                .arg(&cp)
+                .arg(&nc32)
+                .arg(&n64)
+                .arg(&mut partial);
+            let cfg = LaunchConfig {
+                grid_dim: (nc as u32, SUM_PARTS, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the pointer arrays hold `chunk` rows from `row0` and `nc` columns, each
+            // of `n` f32 elements; `partial` has `SUM_PARTS` slots per product; the block size
+            // matches the kernel's shared array.
+            unsafe { l.launch(cfg) }.map_err(crate::Error::from)?;
+        }
+        // SAFETY: the second pass writes every entry.
+        let mut out = unsafe { s.alloc::<f64>(count) }.map_err(crate::Error::from)?;
+        let (parts, count64) = (SUM_PARTS, count as u64);
+        let f = self.func("dots_final_f64")?;
         let mut l = s.launch_builder(f);
-        l.arg(&a.0).arg(&b.0).arg(&n64).arg(&mut partial);
-        // SAFETY: `partial` has one slot per block; the block size matches the shared array.
-        unsafe { l.launch(sum_config()) }.map_err(crate::Error::from)?;
-        let parts = s.clone_dtoh(&partial).map_err(crate::Error::from)?;
-        Ok(parts.iter().sum())
+        l.arg(&partial).arg(&parts).arg(&count64).arg(&mut out);
+        // SAFETY: `partial` holds count·parts values and `out` count.
+        unsafe { l.launch(grid(count)) }.map_err(crate::Error::from)?;
+        Ok(s.clone_dtoh(&out).map_err(crate::Error::from)?)
+    }
+
+    fn combine(&self, coeffs: &[f64], vectors: &[&CudaBuffer]) -> TResult<CudaBuffer> {
+        if coeffs.len() != vectors.len() || vectors.is_empty() || vectors.len() > i32::MAX as usize
+        {
+            return Err(TError::invalid(
+                "combine",
+                format!(
+                    "{} coefficients for {} vectors",
+                    coeffs.len(),
+                    vectors.len()
+                ),
+            ));
+        }
+        let n = vectors[0].0.len();
+        for v in vectors {
+            check_len("combine", v.0.len(), n)?;
+        }
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let s = &self.inner.stream;
+            let vp = self.pointers(vectors)?;
+            let cd = s.clone_htod(coeffs).map_err(crate::Error::from)?;
+            let (count, n64) = (vectors.len() as i32, n as u64);
+            let f = self.func("combine_f32")?;
+            let mut l = s.launch_builder(f);
+            l.arg(&vp).arg(&cd).arg(&count).arg(&n64).arg(&mut out);
+            // SAFETY: `count` pointers to vectors of n elements, `count` coefficients, and an
+            // output of n elements.
+            unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        }
+        Ok(CudaBuffer(out))
+    }
+
+    fn batches_reductions(&self) -> bool {
+        true
+    }
+
+    fn clamp_channels(
+        &self,
+        x: &CudaBuffer,
+        plane: usize,
+        ranges: &[(f32, f32)],
+    ) -> TResult<CudaBuffer> {
+        check::clamp_channels("clamp_channels", x.0.len(), plane, ranges)?;
+        let n = x.0.len();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let s = &self.inner.stream;
+            let lo: Vec<f32> = ranges.iter().map(|r| r.0).collect();
+            let hi: Vec<f32> = ranges.iter().map(|r| r.1).collect();
+            let (lo, hi) = (
+                s.clone_htod(&lo).map_err(crate::Error::from)?,
+                s.clone_htod(&hi).map_err(crate::Error::from)?,
+            );
+            let (n64, plane64, channels) = (n as u64, plane as u64, ranges.len() as i32);
+            let f = self.func("clamp_channels_f32")?;
+            let mut l = s.launch_builder(f);
+            l.arg(&x.0)
+                .arg(&mut out)
+                .arg(&n64)
+                .arg(&plane64)
+                .arg(&channels)
+                .arg(&lo)
+                .arg(&hi);
+            // SAFETY: input and output hold n elements, the ranges `channels` entries each.
+            unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        }
+        Ok(CudaBuffer(out))
+    }
+
+    fn release_cached(&self) {
+        self.trim_pool();
     }
 
     fn norms(&self, x: &CudaBuffer) -> TResult<(f64, f64)> {
@@ -458,7 +677,11 @@ impl Backend for Cuda {
         check::matmul("matmul", a.0.len(), b.0.len(), m, k, n)?;
         check_len("matmul", a.0.len(), m * k)?;
         check_len("matmul", b.0.len(), k * n)?;
-        let mut out = self.alloc(m * n)?;
+        let mut out = if k == 0 {
+            self.alloc_zeroed(m * n)?
+        } else {
+            self.alloc(m * n)?
+        };
         if m * n * k > 0 {
             let av = a.0.slice(..);
             let bv = b.0.slice(..);
@@ -492,45 +715,31 @@ impl Backend for Cuda {
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
         p.check_forward("conv2d", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
+        let (mut y, _) = self.conv_core(x, w, p, None)?;
         let hw = p.out_h() * p.out_w();
-        let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
-        let in_img = p.in_channels * p.in_h * p.in_w;
-        let mut y = self.alloc(p.batch * cout * hw)?;
-        if hw * kk * cout > 0 {
-            let mut col = self.alloc(kk * hw)?;
-            let wv = w.0.slice(..);
-            for img in 0..p.batch {
-                self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
-                let cv = col.slice(..);
-                let mut yv = y.slice_mut(img * cout * hw..(img + 1) * cout * hw);
-                self.gemm(
-                    cout,
-                    hw,
-                    kk,
-                    Mat {
-                        v: &wv,
-                        ld: kk,
-                        t: false,
-                    },
-                    Mat {
-                        v: &cv,
-                        ld: hw,
-                        t: false,
-                    },
-                    &mut yv,
-                    hw,
-                    0.0,
-                )?;
-            }
-        }
-        if let Some(b) = bias {
+        if let (Some(b), true) = (bias, p.batch * cout * hw > 0) {
             let (planes, c, hw64) = ((p.batch * cout) as u64, cout as i32, hw as u64);
             let f = self.func("add_bias_f32")?;
             let mut l = self.inner.stream.launch_builder(f);
             l.arg(&mut y).arg(&b.0).arg(&planes).arg(&c).arg(&hw64);
             // SAFETY: `y` holds planes·hw elements and `b` one per output channel.
             unsafe { l.launch(grid(p.batch * cout * hw)) }.map_err(crate::Error::from)?;
+        }
+        Ok(CudaBuffer(y))
+    }
+
+    fn conv2d_relu(
+        &self,
+        x: &CudaBuffer,
+        w: &CudaBuffer,
+        bias: Option<&CudaBuffer>,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
+        p.check_forward("conv2d_relu", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
+        let (mut y, fused) = self.conv_core(x, w, p, bias)?;
+        if !fused {
+            self.bias_relu(&mut y, bias, p)?;
         }
         Ok(CudaBuffer(y))
     }
@@ -546,32 +755,37 @@ impl Backend for Cuda {
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
         let in_img = p.in_channels * p.in_h * p.in_w;
+        if hw * kk * cout * p.batch == 0 {
+            return Ok(CudaBuffer(self.alloc_zeroed(p.batch * in_img)?));
+        }
         let mut dx = self.alloc(p.batch * in_img)?;
-        if hw * kk * cout > 0 {
-            let mut col = self.alloc(kk * hw)?;
-            let wv = w.0.slice(..);
-            for img in 0..p.batch {
-                let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
-                self.gemm(
-                    kk,
-                    hw,
-                    cout,
-                    Mat {
-                        v: &wv,
-                        ld: kk,
-                        t: true,
-                    },
-                    Mat {
-                        v: &dyv,
-                        ld: hw,
-                        t: false,
-                    },
-                    &mut col,
-                    hw,
-                    0.0,
-                )?;
-                self.col2im(&col, &mut dx.slice_mut(img * in_img..(img + 1) * in_img), p)?;
-            }
+        if let Some(d) = &self.inner.dnn {
+            d.backward_data(p, &dy.0, &w.0, &mut dx)?;
+            return Ok(CudaBuffer(dx));
+        }
+        let mut col = self.alloc(kk * hw)?;
+        let wv = w.0.slice(..);
+        for img in 0..p.batch {
+            let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
+            self.gemm(
+                kk,
+                hw,
+                cout,
+                Mat {
+                    v: &wv,
+                    ld: kk,
+                    t: true,
+                },
+                Mat {
+                    v: &dyv,
+                    ld: hw,
+                    t: false,
+                },
+                &mut col,
+                hw,
+                0.0,
+            )?;
+            self.col2im(&col, &mut dx.slice_mut(img * in_img..(img + 1) * in_img), p)?;
         }
         Ok(CudaBuffer(dx))
     }
@@ -587,32 +801,37 @@ impl Backend for Cuda {
         let kk = p.in_channels * p.kh * p.kw;
         let cout = p.out_channels;
         let in_img = p.in_channels * p.in_h * p.in_w;
-        let mut dw = self.alloc(cout * kk)?;
-        if hw * kk * cout > 0 {
-            let mut col = self.alloc(kk * hw)?;
-            for img in 0..p.batch {
-                self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
-                let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
-                let cv = col.slice(..);
-                self.gemm(
-                    cout,
-                    kk,
-                    hw,
-                    Mat {
-                        v: &dyv,
-                        ld: hw,
-                        t: false,
-                    },
-                    Mat {
-                        v: &cv,
-                        ld: hw,
-                        t: true,
-                    },
-                    &mut dw,
-                    kk,
-                    1.0,
-                )?;
-            }
+        let mut dw = self.alloc_zeroed(cout * kk)?;
+        if hw * kk * cout * p.batch == 0 {
+            return Ok(CudaBuffer(dw));
+        }
+        if let Some(d) = &self.inner.dnn {
+            d.backward_filter(p, &x.0, &dy.0, &mut dw)?;
+            return Ok(CudaBuffer(dw));
+        }
+        let mut col = self.alloc(kk * hw)?;
+        for img in 0..p.batch {
+            self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
+            let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
+            let cv = col.slice(..);
+            self.gemm(
+                cout,
+                kk,
+                hw,
+                Mat {
+                    v: &dyv,
+                    ld: hw,
+                    t: false,
+                },
+                Mat {
+                    v: &cv,
+                    ld: hw,
+                    t: true,
+                },
+                &mut dw,
+                kk,
+                1.0,
+            )?;
         }
         Ok(CudaBuffer(dw))
     }

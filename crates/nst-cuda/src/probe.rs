@@ -29,3 +29,8 @@ pub fn nvrtc() -> Result<()> {
 pub fn cublas() -> Result<()> {
     present("libcublas", cudarc::cublas::sys::is_culib_present)
 }
+
+/// cuDNN (`libcudnn`), optional: without it the convolutions run on im2col + cuBLAS.
+pub fn cudnn() -> Result<()> {
+    present("libcudnn", cudarc::cudnn::sys::is_culib_present)
+}

@@ -409,16 +409,15 @@ fn render_rejects_bad_input_with_one_line() {
         .arg("-L")
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"));
-    if cfg!(any(feature = "cuda", feature = "cuda-12")) && gpu {
-        let r = base(&["--device", "cuda"]);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    } else {
-        assert_fails_with(&base(&["--device", "cuda"]), &["cuda", "CUDA"]);
+    for precision in ["default", "fast"] {
+        let args = ["--device", "cuda", "--precision", precision];
+        if cfg!(any(feature = "cuda", feature = "cuda-12")) && gpu {
+            let r = base(&args);
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        } else {
+            assert_fails_with(&base(&args), &["cuda", "CUDA"]);
+        }
     }
-    assert_fails_with(
-        &base(&["--device", "cuda", "--precision", "fast"]),
-        &["--precision fast", "CPU"],
-    );
     assert_fails_with(
         &base(&["--precision", "fastest"]),
         &["fastest", "--precision"],

@@ -32,18 +32,6 @@ extern "C" __global__ void sum_final_f32(const double* partial, unsigned int par
     }
 }
 
-// Block b writes the sum of a[i] * b[i] over its grid-stride elements into partial[b]; the
-// host adds the partials in order.
-extern "C" __global__ void dot_partial_f32(const float* a, const float* b, unsigned long long n,
-                                           double* partial) {
-    double acc = 0.0;
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)blockDim.x * gridDim.x) {
-        acc += (double)a[i] * (double)b[i];
-    }
-    block_sum_to(acc, partial);
-}
-
 // NaN-propagating maximum (fmax would drop a NaN).
 __device__ double max_nan(double m, double a) {
     return (isnan(m) || isnan(a)) ? (m + a) : fmax(m, a);

@@ -26,6 +26,25 @@ fn every_kernel_compiles_with_nvrtc() {
 }
 
 #[test]
+fn every_kernel_compiles_for_each_gpu_architecture() {
+    if let Err(e) = nst_cuda::probe::nvrtc() {
+        panic!("NVRTC is required here (`cargo xtask test` installs it): {e}");
+    }
+    // Turing, Ampere, Ada, Hopper (the H200), Blackwell: what `Cuda::open` asks for.
+    for arch in [(7, 5), (8, 0), (8, 9), (9, 0), (10, 0)] {
+        let ptx = nst_cuda::kernels::compile_all_for(Some(arch))
+            .unwrap_or_else(|e| panic!("{arch:?}: {e}"));
+        let target = format!(".target sm_{}{}", arch.0, arch.1);
+        for (name, p) in &ptx {
+            assert!(
+                p.to_src().contains(&target),
+                "{name} for {arch:?} lacks {target}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_broken_kernel_reports_the_nvrtc_log() {
     if let Err(e) = nst_cuda::probe::nvrtc() {
         panic!("NVRTC is required here (`cargo xtask test` installs it): {e}");

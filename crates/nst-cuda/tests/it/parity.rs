@@ -20,6 +20,25 @@ fn gpu() -> &'static Cuda {
     }
 }
 
+/// The GPU with TF32 allowed (`Precision::Fast`).
+fn gpu_fast() -> &'static Cuda {
+    static GPU: OnceLock<Result<Cuda, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Cuda::open(0, nst_cuda::Precision::Fast).map_err(|e| e.to_string())) {
+        Ok(c) => c,
+        Err(e) => panic!("a CUDA GPU is required for the parity tests: {e}"),
+    }
+}
+
+/// The largest `|cuda − cpu| / max|cpu|` of two results.
+fn worst<B: Backend>(cpu: &Tensor<Cpu>, cuda: &Tensor<B>) -> f32 {
+    let a = cpu.to_f32().unwrap();
+    let b = cuda.to_f32().unwrap();
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
@@ -167,6 +186,11 @@ fn matmul_with_transposes() {
 #[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
 fn convolution_forward_and_backward() {
     let g = gpu();
+    eprintln!(
+        "convolutions on {:?}, compute capability {:?}",
+        g.convolutions(),
+        g.compute_capability()
+    );
     for (n, cin, cout, h, w, k, s, p) in [
         (1, 3, 8, 17, 13, 3, 1, 1),
         (2, 4, 5, 9, 11, 3, 2, 0),
@@ -206,6 +230,98 @@ fn convolution_forward_and_backward() {
             true,
         );
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
+fn convolutions_in_fast_precision_stay_within_tf32_error() {
+    let g = gpu_fast();
+    eprintln!("convolutions on {:?}", g.convolutions());
+    let mut worst_seen = 0.0f32;
+    for (n, cin, cout, h, w) in [
+        (1, 3, 64, 64, 48),
+        (1, 64, 64, 32, 32),
+        (2, 128, 32, 16, 20),
+    ] {
+        let (x, gx) = pair(&[n, cin, h, w], 20, g);
+        let (wt, gw) = pair(&[cout, cin, 3, 3], 21, g);
+        let (b, gb) = pair(&[cout], 22, g);
+        let y = x.conv2d_relu(&wt, Some(&b), 1, 1).unwrap();
+        let e = worst(&y, &gx.conv2d_relu(&gw, Some(&gb), 1, 1).unwrap());
+        let pr = x.conv2d_params(&wt, 1, 1).unwrap();
+        let (dy, gdy) = pair(y.dims(), 23, g);
+        let e2 = worst(
+            &dy.conv2d_backward_input(&wt, &pr).unwrap(),
+            &gdy.conv2d_backward_input(&gw, &pr).unwrap(),
+        );
+        eprintln!("fast precision, {cin}->{cout} at {h}x{w}: forward {e:.2e}, input gradient {e2:.2e} of the largest entry");
+        worst_seen = worst_seen.max(e).max(e2);
+    }
+    // TF32 keeps 10 mantissa bits: products err by about 5e-4 relative, sums average it down.
+    assert!(worst_seen <= 5e-3, "worst {worst_seen:e}");
+    let strict = gpu();
+    let (x, gx) = pair(&[1, 64, 32, 32], 24, strict);
+    let (wt, gw) = pair(&[64, 64, 3, 3], 25, strict);
+    let e = worst(
+        &x.conv2d(&wt, None, 1, 1).unwrap(),
+        &gx.conv2d(&gw, None, 1, 1).unwrap(),
+    );
+    eprintln!("strict precision, 64->64 at 32x32: forward {e:.2e} of the largest entry");
+    assert!(e <= 1e-5, "strict f32 convolution off by {e:e}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
+fn batched_reductions_and_the_projection() {
+    let g = gpu();
+    let cpu = Cpu::new(2);
+    let n = 100_003;
+    let host: Vec<Vec<f32>> = (0..11).map(|i| data(n, 30 + i)).collect();
+    let dev: Vec<Tensor<Cuda>> = host
+        .iter()
+        .map(|v| Tensor::from_f32(g, v, [n]).unwrap())
+        .collect();
+    let cpu_t: Vec<Tensor<Cpu>> = host
+        .iter()
+        .map(|v| Tensor::from_f32(&cpu, v, [n]).unwrap())
+        .collect();
+    let rows: Vec<&Tensor<Cuda>> = dev[..9].iter().collect();
+    let cols: Vec<&Tensor<Cuda>> = dev[4..].iter().collect();
+    let batched = Tensor::dots(&rows, &cols).unwrap();
+    for (r, a) in rows.iter().enumerate() {
+        for (c, b) in cols.iter().enumerate() {
+            // Batching never changes a bit, and the value is the CPU's to f64 rounding.
+            assert_eq!(
+                batched[r * cols.len() + c].to_bits(),
+                a.dot(b).unwrap().to_bits()
+            );
+            let want = cpu_t[r].dot(&cpu_t[4 + c]).unwrap();
+            assert!((batched[r * cols.len() + c] - want).abs() <= 1e-9 * (1.0 + want.abs()));
+        }
+    }
+    let coeffs: Vec<f64> = (0..11).map(|i| i as f64 * 0.37 - 2.0).collect();
+    let all: Vec<&Tensor<Cuda>> = dev.iter().collect();
+    let all_cpu: Vec<&Tensor<Cpu>> = cpu_t.iter().collect();
+    close(
+        "combine",
+        &Tensor::combine(&coeffs, &all_cpu).unwrap(),
+        &Tensor::combine(&coeffs, &all).unwrap(),
+        false,
+    );
+    let img = data(3 * 50 * 40, 40)
+        .iter()
+        .map(|v| v * 200.0)
+        .collect::<Vec<_>>();
+    let ranges = [(-100.0f32, 150.0f32), (-20.0, 30.0), (0.0, 1.0)];
+    let a = Tensor::from_f32(&cpu, &img, [1, 3, 50, 40])
+        .unwrap()
+        .clamp_channels(&ranges)
+        .unwrap();
+    let b = Tensor::from_f32(g, &img, [1, 3, 50, 40])
+        .unwrap()
+        .clamp_channels(&ranges)
+        .unwrap();
+    assert_eq!(a.to_f32().unwrap(), b.to_f32().unwrap());
 }
 
 #[test]
