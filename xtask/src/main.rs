@@ -285,6 +285,19 @@ fn test(extra: &[String]) -> Result<()> {
         ])
         .args(extra);
     status(c)?;
+    // The CUDA 12 bindings build on their own (nst-cuda refuses to build with both).
+    let mut c = cargo();
+    c.args([
+        "check",
+        "-q",
+        "-p",
+        "nst-cli",
+        "-p",
+        "nst-bench",
+        "--features",
+        "nst-cli/cuda-12,nst-bench/cuda-12",
+    ]);
+    status(c)?;
     // The LAPACK path (feature `lapack`, on the system OpenBLAS): the eigensolver, W2 and
     // colour tests of the crates that use it, each path checked against the same
     // references and the two solvers against each other. (The workspace's real-image W2 and

@@ -208,6 +208,7 @@ impl Dnn {
         precision: Precision,
         free_memory: usize,
     ) -> Result<Self> {
+        stream.context().bind_to_thread()?;
         let version = result::get_version();
         let handle = result::create_handle().map_err(|e| err("creating a handle", e))?;
         // SAFETY: a live handle and the stream of this backend.
@@ -398,6 +399,8 @@ impl Dnn {
         bias_relu: Option<&CudaSlice<f32>>,
         y: &mut CudaSlice<f32>,
     ) -> Result<bool> {
+        // cuDNN works in the context current on the calling thread.
+        self.stream.context().bind_to_thread()?;
         let plan = self.plan(p)?;
         let (algo, ws_bytes) = self.forward_algo(&plan)?;
         let mut ws = self.workspace(ws_bytes)?;
@@ -474,6 +477,8 @@ impl Dnn {
         w: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        // cuDNN works in the context current on the calling thread.
+        self.stream.context().bind_to_thread()?;
         let plan = self.plan(p)?;
         let (algo, ws_bytes) = self.backward_data_algo(&plan)?;
         let mut ws = self.workspace(ws_bytes)?;
@@ -516,6 +521,8 @@ impl Dnn {
         dy: &CudaSlice<f32>,
         dw: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        // cuDNN works in the context current on the calling thread.
+        self.stream.context().bind_to_thread()?;
         let plan = self.plan(p)?;
         let (algo, ws_bytes) = self.backward_filter_algo(&plan)?;
         let mut ws = self.workspace(ws_bytes)?;
