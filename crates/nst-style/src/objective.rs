@@ -90,6 +90,9 @@ pub struct Evaluation<B: Backend> {
     pub terms: Vec<(String, f64)>,
     /// The gradient of the total w.r.t. the image, in model space (`[1, 3, H, W]`).
     pub grad: Tensor<B>,
+    /// The sum of the gradient's entries: NaN or infinite when any entry is (a finiteness
+    /// check that comes back with the loss terms, not a wait of its own).
+    pub grad_sum: f64,
 }
 
 /// The objective with its targets: content activations and blended style Gram matrices.
@@ -663,13 +666,17 @@ impl<'m, B: Backend> Objective<'m, B> {
         let tape = Tape::new();
         let xv = tape.var(x.clone());
         let feats = self.fx.extract_var(&xv)?;
-        let mut terms = Vec::new();
+        // The terms' values stay on the device until the backward pass is queued, then come
+        // back together in one transfer.
+        let mut names: Vec<String> = Vec::new();
+        let mut values: Vec<Tensor<B>> = Vec::new();
         let mut parts = Vec::new();
         for ((name, w), target) in self.cfg.content_layers.iter().zip(content_targets) {
             let wl = self.cfg.content_weight * w;
             let f = &self.normalized(feats.get(name).expect("extracted"), wl)?;
             let l = nst_loss::content(f, target, wl)?;
-            terms.push((format!("content/{name}"), l.value().scalar()?));
+            names.push(format!("content/{name}"));
+            values.push(l.value().clone());
             parts.push(l);
         }
         for (li, (name, w)) in self.cfg.style_layers.iter().enumerate() {
@@ -698,12 +705,14 @@ impl<'m, B: Backend> Objective<'m, B> {
                     sum.expect("one region at least")
                 }
             };
-            terms.push((format!("style/{name}"), l.value().scalar()?));
+            names.push(format!("style/{name}"));
+            values.push(l.value().clone());
             parts.push(l);
         }
         drop(feats);
         let tv = nst_loss::total_variation(&xv, self.cfg.tv_weight)?;
-        terms.push(("tv".to_string(), tv.value().scalar()?));
+        names.push("tv".to_string());
+        values.push(tv.value().clone());
         if let Some((target, c, weight)) = &self.temporal {
             let l = xv
                 .sub(&tape.constant(target.clone()))?
@@ -711,7 +720,8 @@ impl<'m, B: Backend> Objective<'m, B> {
                 .mul(&tape.constant(c.clone()))?
                 .sum()?
                 .scale(weight / x.numel().max(1) as f64)?;
-            terms.push(("temporal".to_string(), l.value().scalar()?));
+            names.push("temporal".to_string());
+            values.push(l.value().clone());
             parts.push(l);
         }
         let mut total = tv;
@@ -719,15 +729,20 @@ impl<'m, B: Backend> Objective<'m, B> {
             total = total.add(p)?;
         }
         drop(parts);
-        let value = total.value().scalar()?;
+        let total_value = total.value().clone();
         let mut grads = tape.backward(&total)?;
         let grad = grads
             .take(&xv)
             .ok_or_else(|| Error::Config("the loss does not depend on the image".into()))?;
+        values.push(total_value);
+        values.push(grad.sum()?);
+        let all = Tensor::scalars(&values.iter().collect::<Vec<_>>())?;
+        let (grad_sum, value) = (all[all.len() - 1], all[all.len() - 2]);
         Ok(Evaluation {
             total: value,
-            terms,
+            terms: names.into_iter().zip(all).collect(),
             grad,
+            grad_sum,
         })
     }
 
@@ -946,7 +961,13 @@ impl<'m, B: Backend> Objective<'m, B> {
         let total = terms[..terms.len() - 1]
             .iter()
             .fold(tv_value, |acc, (_, v)| acc + v);
-        Ok(Evaluation { total, terms, grad })
+        let grad_sum = grad.sum()?.scalar()?;
+        Ok(Evaluation {
+            total,
+            terms,
+            grad,
+            grad_sum,
+        })
     }
 }
 

@@ -159,6 +159,25 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok(host_norms(&self.download_f64(x)?))
     }
 
+    /// The values of one-element buffers, in one transfer (one wait for the device instead of
+    /// one per buffer). The default places each at its own index of a zero vector, adds them
+    /// (exactly) and downloads the sum.
+    fn scalars(&self, bufs: &[&Self::Buffer]) -> Result<Vec<f64>> {
+        let k = bufs.len();
+        let mut acc: Option<Self::Buffer> = None;
+        for (i, b) in bufs.iter().enumerate() {
+            let placed = self.narrow_backward(b, &Shape::new([1]), 0, i, k)?;
+            acc = Some(match acc {
+                None => placed,
+                Some(a) => self.binary(BinaryOp::Add, &a, &placed)?,
+            });
+        }
+        match acc {
+            Some(a) => self.download_f64(&a),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Every `rows[r]·cols[c]`, row-major (`rows.len() x cols.len()`), each accumulated like
     /// [`Backend::dot`]: the same value as that call would give, so batching never changes a
     /// result. Devices where every returned scalar is a round trip compute them all in one

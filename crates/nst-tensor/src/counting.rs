@@ -13,11 +13,12 @@ pub struct Transfers {
     /// Downloads of more than one element.
     pub downloads: usize,
     /// Uploads and downloads of a single element (scalars), and the scalars that
-    /// [`Backend::dot`] and [`Backend::norms`] return.
+    /// [`Backend::dot`], [`Backend::dots`], [`Backend::norms`] and [`Backend::scalars`]
+    /// return.
     pub scalars: usize,
     /// The calls that wait for the device to return something: every download, and every
-    /// [`Backend::dot`], [`Backend::dots`] and [`Backend::norms`] (one each, whatever the
-    /// number of scalars).
+    /// [`Backend::dot`], [`Backend::dots`], [`Backend::norms`] and [`Backend::scalars`] (one
+    /// each, whatever the number of scalars).
     pub round_trips: usize,
 }
 
@@ -237,6 +238,13 @@ impl<B: Backend> Backend for Counting<B> {
             .scalars
             .fetch_add(rows.len() * cols.len(), Ordering::SeqCst);
         self.inner.dots(rows, cols)
+    }
+    fn scalars(&self, bufs: &[&Self::Buffer]) -> Result<Vec<f64>> {
+        self.trip();
+        self.counters
+            .scalars
+            .fetch_add(bufs.len(), Ordering::SeqCst);
+        self.inner.scalars(bufs)
     }
     fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
         self.inner.combine(coeffs, vectors)

@@ -287,6 +287,25 @@ impl<B: Backend> Tensor<B> {
         self.backend.norms(&self.buf)
     }
 
+    /// The values of one-element tensors, copied back in one transfer (one wait for the
+    /// device instead of one per tensor): the same values [`Tensor::scalar`] gives. See
+    /// [`Backend::scalars`].
+    pub fn scalars(ts: &[&Self]) -> Result<Vec<f64>> {
+        let Some(first) = ts.first() else {
+            return Ok(Vec::new());
+        };
+        for t in ts {
+            if t.numel() != 1 {
+                return Err(Error::invalid(
+                    "scalars",
+                    format!("a tensor of shape {:?} is not a scalar", t.dims()),
+                ));
+            }
+        }
+        let bufs: Vec<&B::Buffer> = ts.iter().map(|t| &*t.buf).collect();
+        first.backend.scalars(&bufs)
+    }
+
     /// Every `rows[r]·cols[c]`, row-major, in one batch where the device batches (see
     /// [`Backend::dots`]); all tensors of one shape.
     pub fn dots(rows: &[&Self], cols: &[&Self]) -> Result<Vec<f64>> {

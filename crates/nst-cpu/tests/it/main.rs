@@ -496,3 +496,52 @@ fn backend_calls_with_mismatched_buffers_are_errors() {
         .is_err());
     assert!(be.transpose(&buf(6), usize::MAX, 2).is_err());
 }
+
+#[test]
+fn batched_reductions_combinations_scalars_and_the_projection() {
+    let be = Cpu::new(2);
+    let mut rng = StdRng::seed_from_u64(77);
+    let host: Vec<Vec<f32>> = (0..5)
+        .map(|_| (0..1001).map(|_| rng.gen_range(-2.0..2.0)).collect())
+        .collect();
+    let t: Vec<Tensor<Cpu>> = host
+        .iter()
+        .map(|v| Tensor::from_f32(&be, v, [7, 11, 13]).unwrap())
+        .collect();
+    let rows = [&t[0], &t[1]];
+    let cols = [&t[2], &t[3], &t[4]];
+    let d = Tensor::dots(&rows, &cols).unwrap();
+    assert_eq!(d.len(), 6);
+    for (r, a) in rows.iter().enumerate() {
+        for (c, b) in cols.iter().enumerate() {
+            assert_eq!(d[r * 3 + c].to_bits(), a.dot(b).unwrap().to_bits());
+        }
+    }
+    let coeffs = [0.5, -1.25, 2.0, 0.0, 3.5];
+    let all: Vec<&Tensor<Cpu>> = t.iter().collect();
+    let comb = Tensor::combine(&coeffs, &all).unwrap().to_f32().unwrap();
+    for (i, v) in comb.iter().enumerate() {
+        let want: f64 = coeffs.iter().zip(&host).map(|(c, h)| c * h[i] as f64).sum();
+        assert!(
+            (*v as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{v} vs {want}"
+        );
+    }
+    assert!(Tensor::combine(&[1.0], &all).is_err());
+    // One-element tensors back in one transfer, the values `scalar` gives.
+    let sums: Vec<Tensor<Cpu>> = t.iter().map(|x| x.sum().unwrap()).collect();
+    let got = Tensor::scalars(&sums.iter().collect::<Vec<_>>()).unwrap();
+    for (g, s) in got.iter().zip(&sums) {
+        assert_eq!(g.to_bits(), s.scalar().unwrap().to_bits());
+    }
+    assert!(Tensor::scalars(&[&t[0]]).is_err());
+    // Each channel's plane clamped into its range.
+    let img = Tensor::from_f32(&be, &host[0][..2 * 3 * 4 * 5], [2, 3, 4, 5]).unwrap();
+    let ranges = [(-1.0f32, 1.0f32), (0.0, 0.5), (-0.25, 2.0)];
+    let out = img.clamp_channels(&ranges).unwrap().to_f32().unwrap();
+    for (i, (v, x)) in out.iter().zip(&host[0]).enumerate() {
+        let (lo, hi) = ranges[(i / 20) % 3];
+        assert_eq!(*v, x.clamp(lo, hi));
+    }
+    assert!(img.clamp_channels(&[(1.0, 0.0)]).is_err());
+}
