@@ -368,6 +368,35 @@ impl<E: Element> Backend for CpuBackend<E> {
         Ok(self.run(|| ops::reduce::dot(a.as_slice(), b.as_slice())))
     }
 
+    fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
+        if let Some(first) = rows.first().or(cols.first()) {
+            for b in rows.iter().chain(cols) {
+                lengths("dots", first, b)?;
+            }
+        }
+        let r: Vec<&[E]> = rows.iter().map(|b| b.as_slice()).collect();
+        let c: Vec<&[E]> = cols.iter().map(|b| b.as_slice()).collect();
+        Ok(self.run(|| ops::reduce::dots(&r, &c)))
+    }
+
+    fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
+        if coeffs.len() != vectors.len() || vectors.is_empty() {
+            return Err(Error::invalid(
+                "combine",
+                format!(
+                    "{} coefficients for {} vectors (at least one of each)",
+                    coeffs.len(),
+                    vectors.len()
+                ),
+            ));
+        }
+        for v in vectors {
+            lengths("combine", vectors[0], v)?;
+        }
+        let v: Vec<&[E]> = vectors.iter().map(|b| b.as_slice()).collect();
+        Ok(self.run(|| ops::reduce::combine(coeffs, &v)))
+    }
+
     fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
         lengths("axpy", x, y)?;
         Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))

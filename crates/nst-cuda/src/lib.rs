@@ -87,6 +87,28 @@ pub enum Precision {
     Fast,
 }
 
+/// How to open a GPU ([`Cuda::open_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The arithmetic of the matrix products and convolutions.
+    pub precision: Precision,
+    /// Use cuDNN for the convolutions when it is found (else, or when false, im2col + cuBLAS).
+    pub cudnn: bool,
+    /// The most memory one im2col column buffer may take, in bytes: the fallback convolutions
+    /// run in bands of output rows that fit (at least one row per band).
+    pub column_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            precision: Precision::Default,
+            cudnn: true,
+            column_bytes: 256 << 20,
+        }
+    }
+}
+
 /// What runs the convolutions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Convolutions {
@@ -152,6 +174,9 @@ pub(crate) struct Inner {
     pub(crate) funcs: HashMap<&'static str, CudaFunction>,
     pub(crate) precision: Precision,
     pub(crate) dnn: Option<dnn::Dnn>,
+    /// The most memory one im2col column buffer may take (the fallback convolutions run in
+    /// bands of output rows that fit).
+    pub(crate) column_bytes: usize,
     convolutions: Convolutions,
     arch: (i32, i32),
 }
@@ -185,6 +210,18 @@ impl Cuda {
     /// too old for NVRTC's PTX is an error here, not mid-render), and sets up cuDNN when it is
     /// found (else the convolutions fall back to im2col, see [`Cuda::convolutions`]).
     pub fn open(ordinal: usize, precision: Precision) -> Result<Self> {
+        Self::open_with(
+            ordinal,
+            Options {
+                precision,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Opens GPU `ordinal` with every choice spelled out (see [`Cuda::open`]).
+    pub fn open_with(ordinal: usize, options: Options) -> Result<Self> {
+        let precision = options.precision;
         probe::driver()?;
         probe::nvrtc()?;
         probe::cublas()?;
@@ -212,7 +249,12 @@ impl Cuda {
         };
         // SAFETY: a live handle.
         unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) }.result()?;
-        let (dnn, convolutions) = match open_dnn(&stream, precision) {
+        let dnn = if options.cudnn {
+            open_dnn(&stream, precision)
+        } else {
+            Err("cuDNN was turned off".to_string())
+        };
+        let (dnn, convolutions) = match dnn {
             Ok(d) => {
                 let v = d.version;
                 (Some(d), Convolutions::Cudnn(v))
@@ -227,6 +269,7 @@ impl Cuda {
                 funcs,
                 precision,
                 dnn,
+                column_bytes: options.column_bytes.max(1),
                 convolutions,
                 arch,
             }),

@@ -120,30 +120,40 @@ impl Cuda {
             return Ok((y, fused));
         }
         let in_img = p.in_channels * p.in_h * p.in_w;
-        let mut col = self.alloc(kk * hw)?;
+        let ow = p.out_w();
+        let bands = self.bands(p);
+        let mut col = self.alloc(kk * bands[0].1 * ow)?;
         let wv = w.0.slice(..);
         for img in 0..p.batch {
-            self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
-            let cv = col.slice(..);
-            let mut yv = y.slice_mut(img * cout * hw..(img + 1) * cout * hw);
-            self.gemm(
-                cout,
-                hw,
-                kk,
-                Mat {
-                    v: &wv,
-                    ld: kk,
-                    t: false,
-                },
-                Mat {
-                    v: &cv,
-                    ld: hw,
-                    t: false,
-                },
-                &mut yv,
-                hw,
-                0.0,
-            )?;
+            for &(oy0, rows) in &bands {
+                self.im2col(
+                    &x.0.slice(img * in_img..(img + 1) * in_img),
+                    &mut col,
+                    p,
+                    (oy0, rows),
+                )?;
+                let cv = col.slice(..);
+                let start = img * cout * hw + oy0 * ow;
+                let mut yv = y.slice_mut(start..(img + 1) * cout * hw);
+                self.gemm(
+                    cout,
+                    rows * ow,
+                    kk,
+                    Mat {
+                        v: &wv,
+                        ld: kk,
+                        t: false,
+                    },
+                    Mat {
+                        v: &cv,
+                        ld: rows * ow,
+                        t: false,
+                    },
+                    &mut yv,
+                    hw,
+                    0.0,
+                )?;
+            }
         }
         Ok((y, false))
     }
@@ -187,43 +197,68 @@ impl Cuda {
         Ok(())
     }
 
+    /// The column buffer of output rows `oy0 .. oy0 + rows` of one image (`x`: C·H·W).
     fn im2col(
         &self,
         x: &CudaView<'_, f32>,
         col: &mut CudaSlice<f32>,
         p: &Conv2dParams,
+        (oy0, rows): (usize, usize),
     ) -> Result<()> {
-        let n = p.in_channels * p.kh * p.kw * p.out_h() * p.out_w();
+        let n = p.in_channels * p.kh * p.kw * rows * p.out_w();
         let dims = conv_dims(p);
+        let band = [oy0 as i32, rows as i32];
         let f = self.func("im2col_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
         l.arg(x).arg(col);
-        for d in &dims {
+        for d in dims.iter().chain(&band) {
             l.arg(d);
         }
-        // SAFETY: `x` holds C·H·W and `col` C·kh·kw·oh·ow elements; the signature is
-        // (const float*, float*, int × 9).
+        // SAFETY: `x` holds C·H·W and `col` at least C·kh·kw·rows·ow elements; the signature
+        // is (const float*, float*, int × 11).
         unsafe { l.launch(grid(n)) }?;
         Ok(())
     }
 
+    /// Adds the input gradient of one band of output rows (its columns in `col`) into `dx`
+    /// (one image, C·H·W), over the input rows the band reaches.
     fn col2im(
         &self,
         col: &CudaSlice<f32>,
         dx: &mut CudaViewMut<'_, f32>,
         p: &Conv2dParams,
+        (oy0, rows): (usize, usize),
     ) -> Result<()> {
-        let n = p.in_channels * p.in_h * p.in_w;
+        let first = (oy0 * p.stride).saturating_sub(p.padding);
+        let last = ((oy0 + rows - 1) * p.stride + p.kh).saturating_sub(p.padding);
+        let (y0, y1) = (first.min(p.in_h), last.min(p.in_h));
+        if y1 <= y0 {
+            return Ok(());
+        }
+        let n = p.in_channels * (y1 - y0) * p.in_w;
         let dims = conv_dims(p);
+        let band = [oy0 as i32, rows as i32, y0 as i32, y1 as i32];
         let f = self.func("col2im_f32")?;
         let mut l = self.inner.stream.launch_builder(f);
         l.arg(col).arg(dx);
-        for d in &dims {
+        for d in dims.iter().chain(&band) {
             l.arg(d);
         }
-        // SAFETY: as im2col, with the roles of the buffers exchanged.
+        // SAFETY: as im2col, with the roles of the buffers exchanged; the kernel writes only
+        // rows y0 .. y1 < H of `dx`.
         unsafe { l.launch(grid(n)) }?;
         Ok(())
+    }
+
+    /// The bands of output rows whose column buffers fit the backend's limit (at least one
+    /// row each).
+    fn bands(&self, p: &Conv2dParams) -> Vec<(usize, usize)> {
+        let row_bytes = p.in_channels * p.kh * p.kw * p.out_w() * std::mem::size_of::<f32>();
+        let rows = (self.inner.column_bytes / row_bytes.max(1)).clamp(1, p.out_h().max(1));
+        (0..p.out_h())
+            .step_by(rows)
+            .map(|oy0| (oy0, rows.min(p.out_h() - oy0)))
+            .collect()
     }
 }
 
@@ -758,34 +793,46 @@ impl Backend for Cuda {
         if hw * kk * cout * p.batch == 0 {
             return Ok(CudaBuffer(self.alloc_zeroed(p.batch * in_img)?));
         }
-        let mut dx = self.alloc(p.batch * in_img)?;
         if let Some(d) = &self.inner.dnn {
+            let mut dx = self.alloc(p.batch * in_img)?;
             d.backward_data(p, &dy.0, &w.0, &mut dx)?;
             return Ok(CudaBuffer(dx));
         }
-        let mut col = self.alloc(kk * hw)?;
+        // The bands add into dx.
+        let mut dx = self.alloc_zeroed(p.batch * in_img)?;
+        let ow = p.out_w();
+        let bands = self.bands(p);
+        let mut col = self.alloc(kk * bands[0].1 * ow)?;
         let wv = w.0.slice(..);
         for img in 0..p.batch {
-            let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
-            self.gemm(
-                kk,
-                hw,
-                cout,
-                Mat {
-                    v: &wv,
-                    ld: kk,
-                    t: true,
-                },
-                Mat {
-                    v: &dyv,
-                    ld: hw,
-                    t: false,
-                },
-                &mut col,
-                hw,
-                0.0,
-            )?;
-            self.col2im(&col, &mut dx.slice_mut(img * in_img..(img + 1) * in_img), p)?;
+            for &(oy0, rows) in &bands {
+                let start = img * cout * hw + oy0 * ow;
+                let dyv = dy.0.slice(start..(img + 1) * cout * hw);
+                self.gemm(
+                    kk,
+                    rows * ow,
+                    cout,
+                    Mat {
+                        v: &wv,
+                        ld: kk,
+                        t: true,
+                    },
+                    Mat {
+                        v: &dyv,
+                        ld: hw,
+                        t: false,
+                    },
+                    &mut col,
+                    rows * ow,
+                    0.0,
+                )?;
+                self.col2im(
+                    &col,
+                    &mut dx.slice_mut(img * in_img..(img + 1) * in_img),
+                    p,
+                    (oy0, rows),
+                )?;
+            }
         }
         Ok(CudaBuffer(dx))
     }
@@ -809,29 +856,39 @@ impl Backend for Cuda {
             d.backward_filter(p, &x.0, &dy.0, &mut dw)?;
             return Ok(CudaBuffer(dw));
         }
-        let mut col = self.alloc(kk * hw)?;
+        let ow = p.out_w();
+        let bands = self.bands(p);
+        let mut col = self.alloc(kk * bands[0].1 * ow)?;
         for img in 0..p.batch {
-            self.im2col(&x.0.slice(img * in_img..(img + 1) * in_img), &mut col, p)?;
-            let dyv = dy.0.slice(img * cout * hw..(img + 1) * cout * hw);
-            let cv = col.slice(..);
-            self.gemm(
-                cout,
-                kk,
-                hw,
-                Mat {
-                    v: &dyv,
-                    ld: hw,
-                    t: false,
-                },
-                Mat {
-                    v: &cv,
-                    ld: hw,
-                    t: true,
-                },
-                &mut dw,
-                kk,
-                1.0,
-            )?;
+            for &(oy0, rows) in &bands {
+                self.im2col(
+                    &x.0.slice(img * in_img..(img + 1) * in_img),
+                    &mut col,
+                    p,
+                    (oy0, rows),
+                )?;
+                let start = img * cout * hw + oy0 * ow;
+                let dyv = dy.0.slice(start..(img + 1) * cout * hw);
+                let cv = col.slice(..);
+                self.gemm(
+                    cout,
+                    kk,
+                    rows * ow,
+                    Mat {
+                        v: &dyv,
+                        ld: hw,
+                        t: false,
+                    },
+                    Mat {
+                        v: &cv,
+                        ld: rows * ow,
+                        t: true,
+                    },
+                    &mut dw,
+                    kk,
+                    1.0,
+                )?;
+            }
         }
         Ok(CudaBuffer(dw))
     }

@@ -15,28 +15,76 @@ pub(crate) fn sum_all<E: Element>(x: &[E]) -> CpuBuffer<E> {
     CpuBuffer::from_vec(vec![E::of(parts.iter().sum())])
 }
 
+/// `Σ a_i·b_i` of one chunk in `f64`: eight independent accumulators (so the loop
+/// vectorizes), then the lanes in order.
+fn chunk_dot<E: Element>(a: &[E], b: &[E]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let (ab, bb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ab.remainder(), bb.remainder());
+    for (x, y) in ab.zip(bb) {
+        for i in 0..8 {
+            lanes[i] += x[i].f64() * y[i].f64();
+        }
+    }
+    for (i, (x, y)) in ar.iter().zip(br).enumerate() {
+        lanes[i] += x.f64() * y.f64();
+    }
+    lanes.iter().sum::<f64>()
+}
+
 /// `Σ a_i·b_i` in `f64` over fixed chunks, then the chunks in order.
 pub(crate) fn dot<E: Element>(a: &[E], b: &[E]) -> f64 {
     let parts: Vec<f64> = a
         .par_chunks(CHUNK)
         .zip(b.par_chunks(CHUNK))
-        .map(|(a, b)| {
-            // Eight independent accumulators so the loop vectorizes.
-            let mut lanes = [0.0f64; 8];
-            let (ab, bb) = (a.chunks_exact(8), b.chunks_exact(8));
-            let (ar, br) = (ab.remainder(), bb.remainder());
-            for (x, y) in ab.zip(bb) {
-                for i in 0..8 {
-                    lanes[i] += x[i].f64() * y[i].f64();
-                }
-            }
-            for (i, (x, y)) in ar.iter().zip(br).enumerate() {
-                lanes[i] += x.f64() * y.f64();
-            }
-            lanes.iter().sum::<f64>()
-        })
+        .map(|(a, b)| chunk_dot(a, b))
         .collect();
     parts.iter().sum()
+}
+
+/// Every `rows[r]·cols[c]` (row-major), each summed exactly as [`dot`] sums it (the same
+/// chunks, lanes and order, so the same bits), chunk by chunk: each vector is read from memory
+/// once, the rows' chunk staying in cache while every column's passes.
+pub(crate) fn dots<E: Element>(rows: &[&[E]], cols: &[&[E]]) -> Vec<f64> {
+    let n = rows.first().or(cols.first()).map_or(0, |v| v.len());
+    let (nr, nc) = (rows.len(), cols.len());
+    let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|k| {
+            let (lo, hi) = (k * CHUNK, ((k + 1) * CHUNK).min(n));
+            let mut out = vec![0.0; nr * nc];
+            for (c, col) in cols.iter().enumerate() {
+                let b = &col[lo..hi];
+                for (r, row) in rows.iter().enumerate() {
+                    out[r * nc + c] = chunk_dot(&row[lo..hi], b);
+                }
+            }
+            out
+        })
+        .collect();
+    (0..nr * nc)
+        .map(|i| parts.iter().map(|p| p[i]).sum())
+        .collect()
+}
+
+/// `Σ_j coeffs[j]·vecs[j]`, elementwise, accumulated in `f64` in the order of `j` and rounded
+/// once; each vector read once.
+pub(crate) fn combine<E: Element>(coeffs: &[f64], vecs: &[&[E]]) -> CpuBuffer<E> {
+    let n = vecs.first().map_or(0, |v| v.len());
+    let mut out = vec![E::zero(); n];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(k, o)| {
+        let lo = k * CHUNK;
+        let mut acc = vec![0.0f64; o.len()];
+        for (c, v) in coeffs.iter().zip(vecs) {
+            for (a, x) in acc.iter_mut().zip(&v[lo..lo + o.len()]) {
+                *a += c * x.f64();
+            }
+        }
+        for (o, a) in o.iter_mut().zip(&acc) {
+            *o = E::of(*a);
+        }
+    });
+    CpuBuffer::from_vec(out)
 }
 
 /// `(Σ |x_i|, max |x_i|)` over fixed chunks, NaN-propagating.

@@ -1,5 +1,6 @@
 //! CUDA backend tests: kernel compilation (no GPU needed) and CPU parity (GPU only).
 //!
+//! The host test compiles the kernels' indexing with gcc and runs it on the CPU.
 //! The parity tests are ignored unless asked for (`--include-ignored`, which the GPU bundle
 //! and `cargo xtask test` on a machine with a GPU pass), and fail when asked for without a GPU.
 //! The compile tests need NVRTC and fail without it (`cargo xtask test` installs it).
@@ -42,6 +43,46 @@ fn every_kernel_compiles_for_each_gpu_architecture() {
             );
         }
     }
+}
+
+/// The kernels of `conv.cu` (the banded im2col/col2im) and `batched.cu` (batched dot
+/// products, combinations, the projection, bias + ReLU) compiled as C by gcc and run on the
+/// host, one emulated thread per block, against direct computations (`tests/host/harness.c`):
+/// their indexing is checked without a GPU.
+#[test]
+fn kernels_run_on_the_host() {
+    let dir = std::env::temp_dir().join(format!("nst-cuda-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut header = String::new();
+    for (name, src, _) in nst_cuda::kernels::SOURCES {
+        if ["conv.cu", "batched.cu"].contains(name) {
+            header.push_str(&src.replace("extern \"C\" ", ""));
+        }
+    }
+    std::fs::write(dir.join("kernels.h"), header).unwrap();
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/host/harness.c");
+    let exe = dir.join("harness");
+    let cc = std::process::Command::new("gcc")
+        .args(["-O1", "-std=c11", "-Wall", "-Werror", "-I"])
+        .arg(&dir)
+        .arg(harness)
+        .args(["-lm", "-o"])
+        .arg(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("gcc is required for this test: {e}"));
+    assert!(
+        cc.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let run = std::process::Command::new(&exe).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("all kernel checks passed"));
 }
 
 #[test]

@@ -191,6 +191,33 @@ fn convolution_forward_and_backward() {
         g.convolutions(),
         g.compute_capability()
     );
+    conv_parity(g);
+    eprintln!("cuDNN algorithms chosen: {:#?}", g.algorithms());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
+fn the_im2col_fallback_in_bands_matches_the_cpu() {
+    // Column buffers of 4 KB: every convolution below runs in several bands of output rows.
+    let g = Cuda::open_with(
+        0,
+        nst_cuda::Options {
+            cudnn: false,
+            column_bytes: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("a CUDA GPU is required for the parity tests: {e}"));
+    assert!(matches!(
+        g.convolutions(),
+        nst_cuda::Convolutions::Im2col(_)
+    ));
+    conv_parity(&g);
+}
+
+/// Every convolution op on `g` against the CPU, on shapes with strides, padding and 1x1
+/// kernels.
+fn conv_parity(g: &Cuda) {
     for (n, cin, cout, h, w, k, s, p) in [
         (1, 3, 8, 17, 13, 3, 1, 1),
         (2, 4, 5, 9, 11, 3, 2, 0),
