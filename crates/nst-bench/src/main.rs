@@ -206,7 +206,13 @@ fn measure(
             )?;
             measure_on(&g, kind, size, reps, &|| Ok(g.synchronize()?), &|| {
                 Ok(g.peak_memory()? as f64 / (1u64 << 20) as f64)
-            })
+            })?;
+            // What ran the convolutions, for the table's notes.
+            println!("# {:?}", g.convolutions());
+            for a in g.algorithms() {
+                println!("# {a}");
+            }
+            Ok(())
         }
         d => bail!("device {d} is not available in this build"),
     }
@@ -302,9 +308,20 @@ fn nst_measure(
         );
     }
     let text = String::from_utf8(out.stdout)?;
-    let mut parts = text.split_whitespace();
+    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
     let secs: f64 = parts.next().context("no time")?.parse()?;
     let mb: f64 = parts.next().context("no memory")?.parse()?;
+    // Notes (`# …` lines: the convolution engine and algorithms) go to stderr, with the
+    // precision they belong to.
+    let notes: Vec<&str> = text.lines().filter(|l| l.starts_with("# ")).collect();
+    if !notes.is_empty() {
+        let mut err = std::io::stderr().lock();
+        use std::io::Write;
+        writeln!(err, "nst at {size}{}:", if fast { ", fast" } else { "" })?;
+        for n in notes {
+            writeln!(err, "  {n}")?;
+        }
+    }
     Ok((secs, mb))
 }
 

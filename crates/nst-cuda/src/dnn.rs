@@ -137,6 +137,10 @@ impl Drop for ActDesc {
     }
 }
 
+/// An algorithm and its workspace in bytes; `None` when cuDNN offers none that is allowed (the
+/// convolution then runs on the im2col fallback); the error when asking failed.
+type Choice<A> = std::result::Result<Option<(A, usize)>, String>;
+
 /// The descriptors of one convolution shape and the algorithms chosen for it (each on first
 /// use).
 struct Plan {
@@ -146,11 +150,9 @@ struct Plan {
     w: FilterDesc,
     conv: ConvDesc,
     relu: ActDesc,
-    forward: OnceLock<std::result::Result<(sys::cudnnConvolutionFwdAlgo_t, usize), String>>,
-    backward_data:
-        OnceLock<std::result::Result<(sys::cudnnConvolutionBwdDataAlgo_t, usize), String>>,
-    backward_filter:
-        OnceLock<std::result::Result<(sys::cudnnConvolutionBwdFilterAlgo_t, usize), String>>,
+    forward: OnceLock<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
+    backward_data: OnceLock<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
+    backward_filter: OnceLock<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
 }
 
 // SAFETY: a plan's descriptors are set once when it is built and only read afterwards, which
@@ -186,7 +188,7 @@ fn choose<A: Copy>(
     perf: &[(A, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t)],
     limit: usize,
     allowed: impl Fn(A, sys::cudnnDeterminism_t) -> bool,
-) -> std::result::Result<(A, usize), String> {
+) -> Option<(A, usize)> {
     perf.iter()
         .find(|(a, status, memory, det)| {
             *status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
@@ -194,7 +196,16 @@ fn choose<A: Copy>(
                 && allowed(*a, *det)
         })
         .map(|(a, _, m, _)| (*a, *m))
-        .ok_or_else(|| "cuDNN offers no allowed algorithm for this convolution".to_string())
+}
+
+/// An algorithm slot for reports: the algorithm, `im2col` (none allowed), or not yet chosen.
+fn describe<A: std::fmt::Debug>(c: Option<&Choice<A>>) -> String {
+    match c {
+        None => "not used yet".into(),
+        Some(Ok(Some((a, ws)))) => format!("{a:?} ({} MB workspace)", ws >> 20),
+        Some(Ok(None)) => "im2col (no allowed cuDNN algorithm)".into(),
+        Some(Err(e)) => format!("error: {e}"),
+    }
 }
 
 fn deterministic(d: sys::cudnnDeterminism_t) -> bool {
@@ -253,7 +264,7 @@ impl Dnn {
         Ok(plan)
     }
 
-    fn forward_algo(&self, plan: &Plan) -> Result<(sys::cudnnConvolutionFwdAlgo_t, usize)> {
+    fn forward_algo(&self, plan: &Plan) -> Result<Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>> {
         use sys::cudnnConvolutionFwdAlgo_t as F;
         let strict = self.strict;
         plan.forward
@@ -280,7 +291,7 @@ impl Dnn {
                     .iter()
                     .map(|r| (r.algo, r.status, r.memory, r.determinism))
                     .collect();
-                choose(&list, self.workspace_limit, |a, _| {
+                Ok(choose(&list, self.workspace_limit, |a, _| {
                     !strict
                         || matches!(
                             a,
@@ -289,7 +300,7 @@ impl Dnn {
                                 | F::CUDNN_CONVOLUTION_FWD_ALGO_GEMM
                                 | F::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT
                         )
-                })
+                }))
             })
             .clone()
             .map_err(Error::Cudnn)
@@ -298,7 +309,7 @@ impl Dnn {
     fn backward_data_algo(
         &self,
         plan: &Plan,
-    ) -> Result<(sys::cudnnConvolutionBwdDataAlgo_t, usize)> {
+    ) -> Result<Option<(sys::cudnnConvolutionBwdDataAlgo_t, usize)>> {
         use sys::cudnnConvolutionBwdDataAlgo_t as D;
         let strict = self.strict;
         plan.backward_data
@@ -325,11 +336,11 @@ impl Dnn {
                     .iter()
                     .map(|r| (r.algo, r.status, r.memory, r.determinism))
                     .collect();
-                choose(&list, self.workspace_limit, |a, det| {
+                Ok(choose(&list, self.workspace_limit, |a, det| {
                     deterministic(det)
                         && a != D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0
                         && (!strict || a == D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
-                })
+                }))
             })
             .clone()
             .map_err(Error::Cudnn)
@@ -338,7 +349,7 @@ impl Dnn {
     fn backward_filter_algo(
         &self,
         plan: &Plan,
-    ) -> Result<(sys::cudnnConvolutionBwdFilterAlgo_t, usize)> {
+    ) -> Result<Option<(sys::cudnnConvolutionBwdFilterAlgo_t, usize)>> {
         use sys::cudnnConvolutionBwdFilterAlgo_t as W;
         let strict = self.strict;
         plan.backward_filter
@@ -365,7 +376,7 @@ impl Dnn {
                     .iter()
                     .map(|r| (r.algo, r.status, r.memory, r.determinism))
                     .collect();
-                choose(&list, self.workspace_limit, |a, det| {
+                Ok(choose(&list, self.workspace_limit, |a, det| {
                     deterministic(det)
                         && !matches!(
                             a,
@@ -373,7 +384,7 @@ impl Dnn {
                                 | W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
                         )
                         && (!strict || a == W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
-                })
+                }))
             })
             .clone()
             .map_err(Error::Cudnn)
@@ -389,8 +400,9 @@ impl Dnn {
     }
 
     /// `y = conv(x, w)` (+ bias, then ReLU, fused into the convolution where cuDNN's chosen
-    /// algorithm allows it). Returns whether bias and ReLU were applied; when not, the caller
-    /// applies them in one pass.
+    /// algorithm allows it). Returns whether bias and ReLU were applied (when not, the caller
+    /// applies them in one pass), or `None` when cuDNN has no allowed algorithm for this
+    /// shape (the caller falls back to im2col).
     pub(crate) fn forward(
         &self,
         p: &Conv2dParams,
@@ -398,11 +410,13 @@ impl Dnn {
         w: &CudaSlice<f32>,
         bias_relu: Option<&CudaSlice<f32>>,
         y: &mut CudaSlice<f32>,
-    ) -> Result<bool> {
+    ) -> Result<Option<bool>> {
         // cuDNN works in the context current on the calling thread.
         self.stream.context().bind_to_thread()?;
         let plan = self.plan(p)?;
-        let (algo, ws_bytes) = self.forward_algo(&plan)?;
+        let Some((algo, ws_bytes)) = self.forward_algo(&plan)? else {
+            return Ok(None);
+        };
         let mut ws = self.workspace(ws_bytes)?;
         let s = &self.stream;
         let (xp, _gx) = x.device_ptr(s);
@@ -466,21 +480,24 @@ impl Dnn {
                 )?,
             }
         }
-        Ok(fused.is_some())
+        Ok(Some(fused.is_some()))
     }
 
-    /// `dx = convᵀ(dy, w)`: the input gradient.
+    /// `dx = convᵀ(dy, w)`: the input gradient; false (nothing done) when cuDNN has no allowed
+    /// algorithm for this shape.
     pub(crate) fn backward_data(
         &self,
         p: &Conv2dParams,
         dy: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // cuDNN works in the context current on the calling thread.
         self.stream.context().bind_to_thread()?;
         let plan = self.plan(p)?;
-        let (algo, ws_bytes) = self.backward_data_algo(&plan)?;
+        let Some((algo, ws_bytes)) = self.backward_data_algo(&plan)? else {
+            return Ok(false);
+        };
         let mut ws = self.workspace(ws_bytes)?;
         let s = &self.stream;
         let (dyp, _g1) = dy.device_ptr(s);
@@ -510,21 +527,25 @@ impl Dnn {
                     dxp as *mut c_void,
                 ),
             )
-        }
+        }?;
+        Ok(true)
     }
 
-    /// `dw = Σ_batch dy ⋆ x`: the weight gradient.
+    /// `dw = Σ_batch dy ⋆ x`: the weight gradient; false (nothing done) when cuDNN has no
+    /// allowed algorithm for this shape.
     pub(crate) fn backward_filter(
         &self,
         p: &Conv2dParams,
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
         dw: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // cuDNN works in the context current on the calling thread.
         self.stream.context().bind_to_thread()?;
         let plan = self.plan(p)?;
-        let (algo, ws_bytes) = self.backward_filter_algo(&plan)?;
+        let Some((algo, ws_bytes)) = self.backward_filter_algo(&plan)? else {
+            return Ok(false);
+        };
         let mut ws = self.workspace(ws_bytes)?;
         let s = &self.stream;
         let (xp, _g1) = x.device_ptr(s);
@@ -554,7 +575,8 @@ impl Dnn {
                     dwp as *mut c_void,
                 ),
             )
-        }
+        }?;
+        Ok(true)
     }
 
     /// Runs the forward (plain and fused), input-gradient and weight-gradient convolutions once
@@ -578,7 +600,11 @@ impl Dnn {
         let s = &self.stream;
         let (xd, wd, bd) = (s.clone_htod(&x)?, s.clone_htod(&w)?, s.clone_htod(&b)?);
         let mut y = s.alloc_zeros::<f32>(60)?;
-        self.forward(&p, &xd, &wd, None, &mut y)?;
+        if self.forward(&p, &xd, &wd, None, &mut y)?.is_none() {
+            return Err(Error::Cudnn(
+                "no allowed algorithm for the test convolution".into(),
+            ));
+        }
         let got = s.clone_dtoh(&y)?;
         for o in 0..3 {
             for r in 0..5i64 {
@@ -606,9 +632,14 @@ impl Dnn {
         }
         self.forward(&p, &xd, &wd, Some(&bd), &mut y)?;
         let mut dx = s.alloc_zeros::<f32>(40)?;
-        self.backward_data(&p, &y, &wd, &mut dx)?;
         let mut dw = s.alloc_zeros::<f32>(54)?;
-        self.backward_filter(&p, &xd, &y, &mut dw)?;
+        if !self.backward_data(&p, &y, &wd, &mut dx)?
+            || !self.backward_filter(&p, &xd, &y, &mut dw)?
+        {
+            return Err(Error::Cudnn(
+                "no allowed gradient algorithm for the test convolution".into(),
+            ));
+        }
         s.synchronize()?;
         Ok(())
     }
@@ -622,19 +653,13 @@ impl Dnn {
             .iter()
             .map(|(p, plan)| {
                 format!(
-                    "{}x{}x{}->{}: forward {:?}, input gradient {:?}",
+                    "{}x{}x{}->{}: forward {}, input gradient {}",
                     p.in_channels,
                     p.in_h,
                     p.in_w,
                     p.out_channels,
-                    plan.forward
-                        .get()
-                        .and_then(|r| r.as_ref().ok())
-                        .map(|a| a.0),
-                    plan.backward_data
-                        .get()
-                        .and_then(|r| r.as_ref().ok())
-                        .map(|a| a.0),
+                    describe(plan.forward.get()),
+                    describe(plan.backward_data.get()),
                 )
             })
             .collect();

@@ -116,8 +116,10 @@ impl Cuda {
         }
         let mut y = self.alloc(p.batch * cout * hw)?;
         if let Some(d) = &self.inner.dnn {
-            let fused = d.forward(p, &x.0, &w.0, fuse.map(|b| &b.0), &mut y)?;
-            return Ok((y, fused));
+            // `None`: no allowed cuDNN algorithm for this shape, so im2col below.
+            if let Some(fused) = d.forward(p, &x.0, &w.0, fuse.map(|b| &b.0), &mut y)? {
+                return Ok((y, fused));
+            }
         }
         let in_img = p.in_channels * p.in_h * p.in_w;
         let ow = p.out_w();
@@ -795,8 +797,9 @@ impl Backend for Cuda {
         }
         if let Some(d) = &self.inner.dnn {
             let mut dx = self.alloc(p.batch * in_img)?;
-            d.backward_data(p, &dy.0, &w.0, &mut dx)?;
-            return Ok(CudaBuffer(dx));
+            if d.backward_data(p, &dy.0, &w.0, &mut dx)? {
+                return Ok(CudaBuffer(dx));
+            }
         }
         // The bands add into dx.
         let mut dx = self.alloc_zeroed(p.batch * in_img)?;
@@ -853,8 +856,9 @@ impl Backend for Cuda {
             return Ok(CudaBuffer(dw));
         }
         if let Some(d) = &self.inner.dnn {
-            d.backward_filter(p, &x.0, &dy.0, &mut dw)?;
-            return Ok(CudaBuffer(dw));
+            if d.backward_filter(p, &x.0, &dy.0, &mut dw)? {
+                return Ok(CudaBuffer(dw));
+            }
         }
         let ow = p.out_w();
         let bands = self.bands(p);
