@@ -274,7 +274,8 @@ impl Cuda {
                 arch,
             }),
         };
-        gpu.keep_freed_memory()?;
+        // A performance setting: a driver that refuses it still runs everything correctly.
+        let _ = gpu.keep_freed_memory();
         Ok(gpu)
     }
 
