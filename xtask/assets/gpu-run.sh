@@ -32,7 +32,8 @@ export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export NST_WEIGHTS="$PWD/vgg19.safetensors" NST_IMAGES="$PWD/images" NST_PYTORCH_SCRIPT="$PWD/render_bench.py"
 
 echo "== parity tests (both precisions; --nocapture prints the measured errors and the engine)"
-./nst-cuda-parity --include-ignored --test-threads 1 --nocapture 2>&1 | tee "$out/parity.txt"
+# (The host test needs gcc, which a GPU machine may lack; CI runs it.)
+./nst-cuda-parity --include-ignored --test-threads 1 --nocapture --skip kernels_run_on_the_host 2>&1 | tee "$out/parity.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== 20-iteration render, CPU vs CUDA (strict f32 must agree to 1e-3, TF32 to 2e-2)"
