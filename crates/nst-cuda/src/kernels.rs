@@ -43,6 +43,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "combine_f32",
             "clamp_channels_f32",
             "bias_relu_f32",
+            "gather_scalars_f32",
         ],
     ),
     (

@@ -231,9 +231,7 @@ impl Cuda {
         p: &Conv2dParams,
         (oy0, rows): (usize, usize),
     ) -> Result<()> {
-        let first = (oy0 * p.stride).saturating_sub(p.padding);
-        let last = ((oy0 + rows - 1) * p.stride + p.kh).saturating_sub(p.padding);
-        let (y0, y1) = (first.min(p.in_h), last.min(p.in_h));
+        let (y0, y1) = band_input_rows(p, (oy0, rows));
         if y1 <= y0 {
             return Ok(());
         }
@@ -252,16 +250,30 @@ impl Cuda {
         Ok(())
     }
 
-    /// The bands of output rows whose column buffers fit the backend's limit (at least one
-    /// row each).
+    /// The bands of output rows whose column buffers fit the backend's limit.
     fn bands(&self, p: &Conv2dParams) -> Vec<(usize, usize)> {
-        let row_bytes = p.in_channels * p.kh * p.kw * p.out_w() * std::mem::size_of::<f32>();
-        let rows = (self.inner.column_bytes / row_bytes.max(1)).clamp(1, p.out_h().max(1));
-        (0..p.out_h())
-            .step_by(rows)
-            .map(|oy0| (oy0, rows.min(p.out_h() - oy0)))
-            .collect()
+        bands(p, self.inner.column_bytes)
     }
+}
+
+/// The bands `(first row, rows)` of a convolution's output rows whose im2col column buffers
+/// (C·kh·kw·rows·W_out floats) fit `column_bytes`: at least one row each, covering every row
+/// once, in order.
+pub(crate) fn bands(p: &Conv2dParams, column_bytes: usize) -> Vec<(usize, usize)> {
+    let row_bytes = p.in_channels * p.kh * p.kw * p.out_w() * std::mem::size_of::<f32>();
+    let rows = (column_bytes / row_bytes.max(1)).clamp(1, p.out_h().max(1));
+    (0..p.out_h())
+        .step_by(rows)
+        .map(|oy0| (oy0, rows.min(p.out_h() - oy0)))
+        .collect()
+}
+
+/// The input rows `y0 .. y1` that output rows `oy0 .. oy0 + rows` read: where a band's input
+/// gradient lands.
+pub(crate) fn band_input_rows(p: &Conv2dParams, (oy0, rows): (usize, usize)) -> (usize, usize) {
+    let first = (oy0 * p.stride).saturating_sub(p.padding);
+    let last = ((oy0 + rows - 1) * p.stride + p.kh).saturating_sub(p.padding);
+    (first.min(p.in_h), last.min(p.in_h))
 }
 
 /// The geometry arguments of the pooling kernels (after the buffers and the plane count).
@@ -543,6 +555,26 @@ impl Backend for Cuda {
 
     fn batches_reductions(&self) -> bool {
         true
+    }
+
+    fn scalars(&self, bufs: &[&CudaBuffer]) -> TResult<Vec<f64>> {
+        if bufs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for b in bufs {
+            check_len("scalars", b.0.len(), 1)?;
+        }
+        let s = &self.inner.stream;
+        let ptrs = self.pointers(bufs)?;
+        // SAFETY: the kernel writes every entry.
+        let mut out = unsafe { s.alloc::<f64>(bufs.len()) }.map_err(crate::Error::from)?;
+        let k = bufs.len() as i32;
+        let f = self.func("gather_scalars_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&ptrs).arg(&k).arg(&mut out);
+        // SAFETY: `k` pointers to one-element buffers and an output of `k` doubles.
+        unsafe { l.launch(grid(bufs.len())) }.map_err(crate::Error::from)?;
+        Ok(s.clone_dtoh(&out).map_err(crate::Error::from)?)
     }
 
     fn clamp_channels(
@@ -935,5 +967,69 @@ impl Backend for Cuda {
         // SAFETY: `x`/`dx` hold planes·h·w and `dy` planes·oh·ow elements.
         unsafe { l.launch(grid(planes * p.in_h * p.in_w)) }.map_err(crate::Error::from)?;
         Ok(CudaBuffer(dx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(in_h: usize, kh: usize, stride: usize, padding: usize) -> Conv2dParams {
+        Conv2dParams {
+            batch: 1,
+            in_channels: 3,
+            out_channels: 2,
+            in_h,
+            in_w: 5,
+            kh,
+            kw: kh,
+            stride,
+            padding,
+        }
+    }
+
+    #[test]
+    fn bands_cover_every_output_row_once_within_the_limit() {
+        for (h, k, s, pad) in [(9, 3, 1, 1), (9, 3, 2, 0), (10, 1, 1, 0), (7, 3, 2, 1)] {
+            let p = params(h, k, s, pad);
+            let row = 3 * k * k * p.out_w() * 4;
+            for limit in [0, 1, row, 2 * row + 1, 5 * row, usize::MAX / 2] {
+                let b = bands(&p, limit);
+                let mut next = 0;
+                for &(oy0, rows) in &b {
+                    assert_eq!(oy0, next, "{p:?} limit {limit}: {b:?}");
+                    assert!(rows >= 1 && (rows == 1 || rows * row <= limit), "{b:?}");
+                    next += rows;
+                }
+                assert_eq!(next, p.out_h(), "{p:?} limit {limit}: {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_band_reaches_exactly_the_input_rows_its_outputs_read() {
+        for (h, k, s, pad) in [
+            (9, 3, 1, 1),
+            (9, 3, 2, 0),
+            (10, 1, 1, 0),
+            (7, 3, 2, 1),
+            (4, 3, 1, 2),
+        ] {
+            let p = params(h, k, s, pad);
+            for oy0 in 0..p.out_h() {
+                for rows in 1..=p.out_h() - oy0 {
+                    // Brute force: the input rows any tap of the band's outputs lands on.
+                    let read: Vec<usize> = (oy0..oy0 + rows)
+                        .flat_map(|oy| (0..k).map(move |ky| (oy * s + ky) as i64 - pad as i64))
+                        .filter(|&y| y >= 0 && y < h as i64)
+                        .map(|y| y as usize)
+                        .collect();
+                    let (y0, y1) = band_input_rows(&p, (oy0, rows));
+                    let lo = read.iter().copied().min().unwrap_or(y0);
+                    let hi = read.iter().copied().max().map_or(y0, |m| m + 1);
+                    assert_eq!((y0, y1), (lo, hi), "{p:?} band ({oy0}, {rows})");
+                }
+            }
+        }
     }
 }

@@ -86,3 +86,10 @@ extern "C" __global__ void bias_relu_f32(float* y, const float* b, unsigned long
         y[t] = v > 0.0f ? v : 0.0f;
     }
 }
+
+// out[i] = the one value of buffer i, as double (the scalars of a step in one transfer).
+extern "C" __global__ void gather_scalars_f32(const unsigned long long* ptrs, int k, double* out) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < k; i += blockDim.x * gridDim.x) {
+        out[i] = (double)((const float*)ptrs[i])[0];
+    }
+}

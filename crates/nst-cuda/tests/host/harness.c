@@ -170,6 +170,13 @@ static void batched_case(void) {
         CHECK(y[i] == (with > 0 ? with : 0.0f), "bias_relu[%d] = %g", i, y[i]);
         CHECK(y2[i] == (orig[i] > 0 ? orig[i] : 0.0f), "relu[%d] = %g", i, y2[i]);
     }
+    /* The scalars of one-element buffers, gathered. */
+    static float one[4] = {1.5f, -2.0f, 0.25f, 1e30f};
+    unsigned long long ptrs[4];
+    double got[4];
+    for (int i = 0; i < 4; ++i) ptrs[i] = (unsigned long long)(size_t)&one[i];
+    LAUNCH(1, 1, gather_scalars_f32(ptrs, 4, got));
+    for (int i = 0; i < 4; ++i) CHECK(got[i] == (double)one[i], "gather[%d] = %g", i, got[i]);
 }
 
 int main(void) {

@@ -335,6 +335,11 @@ fn batched_reductions_and_the_projection() {
         &Tensor::combine(&coeffs, &all).unwrap(),
         false,
     );
+    let sums: Vec<Tensor<Cuda>> = dev.iter().map(|t| t.sum().unwrap()).collect();
+    let gathered = Tensor::scalars(&sums.iter().collect::<Vec<_>>()).unwrap();
+    for (got, t) in gathered.iter().zip(&sums) {
+        assert_eq!(got.to_bits(), t.scalar().unwrap().to_bits());
+    }
     let img = data(3 * 50 * 40, 40)
         .iter()
         .map(|v| v * 200.0)
