@@ -380,19 +380,7 @@ impl<E: Element> Backend for CpuBackend<E> {
     }
 
     fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
-        if coeffs.len() != vectors.len() || vectors.is_empty() {
-            return Err(Error::invalid(
-                "combine",
-                format!(
-                    "{} coefficients for {} vectors (at least one of each)",
-                    coeffs.len(),
-                    vectors.len()
-                ),
-            ));
-        }
-        for v in vectors {
-            lengths("combine", vectors[0], v)?;
-        }
+        check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.len()))?;
         let v: Vec<&[E]> = vectors.iter().map(|b| b.as_slice()).collect();
         Ok(self.run(|| ops::reduce::combine(coeffs, &v)))
     }

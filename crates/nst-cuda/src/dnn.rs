@@ -208,6 +208,42 @@ fn describe<A: std::fmt::Debug>(c: Option<&Choice<A>>) -> String {
     }
 }
 
+/// A cuDNN performance record: the fields [`choose`] ranks by.
+trait Perf: Copy {
+    type Algo: Copy + std::fmt::Debug;
+    fn fields(
+        &self,
+    ) -> (
+        Self::Algo,
+        sys::cudnnStatus_t,
+        usize,
+        sys::cudnnDeterminism_t,
+    );
+}
+
+macro_rules! perf {
+    ($record:ty, $algo:ty) => {
+        impl Perf for $record {
+            type Algo = $algo;
+            fn fields(&self) -> ($algo, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t) {
+                (self.algo, self.status, self.memory, self.determinism)
+            }
+        }
+    };
+}
+perf!(
+    sys::cudnnConvolutionFwdAlgoPerf_t,
+    sys::cudnnConvolutionFwdAlgo_t
+);
+perf!(
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnConvolutionBwdDataAlgo_t
+);
+perf!(
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+    sys::cudnnConvolutionBwdFilterAlgo_t
+);
+
 fn deterministic(d: sys::cudnnDeterminism_t) -> bool {
     d == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
 }
@@ -264,46 +300,61 @@ impl Dnn {
         Ok(plan)
     }
 
+    /// The algorithm in `slot`, chosen on first use: `query` fills up to `N` of cuDNN's
+    /// ranked performance records, and [`choose`] takes the first that is allowed.
+    fn pick<P: Perf, const N: usize>(
+        &self,
+        slot: &OnceLock<Choice<P::Algo>>,
+        what: &str,
+        query: impl FnOnce(&mut i32, *mut P) -> std::result::Result<(), result::CudnnError>,
+        allowed: impl Fn(P::Algo, sys::cudnnDeterminism_t) -> bool,
+    ) -> Result<Option<(P::Algo, usize)>> {
+        slot.get_or_init(|| {
+            let mut count = 0;
+            // SAFETY: the records are plain C structs, for which all zeroes is a valid value.
+            let mut perf: [P; N] = unsafe { std::mem::zeroed() };
+            query(&mut count, perf.as_mut_ptr())
+                .map_err(|e| format!("choosing {what} algorithm: {e:?}"))?;
+            let list: Vec<_> = perf[..count.clamp(0, N as i32) as usize]
+                .iter()
+                .map(Perf::fields)
+                .collect();
+            Ok(choose(&list, self.workspace_limit, allowed))
+        })
+        .clone()
+        .map_err(Error::Cudnn)
+    }
+
     fn forward_algo(&self, plan: &Plan) -> Result<Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>> {
         use sys::cudnnConvolutionFwdAlgo_t as F;
         let strict = self.strict;
-        plan.forward
-            .get_or_init(|| {
-                const N: usize = 8;
-                let mut count = 0;
-                // SAFETY: `perf` has room for N results; the descriptors are live.
-                let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] =
-                    unsafe { std::mem::zeroed() };
-                unsafe {
-                    result::get_convolution_forward_algorithm(
-                        self.handle,
-                        plan.x.0,
-                        plan.w.0,
-                        plan.conv.0,
-                        plan.y.0,
-                        N as i32,
-                        &mut count,
-                        perf.as_mut_ptr(),
+        self.pick::<sys::cudnnConvolutionFwdAlgoPerf_t, 8>(
+            &plan.forward,
+            "a forward",
+            // SAFETY: `perf` has room for the 8 records asked for; the descriptors are live.
+            |count, perf| unsafe {
+                result::get_convolution_forward_algorithm(
+                    self.handle,
+                    plan.x.0,
+                    plan.w.0,
+                    plan.conv.0,
+                    plan.y.0,
+                    8,
+                    count,
+                    perf,
+                )
+            },
+            |a, _| {
+                !strict
+                    || matches!(
+                        a,
+                        F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM
+                            | F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
+                            | F::CUDNN_CONVOLUTION_FWD_ALGO_GEMM
+                            | F::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT
                     )
-                }
-                .map_err(|e| format!("choosing a forward algorithm: {e:?}"))?;
-                let list: Vec<_> = perf[..(count.max(0) as usize).min(N)]
-                    .iter()
-                    .map(|r| (r.algo, r.status, r.memory, r.determinism))
-                    .collect();
-                Ok(choose(&list, self.workspace_limit, |a, _| {
-                    !strict
-                        || matches!(
-                            a,
-                            F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM
-                                | F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
-                                | F::CUDNN_CONVOLUTION_FWD_ALGO_GEMM
-                                | F::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT
-                        )
-                }))
-            })
-            .clone()
-            .map_err(Error::Cudnn)
+            },
+        )
     }
 
     fn backward_data_algo(
@@ -312,38 +363,28 @@ impl Dnn {
     ) -> Result<Option<(sys::cudnnConvolutionBwdDataAlgo_t, usize)>> {
         use sys::cudnnConvolutionBwdDataAlgo_t as D;
         let strict = self.strict;
-        plan.backward_data
-            .get_or_init(|| {
-                const N: usize = 6;
-                let mut count = 0;
-                // SAFETY: as in `forward_algo`.
-                let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] =
-                    unsafe { std::mem::zeroed() };
-                unsafe {
-                    result::get_convolution_backward_data_algorithm(
-                        self.handle,
-                        plan.w.0,
-                        plan.y.0,
-                        plan.conv.0,
-                        plan.x.0,
-                        N as i32,
-                        &mut count,
-                        perf.as_mut_ptr(),
-                    )
-                }
-                .map_err(|e| format!("choosing a backward-data algorithm: {e:?}"))?;
-                let list: Vec<_> = perf[..(count.max(0) as usize).min(N)]
-                    .iter()
-                    .map(|r| (r.algo, r.status, r.memory, r.determinism))
-                    .collect();
-                Ok(choose(&list, self.workspace_limit, |a, det| {
-                    deterministic(det)
-                        && a != D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0
-                        && (!strict || a == D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
-                }))
-            })
-            .clone()
-            .map_err(Error::Cudnn)
+        self.pick::<sys::cudnnConvolutionBwdDataAlgoPerf_t, 6>(
+            &plan.backward_data,
+            "a backward-data",
+            // SAFETY: as in `forward_algo`, for 6 records.
+            |count, perf| unsafe {
+                result::get_convolution_backward_data_algorithm(
+                    self.handle,
+                    plan.w.0,
+                    plan.y.0,
+                    plan.conv.0,
+                    plan.x.0,
+                    6,
+                    count,
+                    perf,
+                )
+            },
+            |a, det| {
+                deterministic(det)
+                    && a != D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0
+                    && (!strict || a == D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
+            },
+        )
     }
 
     fn backward_filter_algo(
@@ -352,42 +393,32 @@ impl Dnn {
     ) -> Result<Option<(sys::cudnnConvolutionBwdFilterAlgo_t, usize)>> {
         use sys::cudnnConvolutionBwdFilterAlgo_t as W;
         let strict = self.strict;
-        plan.backward_filter
-            .get_or_init(|| {
-                const N: usize = 7;
-                let mut count = 0;
-                // SAFETY: as in `forward_algo`.
-                let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] =
-                    unsafe { std::mem::zeroed() };
-                unsafe {
-                    result::get_convolution_backward_filter_algorithm(
-                        self.handle,
-                        plan.x.0,
-                        plan.y.0,
-                        plan.conv.0,
-                        plan.w.0,
-                        N as i32,
-                        &mut count,
-                        perf.as_mut_ptr(),
+        self.pick::<sys::cudnnConvolutionBwdFilterAlgoPerf_t, 7>(
+            &plan.backward_filter,
+            "a backward-filter",
+            // SAFETY: as in `forward_algo`, for 7 records.
+            |count, perf| unsafe {
+                result::get_convolution_backward_filter_algorithm(
+                    self.handle,
+                    plan.x.0,
+                    plan.y.0,
+                    plan.conv.0,
+                    plan.w.0,
+                    7,
+                    count,
+                    perf,
+                )
+            },
+            |a, det| {
+                deterministic(det)
+                    && !matches!(
+                        a,
+                        W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0
+                            | W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
                     )
-                }
-                .map_err(|e| format!("choosing a backward-filter algorithm: {e:?}"))?;
-                let list: Vec<_> = perf[..(count.max(0) as usize).min(N)]
-                    .iter()
-                    .map(|r| (r.algo, r.status, r.memory, r.determinism))
-                    .collect();
-                Ok(choose(&list, self.workspace_limit, |a, det| {
-                    deterministic(det)
-                        && !matches!(
-                            a,
-                            W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0
-                                | W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
-                        )
-                        && (!strict || a == W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
-                }))
-            })
-            .clone()
-            .map_err(Error::Cudnn)
+                    && (!strict || a == W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
+            },
+        )
     }
 
     /// A workspace of `bytes` from the stream's pool (none for 0).

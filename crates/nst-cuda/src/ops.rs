@@ -522,21 +522,11 @@ impl Backend for Cuda {
     }
 
     fn combine(&self, coeffs: &[f64], vectors: &[&CudaBuffer]) -> TResult<CudaBuffer> {
-        if coeffs.len() != vectors.len() || vectors.is_empty() || vectors.len() > i32::MAX as usize
-        {
-            return Err(TError::invalid(
-                "combine",
-                format!(
-                    "{} coefficients for {} vectors",
-                    coeffs.len(),
-                    vectors.len()
-                ),
-            ));
+        check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.0.len()))?;
+        if vectors.len() > i32::MAX as usize {
+            return Err(TError::invalid("combine", "too many vectors"));
         }
         let n = vectors[0].0.len();
-        for v in vectors {
-            check_len("combine", v.0.len(), n)?;
-        }
         let mut out = self.alloc(n)?;
         if n > 0 {
             let s = &self.inner.stream;

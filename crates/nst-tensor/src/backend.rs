@@ -195,16 +195,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// `Σ_j coeffs[j]·vectors[j]`, elementwise (the vectors of one length, at least one). The
     /// default chains [`Backend::axpy`]s; devices accumulate in `f64` and round once.
     fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
-        if coeffs.len() != vectors.len() || vectors.is_empty() {
-            return Err(crate::Error::invalid(
-                "combine",
-                format!(
-                    "{} coefficients for {} vectors (at least one of each)",
-                    coeffs.len(),
-                    vectors.len()
-                ),
-            ));
-        }
+        crate::check::combine("combine", coeffs.len(), vectors.iter().map(|v| self.len(v)))?;
         let mut acc = self.affine(vectors[0], coeffs[0], 0.0)?;
         for (c, v) in coeffs.iter().zip(vectors).skip(1) {
             acc = self.axpy(*c, v, &acc)?;

@@ -231,3 +231,26 @@ pub fn clamp_channels(
     }
     Ok(())
 }
+
+/// [`crate::Backend::combine`]: one coefficient per vector, at least one vector, all of
+/// length `len` (the first's); `lens` are the vectors' lengths.
+pub fn combine(
+    op: &'static str,
+    coeffs: usize,
+    lens: impl IntoIterator<Item = usize>,
+) -> Result<()> {
+    let lens: Vec<usize> = lens.into_iter().collect();
+    if coeffs != lens.len() || lens.is_empty() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{coeffs} coefficients for {} vectors (at least one of each)",
+                lens.len()
+            ),
+        ));
+    }
+    for &l in &lens {
+        expect_len(op, "a vector", l, lens[0])?;
+    }
+    Ok(())
+}
