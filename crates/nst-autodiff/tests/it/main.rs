@@ -1,5 +1,6 @@
 //! Integration tests of the tape: gradient checks of every op, compositions, Gram properties.
 
+mod gradcheck;
 mod gradients;
 mod gram;
 mod tape;
