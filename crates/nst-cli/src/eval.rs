@@ -80,12 +80,9 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         optimizer: nst_style::OptimizerKind::Gd,
         history: 1,
         iterations: 1,
-        tile: if masks.is_empty() {
-            a.memory.tile()?
-        } else {
-            nst_style::TileChoice::Off
-        },
+        tile: a.memory.tile()?,
         budget: Some(a.memory.budget()?),
+        extra_layers: Vec::new(),
     };
     let plan = nst_style::memory::plan(&model, &cfg, &req)?;
     common::apply_plan(&plan);

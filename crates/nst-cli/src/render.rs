@@ -232,13 +232,6 @@ impl Reporter {
     fn line(&self, p: &Progress) -> String {
         let (it, n) = p.iteration;
         let (rate, eta) = self.rate_eta(p);
-        let sum = |prefix: &str| -> f64 {
-            p.terms
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(_, v)| v)
-                .sum()
-        };
         let scale = if p.scale.1 > 1 {
             format!("scale {}/{} ", p.scale.0 + 1, p.scale.1)
         } else {
@@ -247,17 +240,34 @@ impl Reporter {
         let width = 20;
         let filled = it * width / n.max(1);
         format!(
-            "{scale}[{}{}] {it}/{n} loss {} (content {} style {} tv {}) {:.2} it/s ETA {:.0}s",
+            "{scale}[{}{}] {it}/{n} loss {} ({}) {:.2} it/s ETA {:.0}s",
             "#".repeat(filled),
             "-".repeat(width - filled),
             short(p.total),
-            short(sum("content/")),
-            short(sum("style/")),
-            short(sum("tv")),
+            term_groups(&p.terms)
+                .iter()
+                .map(|(g, v)| format!("{g} {}", short(*v)))
+                .collect::<Vec<_>>()
+                .join(" "),
             rate,
             eta
         )
     }
+}
+
+/// The terms summed by group, the part of each name before its `/` (`content/relu4_2` is in
+/// `content`), in the order the groups first appear: `content`, `style`, `tv`, and any other
+/// term (`temporal`, a user's) under its own name.
+fn term_groups(terms: &[(String, f64)]) -> Vec<(String, f64)> {
+    let mut groups: Vec<(String, f64)> = Vec::new();
+    for (name, v) in terms {
+        let g = name.split('/').next().unwrap_or(name);
+        match groups.iter_mut().find(|(k, _)| k == g) {
+            Some((_, acc)) => *acc += v,
+            None => groups.push((g.to_string(), *v)),
+        }
+    }
+    groups
 }
 
 impl Observer for Reporter {

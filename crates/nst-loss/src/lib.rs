@@ -26,11 +26,16 @@
 
 #![warn(missing_docs)]
 
+pub mod term;
+mod terms;
 mod w2;
 
-pub use w2::{
-    trace_sqrt, trace_sqrtm, w2_activation_grad, w2_style, Moments, W2Eval, W2Target, W2_RIDGE,
+pub use term::{Contribution, Form, Local, Site, Statistic, Term, Window, INPUT};
+pub use terms::{
+    content_term, gram_term, temporal_term, tv_term, w2_term, GramRegion, GramStatistic,
+    W2Statistic,
 };
+pub use w2::{trace_sqrt, trace_sqrtm, w2_style, Moments, W2Eval, W2Target, W2_RIDGE};
 
 use nst_autodiff::Var;
 use nst_tensor::{Backend, Error, Result, Tensor};
@@ -120,8 +125,25 @@ pub fn content<'t, B: Backend>(
     target: &Tensor<B>,
     weight: f64,
 ) -> Result<Var<'t, B>> {
-    let t = f.tape().constant(target.clone());
-    f.sub(&t)?.square()?.mean()?.scale(weight)
+    let f4 = as_activation(f)?;
+    let t = target.reshape(f4.shape().clone())?;
+    whole(&content_term("content", t, weight), &f4)
+}
+
+/// `f` as `[1, C, H, W]` (from `[1, C, H, W]`, `[C, H, W]`, or any other shape as one
+/// channel of one row).
+fn as_activation<'t, B: Backend>(f: &Var<'t, B>) -> Result<Var<'t, B>> {
+    match f.shape().dims() {
+        [_, _, _, _] => Ok(f.clone()),
+        [c, h, w] => f.reshape([1, *c, *h, *w]),
+        _ => f.reshape([1, 1, 1, f.value().numel()]),
+    }
+}
+
+/// A term evaluated on one whole activation.
+fn whole<'t, B: Backend>(term: &Term<B>, f: &Var<'t, B>) -> Result<Var<'t, B>> {
+    let site = Site::of_whole(f.shape().dims())?;
+    term.evaluate(std::slice::from_ref(f), &[site])
 }
 
 /// Style loss `weight · mean((gram(f) − target_gram)²)`.
@@ -130,8 +152,17 @@ pub fn style<'t, B: Backend>(
     target_gram: &Tensor<B>,
     weight: f64,
 ) -> Result<Var<'t, B>> {
-    let a = f.tape().constant(target_gram.clone());
-    gram(f)?.sub(&a)?.square()?.mean()?.scale(weight)
+    channels_positions(f.shape().dims())?;
+    let term = gram_term(
+        "style",
+        vec![GramRegion {
+            mask: None,
+            target: target_gram.clone(),
+            weight: 1.0,
+        }],
+        weight,
+    )?;
+    whole(&term, &as_activation(f)?)
 }
 
 /// `Σ (x[…, i+1, …] − x[…, i, …])²` along `axis`: the squared differences of neighbours,
@@ -173,18 +204,7 @@ pub fn total_variation<'t, B: Backend>(x: &Var<'t, B>, weight: f64) -> Result<Va
             format!("expected an image [N, C, H, W], got {dims:?}"),
         ));
     }
-    let mut terms = Vec::new();
-    for axis in [2, 3] {
-        if dims[axis] > 1 {
-            terms.push(squared_differences(x, axis)?);
-        }
-    }
-    let total = match terms.len() {
-        0 => x.scale(0.0)?.sum()?,
-        1 => terms.remove(0),
-        _ => terms[0].add(&terms[1])?,
-    };
-    total.scale(weight)
+    whole(&tv_term(weight), x)
 }
 
 /// The classic `-normalize_gradients` on the tape: `f` itself in the forward pass; in the

@@ -190,7 +190,8 @@ pub struct W2Eval {
     pub d_second: Vec<f64>,
     /// The mean `μ` the term was evaluated at.
     pub mean: Vec<f64>,
-    /// `(2/C)(μ − μ_s)`: `∂term/∂μ` without its `−2Dμ` part (see [`w2_activation_grad`]).
+    /// `(2/C)(μ − μ_s)`: `∂term/∂μ` at a fixed covariance (without the `−2Dμ` that `R`
+    /// contributes).
     pub d_mean_centred: Vec<f64>,
 }
 
@@ -217,6 +218,11 @@ impl W2Target {
             trace: trace + c as f64 * eps,
             eps,
         })
+    }
+
+    /// The style's mean `μ_s` (`C`).
+    pub fn mean(&self) -> &[f64] {
+        &self.mean
     }
 
     /// The ridge `ε`.
@@ -286,35 +292,6 @@ impl W2Target {
     }
 }
 
-/// The gradient w.r.t. activations `f` (`C x P` positions of a layer with `positions` in
-/// all) of `weight · term`, given the term's moment gradients: `weight · ((2/P)·D·F̂ + ∂μ/P)`,
-/// computed as `weight · ((2/P)·D·(F̂ − μ) + (2/(C·P))·(μ − μ_s))` (the same, without the
-/// cancellation between `D·F̂` and `D·μ` in f32). Used for a whole layer and, tile by tile,
-/// for the positions a tile owns.
-pub fn w2_activation_grad<B: Backend>(
-    f: &Tensor<B>,
-    eval: &W2Eval,
-    positions: usize,
-    weight: f64,
-) -> Result<Tensor<B>> {
-    let dims = f.shape().clone();
-    let (c, p, flat) = flat(f)?;
-    let backend = f.backend();
-    let inv_p = 1.0 / positions.max(1) as f64;
-    let d = Tensor::from_f64(backend, &eval.d_second, [c, c])?;
-    let mu = Tensor::from_f64(backend, &eval.mean, [c, 1])?.broadcast_to([c, p])?;
-    let dm: Vec<f64> = eval
-        .d_mean_centred
-        .iter()
-        .map(|v| v * inv_p * weight)
-        .collect();
-    let dm = Tensor::from_f64(backend, &dm, [c, 1])?.broadcast_to([c, p])?;
-    d.matmul(&flat.sub(&mu)?)?
-        .scale(2.0 * inv_p * weight)?
-        .add(&dm)?
-        .reshape(dims)
-}
-
 /// The W2 style loss `weight · term` of an activation `f` (`[1, C, H, W]` or `[C, H, W]`)
 /// against `target`, one op on the tape.
 ///
@@ -335,12 +312,7 @@ pub fn w2_style<'t, B: Backend>(
     target: &W2Target,
     weight: f64,
 ) -> Result<Var<'t, B>> {
-    let x = f.value().clone();
-    let (_, p) = crate::channels_positions(x.dims())?;
-    let eval = target.evaluate(&Moments::of(&x)?)?;
-    let out = Tensor::from_f64(x.backend(), &[weight * eval.value], [])?;
-    f.tape().custom(out, &[f], move |g| {
-        let g = g.scalar()?;
-        Ok(vec![w2_activation_grad(&x, &eval, p, weight * g)?])
-    })
+    crate::channels_positions(f.shape().dims())?;
+    let f4 = crate::as_activation(f)?;
+    crate::whole(&crate::w2_term("style", target.clone(), weight), &f4)
 }

@@ -14,19 +14,21 @@ mod image;
 pub mod memory;
 mod objective;
 mod render;
+pub mod targets;
 pub mod tiled;
 
 pub use checkpoint::{Checkpoint, OptimizerState};
 pub use color::{ColorControl, MatrixRoot};
 pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
+pub use nst_loss::term::{Contribution, Local, Site, Statistic, Term, INPUT};
 pub use objective::{
     normalize_blend, Evaluation, Objective, ObjectiveConfig, StyleLoss, W2_DEFAULT_STYLE_WEIGHT,
 };
 pub use render::{
     auto_scales, plan_scales, quality_schedule, region_mask, render, Init, Observer, OptimizerKind,
-    Progress, Quality, RenderConfig, RenderSession, Rendered, SessionStatus, Temporal,
-    TOLERANCE_WINDOW,
+    Progress, Quality, RenderConfig, RenderSession, Rendered, Scale, SessionStatus, Temporal,
+    TermSource, TOLERANCE_WINDOW,
 };
 pub use tiled::{Geometry, TilePlan, Tiling};
 

@@ -59,6 +59,8 @@ pub struct PlanRequest {
     pub tile: TileChoice,
     /// The memory budget in bytes (`None`: unlimited).
     pub budget: Option<u64>,
+    /// Layers read by terms besides the configuration's (a user's terms).
+    pub extra_layers: Vec<String>,
 }
 
 /// A plan: how to evaluate, with what history, and the predicted peak memory.
@@ -108,13 +110,16 @@ struct Net {
 }
 
 impl Net {
-    fn new<B: Backend>(model: &Vgg<B>, cfg: &ObjectiveConfig) -> Result<Self> {
+    fn new<B: Backend>(model: &Vgg<B>, cfg: &ObjectiveConfig, extra: &[String]) -> Result<Self> {
         let mut idx = Vec::new();
         let mut content = Vec::new();
         for (n, _) in &cfg.content_layers {
             idx.push(model.layer_index(n)?);
         }
         for (n, _) in &cfg.style_layers {
+            idx.push(model.layer_index(n)?);
+        }
+        for n in extra.iter().filter(|n| n.as_str() != nst_loss::INPUT) {
             idx.push(model.layer_index(n)?);
         }
         if idx.is_empty() {
@@ -356,7 +361,7 @@ fn choose<B: Backend>(
     cfg: &ObjectiveConfig,
     req: &PlanRequest,
 ) -> Result<MemoryPlan> {
-    let net = Net::new(model, cfg)?;
+    let net = Net::new(model, cfg, &req.extra_layers)?;
     let (w, h) = req.size;
     if w == 0 || h == 0 {
         return Err(Error::Config("the image is empty".into()));

@@ -1,10 +1,15 @@
-//! The style-transfer objective: targets built once, then the loss and its gradient for any
-//! image (see `docs/objective.md`).
+//! The style-transfer objective: a list of weighted terms over one shared feature pass,
+//! evaluated on the whole image or tile by tile with the same code (see `docs/objective.md`
+//! and `docs/tiling.md`).
 
-use crate::tiled::{Geometry, Tile, TilePlan, Tiling, Window};
+use crate::targets::{
+    add_all, features, find, image_size, key_of, plan_of, sites_of, statistics, window,
+};
+use crate::tiled::{Geometry, Tile, TilePlan, Tiling, Window, IMAGE};
 use crate::{Error, Result};
 use nst_autodiff::{Tape, Var};
 use nst_features::FeatureExtractor;
+use nst_loss::{Contribution, Form, GramRegion, GramStatistic, Site, Term, W2Statistic, INPUT};
 use nst_tensor::{Backend, Tensor};
 use nst_vgg::Vgg;
 
@@ -95,123 +100,6 @@ pub struct Evaluation<B: Backend> {
     pub grad_sum: f64,
 }
 
-/// The objective with its targets: content activations and blended style Gram matrices.
-///
-/// Evaluated on the whole image at once, or tile by tile ([`Tiling`]): the tiled evaluation
-/// computes the same objective and gradient (up to rounding) while holding the network's
-/// activations of one tile at a time (see `docs/tiling.md`).
-pub struct Objective<'m, B: Backend> {
-    cfg: ObjectiveConfig,
-    fx: FeatureExtractor<'m, B>,
-    /// Content targets: one per content layer (untiled), or per tile and content layer, the
-    /// tile's own positions (`None` where it owns none).
-    content_targets: ContentTargets<B>,
-    content_dims: Vec<usize>,
-    /// Gram targets per style layer (empty with the W2 loss).
-    style_targets: Vec<Tensor<B>>,
-    /// W2 targets per style layer (empty with the Gram loss).
-    w2_targets: Vec<nst_loss::W2Target>,
-    tiled: Option<Tiled<'m, B>>,
-    /// Region masks (spatial control), when given: see [`Objective::with_regions`].
-    regions: Option<Regions<B>>,
-    /// The temporal term (video), when given: see [`Objective::with_temporal`].
-    temporal: Option<(Tensor<B>, Tensor<B>, f64)>,
-}
-
-/// Spatial control: a style per region.
-struct Regions<B: Backend> {
-    /// Per style layer, per region: the mask at the layer's positions (`[1, 1, H_l, W_l]`).
-    masks: Vec<Vec<Tensor<B>>>,
-    /// Per style layer, per region: the plain Gram matrix of the region's style image.
-    targets: Vec<Vec<Tensor<B>>>,
-}
-
-enum ContentTargets<B: Backend> {
-    Whole(Vec<Tensor<B>>),
-    Tiles(Vec<Vec<Option<Tensor<B>>>>),
-}
-
-/// What the tiled evaluation needs besides the targets.
-struct Tiled<'m, B: Backend> {
-    geometry: Geometry,
-    plan: TilePlan,
-    /// (content layers, style layers) as model layer indices.
-    content_idx: Vec<usize>,
-    style_idx: Vec<usize>,
-    deepest: usize,
-    /// The last layer of the shallow part (`pool2`), when deeper layers are used.
-    split: Option<usize>,
-    /// How many tiles keep their tape from pass 1 to pass 2.
-    keep: usize,
-    _model: std::marker::PhantomData<&'m Vgg<B>>,
-}
-
-/// What can be cut to a window: plain tensors and tape variables.
-trait Narrow: Clone {
-    fn dims_of(&self) -> Vec<usize>;
-    fn narrowed(&self, axis: usize, start: usize, len: usize) -> nst_tensor::Result<Self>;
-}
-
-impl<B: Backend> Narrow for Tensor<B> {
-    fn dims_of(&self) -> Vec<usize> {
-        self.dims().to_vec()
-    }
-    fn narrowed(&self, axis: usize, start: usize, len: usize) -> nst_tensor::Result<Self> {
-        self.narrow(axis, start, len)
-    }
-}
-
-impl<B: Backend> Narrow for Var<'_, B> {
-    fn dims_of(&self) -> Vec<usize> {
-        self.shape().dims().to_vec()
-    }
-    fn narrowed(&self, axis: usize, start: usize, len: usize) -> nst_tensor::Result<Self> {
-        self.narrow(axis, start, len)
-    }
-}
-
-/// The part of `t` (`[1, C, H, W]`) inside `w` (itself when `w` covers it).
-fn window<T: Narrow>(t: &T, w: &Window) -> nst_tensor::Result<T> {
-    let d = t.dims_of();
-    let t = if w.y == 0 && w.h == d[2] {
-        t.clone()
-    } else {
-        t.narrowed(2, w.y, w.h)?
-    };
-    if w.x == 0 && w.w == d[3] {
-        Ok(t)
-    } else {
-        t.narrowed(3, w.x, w.w)
-    }
-}
-
-/// `F̂ F̂ᵀ` (unnormalised) of an activation `[1, C, h, w]`.
-fn gram_sum<B: Backend>(f: &Tensor<B>) -> nst_tensor::Result<Tensor<B>> {
-    let d = f.dims();
-    let flat = f.reshape([d[1], d[2] * d[3]])?;
-    flat.matmul_t(&flat, false, true)
-}
-
-/// Adds `part` (a crop's gradient) into `acc` (`[1, 3, H, W]`) at the crop's window.
-fn add_window<B: Backend>(
-    acc: Option<Tensor<B>>,
-    part: &Tensor<B>,
-    w: &Window,
-    full: (usize, usize),
-) -> nst_tensor::Result<Tensor<B>> {
-    let mut p = part.clone();
-    if w.w != full.1 {
-        p = p.narrow_backward(3, w.x, full.1)?;
-    }
-    if w.h != full.0 {
-        p = p.narrow_backward(2, w.y, full.0)?;
-    }
-    match acc {
-        None => Ok(p),
-        Some(a) => a.add(&p),
-    }
-}
-
 /// Normalises blend weights to sum 1 (equal weights when `blend` is empty).
 pub fn normalize_blend(blend: &[f64], styles: usize) -> Result<Vec<f64>> {
     if styles == 0 {
@@ -238,10 +126,87 @@ pub fn normalize_blend(blend: &[f64], styles: usize) -> Result<Vec<f64>> {
     Ok(blend.iter().map(|b| b / sum).collect())
 }
 
+/// The objective: a list of weighted terms ([`Term`]) over one shared feature pass.
+///
+/// Evaluated on the whole image at once, or tile by tile ([`Tiling`]) with the same terms:
+/// local terms sum over the positions each tile owns, statistic terms sum their statistic
+/// over the tiles, take its loss and gradient on a small tape and back-propagate that through
+/// each tile's own contribution. The tiled evaluation computes the same objective and
+/// gradient (up to rounding) while holding the network's activations of one tile at a time
+/// (see `docs/tiling.md`).
+///
+/// [`Objective::new`] builds the classic objective of an [`ObjectiveConfig`];
+/// [`Objective::from_terms`] any list of terms; [`Objective::with_term`] adds one.
+pub struct Objective<'m, B: Backend> {
+    model: &'m Vgg<B>,
+    terms: Vec<Term<B>>,
+    /// Each term's layers as model layer indices ([`IMAGE`] for the image).
+    keys: Vec<Vec<usize>>,
+    /// The image's (height, width).
+    size: (usize, usize),
+    tiling: Tiling,
+    tiled: Option<Tiled>,
+    /// The classic settings, when built from them ([`Objective::with_regions`] needs them).
+    classic: Option<ObjectiveConfig>,
+}
+
+/// What the tiled evaluation needs besides the terms.
+struct Tiled {
+    geometry: Geometry,
+    plan: TilePlan,
+    /// The deepest used layer of the network (`None`: only the image is read).
+    deepest: Option<usize>,
+    /// The last layer of the shallow part (`pool2`), when deeper layers are used and no term
+    /// reads layers on both sides of it.
+    split: Option<usize>,
+    /// How many tiles keep their tape from pass 1 to pass 2.
+    keep: usize,
+}
+
+/// Adds `part` (a crop's gradient) into `acc` (`[1, 3, H, W]`) at the crop's window.
+fn add_window<B: Backend>(
+    acc: Option<Tensor<B>>,
+    part: &Tensor<B>,
+    w: &Window,
+    full: (usize, usize),
+) -> nst_tensor::Result<Tensor<B>> {
+    let mut p = part.clone();
+    if w.w != full.1 {
+        p = p.narrow_backward(3, w.x, full.1)?;
+    }
+    if w.h != full.0 {
+        p = p.narrow_backward(2, w.y, full.0)?;
+    }
+    match acc {
+        None => Ok(p),
+        Some(a) => a.add(&p),
+    }
+}
+
+/// `slot += t` (`slot = t` when empty).
+fn add_into<B: Backend>(slot: &mut Option<Tensor<B>>, t: Tensor<B>) -> nst_tensor::Result<()> {
+    *slot = Some(match slot.take() {
+        Some(acc) => acc.add(&t)?,
+        None => t,
+    });
+    Ok(())
+}
+
+/// A tile's tape kept from pass 1: its leaf (the crop, or the shallow part's output), the
+/// used layers' activations on it, and the statistic terms' contributions computed there.
+struct Kept<'t, B: Backend> {
+    leaf: Var<'t, B>,
+    feats: Vec<(usize, Var<'t, B>)>,
+    contributions: Vec<Option<Vec<Var<'t, B>>>>,
+    /// Whether the tape holds the whole network from the crop.
+    full: bool,
+}
+
 impl<'m, B: Backend> Objective<'m, B> {
-    /// Builds the targets: the content image's activations at the content layers and, at
-    /// each style layer, `Σ β_k G(s_k)` over the style images (`β` normalised to sum 1).
-    /// Images are `[1, 3, H, W]` in model space. Evaluated untiled.
+    /// The classic objective: the content image's activations at the content layers as
+    /// targets and, at each style layer, `Σ β_k G(s_k)` over the style images (`β` normalised
+    /// to sum 1), or the W2 loss against their blended moments, and total variation. Images
+    /// are `[1, 3, H, W]` in model space. Evaluated untiled.
     pub fn new(
         model: &'m Vgg<B>,
         cfg: &ObjectiveConfig,
@@ -253,8 +218,8 @@ impl<'m, B: Backend> Objective<'m, B> {
     }
 
     /// [`Objective::new`], evaluated as `tiling` says. With tiles, the targets are built tile
-    /// by tile too (the content's tiles follow the content's plan; each style image gets its
-    /// own plan with the same tile size), so no whole-image activation is ever held.
+    /// by tile too (each image gets its own plan with the same tile size), so no image's
+    /// whole network pass is ever held.
     pub fn with_tiling(
         model: &'m Vgg<B>,
         cfg: &ObjectiveConfig,
@@ -284,196 +249,166 @@ impl<'m, B: Backend> Objective<'m, B> {
         if cfg.content_layers.is_empty() && cfg.style_layers.is_empty() {
             return Err(Error::Config("no content or style layers".into()));
         }
+        let mut uses = vec![(IMAGE, 1)];
+        for (name, _) in cfg.content_layers.iter().chain(&cfg.style_layers) {
+            uses.push((model.layer_index(name)?, 0));
+        }
         let beta = normalize_blend(blend, styles.len())?;
-        let names: Vec<&str> = cfg
-            .content_layers
-            .iter()
-            .chain(&cfg.style_layers)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let fx = FeatureExtractor::new(model, &names)?;
+        let (h, w) = image_size(content.dims(), "the content")?;
+        // A tile size the whole objective cannot use is refused before any work.
+        plan_of(&Geometry::with_reach(model, &uses)?, h, w, tiling)?;
+        if cfg.normalize_gradients && tiling != Tiling::Off {
+            return Err(Error::Config(NORMALIZED_UNTILED.into()));
+        }
+        let normalized = |t: Term<B>| {
+            if cfg.normalize_gradients {
+                t.normalized()
+            } else {
+                t
+            }
+        };
+        let mut terms = Vec::new();
         let content_layers: Vec<&str> =
             cfg.content_layers.iter().map(|(n, _)| n.as_str()).collect();
-        let style_layers: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
-        let cfx = FeatureExtractor::new(model, &content_layers)?;
-        let sfx = FeatureExtractor::new(model, &style_layers)?;
-        let index = |n: &&str| model.layer_index(n);
-        let content_idx = content_layers
-            .iter()
-            .map(index)
-            .collect::<nst_vgg::Result<Vec<_>>>()?;
-        let style_idx = style_layers
-            .iter()
-            .map(index)
-            .collect::<nst_vgg::Result<Vec<_>>>()?;
-        let all: Vec<usize> = content_idx.iter().chain(&style_idx).copied().collect();
-        let geometry = Geometry::new(model, &all)?;
-        let dims = content.dims().to_vec();
-        if dims.len() != 4 {
+        if !content_layers.is_empty() {
+            let targets = features(model, content, &content_layers, tiling)?;
+            for ((name, m), target) in cfg.content_layers.iter().zip(targets) {
+                terms.push(normalized(nst_loss::content_term(
+                    name,
+                    target,
+                    cfg.content_weight * m,
+                )));
+            }
+        }
+        for t in style_terms(model, cfg, styles, &beta, tiling)? {
+            terms.push(normalized(t));
+        }
+        terms.push(nst_loss::tv_term(cfg.tv_weight));
+        let mut o = Self::from_terms(model, terms, (w, h), tiling)?;
+        o.classic = Some(cfg.clone());
+        Ok(o)
+    }
+
+    /// An objective of any terms, for images of `size` (width, height), evaluated as
+    /// `tiling` says. Every term must name layers of `model` (or [`INPUT`]) and have a
+    /// non-negative weight; terms that cannot tile ([`Term::tiles`]) need `Tiling::Off`.
+    pub fn from_terms(
+        model: &'m Vgg<B>,
+        terms: Vec<Term<B>>,
+        size: (usize, usize),
+        tiling: Tiling,
+    ) -> Result<Self> {
+        let (w, h) = size;
+        if w == 0 || h == 0 {
+            return Err(Error::Config("the image is empty".into()));
+        }
+        let mut o = Objective {
+            model,
+            terms: Vec::new(),
+            keys: Vec::new(),
+            size: (h, w),
+            tiling,
+            tiled: None,
+            classic: None,
+        };
+        for t in terms {
+            o.push(t)?;
+        }
+        o.replan()?;
+        Ok(o)
+    }
+
+    /// Adds a term (checked as [`Objective::from_terms`] checks them); the tile plan follows
+    /// its layers.
+    pub fn with_term(mut self, term: Term<B>) -> Result<Self> {
+        self.push(term)?;
+        self.replan()?;
+        Ok(self)
+    }
+
+    fn push(&mut self, term: Term<B>) -> Result<()> {
+        let w = term.weight();
+        if !(w.is_finite() && w >= 0.0) {
             return Err(Error::Config(format!(
-                "the content must be [1, 3, H, W], got {dims:?}"
+                "the weight of {} must be a non-negative number, got {w}",
+                term.name()
             )));
         }
+        if term.layers().is_empty() {
+            return Err(Error::Config(format!("{} reads no layer", term.name())));
+        }
+        if self.terms.iter().any(|t| t.name() == term.name()) {
+            return Err(Error::Config(format!(
+                "two terms are named {}",
+                term.name()
+            )));
+        }
+        if self.tiling != Tiling::Off && !term.tiles() {
+            return Err(Error::Config(if term.is_normalized() {
+                NORMALIZED_UNTILED.to_string()
+            } else {
+                format!("{} needs the untiled objective", term.name())
+            }));
+        }
+        let keys = term
+            .layers()
+            .iter()
+            .map(|n| key_of(self.model, n))
+            .collect::<Result<Vec<_>>>()?;
+        self.keys.push(keys);
+        self.terms.push(term);
+        Ok(())
+    }
 
-        let plan = match tiling {
-            Tiling::Off => None,
-            Tiling::Tiles(t) => Some(geometry.plan(dims[2], dims[3], t)?),
-            Tiling::TilesWithHalo { tile, halo } => {
-                Some(geometry.plan_with_halo(dims[2], dims[3], tile, halo)?)
+    /// Makes the tile plan for the terms' layers.
+    fn replan(&mut self) -> Result<()> {
+        if self.terms.is_empty() {
+            return Err(Error::Config("the objective has no terms".into()));
+        }
+        let mut uses: Vec<(usize, usize)> = Vec::new();
+        for (t, keys) in self.terms.iter().zip(&self.keys) {
+            for &k in keys {
+                match uses.iter_mut().find(|(i, _)| *i == k) {
+                    Some(u) => u.1 = u.1.max(t.reach()),
+                    None => uses.push((k, t.reach())),
+                }
             }
-            Tiling::TilesKeeping { tile, .. } => Some(geometry.plan(dims[2], dims[3], tile)?),
-        };
-
-        let content_targets = match &plan {
-            None => {
-                let cf = cfx.extract(content)?;
-                ContentTargets::Whole(
-                    content_layers
-                        .iter()
-                        .map(|n| cf.get(n).cloned().expect("extracted"))
-                        .collect(),
-                )
-            }
+        }
+        let geometry = Geometry::with_reach(self.model, &uses)?;
+        let (h, w) = self.size;
+        self.tiled = match plan_of(&geometry, h, w, self.tiling)? {
+            None => None,
             Some(plan) => {
-                let mut per_tile = Vec::with_capacity(plan.tiles.len());
-                for tile in &plan.tiles {
-                    let cf = cfx.extract(&window(content, &tile.crop)?)?;
-                    let mut row = Vec::with_capacity(content_layers.len());
-                    for (n, &li) in content_layers.iter().zip(&content_idx) {
-                        let f = cf.get(n).expect("extracted");
-                        row.push(match geometry.inner_at(plan, tile, li) {
-                            Some(w) => Some(window(f, &w)?),
-                            None => None,
-                        });
-                    }
-                    per_tile.push(row);
-                }
-                ContentTargets::Tiles(per_tile)
-            }
-        };
-
-        if cfg.normalize_gradients && plan.is_some() {
-            return Err(Error::Config(
-                "--normalize-gradients needs the untiled objective (pass --tile off, or a larger --max-memory)".into(),
-            ));
-        }
-        let mut style_targets: Vec<Option<Tensor<B>>> = vec![None; style_layers.len()];
-        let gram_styles = if cfg.style_loss == StyleLoss::Gram {
-            styles
-        } else {
-            &[]
-        };
-        for (s, b) in gram_styles.iter().zip(&beta) {
-            let grams = match plan.as_ref().map(|p| (p.tile, p.halo)) {
-                None => {
-                    let sf = sfx.extract(s)?;
-                    style_layers
-                        .iter()
-                        .map(|n| nst_loss::gram_tensor(sf.get(n).expect("extracted")))
-                        .collect::<nst_tensor::Result<Vec<_>>>()?
-                }
-                Some((t, halo)) => {
-                    let d = s.dims();
-                    if d.len() != 4 {
-                        return Err(Error::Config(format!(
-                            "a style image must be [1, 3, H, W], got {d:?}"
-                        )));
-                    }
-                    let splan = geometry.plan_with_halo(d[2], d[3], t, halo)?;
-                    let (sums, _) =
-                        tiled_moment_sums(&sfx, &geometry, &splan, &style_idx, s, false)?;
-                    sums.into_iter()
-                        .zip(&style_idx)
-                        .map(|(g, &li)| {
-                            let (_, c) = geometry.layer(li);
-                            let n = c * geometry.positions(d[2], d[3], li);
-                            g.scale(1.0 / n.max(1) as f64)
+                let deepest = uses.iter().map(|u| u.0).filter(|&k| k != IMAGE).max();
+                let shallow = |sp: usize, k: usize| k == IMAGE || k <= sp;
+                let split = self
+                    .model
+                    .layer_index("pool2")
+                    .ok()
+                    .filter(|&sp| deepest.is_some_and(|d| sp < d))
+                    .filter(|&sp| {
+                        // Every term on one side of the split.
+                        self.keys.iter().all(|ks| {
+                            ks.iter().all(|&k| shallow(sp, k))
+                                || ks.iter().all(|&k| !shallow(sp, k))
                         })
-                        .collect::<nst_tensor::Result<Vec<_>>>()?
-                }
-            };
-            for (slot, g) in style_targets.iter_mut().zip(grams) {
-                let g = g.scale(*b)?;
-                add_into(slot, g)?;
+                    });
+                let n = plan.tiles.len();
+                let keep = match self.tiling {
+                    Tiling::TilesKeeping { keep, .. } => keep.min(n),
+                    _ if split.is_some() => n,
+                    _ => 1,
+                };
+                Some(Tiled {
+                    geometry,
+                    plan,
+                    deepest,
+                    split,
+                    keep,
+                })
             }
-        }
-        let mut w2_targets = Vec::new();
-        if cfg.style_loss == StyleLoss::W2 {
-            let mut per_style: Vec<Vec<nst_loss::Moments>> = Vec::with_capacity(styles.len());
-            for s in styles {
-                let d = s.dims();
-                if d.len() != 4 {
-                    return Err(Error::Config(format!(
-                        "a style image must be [1, 3, H, W], got {d:?}"
-                    )));
-                }
-                per_style.push(match plan.as_ref().map(|p| (p.tile, p.halo)) {
-                    None => {
-                        let sf = sfx.extract(s)?;
-                        style_layers
-                            .iter()
-                            .map(|n| nst_loss::Moments::of(sf.get(n).expect("extracted")))
-                            .collect::<nst_tensor::Result<Vec<_>>>()?
-                    }
-                    Some((t, halo)) => {
-                        let splan = geometry.plan_with_halo(d[2], d[3], t, halo)?;
-                        let (grams, sums) =
-                            tiled_moment_sums(&sfx, &geometry, &splan, &style_idx, s, true)?;
-                        let mut layers = Vec::with_capacity(style_idx.len());
-                        for ((g, s1), &li) in grams.iter().zip(&sums).zip(&style_idx) {
-                            let (_, c) = geometry.layer(li);
-                            let p = geometry.positions(d[2], d[3], li);
-                            layers.push(nst_loss::Moments::from_sums(
-                                c,
-                                p,
-                                &s1.to_f64()?,
-                                &g.to_f64()?,
-                            ));
-                        }
-                        layers
-                    }
-                });
-            }
-            for li in 0..style_layers.len() {
-                let parts: Vec<(f64, &nst_loss::Moments)> = beta
-                    .iter()
-                    .copied()
-                    .zip(per_style.iter().map(|m| &m[li]))
-                    .collect();
-                w2_targets.push(nst_loss::W2Target::new(&nst_loss::Moments::blend(&parts)?)?);
-            }
-        }
-        let deepest = all.iter().copied().max().unwrap_or(0);
-        let split = model.layer_index("pool2").ok().filter(|&sp| sp < deepest);
-        let tiled = plan.map(|plan| {
-            let n = plan.tiles.len();
-            let keep = match tiling {
-                Tiling::TilesKeeping { keep, .. } => keep.min(n),
-                _ if split.is_some() => n,
-                _ => 1,
-            };
-            Tiled {
-                geometry,
-                plan,
-                content_idx,
-                style_idx,
-                deepest,
-                split,
-                keep,
-                _model: std::marker::PhantomData,
-            }
-        });
-        Ok(Objective {
-            cfg: cfg.clone(),
-            fx,
-            content_targets,
-            content_dims: dims,
-            style_targets: style_targets.into_iter().flatten().collect(),
-            w2_targets,
-            tiled,
-            regions: None,
-            temporal: None,
-        })
+        };
+        Ok(())
     }
 
     /// Spatial control (Gatys et al. 2017): region `k` of the image is painted in style
@@ -485,19 +420,19 @@ impl<'m, B: Backend> Objective<'m, B> {
     /// (any blend is replaced: the masks are the blend), or, when `style_masks` is not
     /// empty, the guided Gram matrix of style `k` under `style_masks[k]` (`[1, 1, H_k, W_k]`
     /// at style `k`'s size). With one style and a mask of ones this is exactly the
-    /// objective without regions. Untiled objectives only.
+    /// objective without regions. Tiled or not, as the objective is.
     pub fn with_regions(
         mut self,
         masks: &[Tensor<B>],
         styles: &[Tensor<B>],
         style_masks: &[Tensor<B>],
     ) -> Result<Self> {
-        if self.tiled.is_some() {
+        let Some(cfg) = self.classic.clone() else {
             return Err(Error::Config(
-                "region masks need the untiled objective (pass --tile off, or a larger --max-memory)".into(),
+                "region masks apply to the classic objective (Objective::new)".into(),
             ));
-        }
-        if self.cfg.style_loss != StyleLoss::Gram {
+        };
+        if cfg.style_loss != StyleLoss::Gram {
             return Err(Error::Config(
                 "region masks work with the Gram style loss only (--style-loss gram)".into(),
             ));
@@ -516,7 +451,7 @@ impl<'m, B: Backend> Objective<'m, B> {
                 styles.len()
             )));
         }
-        let (h, w) = (self.content_dims[2], self.content_dims[3]);
+        let (h, w) = self.size;
         for m in masks {
             if m.dims() != [1, 1, h, w] {
                 return Err(Error::Config(format!(
@@ -525,14 +460,8 @@ impl<'m, B: Backend> Objective<'m, B> {
                 )));
             }
         }
-        let model = self.fx.model();
-        let names: Vec<&str> = self
-            .cfg
-            .style_layers
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let sfx = FeatureExtractor::new(model, &names)?;
+        let model = self.model;
+        let names: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
         // Average pooling at every pooling layer before a layer: its positions.
         let propagate = |m: &Tensor<B>, name: &str| -> Result<Tensor<B>> {
             let idx = model.layer_index(name)?;
@@ -546,92 +475,103 @@ impl<'m, B: Backend> Objective<'m, B> {
             }
             Ok(m)
         };
-        let mut per_style = Vec::with_capacity(styles.len());
+        // Per style image, per layer: its (guided) Gram matrix.
+        let mut per_style: Vec<Vec<Tensor<B>>> = Vec::with_capacity(styles.len());
         for (k, s) in styles.iter().enumerate() {
-            let f = sfx.extract(s)?;
+            let (sh, sw) = image_size(s.dims(), "a style image")?;
+            let stats: Vec<GramStatistic<B>> = match style_masks.get(k) {
+                None => names.iter().map(|_| GramStatistic::plain()).collect(),
+                Some(sm) => {
+                    if sm.dims() != [1, 1, sh, sw] {
+                        return Err(Error::Config(format!(
+                            "a style mask is {:?}, expected [1, 1, {sh}, {sw}] (its style's size)",
+                            sm.dims()
+                        )));
+                    }
+                    names
+                        .iter()
+                        .map(|n| Ok(GramStatistic::masked(vec![propagate(sm, n)?])))
+                        .collect::<Result<Vec<_>>>()?
+                }
+            };
+            let layer_lists: Vec<[&str; 1]> = names.iter().map(|n| [*n]).collect();
+            let parts: Vec<(&[&str], &dyn Contribution<B>)> = layer_lists
+                .iter()
+                .zip(&stats)
+                .map(|(l, s)| (&l[..], s as &dyn Contribution<B>))
+                .collect();
+            let sums = statistics(model, s, &parts, self.tiling)?;
             let mut grams = Vec::with_capacity(names.len());
-            for n in &names {
-                let fl = f.get(n).expect("extracted");
-                grams.push(match style_masks.get(k) {
-                    None => nst_loss::gram_tensor(fl)?,
+            for ((sum, positions), n) in sums.into_iter().zip(&names) {
+                let c = sum[0].dims()[0];
+                let mass = match style_masks.get(k) {
+                    None => positions[0] as f64,
                     Some(sm) => {
-                        let d = s.dims();
-                        if sm.dims() != [1, 1, d[2], d[3]] {
+                        let m2 = propagate(sm, n)?.square()?.sum()?.scalar()?;
+                        if !(m2 > 0.0 && m2.is_finite()) {
                             return Err(Error::Config(format!(
-                                "a style mask is {:?}, expected [1, 1, {}, {}] (its style's size)",
-                                sm.dims(),
-                                d[2],
-                                d[3]
+                                "style mask {} is empty at {n}",
+                                k + 1
                             )));
                         }
-                        let tape = nst_autodiff::Tape::new();
-                        let v = tape.constant(fl.clone());
-                        nst_loss::guided_gram(&v, &propagate(sm, n)?)?
-                            .value()
-                            .clone()
+                        m2
                     }
-                });
+                };
+                grams.push(sum[0].scale(1.0 / (c as f64 * mass))?);
             }
             per_style.push(grams);
         }
-        let mut layer_masks = Vec::with_capacity(names.len());
-        let mut targets = Vec::with_capacity(names.len());
-        for (li, name) in names.iter().enumerate() {
-            let row = masks
+        let k = masks.len() as f64;
+        for (li, ((name, mult), n)) in cfg.style_layers.iter().zip(&names).enumerate() {
+            let regions = masks
                 .iter()
-                .map(|m| propagate(m, name))
+                .zip(&per_style)
+                .map(|(m, g)| {
+                    Ok(GramRegion {
+                        mask: Some(propagate(m, n)?),
+                        target: g[li].clone(),
+                        weight: 1.0 / k,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
-            layer_masks.push(row);
-            targets.push(per_style.iter().map(|t| t[li].clone()).collect());
+            let mut term = nst_loss::gram_term(name, regions, cfg.style_weight * mult)?;
+            if cfg.normalize_gradients {
+                term = term.normalized();
+            }
+            let slot = self
+                .terms
+                .iter()
+                .position(|t| t.name() == term.name())
+                .ok_or_else(|| Error::Config(format!("no style term at {name}")))?;
+            self.terms[slot] = term;
         }
-        self.regions = Some(Regions {
-            masks: layer_masks,
-            targets,
-        });
         Ok(self)
     }
 
     /// Temporal consistency (Ruder et al. 2016): adds the term `temporal` =
     /// `weight · (1/D) · Σ c_p (x_p − ω_p)²` over every pixel and channel (`D = 3·H·W`), with
-    /// `target` ω (`[1, 3, H, W]`, model space) and `weights` c (`[1, 1, H, W]`). Untiled
-    /// objectives only.
+    /// `target` ω (`[1, 3, H, W]`, model space) and `weights` c (`[1, 1, H, W]`).
     pub fn with_temporal(
-        mut self,
+        self,
         target: &Tensor<B>,
         weights: &Tensor<B>,
         weight: f64,
     ) -> Result<Self> {
-        if self.tiled.is_some() {
-            return Err(Error::Config(
-                "the temporal term needs the untiled objective".into(),
-            ));
-        }
         if !(weight.is_finite() && weight >= 0.0) {
             return Err(Error::Config(format!(
                 "the temporal weight must be a non-negative number, got {weight}"
             )));
         }
-        let d = &self.content_dims;
-        if target.dims() != d.as_slice() || weights.dims() != [1, 1, d[2], d[3]] {
+        let (h, w) = self.size;
+        if target.dims() != [1, 3, h, w] || weights.dims() != [1, 1, h, w] {
             return Err(Error::Config(format!(
-                "the temporal target is {:?} and its weights {:?} for an image {d:?}",
+                "the temporal target is {:?} and its weights {:?} for an image [1, 3, {h}, {w}]",
                 target.dims(),
                 weights.dims()
             )));
         }
-        let c = weights.broadcast_to(d.clone())?;
-        self.temporal = Some((target.clone(), c, weight));
-        Ok(self)
-    }
-
-    /// `f` itself, or behind the gradient normalisation of a term of weight `weight` when the
-    /// configuration asks for it.
-    fn normalized<'t>(&self, f: &Var<'t, B>, weight: f64) -> Result<Var<'t, B>> {
-        Ok(if self.cfg.normalize_gradients {
-            nst_loss::normalize_gradient(f, weight)?
-        } else {
-            f.clone()
-        })
+        let term = nst_loss::temporal_term(target.clone(), weights, weight)?;
+        self.with_term(term)
     }
 
     /// The tile plan, when evaluated tile by tile.
@@ -639,96 +579,76 @@ impl<'m, B: Backend> Objective<'m, B> {
         self.tiled.as_ref().map(|t| &t.plan)
     }
 
+    /// The terms, in the order [`Evaluation::terms`] reports them.
+    pub fn terms(&self) -> &[Term<B>] {
+        &self.terms
+    }
+
     /// The loss terms and the gradient of the total at `x` (`[1, 3, H, W]`, model space).
     pub fn evaluate(&self, x: &Tensor<B>) -> Result<Evaluation<B>> {
-        let sized = self.tiled.is_some() || !self.cfg.content_layers.is_empty();
-        if sized && x.dims() != self.content_dims.as_slice() {
+        let sized = self.tiled.is_some() || self.terms.iter().any(Term::is_sized);
+        let (h, w) = self.size;
+        if sized && x.dims() != [1, 3, h, w] {
             return Err(Error::Config(format!(
-                "the image is {}x{} but the content is {}x{}: they must have the same size",
+                "the image is {}x{} but the content is {w}x{h}: they must have the same size",
                 x.dims().get(3).unwrap_or(&0),
                 x.dims().get(2).unwrap_or(&0),
-                self.content_dims[3],
-                self.content_dims[2],
             )));
         }
-        match (&self.tiled, &self.content_targets) {
-            (Some(t), ContentTargets::Tiles(ct)) => self.evaluate_tiled(x, t, ct),
-            (None, ContentTargets::Whole(ct)) => self.evaluate_whole(x, ct),
-            _ => unreachable!("tiled objectives have tiled content targets"),
+        match &self.tiled {
+            Some(t) => self.evaluate_tiled(x, t),
+            None => self.evaluate_whole(x),
         }
     }
 
-    fn evaluate_whole(
-        &self,
-        x: &Tensor<B>,
-        content_targets: &[Tensor<B>],
-    ) -> Result<Evaluation<B>> {
+    fn evaluate_whole(&self, x: &Tensor<B>) -> Result<Evaluation<B>> {
         let tape = Tape::new();
         let xv = tape.var(x.clone());
-        let feats = self.fx.extract_var(&xv)?;
+        let net: Vec<&str> = self
+            .terms
+            .iter()
+            .flat_map(|t| t.layers())
+            .filter(|n| n.as_str() != INPUT)
+            .map(String::as_str)
+            .collect();
+        let feats = if net.is_empty() {
+            None
+        } else {
+            Some(FeatureExtractor::new(self.model, &net)?.extract_var(&xv)?)
+        };
         // The terms' values stay on the device until the backward pass is queued, then come
         // back together in one transfer.
-        let mut names: Vec<String> = Vec::new();
-        let mut values: Vec<Tensor<B>> = Vec::new();
-        let mut parts = Vec::new();
-        for ((name, w), target) in self.cfg.content_layers.iter().zip(content_targets) {
-            let wl = self.cfg.content_weight * w;
-            let f = &self.normalized(feats.get(name).expect("extracted"), wl)?;
-            let l = nst_loss::content(f, target, wl)?;
-            names.push(format!("content/{name}"));
-            values.push(l.value().clone());
-            parts.push(l);
-        }
-        for (li, (name, w)) in self.cfg.style_layers.iter().enumerate() {
-            let wl = self.cfg.style_weight * w;
-            let f = &self.normalized(feats.get(name).expect("extracted"), wl)?;
-            let l = match &self.regions {
-                None if self.cfg.style_loss == StyleLoss::W2 => {
-                    nst_loss::w2_style(f, &self.w2_targets[li], wl)?
-                }
-                None => nst_loss::style(f, &self.style_targets[li], wl)?,
-                Some(r) => {
-                    let k = r.masks[li].len();
-                    let weight = wl / k as f64;
-                    let mut sum: Option<nst_autodiff::Var<'_, B>> = None;
-                    for (m, a) in r.masks[li].iter().zip(&r.targets[li]) {
-                        let term = nst_loss::guided_gram(f, m)?
-                            .sub(&tape.constant(a.clone()))?
-                            .square()?
-                            .mean()?
-                            .scale(weight)?;
-                        sum = Some(match sum {
-                            None => term,
-                            Some(acc) => acc.add(&term)?,
-                        });
+        let mut values: Vec<Tensor<B>> = Vec::with_capacity(self.terms.len() + 2);
+        let mut total: Option<Var<'_, B>> = None;
+        for term in &self.terms {
+            let inputs: Vec<Var<'_, B>> = term
+                .layers()
+                .iter()
+                .map(|n| {
+                    if n == INPUT {
+                        xv.clone()
+                    } else {
+                        feats
+                            .as_ref()
+                            .and_then(|f| f.get(n))
+                            .expect("extracted")
+                            .clone()
                     }
-                    sum.expect("one region at least")
-                }
-            };
-            names.push(format!("style/{name}"));
-            values.push(l.value().clone());
-            parts.push(l);
+                })
+                .collect();
+            let sites = inputs
+                .iter()
+                .map(|v| Site::of_whole(v.shape().dims()))
+                .collect::<nst_tensor::Result<Vec<_>>>()?;
+            let v = term.evaluate(&inputs, &sites)?;
+            values.push(v.value().clone());
+            total = Some(match total {
+                None => v,
+                Some(t) => t.add(&v)?,
+            });
         }
         drop(feats);
-        let tv = nst_loss::total_variation(&xv, self.cfg.tv_weight)?;
-        names.push("tv".to_string());
-        values.push(tv.value().clone());
-        if let Some((target, c, weight)) = &self.temporal {
-            let l = xv
-                .sub(&tape.constant(target.clone()))?
-                .square()?
-                .mul(&tape.constant(c.clone()))?
-                .sum()?
-                .scale(weight / x.numel().max(1) as f64)?;
-            names.push("temporal".to_string());
-            values.push(l.value().clone());
-            parts.push(l);
-        }
-        let mut total = tv;
-        for p in &parts {
-            total = total.add(p)?;
-        }
-        drop(parts);
+        let total = total.expect("an objective has terms");
         let total_value = total.value().clone();
         let mut grads = tape.backward(&total)?;
         let grad = grads
@@ -736,176 +656,280 @@ impl<'m, B: Backend> Objective<'m, B> {
             .ok_or_else(|| Error::Config("the loss does not depend on the image".into()))?;
         values.push(total_value);
         values.push(grad.sum()?);
+        self.finish(values, grad)
+    }
+
+    /// The evaluation from the terms' values, the total's and the gradient's sum (all on the
+    /// device, read in one transfer).
+    fn finish(&self, values: Vec<Tensor<B>>, grad: Tensor<B>) -> Result<Evaluation<B>> {
         let all = Tensor::scalars(&values.iter().collect::<Vec<_>>())?;
-        let (grad_sum, value) = (all[all.len() - 1], all[all.len() - 2]);
+        let (grad_sum, total) = (all[all.len() - 1], all[all.len() - 2]);
         Ok(Evaluation {
-            total: value,
-            terms: names.into_iter().zip(all).collect(),
+            total,
+            terms: self
+                .terms
+                .iter()
+                .map(|t| t.name().to_string())
+                .zip(all)
+                .collect(),
             grad,
             grad_sum,
         })
     }
 
+    /// The contribution of statistic term `ti` on a tile, from activations on one tape
+    /// (`None` when they lack a layer of the term or the tile owns nothing there).
+    fn contribution_on<'t>(
+        &self,
+        t: &Tiled,
+        tile: &Tile,
+        ti: usize,
+        feats: &[(usize, Var<'t, B>)],
+    ) -> Result<Option<Vec<Var<'t, B>>>> {
+        let Form::Statistic(stat) = self.terms[ti].form() else {
+            return Ok(None);
+        };
+        let keys = &self.keys[ti];
+        let Some(inputs) = keys
+            .iter()
+            .map(|&k| find(feats, k).cloned())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let Some(sites) = sites_of(&t.geometry, &t.plan, tile, keys) else {
+            return Ok(None);
+        };
+        Ok(Some(stat.contribution(&inputs, &sites)?))
+    }
+
+    /// Adds the statistic contributions of a tile's activations (plain tensors) to `sums`.
+    fn add_contributions(
+        &self,
+        t: &Tiled,
+        tile: &Tile,
+        feats: &[(usize, Tensor<B>)],
+        sums: &mut [Option<Vec<Tensor<B>>>],
+    ) -> Result<()> {
+        let scratch = Tape::new();
+        let vars: Vec<(usize, Var<'_, B>)> = feats
+            .iter()
+            .map(|(k, f)| (*k, scratch.constant(f.clone())))
+            .collect();
+        for (ti, sum) in sums.iter_mut().enumerate() {
+            if let Some(c) = self.contribution_on(t, tile, ti, &vars)? {
+                add_all(sum, c.into_iter().map(|v| v.value().clone()).collect())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The seeds of a tile's activations on one tape: every local term with its layers
+    /// there, as its weighted value seeded with 1 (the value is added to `locals`), and every
+    /// statistic term's contribution seeded with the gradient of the total w.r.t. the
+    /// statistic (`kept`: contributions already on the tape).
+    #[allow(clippy::too_many_arguments)]
+    fn seeds<'t>(
+        &self,
+        t: &Tiled,
+        tile: &Tile,
+        feats: &[(usize, Var<'t, B>)],
+        mut kept: Option<&mut Vec<Option<Vec<Var<'t, B>>>>>,
+        d_stat: &[Option<Vec<Tensor<B>>>],
+        locals: &mut [Option<Tensor<B>>],
+    ) -> Result<Vec<(Var<'t, B>, Tensor<B>)>> {
+        let mut seeds = Vec::new();
+        for (ti, term) in self.terms.iter().enumerate() {
+            let keys = &self.keys[ti];
+            match term.form() {
+                Form::Local(local) => {
+                    let Some(inputs) = keys
+                        .iter()
+                        .map(|&k| find(feats, k).cloned())
+                        .collect::<Option<Vec<_>>>()
+                    else {
+                        continue;
+                    };
+                    let Some(sites) = sites_of(&t.geometry, &t.plan, tile, keys) else {
+                        continue;
+                    };
+                    let v = local.loss(&inputs, &sites)?.scale(term.weight())?;
+                    add_into(&mut locals[ti], v.value().clone())?;
+                    let one = Tensor::full(v.value().backend(), v.shape().clone(), 1.0)?;
+                    seeds.push((v, one));
+                }
+                Form::Statistic(_) => {
+                    let from_kept = kept.as_mut().and_then(|k| k[ti].take());
+                    let c = match from_kept {
+                        Some(c) => Some(c),
+                        None => self.contribution_on(t, tile, ti, feats)?,
+                    };
+                    if let (Some(c), Some(d)) = (c, &d_stat[ti]) {
+                        seeds.extend(c.into_iter().zip(d.iter().cloned()));
+                    }
+                }
+            }
+        }
+        Ok(seeds)
+    }
+
     /// Tile by tile, in two passes. Pass 1 runs the network on every crop and sums each
-    /// style layer's `F̂F̂ᵀ` over the tiles' own positions; the style terms and their
-    /// gradients w.r.t. the activations, `4w/(C²N)·(G − A)·F̂`, follow in closed form. Pass 2
-    /// seeds each layer's own positions of every crop with that gradient (and the content
-    /// and TV terms, which are local), runs the backward pass and adds the crop's image
+    /// statistic term's contributions over the tiles' own positions; the statistic terms'
+    /// losses and their gradients w.r.t. the statistics come from a small tape. Pass 2
+    /// evaluates the local terms on each crop's own positions, seeds the statistic
+    /// contributions with those gradients, runs the backward pass and adds the crop's image
     /// gradient into the whole.
     ///
     /// Pass 1 keeps, for the tiles the plan allows, the tape of the network's deep part
     /// (after `pool2`, where activations are small and most of the arithmetic is), so pass 2
     /// recomputes only the shallow part for them; the other tiles are run again in full.
-    fn evaluate_tiled(
-        &self,
-        x: &Tensor<B>,
-        t: &Tiled<'m, B>,
-        content_targets: &[Vec<Option<Tensor<B>>>],
-    ) -> Result<Evaluation<B>> {
+    fn evaluate_tiled(&self, x: &Tensor<B>, t: &Tiled) -> Result<Evaluation<B>> {
         let plan = &t.plan;
-        let geo = &t.geometry;
-        let model = self.fx.model();
+        let model = self.model;
         let (h, w) = (plan.height, plan.width);
         let n = plan.tiles.len();
         let keep = t.keep.min(n);
-        let used: Vec<usize> = t.content_idx.iter().chain(&t.style_idx).copied().collect();
+        let used: Vec<usize> = self.keys.iter().flatten().copied().collect();
         let wanted = |i: usize| used.contains(&i);
-        let is_style = |i: usize| t.style_idx.contains(&i);
-        let deepest = t.deepest;
+        let nterms = self.terms.len();
 
-        // Pass 1: Gram sums of the style layers, and the kept tapes.
+        // Pass 1: the statistics, and the kept tapes.
         let tapes: Vec<Tape<B>> = (0..n).map(|_| Tape::new()).collect();
         let mut kept: Vec<Option<Kept<'_, B>>> = (0..n).map(|_| None).collect();
-        let mut sums: Vec<Option<Tensor<B>>> = vec![None; t.style_idx.len()];
-        // With the W2 loss, also Σ_p F_p per style layer.
-        let w2 = self.cfg.style_loss == StyleLoss::W2;
-        let mut firsts: Vec<Option<Tensor<B>>> = vec![None; t.style_idx.len()];
+        let mut sums: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
         for (ti, tile) in plan.tiles.iter().enumerate() {
             let crop = window(x, &tile.crop)?;
-            let mut add = |i: usize, f: &Tensor<B>| -> nst_vgg::Result<()> {
-                for ((slot, first), &li) in sums.iter_mut().zip(&mut firsts).zip(&t.style_idx) {
-                    if li == i {
-                        accumulate_gram(slot, f, geo, plan, tile, li)?;
-                        if w2 {
-                            accumulate_sum(first, f, geo, plan, tile, li)?;
-                        }
-                    }
-                }
-                Ok(())
-            };
             if ti + keep < n {
-                model.forward_range(crop, 0, deepest, &|i| is_style(i), |i, f| add(i, f))?;
+                let mut feats = vec![(IMAGE, crop.clone())];
+                if let Some(d) = t.deepest {
+                    model.forward_range(crop, 0, d, &wanted, |i, f| {
+                        feats.push((i, f.clone()));
+                        Ok(())
+                    })?;
+                }
+                self.add_contributions(t, tile, &feats, &mut sums)?;
                 continue;
             }
             let tape = &tapes[ti];
             let mut feats: Vec<(usize, Var<'_, B>)> = Vec::new();
-            let (leaf, first) = match t.split {
-                Some(sp) => {
-                    let a = model.forward_range(crop, 0, sp, &|i| is_style(i), |i, f| add(i, f))?;
-                    (tape.var(a), sp + 1)
+            let (leaf, full) = match (t.split, t.deepest) {
+                (Some(sp), Some(d)) => {
+                    let mut shallow = vec![(IMAGE, crop.clone())];
+                    let a = model.forward_range(crop, 0, sp, &wanted, |i, f| {
+                        shallow.push((i, f.clone()));
+                        Ok(())
+                    })?;
+                    self.add_contributions(t, tile, &shallow, &mut sums)?;
+                    drop(shallow);
+                    let leaf = tape.var(a);
+                    model.forward_range(leaf.clone(), sp + 1, d, &wanted, |i, v| {
+                        feats.push((i, v.clone()));
+                        Ok(())
+                    })?;
+                    (leaf, false)
                 }
-                None => (tape.var(crop), 0),
+                (_, deepest) => {
+                    let leaf = tape.var(crop);
+                    feats.push((IMAGE, leaf.clone()));
+                    if let Some(d) = deepest {
+                        model.forward_range(leaf.clone(), 0, d, &wanted, |i, v| {
+                            feats.push((i, v.clone()));
+                            Ok(())
+                        })?;
+                    }
+                    (leaf, true)
+                }
             };
-            model.forward_range(leaf.clone(), first, deepest, &wanted, |i, v| {
-                if is_style(i) {
-                    add(i, v.value())?;
+            let mut contributions = Vec::with_capacity(nterms);
+            for (k, sum) in sums.iter_mut().enumerate() {
+                let c = self.contribution_on(t, tile, k, &feats)?;
+                if let Some(c) = &c {
+                    add_all(sum, c.iter().map(|v| v.value().clone()).collect())?;
                 }
-                feats.push((i, v.clone()));
-                Ok(())
-            })?;
+                contributions.push(c);
+            }
             kept[ti] = Some(Kept {
                 leaf,
                 feats,
-                full: t.split.is_none(),
+                contributions,
+                full,
             });
         }
 
-        // The style terms and what seeds their gradients: with Gram matrices the
-        // activation-gradient matrices D_l = 4w/(C²N)·(G − A); with W2 the moment gradients.
-        let mut terms = Vec::new();
-        let mut style_d = Vec::with_capacity(t.style_idx.len());
-        let mut style_values = Vec::with_capacity(t.style_idx.len());
-        if w2 {
-            for (li_pos, (((name, m), sum), first)) in self
-                .cfg
-                .style_layers
-                .iter()
-                .zip(std::mem::take(&mut sums))
-                .zip(firsts)
-                .enumerate()
-            {
-                let li = t.style_idx[li_pos];
-                let (_, c) = geo.layer(li);
-                let positions = geo.positions(h, w, li);
-                let wl = self.cfg.style_weight * m;
-                let host = |v: Option<Tensor<B>>, n: usize| -> Result<Vec<f64>> {
-                    Ok(match v {
-                        Some(v) => v.to_f64()?,
-                        None => vec![0.0; n],
-                    })
-                };
-                let moments = nst_loss::Moments::from_sums(
-                    c,
-                    positions,
-                    &host(first, c)?,
-                    &host(sum, c * c)?,
-                );
-                let eval = self.w2_targets[li_pos].evaluate(&moments)?;
-                style_values.push((format!("style/{name}"), wl * eval.value));
-                style_d.push(StyleSeed::W2 {
-                    eval,
-                    positions,
-                    weight: wl,
-                });
-            }
-        }
-        let gram_targets = if w2 { &[][..] } else { &self.style_targets[..] };
-        for (((name, m), target), (sum, &li)) in self
-            .cfg
-            .style_layers
-            .iter()
-            .zip(gram_targets)
-            .zip(sums.into_iter().zip(&t.style_idx))
+        // The statistic terms' losses, and their gradients w.r.t. the statistics.
+        let top = Tape::new();
+        let mut stat_values: Vec<Option<Tensor<B>>> = vec![None; nterms];
+        let mut d_stat: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
         {
-            let (_, c) = geo.layer(li);
-            let npos = (c * geo.positions(h, w, li)).max(1) as f64;
-            let wl = self.cfg.style_weight * m;
-            let g = match sum {
-                Some(s) => s.scale(1.0 / npos)?,
-                None => Tensor::zeros(target.backend(), [c, c])?,
-            };
-            let diff = g.sub(target)?;
-            let value = wl * diff.square()?.sum()?.scalar()? / (c * c).max(1) as f64;
-            style_values.push((format!("style/{name}"), value));
-            style_d.push(StyleSeed::Gram(
-                diff.scale(4.0 * wl / ((c * c) as f64 * npos))?,
-            ));
+            let mut vars: Vec<Option<Vec<Var<'_, B>>>> = (0..nterms).map(|_| None).collect();
+            let mut total: Option<Var<'_, B>> = None;
+            for (ti, term) in self.terms.iter().enumerate() {
+                let Form::Statistic(stat) = term.form() else {
+                    continue;
+                };
+                let sum = sums[ti].take().ok_or_else(|| {
+                    Error::Config(format!("{} got no contribution from any tile", term.name()))
+                })?;
+                let v: Vec<Var<'_, B>> = sum.into_iter().map(|s| top.var(s)).collect();
+                let positions: Vec<usize> = self.keys[ti]
+                    .iter()
+                    .map(|&k| t.geometry.positions(h, w, k))
+                    .collect();
+                let loss = stat.loss(&v, &positions)?.scale(term.weight())?;
+                stat_values[ti] = Some(loss.value().clone());
+                total = Some(match total {
+                    None => loss,
+                    Some(acc) => acc.add(&loss)?,
+                });
+                vars[ti] = Some(v);
+            }
+            if let Some(total) = total {
+                let mut grads = top.backward(&total)?;
+                for (slot, v) in d_stat.iter_mut().zip(&vars) {
+                    if let Some(v) = v {
+                        *slot = Some(
+                            v.iter()
+                                .map(|v| match grads.take(v) {
+                                    Some(g) => Ok(g),
+                                    None => Tensor::zeros(x.backend(), v.shape().clone()),
+                                })
+                                .collect::<nst_tensor::Result<Vec<_>>>()?,
+                        );
+                    }
+                }
+            }
         }
 
         // Pass 2: the backward pass, tile by tile; the kept tiles first, latest first.
-        let mut content_values = vec![0.0; self.cfg.content_layers.len()];
-        let mut tv_value = 0.0;
+        let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
         let mut grad: Option<Tensor<B>> = None;
         let order = (n - keep..n).rev().chain(0..n - keep);
         for ti in order {
             let tile = &plan.tiles[ti];
-            let ctx = SeedCtx {
-                objective: self,
-                t,
-                style_d: &style_d,
-                targets: &content_targets[ti],
-                tile,
-            };
             let tape = Tape::new();
-            // `into` carries the gradient w.r.t. the kept deep part's input into the shallow
-            // pass.
             let (xv, mut seeds) = match kept[ti].take() {
-                Some(k) if k.full => {
-                    let seeds = ctx.seeds(&k.feats, &mut content_values)?;
+                Some(mut k) if k.full => {
+                    let seeds = self.seeds(
+                        t,
+                        tile,
+                        &k.feats,
+                        Some(&mut k.contributions),
+                        &d_stat,
+                        &mut locals,
+                    )?;
                     (k.leaf, seeds)
                 }
-                Some(k) => {
-                    let deep = ctx.seeds(&k.feats, &mut content_values)?;
+                Some(mut k) => {
+                    // `into` carries the gradient w.r.t. the kept deep part's input into the
+                    // shallow pass.
+                    let deep = self.seeds(
+                        t,
+                        tile,
+                        &k.feats,
+                        Some(&mut k.contributions),
+                        &d_stat,
+                        &mut locals,
+                    )?;
                     let into = if deep.is_empty() {
                         None
                     } else {
@@ -915,12 +939,12 @@ impl<'m, B: Backend> Objective<'m, B> {
                     drop(k);
                     let sp = t.split.expect("a kept deep part has a split");
                     let xv = tape.var(window(x, &tile.crop)?);
-                    let mut feats = Vec::new();
+                    let mut feats = vec![(IMAGE, xv.clone())];
                     let a = model.forward_range(xv.clone(), 0, sp, &wanted, |i, v| {
                         feats.push((i, v.clone()));
                         Ok(())
                     })?;
-                    let mut seeds = ctx.seeds(&feats, &mut content_values)?;
+                    let mut seeds = self.seeds(t, tile, &feats, None, &d_stat, &mut locals)?;
                     if let Some(g) = into {
                         seeds.push((a, g));
                     }
@@ -928,22 +952,19 @@ impl<'m, B: Backend> Objective<'m, B> {
                 }
                 None => {
                     let xv = tape.var(window(x, &tile.crop)?);
-                    let mut feats = Vec::new();
-                    model.forward_range(xv.clone(), 0, deepest, &wanted, |i, v| {
-                        feats.push((i, v.clone()));
-                        Ok(())
-                    })?;
-                    let seeds = ctx.seeds(&feats, &mut content_values)?;
+                    let mut feats = vec![(IMAGE, xv.clone())];
+                    if let Some(d) = t.deepest {
+                        model.forward_range(xv.clone(), 0, d, &wanted, |i, v| {
+                            feats.push((i, v.clone()));
+                            Ok(())
+                        })?;
+                    }
+                    let seeds = self.seeds(t, tile, &feats, None, &d_stat, &mut locals)?;
                     (xv, seeds)
                 }
             };
-            if let Some(tv) = tile_tv(&xv, tile, self.cfg.tv_weight)? {
-                tv_value += tv.value().scalar()?;
-                let one = Tensor::full(x.backend(), tv.shape().clone(), 1.0)?;
-                seeds.push((tv, one));
-            }
             let mut grads = xv.tape().backward_seeded(&seeds)?;
-            drop(seeds);
+            seeds.clear();
             if let Some(g) = grads.take(&xv) {
                 grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
             }
@@ -952,249 +973,126 @@ impl<'m, B: Backend> Objective<'m, B> {
             Some(g) => g,
             None => Tensor::zeros(x.backend(), x.shape().clone())?,
         };
-        for ((name, _), v) in self.cfg.content_layers.iter().zip(&content_values) {
-            terms.push((format!("content/{name}"), *v));
-        }
-        terms.extend(style_values);
-        terms.push(("tv".to_string(), tv_value));
-        // The same order of addition as the untiled total: TV, then content, then style.
-        let total = terms[..terms.len() - 1]
-            .iter()
-            .fold(tv_value, |acc, (_, v)| acc + v);
-        let grad_sum = grad.sum()?.scalar()?;
-        Ok(Evaluation {
-            total,
-            terms,
-            grad,
-            grad_sum,
-        })
-    }
-}
-
-/// What seeds a style layer's gradient in the tiled evaluation.
-enum StyleSeed<B: Backend> {
-    /// The Gram loss's `D_l`: the seed of positions `F̂` is `D_l·F̂`.
-    Gram(Tensor<B>),
-    /// The W2 loss's moment gradients over the layer's `positions`.
-    W2 {
-        eval: nst_loss::W2Eval,
-        positions: usize,
-        weight: f64,
-    },
-}
-
-/// What the seeds of one tile are made from.
-struct SeedCtx<'a, 'm, B: Backend> {
-    objective: &'a Objective<'m, B>,
-    t: &'a Tiled<'m, B>,
-    style_d: &'a [StyleSeed<B>],
-    targets: &'a [Option<Tensor<B>>],
-    tile: &'a Tile,
-}
-
-impl<B: Backend> SeedCtx<'_, '_, B> {
-    /// The seeds of the tile's own positions at the layers in `feats`: the style layers'
-    /// `D·F̂` and the content layers' `2w/N·(F − P)`, whose values are added to
-    /// `content_values`.
-    fn seeds<'t>(
-        &self,
-        feats: &[(usize, Var<'t, B>)],
-        content_values: &mut [f64],
-    ) -> Result<Vec<(Var<'t, B>, Tensor<B>)>> {
-        let (t, geo, plan, tile) = (self.t, &self.t.geometry, &self.t.plan, self.tile);
-        let cfg = &self.objective.cfg;
-        let (h, w) = (plan.height, plan.width);
-        let mut seeds = Vec::new();
-        for (d, &li) in self.style_d.iter().zip(&t.style_idx) {
-            let (Some((_, f)), Some(iw)) = (
-                feats.iter().find(|(i, _)| *i == li),
-                geo.inner_at(plan, tile, li),
-            ) else {
-                continue;
-            };
-            let inner = window(f, &iw)?;
-            let seed = match d {
-                StyleSeed::Gram(d) => {
-                    let dims = inner.shape().clone();
-                    let flat = inner.value().reshape([dims.dim(1), iw.h * iw.w])?;
-                    d.matmul(&flat)?.reshape(dims)?
+        let mut values = Vec::with_capacity(nterms + 2);
+        for (ti, term) in self.terms.iter().enumerate() {
+            values.push(match (locals[ti].take(), stat_values[ti].take()) {
+                (Some(v), _) | (None, Some(v)) => v,
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                        "{} was evaluated on no tile",
+                        term.name()
+                    )))
                 }
-                StyleSeed::W2 {
-                    eval,
-                    positions,
-                    weight,
-                } => nst_loss::w2_activation_grad(inner.value(), eval, *positions, *weight)?,
-            };
-            seeds.push((inner, seed));
+            });
         }
-        for (ci, (((_, m), target), &li)) in cfg
-            .content_layers
-            .iter()
-            .zip(self.targets)
-            .zip(&t.content_idx)
-            .enumerate()
-        {
-            let (Some((_, f)), Some(iw), Some(target)) = (
-                feats.iter().find(|(i, _)| *i == li),
-                geo.inner_at(plan, tile, li),
-                target,
-            ) else {
-                continue;
-            };
-            let (_, c) = geo.layer(li);
-            let npos = (c * geo.positions(h, w, li)).max(1) as f64;
-            let wl = cfg.content_weight * m;
-            let inner = window(f, &iw)?;
-            let diff = inner.value().sub(target)?;
-            content_values[ci] += wl * diff.square()?.sum()?.scalar()? / npos;
-            seeds.push((inner, diff.scale(2.0 * wl / npos)?));
+        // The total in the order of the terms, as the untiled evaluation adds them.
+        let mut total = values[0].clone();
+        for v in &values[1..] {
+            total = total.add(v)?;
         }
-        Ok(seeds)
+        values.push(total);
+        values.push(grad.sum()?);
+        self.finish(values, grad)
     }
 }
 
-/// A tile's tape kept from pass 1: its leaf (the crop, or the shallow part's output) and the
-/// used layers' activations on it.
-struct Kept<'t, B: Backend> {
-    leaf: Var<'t, B>,
-    feats: Vec<(usize, Var<'t, B>)>,
-    /// Whether the tape holds the whole network from the crop.
-    full: bool,
-}
+/// The error of gradient normalisation on a tiled objective.
+const NORMALIZED_UNTILED: &str =
+    "--normalize-gradients needs the untiled objective (pass --tile off, or a larger --max-memory)";
 
-/// `slot += t` (`slot = t` when empty).
-fn add_into<B: Backend>(slot: &mut Option<Tensor<B>>, t: Tensor<B>) -> nst_tensor::Result<()> {
-    *slot = Some(match slot.take() {
-        Some(acc) => acc.add(&t)?,
-        None => t,
-    });
-    Ok(())
-}
-
-/// Adds a tile's own positions of activation `f` (a crop's, at layer `li`) to a Gram sum.
-fn accumulate_gram<B: Backend>(
-    slot: &mut Option<Tensor<B>>,
-    f: &Tensor<B>,
-    geo: &Geometry,
-    plan: &TilePlan,
-    tile: &Tile,
-    li: usize,
-) -> nst_tensor::Result<()> {
-    if let Some(iw) = geo.inner_at(plan, tile, li) {
-        let g = gram_sum(&window(f, &iw)?)?;
-        add_into(slot, g)?;
+/// The classic style terms: Gram matrices blended over the style images, or the W2 loss
+/// against their blended moments.
+fn style_terms<B: Backend>(
+    model: &Vgg<B>,
+    cfg: &ObjectiveConfig,
+    styles: &[Tensor<B>],
+    beta: &[f64],
+    tiling: Tiling,
+) -> Result<Vec<Term<B>>> {
+    let names: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
-}
-
-/// Adds a tile's own positions of activation `f` to a sum over positions `Σ_p F_p` (`[C, 1]`).
-fn accumulate_sum<B: Backend>(
-    slot: &mut Option<Tensor<B>>,
-    f: &Tensor<B>,
-    geo: &Geometry,
-    plan: &TilePlan,
-    tile: &Tile,
-    li: usize,
-) -> nst_tensor::Result<()> {
-    if let Some(iw) = geo.inner_at(plan, tile, li) {
-        let inner = window(f, &iw)?;
-        let d = inner.dims().to_vec();
-        let s = inner.reshape([d[1], d[2] * d[3]])?.sum_axis(1)?;
-        add_into(slot, s)?;
+    for s in styles {
+        image_size(s.dims(), "a style image")?;
     }
-    Ok(())
-}
-
-/// Per style layer: `Σ F̂F̂ᵀ`, and `Σ_p F_p` when asked for (else empty).
-type GramAndFirstSums<B> = (Vec<Tensor<B>>, Vec<Tensor<B>>);
-
-/// Unnormalised Gram sums `Σ F̂F̂ᵀ` of an image at the style layers, tile by tile (inference
-/// only), and with `firsts` the sums `Σ_p F_p` too (else the second list is empty).
-fn tiled_moment_sums<B: Backend>(
-    sfx: &FeatureExtractor<'_, B>,
-    geo: &Geometry,
-    plan: &TilePlan,
-    style_idx: &[usize],
-    image: &Tensor<B>,
-    firsts: bool,
-) -> Result<GramAndFirstSums<B>> {
-    let names: Vec<String> = sfx.layer_names().map(str::to_string).collect();
-    let mut sums: Vec<Option<Tensor<B>>> = vec![None; style_idx.len()];
-    let mut ones: Vec<Option<Tensor<B>>> = vec![None; style_idx.len()];
-    for tile in &plan.tiles {
-        let feats = sfx.extract(&window(image, &tile.crop)?)?;
-        for (((slot, first), name), &li) in
-            sums.iter_mut().zip(&mut ones).zip(&names).zip(style_idx)
-        {
-            let f = feats.get(name).expect("extracted");
-            accumulate_gram(slot, f, geo, plan, tile, li)?;
-            if firsts {
-                accumulate_sum(first, f, geo, plan, tile, li)?;
+    let layer_lists: Vec<[&str; 1]> = names.iter().map(|n| [*n]).collect();
+    let mut terms = Vec::with_capacity(names.len());
+    match cfg.style_loss {
+        StyleLoss::Gram => {
+            let plain = GramStatistic::plain();
+            let parts: Vec<(&[&str], &dyn Contribution<B>)> = layer_lists
+                .iter()
+                .map(|l| (&l[..], &plain as &dyn Contribution<B>))
+                .collect();
+            let mut targets: Vec<Option<Tensor<B>>> = vec![None; names.len()];
+            for (s, b) in styles.iter().zip(beta) {
+                for (slot, (sum, positions)) in targets
+                    .iter_mut()
+                    .zip(statistics(model, s, &parts, tiling)?)
+                {
+                    let c = sum[0].dims()[0];
+                    let g = sum[0].scale(1.0 / (c as f64 * positions[0] as f64))?;
+                    add_into(slot, g.scale(*b)?)?;
+                }
+            }
+            for ((name, m), target) in cfg.style_layers.iter().zip(targets) {
+                terms.push(nst_loss::gram_term(
+                    name,
+                    vec![GramRegion {
+                        mask: None,
+                        target: target.expect("one style image at least"),
+                        weight: 1.0,
+                    }],
+                    cfg.style_weight * m,
+                )?);
+            }
+        }
+        StyleLoss::W2 => {
+            // Per style image, per layer: the moments, from sums about the layer's mean (a
+            // first pass finds it) so that f32 loses nothing to cancellation.
+            let mut per_style: Vec<Vec<nst_loss::Moments>> = Vec::with_capacity(styles.len());
+            for s in styles {
+                let zero = W2Statistic::about(Vec::new());
+                let parts: Vec<(&[&str], &dyn Contribution<B>)> = layer_lists
+                    .iter()
+                    .map(|l| (&l[..], &zero as &dyn Contribution<B>))
+                    .collect();
+                let first = statistics(model, s, &parts, tiling)?;
+                let shifted: Vec<W2Statistic> = first
+                    .iter()
+                    .map(|(sum, p)| {
+                        let c = sum[0].dims()[0];
+                        let all = sum[0].to_f64()?;
+                        let s1: Vec<f64> = (0..c).map(|i| all[i * (c + 1)]).collect();
+                        let inv = 1.0 / p[0].max(1) as f64;
+                        Ok(W2Statistic::about(s1.iter().map(|v| v * inv).collect()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let parts: Vec<(&[&str], &dyn Contribution<B>)> = layer_lists
+                    .iter()
+                    .zip(&shifted)
+                    .map(|(l, s)| (&l[..], s as &dyn Contribution<B>))
+                    .collect();
+                let second = statistics(model, s, &parts, tiling)?;
+                per_style.push(
+                    second
+                        .iter()
+                        .zip(&shifted)
+                        .map(|((sum, p), stat)| Ok(stat.moments(p[0], &sum[0].to_f64()?)))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+            }
+            for (li, (name, m)) in cfg.style_layers.iter().enumerate() {
+                let parts: Vec<(f64, &nst_loss::Moments)> = beta
+                    .iter()
+                    .copied()
+                    .zip(per_style.iter().map(|m| &m[li]))
+                    .collect();
+                let target = nst_loss::W2Target::new(&nst_loss::Moments::blend(&parts)?)?;
+                terms.push(nst_loss::w2_term(name, target, cfg.style_weight * m));
             }
         }
     }
-    let fill = |v: Vec<Option<Tensor<B>>>, shape: fn(usize) -> [usize; 2]| {
-        v.into_iter()
-            .zip(style_idx)
-            .map(|(s, &li)| match s {
-                Some(s) => Ok(s),
-                None => Ok(Tensor::zeros(image.backend(), shape(geo.layer(li).1))?),
-            })
-            .collect::<Result<Vec<_>>>()
-    };
-    let grams = fill(sums, |c| [c, c])?;
-    let firsts = if firsts {
-        fill(ones, |c| [c, 1])?
-    } else {
-        Vec::new()
-    };
-    Ok((grams, firsts))
-}
-
-/// The total variation of a tile's own pixels, on the tape: the differences between each of
-/// its pixels and the pixel below and to the right of it (when those are in the image), so
-/// that the tiles' terms sum to the whole image's. `None` when the tile has no difference.
-fn tile_tv<'t, B: Backend>(
-    xv: &Var<'t, B>,
-    tile: &Tile,
-    weight: f64,
-) -> nst_tensor::Result<Option<Var<'t, B>>> {
-    let d = xv.shape().dims().to_vec();
-    let (cy, cx) = (tile.inner.y - tile.crop.y, tile.inner.x - tile.crop.x);
-    let (ih, iw) = (tile.inner.h, tile.inner.w);
-    let mut parts = Vec::new();
-    // Vertical: rows cy .. cy + ih, each with the row below it where there is one.
-    let rows = (ih + 1).min(d[2] - cy);
-    if rows > 1 {
-        let a = window(
-            xv,
-            &Window {
-                y: cy,
-                x: cx,
-                h: rows,
-                w: iw,
-            },
-        )?;
-        parts.push(nst_loss::squared_differences(&a, 2)?);
-    }
-    // Horizontal: columns cx .. cx + iw, each with the one to its right.
-    let cols = (iw + 1).min(d[3] - cx);
-    if cols > 1 {
-        let b = window(
-            xv,
-            &Window {
-                y: cy,
-                x: cx,
-                h: ih,
-                w: cols,
-            },
-        )?;
-        parts.push(nst_loss::squared_differences(&b, 3)?);
-    }
-    let total = match parts.len() {
-        0 => return Ok(None),
-        1 => parts.remove(0),
-        _ => parts[0].add(&parts[1])?,
-    };
-    Ok(Some(total.scale(weight)?))
+    Ok(terms)
 }

@@ -403,6 +403,17 @@ pub fn plan_scales<B: Backend>(
     styles: &[Image],
     cfg: &RenderConfig,
 ) -> Result<Vec<MemoryPlan>> {
+    plan_scales_with(model, content, styles, cfg, &[])
+}
+
+/// [`plan_scales`] for an objective whose terms also read `extra_layers`.
+fn plan_scales_with<B: Backend>(
+    model: &Vgg<B>,
+    content: &Image,
+    styles: &[Image],
+    cfg: &RenderConfig,
+    extra_layers: &[String],
+) -> Result<Vec<MemoryPlan>> {
     // Finest first, so that a budget too small for the render names what the largest
     // scale needs.
     let mut plans = scale_sizes(content, cfg)
@@ -417,16 +428,14 @@ pub fn plan_scales<B: Backend>(
                 optimizer: cfg.optimizer,
                 history: cfg.lbfgs_history,
                 iterations: iterations_of(cfg, si),
-                // Region masks and normalised gradients need the untiled objective.
-                tile: if cfg.content_masks.is_empty()
-                    && !cfg.objective.normalize_gradients
-                    && cfg.temporal.is_none()
-                {
-                    cfg.tile
-                } else {
+                // Normalised gradients need the untiled objective.
+                tile: if cfg.objective.normalize_gradients {
                     TileChoice::Off
+                } else {
+                    cfg.tile
                 },
                 budget: cfg.memory_budget,
+                extra_layers: extra_layers.to_vec(),
             };
             crate::memory::plan(model, &cfg.objective, &req)
         })
@@ -688,6 +697,7 @@ pub struct RenderSession<'a, B: Backend> {
     backend: &'a B,
     model: &'a Vgg<B>,
     content: &'a Image,
+    styles: &'a [Image],
     /// The content and styles the objective sees: as given, or as colour control makes them
     /// (grey for luminance-only transfer, colour-matched styles).
     content_eff: Image,
@@ -713,6 +723,40 @@ pub struct RenderSession<'a, B: Backend> {
     /// The current scale's last losses (up to [`TOLERANCE_WINDOW`] + 1), for the
     /// convergence test.
     recent: std::collections::VecDeque<f64>,
+    /// Terms of the caller's own, added at every scale.
+    sources: Vec<&'a dyn TermSource<B>>,
+}
+
+/// Terms of the caller's own in a render ([`RenderSession::with_terms`]): built anew at every
+/// scale, since their targets depend on the scale's size, and added to the objective the
+/// render's configuration makes. They get everything the render loop gives the built-in
+/// terms: coarse-to-fine scales, exact tiles, the pixel projection, checkpoints and resume,
+/// the progress line, the JSON log and the web view.
+pub trait TermSource<B: Backend> {
+    /// The settings that change the terms, recorded in the fingerprint checkpoints compare
+    /// (a resume with other settings is refused).
+    fn describe(&self) -> String;
+    /// The layers the terms read, for the memory plan.
+    fn layers(&self) -> Vec<String>;
+    /// The terms at one scale.
+    fn terms(&self, scale: &Scale<'_, B>) -> Result<Vec<nst_loss::Term<B>>>;
+}
+
+/// What the terms of a scale are made from.
+pub struct Scale<'a, B: Backend> {
+    /// The network.
+    pub model: &'a Vgg<B>,
+    /// The content image at this scale (`[1, 3, H, W]`, model space; grey with
+    /// luminance-only colour control).
+    pub content: &'a Tensor<B>,
+    /// The style images as the objective sees them (`[1, 3, H_k, W_k]`, model space).
+    pub styles: &'a [Tensor<B>],
+    /// This scale's (width, height).
+    pub size: (usize, usize),
+    /// How this scale's objective is tiled: targets built with
+    /// [`crate::targets::features`] and [`crate::targets::statistic`] under it hold one
+    /// tile's network pass at a time.
+    pub tiling: crate::Tiling,
 }
 
 impl<'a, B: Backend> RenderSession<'a, B> {
@@ -733,6 +777,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             backend,
             model,
             content,
+            styles,
             content_eff,
             styles_eff,
             cfg,
@@ -750,7 +795,42 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             status: SessionStatus::Running,
             last: None,
             recent: Default::default(),
+            sources: Vec::new(),
         })
+    }
+
+    /// Adds terms of the caller's own to every scale's objective (before the first step, and
+    /// before [`RenderSession::resume_from`]). The memory plans are made again with their
+    /// layers, and their description enters the fingerprint.
+    pub fn with_terms(mut self, source: &'a dyn TermSource<B>) -> Result<Self> {
+        if self.scale != 0 || self.done != 0 || self.active.is_some() || self.carried.is_some() {
+            return Err(Error::Config(
+                "terms can only be added before the first iteration".into(),
+            ));
+        }
+        self.sources.push(source);
+        let layers: Vec<String> = self.sources.iter().flat_map(|s| s.layers()).collect();
+        self.plans = plan_scales_with(self.model, self.content, self.styles, self.cfg, &layers)?;
+        let plan = fingerprint(
+            self.backend,
+            self.content,
+            self.styles,
+            self.cfg,
+            &self.plans,
+        )
+        .into_iter()
+        .find(|(k, _)| k == "plan")
+        .expect("a plan entry");
+        self.fingerprint.retain(|(k, _)| k != "plan");
+        self.fingerprint.push(plan);
+        let terms = self
+            .sources
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.describe("terms", &terms);
+        Ok(self)
     }
 
     /// A session continuing from `checkpoint`: refused, naming what differs, when the
@@ -938,10 +1018,11 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             .iter()
             .map(|s| s.fit(long).to_model(backend, conv))
             .collect::<nst_tensor::Result<Vec<_>>>()?;
+        let content_t = content.to_model(backend, conv)?;
         let mut objective = Objective::with_tiling(
             self.model,
             &cfg.objective,
-            &content.to_model(backend, conv)?,
+            &content_t,
             &style_t,
             &cfg.style_blend,
             self.plans[si].tiling,
@@ -977,6 +1058,18 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             }
             let c = Tensor::from_f32(backend, &t.weights, [1, 1, h, w])?;
             objective = objective.with_temporal(&target, &c, t.weight)?;
+        }
+        let scale = Scale {
+            model: self.model,
+            content: &content_t,
+            styles: &style_t,
+            size: (w, h),
+            tiling: self.plans[si].tiling,
+        };
+        for source in &self.sources {
+            for term in source.terms(&scale)? {
+                objective = objective.with_term(term)?;
+            }
         }
         drop(style_t);
         let restored = self.restored.take();

@@ -10,6 +10,10 @@
 use crate::{Error, Result};
 use nst_vgg::{LayerOp, Span, Vgg};
 
+/// The layer index that stands for the image itself ([`nst_loss::INPUT`]): stride 1, three
+/// channels, no margin.
+pub(crate) const IMAGE: usize = usize::MAX;
+
 /// Whether and how the objective is evaluated tile by tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Tiling {
@@ -39,18 +43,7 @@ pub enum Tiling {
     },
 }
 
-/// A window of an image: rows `y .. y + h`, columns `x .. x + w`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    /// First row.
-    pub y: usize,
-    /// First column.
-    pub x: usize,
-    /// Rows.
-    pub h: usize,
-    /// Columns.
-    pub w: usize,
-}
+pub use nst_loss::Window;
 
 /// One tile: the pixels it owns and the pixels it reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,10 +66,25 @@ pub struct Geometry {
 impl Geometry {
     /// The geometry of `model`'s layers at the given indices (at least one).
     pub fn new<B: nst_tensor::Backend>(model: &Vgg<B>, indices: &[usize]) -> Result<Self> {
+        let uses: Vec<(usize, usize)> = indices.iter().map(|&i| (i, 0)).collect();
+        Self::with_reach(model, &uses)
+    }
+
+    /// The geometry of layers read with a reach: `(index, reach)` pairs, where a reach of
+    /// `r` means that the positions within `r` of a tile's own positions are read too (the
+    /// halo grows by `r` strides of the layer).
+    pub(crate) fn with_reach<B: nst_tensor::Backend>(
+        model: &Vgg<B>,
+        uses: &[(usize, usize)],
+    ) -> Result<Self> {
         let table = model.layers();
         let mut layers = Vec::new();
         let (mut margin, mut align) = (1, 1);
-        for &i in indices {
+        for &(i, reach) in uses {
+            if i == IMAGE {
+                margin = margin.max(reach);
+                continue;
+            }
             let span = Span::of(table, i)
                 .ok_or_else(|| Error::Config(format!("no layer with index {i}")))?;
             let channels = table[..=i]
@@ -87,7 +95,7 @@ impl Geometry {
                     _ => None,
                 })
                 .unwrap_or(3);
-            margin = margin.max(span.margin());
+            margin = margin.max(span.margin() + reach * span.stride);
             align = align.max(span.stride);
             layers.push((i, span.stride, channels));
         }
