@@ -365,3 +365,52 @@ impl<B: Backend> std::fmt::Debug for Term<B> {
             .finish()
     }
 }
+
+/// A statistic term made of a contribution and a closure: the loss of the summed statistic
+/// (`sums`, and the positions each layer's sum ran over).
+///
+/// ```
+/// use nst_loss::term::{statistic_fn, Term};
+/// # fn f<B: nst_tensor::Backend>() -> Term<B> {
+/// // Σ f fᵀ / (C·P) against nothing: the Gram matrix's mean square.
+/// let stat = statistic_fn(nst_loss::GramStatistic::plain(), |sums, n| {
+///     let c = sums[0].shape().dims()[0];
+///     sums[0].scale(1.0 / (c * n[0]) as f64)?.square()?.mean()
+/// });
+/// Term::statistic("energy/relu1_1", &["relu1_1"], 1.0, stat)
+/// # }
+/// ```
+pub fn statistic_fn<B, C, F>(contribution: C, loss: F) -> impl Statistic<B>
+where
+    B: Backend,
+    C: Contribution<B>,
+    F: for<'t> Fn(&[Var<'t, B>], &[usize]) -> Result<Var<'t, B>>,
+{
+    StatisticFn { contribution, loss }
+}
+
+struct StatisticFn<C, F> {
+    contribution: C,
+    loss: F,
+}
+
+impl<B, C, F> Contribution<B> for StatisticFn<C, F>
+where
+    B: Backend,
+    C: Contribution<B>,
+{
+    fn contribution<'t>(&self, inputs: &[Var<'t, B>], sites: &[Site]) -> Result<Vec<Var<'t, B>>> {
+        self.contribution.contribution(inputs, sites)
+    }
+}
+
+impl<B, C, F> Statistic<B> for StatisticFn<C, F>
+where
+    B: Backend,
+    C: Contribution<B>,
+    F: for<'t> Fn(&[Var<'t, B>], &[usize]) -> Result<Var<'t, B>>,
+{
+    fn loss<'t>(&self, statistic: &[Var<'t, B>], positions: &[usize]) -> Result<Var<'t, B>> {
+        (self.loss)(statistic, positions)
+    }
+}
