@@ -10,6 +10,7 @@ mod device;
 mod features;
 mod guard;
 mod session;
+mod terms;
 mod tiled;
 mod w2;
 

@@ -234,3 +234,96 @@ fn a_converged_scale_ends_early_and_resumes_exactly() {
         );
     }
 }
+
+/// A term of the caller's own: the mean entry of relu2_1's Gram matrix against half the
+/// style's, tiled like any other.
+struct Energy(f64);
+
+impl nst_style::TermSource<Cpu> for Energy {
+    fn describe(&self) -> String {
+        format!("energy {}", self.0)
+    }
+
+    fn layers(&self) -> Vec<String> {
+        vec!["relu2_1".into()]
+    }
+
+    fn terms(
+        &self,
+        scale: &nst_style::Scale<'_, Cpu>,
+    ) -> nst_style::Result<Vec<nst_style::Term<Cpu>>> {
+        let f = nst_style::targets::features(
+            scale.model,
+            &scale.styles[0],
+            &["relu2_1"],
+            scale.tiling,
+        )?;
+        let goal = nst_loss::gram_tensor(&f[0])?.mean()?.scalar()? * 0.5;
+        let stat = nst_loss::term::statistic_fn(nst_loss::GramStatistic::plain(), move |s, n| {
+            // The mean entry of the Gram matrix Σ f fᵀ / (C·P), against half the style's.
+            let c = s[0].shape().dims()[0];
+            let energy = s[0].sum()?.scale(1.0 / (c * c * c * n[0]) as f64)?;
+            energy.offset(-goal)?.square()
+        });
+        Ok(vec![nst_style::Term::statistic(
+            "energy/relu2_1",
+            &["relu2_1"],
+            self.0,
+            stat,
+        )])
+    }
+}
+
+#[test]
+fn a_user_term_renders_tiled_resumes_exactly_and_enters_the_fingerprint() {
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let (content, styles) = inputs();
+    let cfg = RenderConfig {
+        iterations: 4,
+        tile: nst_style::TileChoice::Size(16),
+        ..RenderConfig::default()
+    };
+    let term = Energy(1e-3);
+    let session = || {
+        RenderSession::new(&be, &vgg, &content, &styles, &cfg)
+            .unwrap()
+            .with_terms(&term)
+            .unwrap()
+    };
+    let mut whole = session();
+    assert!(whole.plans()[0].tiles > 1, "the render is tiled");
+    let mut names = Vec::new();
+    while let Some(p) = whole.step().unwrap() {
+        names = p.terms.iter().map(|(n, _)| n.clone()).collect();
+    }
+    assert!(names.contains(&"energy/relu2_1".to_string()), "{names:?}");
+    let whole = whole.finish().unwrap().image;
+    let mut s = session();
+    s.step().unwrap();
+    s.step().unwrap();
+    let bytes = s.checkpoint().unwrap().to_bytes().unwrap();
+    let mut resumed = session()
+        .resume_from(Checkpoint::from_bytes(&bytes).unwrap())
+        .unwrap();
+    while resumed.step().unwrap().is_some() {}
+    assert!(
+        resumed.finish().unwrap().image == whole,
+        "the resumed render differs"
+    );
+    // Without the term, or with another weight, the checkpoint is another render's.
+    let plain = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+    let err = plain
+        .resume_from(Checkpoint::from_bytes(&bytes).unwrap())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("terms"), "{err}");
+    let other = Energy(2e-3);
+    let s = RenderSession::new(&be, &vgg, &content, &styles, &cfg)
+        .unwrap()
+        .with_terms(&other)
+        .unwrap();
+    assert!(s
+        .resume_from(Checkpoint::from_bytes(&bytes).unwrap())
+        .is_err());
+}

@@ -87,7 +87,12 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
         );
     } else {
         for (i, (w, h, p, secs, it)) in lines.iter().enumerate() {
-            let tiling = if p.tiles > 1 {
+            let tiling = if matches!(p.tiling, nst_style::Tiling::Shallow(_)) {
+                format!(
+                    "layers to pool3 in {} tiles of up to {} px, halo {} px; deeper layers whole",
+                    p.tiles, p.tile, p.halo
+                )
+            } else if p.tiles > 1 {
                 format!(
                     "{} tiles of up to {} px, halo {} px, {} deep tapes kept",
                     p.tiles, p.tile, p.halo, p.kept

@@ -10,6 +10,7 @@
 
 use crate::render::OptimizerKind;
 use crate::tiled::{Geometry, Tiling};
+
 use crate::{Error, ObjectiveConfig, Result};
 use nst_tensor::Backend;
 use nst_vgg::{LayerOp, Vgg};
@@ -107,6 +108,19 @@ struct Net {
     content: Vec<(usize, usize)>,
     /// (stride, channels) of every used layer.
     used: Vec<(usize, usize)>,
+    /// For [`Tiling::Shallow`], when layers past `pool3` are used: the geometry of the tiled
+    /// part (the used layers to `pool3`, and `pool3`), its convolutions, the convolutions
+    /// run on the whole image, `pool3`'s (stride, channels), and the tiled part's share of
+    /// a forward pass's arithmetic.
+    shallow: Option<ShallowNet>,
+}
+
+struct ShallowNet {
+    geometry: Geometry,
+    convs: Vec<(usize, usize)>,
+    upper: Vec<(usize, usize)>,
+    input: (usize, usize),
+    share: f64,
 }
 
 impl Net {
@@ -135,6 +149,9 @@ impl Net {
         let mut convs = Vec::new();
         let mut deep_convs = Vec::new();
         let mut stride = 1;
+        let p3 = model.layer_index("pool3").ok().filter(|&p| p < deepest);
+        let (mut macs, mut shallow_macs, mut cin) = (0.0, 0.0, 3);
+        let (mut lower, mut upper) = (Vec::new(), Vec::new());
         for (i, l) in model.layers()[..=deepest].iter().enumerate() {
             match l.op {
                 LayerOp::Conv { cout, .. } => {
@@ -142,17 +159,43 @@ impl Net {
                     if split.is_some_and(|sp| i > sp) {
                         deep_convs.push((stride, cout));
                     }
+                    let m = (cin * cout) as f64 / (stride * stride) as f64;
+                    macs += m;
+                    if p3.is_some_and(|p| i < p) {
+                        shallow_macs += m;
+                        lower.push((stride, cout));
+                    } else {
+                        upper.push((stride, cout));
+                    }
+                    cin = cout;
                 }
                 LayerOp::Pool => stride *= 2,
                 LayerOp::Relu => {}
             }
         }
+        let shallow = match p3 {
+            Some(p) => {
+                let mut uses: Vec<usize> = idx.iter().copied().filter(|&i| i <= p).collect();
+                uses.push(p);
+                let geometry = Geometry::new(model, &uses)?;
+                let input = (geometry.layer(p).0, cin_of(model, p));
+                Some(ShallowNet {
+                    geometry,
+                    convs: lower,
+                    upper,
+                    input,
+                    share: shallow_macs / macs.max(1.0),
+                })
+            }
+            None => None,
+        };
         Ok(Net {
             used,
             convs,
             deep_convs,
             geometry,
             content,
+            shallow,
         })
     }
 
@@ -206,6 +249,86 @@ impl Net {
             .map(|&(s, c)| 4.0 * (c * (h / s) * (w / s)) as f64)
             .sum()
     }
+}
+
+/// The channels of layer `index`'s output (those of the last convolution before it).
+fn cin_of<B: Backend>(model: &Vgg<B>, index: usize) -> usize {
+    model.layers()[..=index]
+        .iter()
+        .rev()
+        .find_map(|l| match l.op {
+            LayerOp::Conv { cout, .. } => Some(cout),
+            _ => None,
+        })
+        .unwrap_or(3)
+}
+
+/// Bytes of the activations of `convs` for an `h x w` input, plus the transient buffers.
+fn conv_bytes(convs: &[(usize, usize)], h: usize, w: usize) -> f64 {
+    let mut sum = 0.0;
+    let mut widest: f64 = 0.0;
+    for &(s, c) in convs {
+        let n = (c * (h / s) * (w / s)) as f64;
+        sum += n;
+        widest = widest.max(n);
+    }
+    4.0 * (sum + TRANSIENT_LAYERS * widest)
+}
+
+/// The predicted peak of [`Tiling::Shallow`] with these crops: one crop's shallow tape at a
+/// time, and the deep part's tape of the whole image with its input and that input's
+/// gradient.
+fn peak_shallow(
+    net: &Net,
+    sh: &ShallowNet,
+    req: &PlanRequest,
+    crops: &[(usize, usize)],
+    history: usize,
+) -> f64 {
+    let (w, h) = req.size;
+    let px = (w * h) as f64;
+    let largest = crops
+        .iter()
+        .copied()
+        .max_by_key(|&(a, b)| a * b)
+        .unwrap_or((h, w));
+    let pairs = history.min(req.iterations.max(1));
+    let style_px: f64 = req.style_sizes.iter().map(|&(a, b)| (a * b) as f64).sum();
+    let style_build = req
+        .style_sizes
+        .iter()
+        .map(|&(sw, sh)| net.eval_bytes(largest.0.min(sh), largest.1.min(sw)) * 0.5)
+        .fold(0.0, f64::max);
+    let (s, c) = sh.input;
+    let input = 4.0 * (c * (h / s) * (w / s)) as f64;
+    let upper = conv_bytes(&sh.upper, h, w) + 3.0 * input;
+    let crop = conv_bytes(&sh.convs, largest.0, largest.1) + net.seed_bytes(largest.0, largest.1);
+    let eval = crop.max(style_build);
+    let widest = sh
+        .convs
+        .iter()
+        .map(|&(s, c)| 4.0 * (c * (largest.0 / s) * (largest.1 / s)) as f64)
+        .fold(0.0, f64::max);
+    let pool = pooled(eval + upper, widest, pool_limit(req.budget));
+    BASE_BYTES
+        + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + 4.0 + 5.0 + 1.0)
+        + VECTOR * style_px
+        + net.content_bytes(h, w)
+        + upper
+        + pool
+        + eval
+}
+
+/// Relative work of [`Tiling::Shallow`]: the shallow part runs every crop forward twice and
+/// backward once, the deep part the whole image forward and backward once.
+fn work_shallow(sh: &ShallowNet, plan: &crate::TilePlan) -> f64 {
+    let total: f64 = plan
+        .tiles
+        .iter()
+        .map(|t| (t.crop.h * t.crop.w) as f64)
+        .sum();
+    let px = (plan.height * plan.width) as f64;
+    (3.0 * sh.share * total + 2.0 * (1.0 - sh.share) * px) / (2.0 * px)
 }
 
 /// Image-sized vectors the optimizer holds at its peak, with `history` correction pairs.
@@ -434,6 +557,42 @@ fn choose<B: Backend>(
             widest_bytes: crop_eval.1 as u64,
         })
     };
+    // The shallow part in tiles of side `t`, the deep part whole.
+    let shallow = |t: usize, history: usize| -> Result<Option<MemoryPlan>> {
+        let Some(sh) = &net.shallow else {
+            return Ok(None);
+        };
+        if !t.is_multiple_of(geo.align()) {
+            return Ok(None);
+        }
+        let p = sh.geometry.plan(h, w, t)?;
+        let crops: Vec<(usize, usize)> = p.tiles.iter().map(|t| (t.crop.h, t.crop.w)).collect();
+        let largest = crops
+            .iter()
+            .copied()
+            .max_by_key(|&(a, b)| a * b)
+            .unwrap_or((h, w));
+        let eval = conv_bytes(&sh.convs, largest.0, largest.1);
+        Ok(Some(MemoryPlan {
+            tiling: Tiling::Shallow(t),
+            tiles: crops.len(),
+            tile: p
+                .tiles
+                .iter()
+                .map(|t| t.inner.h.max(t.inner.w))
+                .max()
+                .unwrap_or(t),
+            halo: p.halo,
+            kept: 0,
+            history,
+            peak_bytes: peak_shallow(&net, sh, req, &crops, history) as u64,
+            work: work_shallow(sh, &p),
+            lowered_from: None,
+            pool_limit: pool_limit(req.budget),
+            eval_bytes: eval as u64,
+            widest_bytes: net.widest_bytes(largest.0, largest.1) as u64,
+        }))
+    };
     let too_big = |need: u64| {
         Error::Config(format!(
             "this render needs at least {} of memory but the budget is {} (raise --max-memory{})",
@@ -484,9 +643,16 @@ fn choose<B: Backend>(
             let best = |m: usize| -> Result<Option<MemoryPlan>> {
                 let mut best: Option<MemoryPlan> = None;
                 for &t in &sizes {
-                    let p = tiled(t, m)?;
-                    if fits(p.peak_bytes as f64) && best.as_ref().is_none_or(|b| p.work < b.work) {
-                        best = Some(p);
+                    let mut candidates = vec![tiled(t, m)?];
+                    if let Some(p) = shallow(t, m)? {
+                        candidates.push(p);
+                    }
+                    for p in candidates {
+                        if fits(p.peak_bytes as f64)
+                            && best.as_ref().is_none_or(|b| p.work < b.work)
+                        {
+                            best = Some(p);
+                        }
                     }
                 }
                 Ok(best)

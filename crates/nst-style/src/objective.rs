@@ -3,7 +3,7 @@
 //! and `docs/tiling.md`).
 
 use crate::targets::{
-    add_all, features, find, image_size, key_of, plan_of, sites_of, statistics, window,
+    add_all, features, find, image_size, key_of, plan_of, site_of, sites_of, statistics, window,
 };
 use crate::tiled::{Geometry, Tile, TilePlan, Tiling, Window, IMAGE};
 use crate::{Error, Result};
@@ -161,6 +161,9 @@ struct Tiled {
     split: Option<usize>,
     /// How many tiles keep their tape from pass 1 to pass 2.
     keep: usize,
+    /// With [`Tiling::Shallow`]: the last layer evaluated tile by tile (`pool3`); the deeper
+    /// ones run on the whole image.
+    whole_after: Option<usize>,
 }
 
 /// Adds `part` (a crop's gradient) into `acc` (`[1, 3, H, W]`) at the crop's window.
@@ -374,29 +377,48 @@ impl<'m, B: Backend> Objective<'m, B> {
                 }
             }
         }
+        let deepest = uses.iter().map(|u| u.0).filter(|&k| k != IMAGE).max();
+        let shallow = |sp: usize, k: usize| k == IMAGE || k <= sp;
+        // Whether every term reads layers on one side of `sp` only.
+        let one_side = |sp: usize| {
+            self.keys
+                .iter()
+                .all(|ks| ks.iter().all(|&k| shallow(sp, k)) || ks.iter().all(|&k| !shallow(sp, k)))
+        };
+        let whole_after = match self.tiling {
+            Tiling::Shallow(_) => {
+                let sp = self.model.layer_index("pool3")?;
+                if deepest.is_some_and(|d| d > sp) && !one_side(sp) {
+                    return Err(Error::Config(
+                        "a term reads layers on both sides of pool3: tile the whole network (--tile N)"
+                            .into(),
+                    ));
+                }
+                deepest.filter(|&d| d > sp).map(|_| sp)
+            }
+            _ => None,
+        };
+        if let Some(sp) = whole_after {
+            // The tiles cover the shallow layers and pool3's own positions.
+            uses.retain(|&(k, _)| shallow(sp, k));
+            uses.push((sp, 0));
+        }
         let geometry = Geometry::with_reach(self.model, &uses)?;
         let (h, w) = self.size;
         self.tiled = match plan_of(&geometry, h, w, self.tiling)? {
             None => None,
             Some(plan) => {
-                let deepest = uses.iter().map(|u| u.0).filter(|&k| k != IMAGE).max();
-                let shallow = |sp: usize, k: usize| k == IMAGE || k <= sp;
                 let split = self
                     .model
                     .layer_index("pool2")
                     .ok()
                     .filter(|&sp| deepest.is_some_and(|d| sp < d))
-                    .filter(|&sp| {
-                        // Every term on one side of the split.
-                        self.keys.iter().all(|ks| {
-                            ks.iter().all(|&k| shallow(sp, k))
-                                || ks.iter().all(|&k| !shallow(sp, k))
-                        })
-                    });
+                    .filter(|&sp| whole_after.is_none() && one_side(sp));
                 let n = plan.tiles.len();
                 let keep = match self.tiling {
                     Tiling::TilesKeeping { keep, .. } => keep.min(n),
                     _ if split.is_some() => n,
+                    _ if whole_after.is_some() => 0,
                     _ => 1,
                 };
                 Some(Tiled {
@@ -405,6 +427,7 @@ impl<'m, B: Backend> Objective<'m, B> {
                     deepest,
                     split,
                     keep,
+                    whole_after,
                 })
             }
         };
@@ -596,7 +619,10 @@ impl<'m, B: Backend> Objective<'m, B> {
             )));
         }
         match &self.tiled {
-            Some(t) => self.evaluate_tiled(x, t),
+            Some(t) => match t.whole_after {
+                Some(sp) => self.evaluate_split(x, t, sp),
+                None => self.evaluate_tiled(x, t),
+            },
             None => self.evaluate_whole(x),
         }
     }
@@ -993,6 +1019,171 @@ impl<'m, B: Backend> Objective<'m, B> {
         values.push(total);
         values.push(grad.sum()?);
         self.finish(values, grad)
+    }
+
+    /// [`Tiling::Shallow`]: the layers to `sp` (`pool3`) tile by tile, the deeper ones on the
+    /// whole image. Pass 1 runs every crop to `sp` without a tape, adds the shallow statistic
+    /// terms' contributions and assembles the tiles' own positions of `sp`'s output into the
+    /// whole image's. The deep part then runs on it once, on a tape that also takes the
+    /// shallow statistics' losses; its backward pass gives the gradient w.r.t. `sp`'s output
+    /// and the statistics. Pass 2 runs every crop to `sp` again on a tape, seeds the local
+    /// terms, the contributions and the owned positions of `sp`'s output, and adds the
+    /// crop's image gradient into the whole.
+    fn evaluate_split(&self, x: &Tensor<B>, t: &Tiled, sp: usize) -> Result<Evaluation<B>> {
+        let plan = &t.plan;
+        let model = self.model;
+        let (h, w) = (plan.height, plan.width);
+        let nterms = self.terms.len();
+        let used: Vec<usize> = self.keys.iter().flatten().copied().collect();
+        let wanted = |i: usize| used.contains(&i);
+        let deepest = t.deepest.expect("a deep part");
+        let (stride, _) = t.geometry.layer(sp);
+        let (hs, ws) = (h / stride, w / stride);
+
+        // Pass 1: the shallow statistics, and sp's output assembled row of tiles by row.
+        let mut sums: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
+        let mut whole: Option<Tensor<B>> = None;
+        let mut row: Option<(usize, Tensor<B>)> = None;
+        let close_row = |row: Option<(usize, Tensor<B>)>, whole: &mut Option<Tensor<B>>| match row {
+            Some((y, r)) => add_into(whole, r.narrow_backward(2, y, hs)?),
+            None => Ok(()),
+        };
+        for tile in &plan.tiles {
+            let crop = window(x, &tile.crop)?;
+            let mut feats = vec![(IMAGE, crop.clone())];
+            let a = model.forward_range(crop, 0, sp, &wanted, |i, f| {
+                feats.push((i, f.clone()));
+                Ok(())
+            })?;
+            self.add_contributions(t, tile, &feats, &mut sums)?;
+            drop(feats);
+            let Some(site) = site_of(&t.geometry, plan, tile, sp) else {
+                continue;
+            };
+            let g = site.global();
+            let piece = window(&a, &site.own)?.narrow_backward(3, g.x, ws)?;
+            row = match row.take() {
+                Some((y, r)) if y == g.y => Some((y, r.add(&piece)?)),
+                other => {
+                    close_row(other, &mut whole)?;
+                    Some((g.y, piece))
+                }
+            };
+        }
+        close_row(row, &mut whole)?;
+        let whole =
+            whole.ok_or_else(|| Error::Config("no tile owns a position of pool3".into()))?;
+
+        // The deep part on the whole image, and every statistic's loss.
+        let top = Tape::new();
+        let leaf = top.var(whole);
+        let mut deep: Vec<(usize, Var<'_, B>)> = Vec::new();
+        model.forward_range(leaf.clone(), sp + 1, deepest, &wanted, |i, v| {
+            deep.push((i, v.clone()));
+            Ok(())
+        })?;
+        let mut values: Vec<Option<Tensor<B>>> = vec![None; nterms];
+        let mut stat_vars: Vec<Option<Vec<Var<'_, B>>>> = (0..nterms).map(|_| None).collect();
+        let mut total: Option<Var<'_, B>> = None;
+        for (ti, term) in self.terms.iter().enumerate() {
+            let keys = &self.keys[ti];
+            let v = if let Some(inputs) = keys
+                .iter()
+                .map(|&k| find(&deep, k).cloned())
+                .collect::<Option<Vec<_>>>()
+            {
+                let sites = inputs
+                    .iter()
+                    .map(|v| Site::of_whole(v.shape().dims()))
+                    .collect::<nst_tensor::Result<Vec<_>>>()?;
+                term.evaluate(&inputs, &sites)?
+            } else if let Form::Statistic(stat) = term.form() {
+                let sum = sums[ti].take().ok_or_else(|| {
+                    Error::Config(format!("{} got no contribution from any tile", term.name()))
+                })?;
+                let vars: Vec<Var<'_, B>> = sum.into_iter().map(|s| top.var(s)).collect();
+                let positions: Vec<usize> = keys
+                    .iter()
+                    .map(|&k| t.geometry.positions(h, w, k))
+                    .collect();
+                let l = stat.loss(&vars, &positions)?.scale(term.weight())?;
+                stat_vars[ti] = Some(vars);
+                l
+            } else {
+                continue;
+            };
+            values[ti] = Some(v.value().clone());
+            total = Some(match total {
+                None => v,
+                Some(acc) => acc.add(&v)?,
+            });
+        }
+        drop(deep);
+        let total = total.ok_or_else(|| Error::Config("no term reads the deep layers".into()))?;
+        let mut grads = top.backward(&total)?;
+        let into = grads.take(&leaf);
+        let mut d_stat: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
+        for (slot, vars) in d_stat.iter_mut().zip(&stat_vars) {
+            if let Some(vars) = vars {
+                *slot = Some(
+                    vars.iter()
+                        .map(|v| match grads.take(v) {
+                            Some(g) => Ok(g),
+                            None => Tensor::zeros(x.backend(), v.shape().clone()),
+                        })
+                        .collect::<nst_tensor::Result<Vec<_>>>()?,
+                );
+            }
+        }
+        drop(grads);
+
+        // Pass 2: the shallow part again, tile by tile, on a tape.
+        let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
+        let mut grad: Option<Tensor<B>> = None;
+        for tile in &plan.tiles {
+            let tape = Tape::new();
+            let xv = tape.var(window(x, &tile.crop)?);
+            let mut feats = vec![(IMAGE, xv.clone())];
+            let a = model.forward_range(xv.clone(), 0, sp, &wanted, |i, v| {
+                feats.push((i, v.clone()));
+                Ok(())
+            })?;
+            let mut seeds = self.seeds(t, tile, &feats, None, &d_stat, &mut locals)?;
+            drop(feats);
+            if let (Some(site), Some(g)) = (site_of(&t.geometry, plan, tile, sp), &into) {
+                seeds.push((
+                    nst_loss::term::cut_var(&a, &site.own)?,
+                    window(g, &site.global())?,
+                ));
+            }
+            let mut grads = tape.backward_seeded(&seeds)?;
+            seeds.clear();
+            if let Some(g) = grads.take(&xv) {
+                grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
+            }
+        }
+        let grad = match grad {
+            Some(g) => g,
+            None => Tensor::zeros(x.backend(), x.shape().clone())?,
+        };
+        let mut out = Vec::with_capacity(nterms + 2);
+        for (ti, term) in self.terms.iter().enumerate() {
+            out.push(
+                locals[ti]
+                    .take()
+                    .or_else(|| values[ti].take())
+                    .ok_or_else(|| {
+                        Error::Config(format!("{} was evaluated on no tile", term.name()))
+                    })?,
+            );
+        }
+        let mut total = out[0].clone();
+        for v in &out[1..] {
+            total = total.add(v)?;
+        }
+        out.push(total);
+        out.push(grad.sum()?);
+        self.finish(out, grad)
     }
 }
 

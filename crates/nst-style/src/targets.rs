@@ -58,7 +58,7 @@ pub(crate) fn key_of<B: Backend>(model: &Vgg<B>, name: &str) -> Result<usize> {
 }
 
 /// The activation at layer `key` among `feats`.
-pub(crate) fn find<'a, A>(feats: &'a [(usize, A)], key: usize) -> Option<&'a A> {
+pub(crate) fn find<A>(feats: &[(usize, A)], key: usize) -> Option<&A> {
     feats.iter().find(|(k, _)| *k == key).map(|(_, a)| a)
 }
 
@@ -81,7 +81,9 @@ pub(crate) fn plan_of(
 ) -> Result<Option<TilePlan>> {
     Ok(match tiling {
         Tiling::Off => None,
-        Tiling::Tiles(t) | Tiling::TilesKeeping { tile: t, .. } => Some(geometry.plan(h, w, t)?),
+        Tiling::Tiles(t) | Tiling::TilesKeeping { tile: t, .. } | Tiling::Shallow(t) => {
+            Some(geometry.plan(h, w, t)?)
+        }
         Tiling::TilesWithHalo { tile, halo } => Some(geometry.plan_with_halo(h, w, tile, halo)?),
     })
 }
@@ -245,6 +247,9 @@ pub fn features<B: Backend>(
         .collect()
 }
 
+/// A statistic summed over an image, and the number of positions of each of its layers.
+pub type Sums<B> = (Vec<Tensor<B>>, Vec<usize>);
+
 /// The statistic `contribution` computes at `layers`, summed over every position of
 /// `image` (tile by tile with tiles), and the number of positions of each layer: what a
 /// statistic term's target is made from (e.g. a style image's Gram matrices).
@@ -254,7 +259,7 @@ pub fn statistic<B: Backend>(
     layers: &[&str],
     contribution: &dyn Contribution<B>,
     tiling: Tiling,
-) -> Result<(Vec<Tensor<B>>, Vec<usize>)> {
+) -> Result<Sums<B>> {
     let mut all = statistics(model, image, &[(layers, contribution)], tiling)?;
     Ok(all.remove(0))
 }
@@ -265,7 +270,7 @@ pub fn statistics<B: Backend>(
     image: &Tensor<B>,
     parts: &[(&[&str], &dyn Contribution<B>)],
     tiling: Tiling,
-) -> Result<Vec<(Vec<Tensor<B>>, Vec<usize>)>> {
+) -> Result<Vec<Sums<B>>> {
     let part_keys = parts
         .iter()
         .map(|(layers, _)| {

@@ -33,6 +33,12 @@ pub enum Tiling {
         /// Tiles whose tape is kept.
         keep: usize,
     },
+    /// Tiles of at most this side for the network's shallow part (to `pool3`, where the
+    /// activations are large and the receptive fields small, so the halo is narrow); the
+    /// deeper layers run on the whole image at once, their input assembled from the tiles'
+    /// own positions. Exact like [`Tiling::Tiles`], with far less halo and no deep
+    /// recomputation; it holds the deep part's activations of the whole image.
+    Shallow(usize),
     /// Tiles with a given halo (a multiple of the alignment) instead of the computed one:
     /// for studying the halo. A halo narrower than [`Geometry::halo`] is inexact.
     TilesWithHalo {
