@@ -361,8 +361,13 @@ pub(crate) fn plan_note(
     }
     let mut parts = Vec::new();
     if p.tiles > 1 {
+        let deep = if matches!(p.tiling, nst_style::Tiling::Shallow(_)) {
+            " to pool3, deeper layers whole"
+        } else {
+            ""
+        };
         parts.push(format!(
-            "{} tiles of up to {} px with a {} px halo ({:.2}x the untiled work)",
+            "{} tiles of up to {} px with a {} px halo{deep} ({:.2}x the untiled work)",
             p.tiles, p.tile, p.halo, p.work
         ));
     }

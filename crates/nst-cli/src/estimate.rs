@@ -89,7 +89,7 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
         for (i, (w, h, p, secs, it)) in lines.iter().enumerate() {
             let tiling = if matches!(p.tiling, nst_style::Tiling::Shallow(_)) {
                 format!(
-                    "layers to pool3 in {} tiles of up to {} px, halo {} px; deeper layers whole",
+                    "{} tiles of up to {} px to pool3, halo {} px; deeper layers whole",
                     p.tiles, p.tile, p.halo
                 )
             } else if p.tiles > 1 {

@@ -885,23 +885,10 @@ impl<'m, B: Backend> Objective<'m, B> {
         // The statistic terms' losses, and their gradients w.r.t. the statistics.
         let top = Tape::new();
         let mut stat_values: Vec<Option<Tensor<B>>> = vec![None; nterms];
-        let mut d_stat: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
-        {
-            let mut vars: Vec<Option<Vec<Var<'_, B>>>> = (0..nterms).map(|_| None).collect();
-            let mut total: Option<Var<'_, B>> = None;
-            for (ti, term) in self.terms.iter().enumerate() {
-                let Form::Statistic(stat) = term.form() else {
-                    continue;
-                };
-                let sum = sums[ti].take().ok_or_else(|| {
-                    Error::Config(format!("{} got no contribution from any tile", term.name()))
-                })?;
-                let v: Vec<Var<'_, B>> = sum.into_iter().map(|s| top.var(s)).collect();
-                let positions: Vec<usize> = self.keys[ti]
-                    .iter()
-                    .map(|&k| t.geometry.positions(h, w, k))
-                    .collect();
-                let loss = stat.loss(&v, &positions)?.scale(term.weight())?;
+        let mut vars: Vec<Option<Vec<Var<'_, B>>>> = (0..nterms).map(|_| None).collect();
+        let mut total: Option<Var<'_, B>> = None;
+        for ti in 0..nterms {
+            if let Some((loss, v)) = self.statistic_loss(&top, t, ti, &mut sums)? {
                 stat_values[ti] = Some(loss.value().clone());
                 total = Some(match total {
                     None => loss,
@@ -909,22 +896,12 @@ impl<'m, B: Backend> Objective<'m, B> {
                 });
                 vars[ti] = Some(v);
             }
-            if let Some(total) = total {
-                let mut grads = top.backward(&total)?;
-                for (slot, v) in d_stat.iter_mut().zip(&vars) {
-                    if let Some(v) = v {
-                        *slot = Some(
-                            v.iter()
-                                .map(|v| match grads.take(v) {
-                                    Some(g) => Ok(g),
-                                    None => Tensor::zeros(x.backend(), v.shape().clone()),
-                                })
-                                .collect::<nst_tensor::Result<Vec<_>>>()?,
-                        );
-                    }
-                }
-            }
         }
+        let d_stat = match total {
+            Some(total) => statistic_gradients(&mut top.backward(&total)?, &vars)?,
+            None => vec![None; nterms],
+        };
+        drop(vars);
 
         // Pass 2: the backward pass, tile by tile; the kept tiles first, latest first.
         let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
@@ -995,30 +972,68 @@ impl<'m, B: Backend> Objective<'m, B> {
                 grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
             }
         }
+        self.finish_tiled(x, locals, stat_values, grad)
+    }
+
+    /// The weighted loss of statistic term `ti` from its sum over the tiles (taken out of
+    /// `sums`), on `top`, with the statistic's variables (`None` for a local term).
+    #[allow(clippy::type_complexity)]
+    fn statistic_loss<'t>(
+        &self,
+        top: &'t Tape<B>,
+        t: &Tiled,
+        ti: usize,
+        sums: &mut [Option<Vec<Tensor<B>>>],
+    ) -> Result<Option<(Var<'t, B>, Vec<Var<'t, B>>)>> {
+        let term = &self.terms[ti];
+        let Form::Statistic(stat) = term.form() else {
+            return Ok(None);
+        };
+        let sum = sums[ti].take().ok_or_else(|| {
+            Error::Config(format!("{} got no contribution from any tile", term.name()))
+        })?;
+        let vars: Vec<Var<'t, B>> = sum.into_iter().map(|s| top.var(s)).collect();
+        let (h, w) = (t.plan.height, t.plan.width);
+        let positions: Vec<usize> = self.keys[ti]
+            .iter()
+            .map(|&k| t.geometry.positions(h, w, k))
+            .collect();
+        let loss = stat.loss(&vars, &positions)?.scale(term.weight())?;
+        Ok(Some((loss, vars)))
+    }
+
+    /// The evaluation of a tiled pass: each term's value (summed over the tiles for local
+    /// terms, from `values` for the others), the total in the order of the terms as the
+    /// untiled evaluation adds them, and the gradient.
+    fn finish_tiled(
+        &self,
+        x: &Tensor<B>,
+        mut locals: Vec<Option<Tensor<B>>>,
+        mut values: Vec<Option<Tensor<B>>>,
+        grad: Option<Tensor<B>>,
+    ) -> Result<Evaluation<B>> {
         let grad = match grad {
             Some(g) => g,
             None => Tensor::zeros(x.backend(), x.shape().clone())?,
         };
-        let mut values = Vec::with_capacity(nterms + 2);
+        let mut out = Vec::with_capacity(self.terms.len() + 2);
         for (ti, term) in self.terms.iter().enumerate() {
-            values.push(match (locals[ti].take(), stat_values[ti].take()) {
-                (Some(v), _) | (None, Some(v)) => v,
-                (None, None) => {
-                    return Err(Error::Config(format!(
-                        "{} was evaluated on no tile",
-                        term.name()
-                    )))
-                }
-            });
+            out.push(
+                locals[ti]
+                    .take()
+                    .or_else(|| values[ti].take())
+                    .ok_or_else(|| {
+                        Error::Config(format!("{} was evaluated on no tile", term.name()))
+                    })?,
+            );
         }
-        // The total in the order of the terms, as the untiled evaluation adds them.
-        let mut total = values[0].clone();
-        for v in &values[1..] {
+        let mut total = out[0].clone();
+        for v in &out[1..] {
             total = total.add(v)?;
         }
-        values.push(total);
-        values.push(grad.sum()?);
-        self.finish(values, grad)
+        out.push(total);
+        out.push(grad.sum()?);
+        self.finish(out, grad)
     }
 
     /// [`Tiling::Shallow`]: the layers to `sp` (`pool3`) tile by tile, the deeper ones on the
@@ -1097,16 +1112,7 @@ impl<'m, B: Backend> Objective<'m, B> {
                     .map(|v| Site::of_whole(v.shape().dims()))
                     .collect::<nst_tensor::Result<Vec<_>>>()?;
                 term.evaluate(&inputs, &sites)?
-            } else if let Form::Statistic(stat) = term.form() {
-                let sum = sums[ti].take().ok_or_else(|| {
-                    Error::Config(format!("{} got no contribution from any tile", term.name()))
-                })?;
-                let vars: Vec<Var<'_, B>> = sum.into_iter().map(|s| top.var(s)).collect();
-                let positions: Vec<usize> = keys
-                    .iter()
-                    .map(|&k| t.geometry.positions(h, w, k))
-                    .collect();
-                let l = stat.loss(&vars, &positions)?.scale(term.weight())?;
+            } else if let Some((l, vars)) = self.statistic_loss(&top, t, ti, &mut sums)? {
                 stat_vars[ti] = Some(vars);
                 l
             } else {
@@ -1122,20 +1128,9 @@ impl<'m, B: Backend> Objective<'m, B> {
         let total = total.ok_or_else(|| Error::Config("no term reads the deep layers".into()))?;
         let mut grads = top.backward(&total)?;
         let into = grads.take(&leaf);
-        let mut d_stat: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
-        for (slot, vars) in d_stat.iter_mut().zip(&stat_vars) {
-            if let Some(vars) = vars {
-                *slot = Some(
-                    vars.iter()
-                        .map(|v| match grads.take(v) {
-                            Some(g) => Ok(g),
-                            None => Tensor::zeros(x.backend(), v.shape().clone()),
-                        })
-                        .collect::<nst_tensor::Result<Vec<_>>>()?,
-                );
-            }
-        }
+        let d_stat = statistic_gradients(&mut grads, &stat_vars)?;
         drop(grads);
+        drop(stat_vars);
 
         // Pass 2: the shallow part again, tile by tile, on a tape.
         let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
@@ -1162,29 +1157,31 @@ impl<'m, B: Backend> Objective<'m, B> {
                 grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
             }
         }
-        let grad = match grad {
-            Some(g) => g,
-            None => Tensor::zeros(x.backend(), x.shape().clone())?,
-        };
-        let mut out = Vec::with_capacity(nterms + 2);
-        for (ti, term) in self.terms.iter().enumerate() {
-            out.push(
-                locals[ti]
-                    .take()
-                    .or_else(|| values[ti].take())
-                    .ok_or_else(|| {
-                        Error::Config(format!("{} was evaluated on no tile", term.name()))
-                    })?,
-            );
-        }
-        let mut total = out[0].clone();
-        for v in &out[1..] {
-            total = total.add(v)?;
-        }
-        out.push(total);
-        out.push(grad.sum()?);
-        self.finish(out, grad)
+        self.finish_tiled(x, locals, values, grad)
     }
+}
+
+/// The gradients of the total w.r.t. each statistic term's variables (zeros where it does
+/// not depend on one).
+fn statistic_gradients<B: Backend>(
+    grads: &mut nst_autodiff::Gradients<B>,
+    vars: &[Option<Vec<Var<'_, B>>>],
+) -> Result<Vec<Option<Vec<Tensor<B>>>>> {
+    vars.iter()
+        .map(|v| {
+            v.as_ref()
+                .map(|v| {
+                    v.iter()
+                        .map(|v| match grads.take(v) {
+                            Some(g) => Ok(g),
+                            None => Tensor::zeros(v.value().backend(), v.shape().clone()),
+                        })
+                        .collect::<nst_tensor::Result<Vec<_>>>()
+                })
+                .transpose()
+                .map_err(Error::from)
+        })
+        .collect()
 }
 
 /// The error of gradient normalisation on a tiled objective.
