@@ -109,17 +109,22 @@ impl Site {
                 ),
             ));
         }
-        let g = self.global();
-        let t = if g.y == 0 && g.h == d[2] {
-            t.clone()
-        } else {
-            t.narrow(2, g.y, g.h)?
-        };
-        if g.x == 0 && g.w == d[3] {
-            Ok(t)
-        } else {
-            t.narrow(3, g.x, g.w)
-        }
+        cut(t, &self.global())
+    }
+}
+
+/// The part of `t` (`[N, C, H, W]`) inside `w` (`t` itself when `w` covers it).
+pub fn cut<B: Backend>(t: &Tensor<B>, w: &Window) -> Result<Tensor<B>> {
+    let d = t.dims();
+    let t = if w.y == 0 && w.h == d[2] {
+        t.clone()
+    } else {
+        t.narrow(2, w.y, w.h)?
+    };
+    if w.x == 0 && w.w == d[3] {
+        Ok(t)
+    } else {
+        t.narrow(3, w.x, w.w)
     }
 }
 

@@ -540,12 +540,7 @@ fn choose<B: Backend>(
                 }
             },
             tiles: n,
-            tile: p
-                .tiles
-                .iter()
-                .map(|t| t.inner.h.max(t.inner.w))
-                .max()
-                .unwrap_or(t),
+            tile: p.largest_inner().unwrap_or(t),
             halo: p.halo,
             kept,
             history,
@@ -576,12 +571,7 @@ fn choose<B: Backend>(
         Ok(Some(MemoryPlan {
             tiling: Tiling::Shallow(t),
             tiles: crops.len(),
-            tile: p
-                .tiles
-                .iter()
-                .map(|t| t.inner.h.max(t.inner.w))
-                .max()
-                .unwrap_or(t),
+            tile: p.largest_inner().unwrap_or(t),
             halo: p.halo,
             kept: 0,
             history,

@@ -910,29 +910,23 @@ impl<'m, B: Backend> Objective<'m, B> {
         for ti in order {
             let tile = &plan.tiles[ti];
             let tape = Tape::new();
-            let (xv, mut seeds) = match kept[ti].take() {
-                Some(mut k) if k.full => {
-                    let seeds = self.seeds(
-                        t,
-                        tile,
-                        &k.feats,
-                        Some(&mut k.contributions),
-                        &d_stat,
-                        &mut locals,
-                    )?;
-                    (k.leaf, seeds)
-                }
-                Some(mut k) => {
+            // A kept tile's seeds on its own tape first (its contributions are there).
+            let kept_seeds = match kept[ti].as_mut() {
+                Some(k) => Some(self.seeds(
+                    t,
+                    tile,
+                    &k.feats,
+                    Some(&mut k.contributions),
+                    &d_stat,
+                    &mut locals,
+                )?),
+                None => None,
+            };
+            let (xv, mut seeds) = match (kept[ti].take(), kept_seeds) {
+                (Some(k), Some(seeds)) if k.full => (k.leaf, seeds),
+                (Some(k), Some(deep)) => {
                     // `into` carries the gradient w.r.t. the kept deep part's input into the
                     // shallow pass.
-                    let deep = self.seeds(
-                        t,
-                        tile,
-                        &k.feats,
-                        Some(&mut k.contributions),
-                        &d_stat,
-                        &mut locals,
-                    )?;
                     let into = if deep.is_empty() {
                         None
                     } else {
@@ -953,7 +947,7 @@ impl<'m, B: Backend> Objective<'m, B> {
                     }
                     (xv, seeds)
                 }
-                None => {
+                _ => {
                     let xv = tape.var(window(x, &tile.crop)?);
                     let mut feats = vec![(IMAGE, xv.clone())];
                     if let Some(d) = t.deepest {

@@ -12,17 +12,7 @@ use nst_vgg::Vgg;
 
 /// The part of `t` (`[1, C, H, W]`) inside `w` (itself when `w` covers it).
 pub(crate) fn window<B: Backend>(t: &Tensor<B>, w: &Window) -> nst_tensor::Result<Tensor<B>> {
-    let d = t.dims();
-    let t = if w.y == 0 && w.h == d[2] {
-        t.clone()
-    } else {
-        t.narrow(2, w.y, w.h)?
-    };
-    if w.x == 0 && w.w == d[3] {
-        Ok(t)
-    } else {
-        t.narrow(3, w.x, w.w)
-    }
+    nst_loss::term::cut(t, w)
 }
 
 /// Element-wise `slots += parts`.

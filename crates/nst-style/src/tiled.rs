@@ -249,6 +249,11 @@ impl TilePlan {
             .fold((0, 0), |(h, w), t| (h.max(t.crop.h), w.max(t.crop.w)))
     }
 
+    /// The longest side of the tiles' inner windows (`None` without tiles).
+    pub fn largest_inner(&self) -> Option<usize> {
+        self.tiles.iter().map(|t| t.inner.h.max(t.inner.w)).max()
+    }
+
     /// The pixels read per evaluation over the pixels of the image (1 when untiled).
     pub fn overhead(&self) -> f64 {
         let read: usize = self.tiles.iter().map(|t| t.crop.h * t.crop.w).sum();
