@@ -22,7 +22,7 @@ use common::{Args, Res, Summary};
 use nst::autodiff::Var;
 use nst::loss::term::statistic_fn;
 use nst::style::{targets, Contribution, ObjectiveConfig, RenderConfig, RenderSession};
-use nst::style::{Scale, Site, Term, TermSource, TileChoice};
+use nst::style::{Init, Scale, Site, Term, TermSource, TileChoice};
 use nst::tensor::{Backend, Result};
 use std::path::PathBuf;
 
@@ -111,9 +111,10 @@ fn run(args: &Args) -> Res<Summary> {
             t => TileChoice::Size(t),
         },
         clamp_pixels: true,
+        init: Init::Content,
         ..RenderConfig::default()
     };
-    let loss = ChannelStatsLoss(args.num("style-weight", 1e-2)?);
+    let loss = ChannelStatsLoss(args.num("style-weight", 1e-3)?);
     let mut session = RenderSession::new(&cpu, &vgg, &content, &styles, &cfg)?.with_terms(&loss)?;
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     while let Some(p) = session.step()? {
