@@ -260,16 +260,49 @@ fn tiling_follows_the_terms() {
     assert!(err.to_string().contains("two terms"), "{err}");
     let bad = Term::local("odd", &["relu9_9"], 1.0, NoLoss);
     assert!(Objective::from_terms(&vgg, vec![bad], (64, 48), Tiling::Off).is_err());
+    // A term across pool3 under `Shallow`: whole-network tiles, equal to the untiled
+    // evaluation.
+    let x = Tensor::from_f64(
+        &be,
+        &(0..3 * 48 * 64)
+            .map(|i| ((i * 37) % 101) as f64 - 50.0)
+            .collect::<Vec<_>>(),
+        [1, 3, 48, 64],
+    )
+    .unwrap();
+    let across = || Term::local("across", &["relu2_1", "relu4_1"], 1.0, NoLoss);
+    let whole = Objective::from_terms(&vgg, vec![across()], (64, 48), Tiling::Off).unwrap();
+    let tiled = Objective::from_terms(&vgg, vec![across()], (64, 48), Tiling::Shallow(32)).unwrap();
+    assert_eq!(
+        tiled.plan().unwrap().halo,
+        32,
+        "relu4_1's halo, not pool3's"
+    );
+    let (a, b) = (whole.evaluate(&x).unwrap(), tiled.evaluate(&x).unwrap());
+    assert!(
+        (a.total - b.total).abs() <= 1e-10 * a.total.abs(),
+        "{} vs {}",
+        a.total,
+        b.total
+    );
 }
 
+/// A local term over any layers: the sum of the owned activations of each.
 struct NoLoss;
 
+/// The sum of the owned activations of every layer read.
 impl<B: Backend> nst_loss::Local<B> for NoLoss {
     fn loss<'t>(
         &self,
         inputs: &[nst_autodiff::Var<'t, B>],
-        _: &[nst_loss::Site],
+        sites: &[nst_loss::Site],
     ) -> nst_tensor::Result<nst_autodiff::Var<'t, B>> {
-        inputs[0].sum()
+        let mut total = sites[0].own(&inputs[0])?.sum()?;
+        for (f, s) in inputs.iter().zip(sites).skip(1) {
+            if s.owned() > 0 {
+                total = total.add(&s.own(f)?.sum()?)?;
+            }
+        }
+        Ok(total)
     }
 }

@@ -385,19 +385,17 @@ impl<'m, B: Backend> Objective<'m, B> {
                 .iter()
                 .all(|ks| ks.iter().all(|&k| shallow(sp, k)) || ks.iter().all(|&k| !shallow(sp, k)))
         };
+        // A term reading layers on both sides of pool3 cannot be split there: the whole
+        // network is tiled instead, keeping no tape (the memory the plan counted for one
+        // shallow crop then holds one whole crop's pass, a little wider).
         let whole_after = match self.tiling {
             Tiling::Shallow(_) => {
                 let sp = self.model.layer_index("pool3")?;
-                if deepest.is_some_and(|d| d > sp) && !one_side(sp) {
-                    return Err(Error::Config(
-                        "a term reads layers on both sides of pool3: tile the whole network (--tile N)"
-                            .into(),
-                    ));
-                }
-                deepest.filter(|&d| d > sp).map(|_| sp)
+                deepest.filter(|&d| d > sp && one_side(sp)).map(|_| sp)
             }
             _ => None,
         };
+        let straddles = matches!(self.tiling, Tiling::Shallow(_)) && whole_after.is_none();
         if let Some(sp) = whole_after {
             // The tiles cover the shallow layers and pool3's own positions.
             uses.retain(|&(k, _)| shallow(sp, k));
@@ -417,6 +415,7 @@ impl<'m, B: Backend> Objective<'m, B> {
                 let n = plan.tiles.len();
                 let keep = match self.tiling {
                     Tiling::TilesKeeping { keep, .. } => keep.min(n),
+                    _ if straddles => 0,
                     _ if split.is_some() => n,
                     _ if whole_after.is_some() => 0,
                     _ => 1,

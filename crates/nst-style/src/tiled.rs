@@ -37,7 +37,9 @@ pub enum Tiling {
     /// activations are large and the receptive fields small, so the halo is narrow); the
     /// deeper layers run on the whole image at once, their input assembled from the tiles'
     /// own positions. Exact like [`Tiling::Tiles`], with far less halo and no deep
-    /// recomputation; it holds the deep part's activations of the whole image.
+    /// recomputation; it holds the deep part's activations of the whole image. An
+    /// objective with a term reading layers on both sides of `pool3` tiles the whole network
+    /// instead, keeping no tape.
     Shallow(usize),
     /// Tiles with a given halo (a multiple of the alignment) instead of the computed one:
     /// for studying the halo. A halo narrower than [`Geometry::halo`] is inexact.
