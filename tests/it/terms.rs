@@ -75,6 +75,29 @@ fn case<B: Backend>(vgg: &Vgg<B>, be: &B, w: u32, h: u32) -> Case<B> {
     }
 }
 
+/// The classic objective with the case's two masks and style masks, and a temporal term.
+fn masked_temporal<'m, B: Backend>(
+    vgg: &'m Vgg<B>,
+    c: &Case<B>,
+    target: &Tensor<B>,
+    weights: &Tensor<B>,
+    tiling: Tiling,
+) -> Objective<'m, B> {
+    Objective::with_tiling(
+        vgg,
+        &ObjectiveConfig::default(),
+        &c.content,
+        &c.styles,
+        &[],
+        tiling,
+    )
+    .unwrap()
+    .with_regions(&c.masks, &c.styles, &c.style_masks)
+    .unwrap()
+    .with_temporal(target, weights, 4.0)
+    .unwrap()
+}
+
 /// Makes a term anew (a term is used once per objective).
 type MakeTerm<'a> = Box<dyn Fn() -> Term<nst_cpu::Cpu64> + 'a>;
 
@@ -159,21 +182,7 @@ fn every_term_alone_and_combined_tiles_exactly_in_f64() {
         (PoolKind::Avg, Tiling::Shallow(48)),
     ] {
         let vgg = vgg64().with_pooling(pooling);
-        let classic = |tiling| {
-            Objective::with_tiling(
-                &vgg,
-                &ObjectiveConfig::default(),
-                &c.content,
-                &c.styles,
-                &[],
-                tiling,
-            )
-            .unwrap()
-            .with_regions(&c.masks, &c.styles, &c.style_masks)
-            .unwrap()
-            .with_temporal(&target, &weights, 4.0)
-            .unwrap()
-        };
+        let classic = |tiling| masked_temporal(&vgg, &c, &target, &weights, tiling);
         let tiled = classic(tiling);
         assert_eq!(tiled.plan().unwrap().tiles.len(), 9);
         let (terms, grad) = differences(&classic(Tiling::Off), &tiled, &c.x);
@@ -195,21 +204,7 @@ fn masked_and_temporal_tile_in_f32() {
     let (w, h) = (181usize, 133usize);
     let c = case(&vgg, &be, w as u32, h as u32);
     let target = c.content.offset(5.0).unwrap();
-    let classic = |tiling| {
-        Objective::with_tiling(
-            &vgg,
-            &ObjectiveConfig::default(),
-            &c.content,
-            &c.styles,
-            &[],
-            tiling,
-        )
-        .unwrap()
-        .with_regions(&c.masks, &c.styles, &c.style_masks)
-        .unwrap()
-        .with_temporal(&target, &c.masks[1], 20.0)
-        .unwrap()
-    };
+    let classic = |tiling| masked_temporal(&vgg, &c, &target, &c.masks[1], tiling);
     let whole = classic(Tiling::Off);
     for tiling in [Tiling::Tiles(64), Tiling::Shallow(64)] {
         let (terms, grad) = differences(&whole, &classic(tiling), &c.x);

@@ -749,6 +749,26 @@ impl<'m, B: Backend> Objective<'m, B> {
         Ok(())
     }
 
+    /// Runs `crop` to layer `sp` without a tape, adds the statistic contributions of the
+    /// layers on the way to `sums`, and returns `sp`'s output.
+    fn shallow_pass(
+        &self,
+        t: &Tiled,
+        tile: &Tile,
+        crop: Tensor<B>,
+        sp: usize,
+        wanted: &dyn Fn(usize) -> bool,
+        sums: &mut [Option<Vec<Tensor<B>>>],
+    ) -> Result<Tensor<B>> {
+        let mut feats = vec![(IMAGE, crop.clone())];
+        let a = self.model.forward_range(crop, 0, sp, wanted, |i, f| {
+            feats.push((i, f.clone()));
+            Ok(())
+        })?;
+        self.add_contributions(t, tile, &feats, sums)?;
+        Ok(a)
+    }
+
     /// The seeds of a tile's activations on one tape: every local term with its layers
     /// there, as its weighted value seeded with 1 (the value is added to `locals`), and every
     /// statistic term's contribution seeded with the gradient of the total w.r.t. the
@@ -839,13 +859,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             let mut feats: Vec<(usize, Var<'_, B>)> = Vec::new();
             let (leaf, full) = match (t.split, t.deepest) {
                 (Some(sp), Some(d)) => {
-                    let mut shallow = vec![(IMAGE, crop.clone())];
-                    let a = model.forward_range(crop, 0, sp, &wanted, |i, f| {
-                        shallow.push((i, f.clone()));
-                        Ok(())
-                    })?;
-                    self.add_contributions(t, tile, &shallow, &mut sums)?;
-                    drop(shallow);
+                    let a = self.shallow_pass(t, tile, crop, sp, &wanted, &mut sums)?;
                     let leaf = tape.var(a);
                     model.forward_range(leaf.clone(), sp + 1, d, &wanted, |i, v| {
                         feats.push((i, v.clone()));
@@ -1057,14 +1071,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             None => Ok(()),
         };
         for tile in &plan.tiles {
-            let crop = window(x, &tile.crop)?;
-            let mut feats = vec![(IMAGE, crop.clone())];
-            let a = model.forward_range(crop, 0, sp, &wanted, |i, f| {
-                feats.push((i, f.clone()));
-                Ok(())
-            })?;
-            self.add_contributions(t, tile, &feats, &mut sums)?;
-            drop(feats);
+            let a = self.shallow_pass(t, tile, window(x, &tile.crop)?, sp, &wanted, &mut sums)?;
             let Some(site) = site_of(&t.geometry, plan, tile, sp) else {
                 continue;
             };
