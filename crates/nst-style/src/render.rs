@@ -96,7 +96,7 @@ pub struct RenderConfig {
     /// L-BFGS correction pairs kept (100, the classic value; the budget may lower it).
     pub lbfgs_history: usize,
     /// Temporal consistency with the previous frame of a video (applied at the scale of
-    /// the target's size; untiled).
+    /// the target's size; tiled like any other term).
     pub temporal: Option<Temporal>,
     /// Keep the image's pixels in 0-255 during the optimisation: after every step, values
     /// outside are projected back (the L-BFGS history learns the displacement that really
