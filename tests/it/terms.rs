@@ -13,7 +13,7 @@ use nst_vgg::Vgg;
 
 /// Largest relative difference of the terms and the total, and the relative L2 difference of
 /// the gradients, of two objectives at `x`; every term must be non-zero.
-fn differences<B: Backend>(
+pub(crate) fn differences<B: Backend>(
     a: &Objective<'_, B>,
     b: &Objective<'_, B>,
     x: &Tensor<B>,

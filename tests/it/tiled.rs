@@ -28,22 +28,9 @@ fn compare<B: Backend>(
     let whole = Objective::new(vgg, cfg, &content, &styles, &images.blend).unwrap();
     let tiled = Objective::with_tiling(vgg, cfg, &content, &styles, &images.blend, tiling).unwrap();
     let tiles = tiled.plan().unwrap().tiles.len();
-    let a = whole.evaluate(&x).unwrap();
-    let b = tiled.evaluate(&x).unwrap();
-    assert_eq!(a.terms.len(), b.terms.len());
-    let rel = |u: f64, v: f64| (u - v).abs() / u.abs().max(1e-300);
-    let mut worst = rel(a.total, b.total);
-    for ((na, va), (nb, vb)) in a.terms.iter().zip(&b.terms) {
-        assert_eq!(na, nb);
-        assert!(*va > 0.0, "{na} is zero: the test would not see it");
-        worst = worst.max(rel(*va, *vb));
-    }
-    let ga = a.grad.to_f64().unwrap();
-    let gb = b.grad.to_f64().unwrap();
-    let num: f64 = ga.iter().zip(&gb).map(|(u, v)| (u - v) * (u - v)).sum();
-    let den: f64 = ga.iter().map(|u| u * u).sum();
-    eprintln!("{tiling:?}: terms {worst:e} grad {:e}", (num / den).sqrt());
-    (worst, (num / den).sqrt(), tiles)
+    let (terms, grad) = crate::terms::differences(&whole, &tiled, &x);
+    eprintln!("{tiling:?}: terms {terms:e} grad {grad:e}");
+    (terms, grad, tiles)
 }
 
 struct Inputs {

@@ -769,6 +769,32 @@ impl<'m, B: Backend> Objective<'m, B> {
         Ok(a)
     }
 
+    /// Pass 2's shallow part of a tile: its crop as a variable on `tape`, run to layer `sp`,
+    /// and the seeds of the terms on the way; returns the crop, `sp`'s output and the seeds.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn shallow_seeds<'t>(
+        &self,
+        tape: &'t Tape<B>,
+        x: &Tensor<B>,
+        t: &Tiled,
+        tile: &Tile,
+        sp: usize,
+        wanted: &dyn Fn(usize) -> bool,
+        d_stat: &[Option<Vec<Tensor<B>>>],
+        locals: &mut [Option<Tensor<B>>],
+    ) -> Result<(Var<'t, B>, Var<'t, B>, Vec<(Var<'t, B>, Tensor<B>)>)> {
+        let xv = tape.var(window(x, &tile.crop)?);
+        let mut feats = vec![(IMAGE, xv.clone())];
+        let a = self
+            .model
+            .forward_range(xv.clone(), 0, sp, wanted, |i, v| {
+                feats.push((i, v.clone()));
+                Ok(())
+            })?;
+        let seeds = self.seeds(t, tile, &feats, None, d_stat, locals)?;
+        Ok((xv, a, seeds))
+    }
+
     /// The seeds of a tile's activations on one tape: every local term with its layers
     /// there, as its weighted value seeded with 1 (the value is added to `locals`), and every
     /// statistic term's contribution seeded with the gradient of the total w.r.t. the
@@ -948,13 +974,8 @@ impl<'m, B: Backend> Objective<'m, B> {
                     drop(deep);
                     drop(k);
                     let sp = t.split.expect("a kept deep part has a split");
-                    let xv = tape.var(window(x, &tile.crop)?);
-                    let mut feats = vec![(IMAGE, xv.clone())];
-                    let a = model.forward_range(xv.clone(), 0, sp, &wanted, |i, v| {
-                        feats.push((i, v.clone()));
-                        Ok(())
-                    })?;
-                    let mut seeds = self.seeds(t, tile, &feats, None, &d_stat, &mut locals)?;
+                    let (xv, a, mut seeds) =
+                        self.shallow_seeds(&tape, x, t, tile, sp, &wanted, &d_stat, &mut locals)?;
                     if let Some(g) = into {
                         seeds.push((a, g));
                     }
@@ -1137,14 +1158,8 @@ impl<'m, B: Backend> Objective<'m, B> {
         let mut grad: Option<Tensor<B>> = None;
         for tile in &plan.tiles {
             let tape = Tape::new();
-            let xv = tape.var(window(x, &tile.crop)?);
-            let mut feats = vec![(IMAGE, xv.clone())];
-            let a = model.forward_range(xv.clone(), 0, sp, &wanted, |i, v| {
-                feats.push((i, v.clone()));
-                Ok(())
-            })?;
-            let mut seeds = self.seeds(t, tile, &feats, None, &d_stat, &mut locals)?;
-            drop(feats);
+            let (xv, a, mut seeds) =
+                self.shallow_seeds(&tape, x, t, tile, sp, &wanted, &d_stat, &mut locals)?;
             if let (Some(site), Some(g)) = (site_of(&t.geometry, plan, tile, sp), &into) {
                 seeds.push((
                     nst_loss::term::cut_var(&a, &site.own)?,
