@@ -95,6 +95,21 @@ proptest! {
                 let m = Tensor::from_f64(&be, &m, [1, 1, h, w])?;
                 nst_loss::guided_gram(&v[0], &m)?.sub(&v[0].tape().constant(a.clone()))?.square()?.sum()
             }, tol)),
+            ("masked gram term", check(std::slice::from_ref(&f), |_, v| {
+                let m: Vec<f64> = rand_vec(h * w, seed ^ 3).iter().map(|x| x.abs() + 0.1).collect();
+                let mask = Some(Tensor::from_f64(&be, &m, [1, 1, h, w])?);
+                let regions = vec![
+                    nst_loss::GramRegion { mask, target: a.clone(), weight: 0.5 },
+                    nst_loss::GramRegion { mask: None, target: a.scale(2.0)?, weight: 0.5 },
+                ];
+                let term = nst_loss::gram_term("l", regions, 4.0)?;
+                term.evaluate(&v[..1], &[nst_loss::Site::whole(h, w)])
+            }, tol)),
+            ("temporal term", check(std::slice::from_ref(&f), |_, v| {
+                let c1 = Tensor::from_f64(&be, &rand_vec(h * w, seed ^ 4), [1, 1, h, w])?.square()?;
+                let term = nst_loss::temporal_term(p.clone(), &c1, 6.0)?;
+                term.evaluate(&v[..1], &[nst_loss::Site::whole(h, w)])
+            }, tol)),
             ("sum", check(std::slice::from_ref(&f), |_, v| {
                 nst_loss::content(&v[0], &p, 2.0)?
                     .add(&nst_loss::style(&v[0], &a, 5.0)?)?
