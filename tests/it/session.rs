@@ -327,3 +327,26 @@ fn a_user_term_renders_tiled_resumes_exactly_and_enters_the_fingerprint() {
         .resume_from(Checkpoint::from_bytes(&bytes).unwrap())
         .is_err());
 }
+
+/// The nearest-neighbour loss, whose targets follow the image: stopped before, at and after a
+/// refresh, the resumed render ends on the uninterrupted image byte for byte (the checkpoint
+/// keeps the image the targets were last made for), and the targets really follow the image
+/// (another refresh interval gives another image).
+#[test]
+fn a_resumed_nearest_neighbour_render_ends_on_the_uninterrupted_image() {
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let cfg = |refresh: usize| RenderConfig {
+        iterations: 7,
+        objective: crate::terms::nn_config(refresh, true),
+        ..Default::default()
+    };
+    let every3 = cfg(3);
+    let whole = run(&vgg, &be, &every3, None);
+    for stop in [2, 3, 4] {
+        let resumed = run(&vgg, &be, &every3, Some(stop));
+        assert!(resumed == whole, "resumed after {stop} differs");
+    }
+    let never = run(&vgg, &be, &cfg(100), None);
+    assert!(never != whole, "refreshing the targets changed nothing");
+}

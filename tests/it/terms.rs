@@ -301,3 +301,120 @@ impl<B: Backend> nst_loss::Local<B> for NoLoss {
         Ok(total)
     }
 }
+
+/// The classic objective with the nearest-neighbour style loss at its defaults, but for the
+/// refresh interval and augmentation.
+pub(crate) fn nn_config(refresh: usize, augment: bool) -> ObjectiveConfig {
+    ObjectiveConfig {
+        style_loss: nst_style::StyleLoss::Nn,
+        style_layers: nst_style::NN_LAYERS
+            .iter()
+            .map(|n| (n.to_string(), 1.0))
+            .collect(),
+        style_weight: nst_style::NN_DEFAULT_STYLE_WEIGHT,
+        nn: nst_style::NnConfig { refresh, augment },
+        ..ObjectiveConfig::default()
+    }
+}
+
+/// The nearest-neighbour loss: its targets found tile by tile equal those found on the whole
+/// image, and with them the classic objective with `--style-loss nn` tiles exactly in f64
+/// (loss and gradient), under both schedules (its hypercolumn straddles pool3, so `Shallow`
+/// runs whole-network tiles), on odd sizes where the layers' grids do not nest evenly.
+#[test]
+fn nearest_neighbour_targets_and_term_tile_exactly_in_f64() {
+    let vgg = vgg64();
+    let be = vgg.conv_params(0).unwrap().0.backend().clone();
+    let (w, h) = (133usize, 101usize);
+    let c = case(&vgg, &be, w as u32, h as u32);
+    let cfg = nn_config(50, false);
+    let layout = nst_style::nn::hypercolumn(&vgg, &cfg.style_layers).unwrap();
+    let style = std::sync::Arc::new(
+        nst_style::nn::style_set(&vgg, &layout, &c.styles, &[], false, Tiling::Off).unwrap(),
+    );
+    let find = |tiling| {
+        nst_style::nn::nn_targets(&vgg, &layout, style.clone(), &c.x, tiling)
+            .unwrap()
+            .index
+    };
+    let whole = find(Tiling::Off);
+    assert_eq!(whole.len(), (h / 8 * 2) * (w / 8 * 2));
+    assert_eq!(
+        whole,
+        find(Tiling::Tiles(32)),
+        "targets found tile by tile differ"
+    );
+    // Not every position matched one style hypercolumn.
+    assert!(whole.iter().any(|&j| j != whole[0]));
+    let objective =
+        |tiling| Objective::with_tiling(&vgg, &cfg, &c.content, &c.styles, &[], tiling).unwrap();
+    let untiled = objective(Tiling::Off);
+    for tiling in [Tiling::Tiles(32), Tiling::Shallow(32)] {
+        let tiled = objective(tiling);
+        assert!(tiled.plan().unwrap().tiles.len() >= 12, "{tiling:?}");
+        let (terms, grad) = differences(&untiled, &tiled, &c.x);
+        eprintln!("nn, {tiling:?}: terms {terms:e} gradient {grad:e}");
+        assert!(
+            terms <= 1e-10 && grad <= 1e-10,
+            "{tiling:?}: terms {terms:e}, gradient {grad:e}"
+        );
+    }
+    // Refreshed for another image, both follow it and still agree.
+    let mut a = objective(Tiling::Off);
+    let mut b = objective(Tiling::Tiles(32));
+    assert_eq!(a.refresh_every(), Some(cfg.nn.refresh));
+    assert!(a.refresh(&c.x).unwrap() && b.refresh(&c.x).unwrap());
+    assert!(
+        !a.refresh(&c.x).unwrap(),
+        "the same image again changes nothing"
+    );
+    let before = untiled.evaluate(&c.x).unwrap().total;
+    let after = a.evaluate(&c.x).unwrap().total;
+    assert!(
+        after < before,
+        "matched for x, the loss at x falls: {before} -> {after}"
+    );
+    let (terms, grad) = differences(&a, &b, &c.x);
+    assert!(
+        terms <= 1e-10 && grad <= 1e-10,
+        "refreshed: {terms:e} {grad:e}"
+    );
+}
+
+/// The nearest-neighbour loss refuses what it cannot use, with a clear message.
+#[test]
+fn nearest_neighbour_bad_input_is_an_error() {
+    let vgg = vgg64();
+    let be = vgg.conv_params(0).unwrap().0.backend().clone();
+    let c = case(&vgg, &be, 64, 48);
+    let cfg = nn_config(50, false);
+    let tiny = c.styles[0]
+        .narrow(2, 0, 6)
+        .unwrap()
+        .narrow(3, 0, 6)
+        .unwrap();
+    let err = Objective::new(&vgg, &cfg, &c.content, &[tiny], &[])
+        .err()
+        .expect("a 6 px style is refused")
+        .to_string();
+    assert!(err.contains("too small"), "{err}");
+    let zero = nn_config(0, false);
+    let err = Objective::new(&vgg, &zero, &c.content, &c.styles, &[])
+        .err()
+        .expect("refresh 0 is refused")
+        .to_string();
+    assert!(err.contains("at least 1"), "{err}");
+    let bad = ObjectiveConfig {
+        style_layers: vec![("relu4_1".into(), -1.0)],
+        ..cfg.clone()
+    };
+    assert!(Objective::new(&vgg, &bad, &c.content, &c.styles, &[]).is_err());
+    // Masks are a Gram-loss feature.
+    let o = Objective::new(&vgg, &cfg, &c.content, &c.styles, &[]).unwrap();
+    let err = o
+        .with_regions(&c.masks, &c.styles, &[])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("gram"), "{err}");
+}

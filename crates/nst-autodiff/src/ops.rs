@@ -95,6 +95,28 @@ impl<'t, B: Backend> Var<'t, B> {
         }))
     }
 
+    /// `a / b`, elementwise.
+    pub fn div(&self, rhs: &Self) -> Result<Self> {
+        self.same_tape(rhs, "div")?;
+        let y = self.value.div(&rhs.value)?;
+        let (a, b) = ((self.requires_grad, self.id), (rhs.requires_grad, rhs.id));
+        let bv = rhs.value.clone();
+        let out = b.0.then(|| y.clone());
+        Ok(self.tape.record(y, a.0 || b.0, move |g| {
+            let q = g.div(&bv)?;
+            // d(a/b)/db = −(a/b)/b.
+            let gb = out.map(|o| q.mul(&o)?.scale(-1.0)).transpose()?;
+            Ok(grads([(a.0, a.1, Some(q)), (b.0, b.1, gb)]))
+        }))
+    }
+
+    /// `√x`, elementwise (the gradient is infinite at 0: keep `x` positive).
+    pub fn sqrt(&self) -> Result<Self> {
+        let y = self.value.sqrt()?;
+        let out = y.clone();
+        Ok(self.unary_op(y, move |g| g.div(&out)?.scale(0.5)))
+    }
+
     /// `x * mul + add`.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Self> {
         let y = self.value.affine(mul, add)?;

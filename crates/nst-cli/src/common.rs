@@ -3,7 +3,7 @@
 use crate::io;
 use anyhow::{bail, Context, Result};
 use nst_cpu::Cpu;
-use nst_style::{Image, ObjectiveConfig, StyleLoss};
+use nst_style::{Image, NnConfig, ObjectiveConfig, StyleLoss};
 use nst_tensor::PoolKind;
 use std::path::PathBuf;
 
@@ -141,11 +141,12 @@ pub(crate) struct ObjectiveArgs {
     /// Weight of the content loss (w_c).
     #[arg(long, default_value_t = 5.0, value_name = "W")]
     content_weight: f64,
-    /// Weight of the style loss (w_s) [default: 100 with --style-loss gram, 10 with w2].
+    /// Weight of the style loss (w_s) [default: 100 with --style-loss gram, 10 with w2, 3e7
+    /// with nn].
     #[arg(long, value_name = "W")]
     style_weight: Option<f64>,
-    /// The style statistic: Gram matrices (Gatys et al.) or the Wasserstein-2 distance
-    /// between the activations' Gaussians.
+    /// The style loss: Gram matrices (Gatys et al.), the Wasserstein-2 distance between the
+    /// activations' Gaussians, or nearest-neighbour matching of hypercolumns (after NNST).
     #[arg(long, value_enum, default_value_t = StyleLossArg::Gram, value_name = "LOSS")]
     style_loss: StyleLossArg,
     /// Divide each content and style layer's gradient by its L1 norm before weighting it
@@ -163,14 +164,19 @@ pub(crate) struct ObjectiveArgs {
         value_name = "LAYERS"
     )]
     content_layers: Vec<String>,
-    /// Style layers, comma-separated, each optionally `name:multiplier`.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
-        value_name = "LAYERS"
-    )]
-    style_layers: Vec<String>,
+    /// Style layers, comma-separated, each optionally `name:multiplier` [default:
+    /// relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; with --style-loss nn, the hypercolumn's
+    /// relu1_1,relu2_1,relu3_1,relu4_1].
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    style_layers: Option<Vec<String>>,
+    /// With --style-loss nn: remake the nearest-neighbour targets every N iterations (and at
+    /// each scale's start).
+    #[arg(long, default_value_t = nst_style::nn::NN_REFRESH, value_name = "N")]
+    nn_refresh: usize,
+    /// With --style-loss nn: add the style images' flips and quarter turns to the features
+    /// matched (slower search, more choice).
+    #[arg(long)]
+    nn_augment: bool,
 }
 
 fn layer_list(specs: &[String], what: &str) -> Result<Vec<(String, f64)>> {
@@ -197,6 +203,8 @@ pub(crate) enum StyleLossArg {
     Gram,
     /// The Wasserstein-2 distance between Gaussians.
     W2,
+    /// Nearest-neighbour matching of hypercolumns.
+    Nn,
 }
 
 impl ObjectiveArgs {
@@ -205,6 +213,20 @@ impl ObjectiveArgs {
         let style_loss = match self.style_loss {
             StyleLossArg::Gram => StyleLoss::Gram,
             StyleLossArg::W2 => StyleLoss::W2,
+            StyleLossArg::Nn => StyleLoss::Nn,
+        };
+        if self.nn_refresh == 0 {
+            bail!(
+                "--nn-refresh must be at least 1 (iterations between nearest-neighbour searches)"
+            );
+        }
+        let style_layers = match &self.style_layers {
+            Some(l) => layer_list(l, "style")?,
+            None => style_loss
+                .default_style_layers()
+                .iter()
+                .map(|n| (n.to_string(), 1.0))
+                .collect(),
         };
         Ok(ObjectiveConfig {
             content_weight: self.content_weight,
@@ -213,9 +235,13 @@ impl ObjectiveArgs {
                 .unwrap_or_else(|| style_loss.default_style_weight()),
             tv_weight: self.tv_weight,
             content_layers: layer_list(&self.content_layers, "content")?,
-            style_layers: layer_list(&self.style_layers, "style")?,
+            style_layers,
             style_loss,
             normalize_gradients: self.normalize_gradients,
+            nn: NnConfig {
+                refresh: self.nn_refresh,
+                augment: self.nn_augment,
+            },
         })
     }
 }

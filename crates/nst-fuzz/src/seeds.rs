@@ -168,6 +168,7 @@ fn checkpoints() -> Vec<Vec<u8>> {
         size: (w, h),
         image: v(1.0),
         previous: Some(v(0.5)),
+        refreshed: Some(v(0.75)),
         optimizer: OptimizerState::Lbfgs(LbfgsState {
             pairs: vec![(v(0.1), v(0.2), 0.5), (v(0.3), v(0.4), 0.25)],
             last: Some((v(0.01), v(0.02))),

@@ -26,10 +26,12 @@
 
 #![warn(missing_docs)]
 
+pub mod nn;
 pub mod term;
 mod terms;
 mod w2;
 
+pub use nn::{nn_term, HyperLayer, Hypercolumn, NnTargets, StyleSet};
 pub use term::{Contribution, Form, Local, Site, Statistic, Term, Window, INPUT};
 pub use terms::{
     content_term, gram_term, temporal_term, tv_term, w2_term, GramRegion, GramStatistic,

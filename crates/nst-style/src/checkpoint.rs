@@ -49,6 +49,9 @@ pub struct Checkpoint {
     /// The image before the last iteration, the last one known to have a finite loss (`None`
     /// at a scale's start).
     pub previous: Option<Vec<f32>>,
+    /// The image the objective's image-following targets (the nearest-neighbour loss's) were
+    /// last made for (`None` when no term follows the image).
+    pub refreshed: Option<Vec<f32>>,
     /// The optimizer's state (`Stateless` at a scale's end: the next scale starts afresh).
     pub optimizer: OptimizerState,
     /// Render time spent before this checkpoint.
@@ -192,6 +195,9 @@ impl Checkpoint {
         if let Some(p) = &self.previous {
             v.push(("previous".into(), p));
         }
+        if let Some(r) = &self.refreshed {
+            v.push(("refreshed".into(), r));
+        }
         let head = match &self.optimizer {
             OptimizerState::Stateless => HeadOptimizer::Stateless,
             OptimizerState::Lbfgs(s) => {
@@ -308,6 +314,7 @@ impl Checkpoint {
         };
         let image = need("image")?;
         let previous = read("previous")?;
+        let refreshed = read("refreshed")?;
         let recent_losses = match meta.get("recent_losses") {
             None => Vec::new(),
             Some(v) => v
@@ -385,6 +392,7 @@ impl Checkpoint {
             size: (w, h),
             image,
             previous,
+            refreshed,
             optimizer,
             elapsed: Duration::from_nanos(elapsed_ns),
             recent_losses,
@@ -432,6 +440,7 @@ mod tests {
             size: (5, 2),
             image: v(1.0),
             previous: Some(v(-0.5)),
+            refreshed: Some(v(0.25)),
             optimizer,
             elapsed: Duration::from_nanos(123_456_789),
             recent_losses: vec![1.5e6, f64::MIN_POSITIVE, 0.1 + 0.2],

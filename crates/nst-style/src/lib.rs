@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod color;
 mod image;
 pub mod memory;
+pub mod nn;
 mod objective;
 mod render;
 pub mod targets;
@@ -21,9 +22,11 @@ pub use checkpoint::{Checkpoint, OptimizerState};
 pub use color::{ColorControl, MatrixRoot};
 pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
+pub use nn::{NnConfig, NN_LAYERS};
 pub use nst_loss::term::{Contribution, Local, Site, Statistic, Term, INPUT};
 pub use objective::{
-    normalize_blend, Evaluation, Objective, ObjectiveConfig, StyleLoss, W2_DEFAULT_STYLE_WEIGHT,
+    normalize_blend, Evaluation, Objective, ObjectiveConfig, StyleLoss, CLASSIC_STYLE_LAYERS,
+    NN_DEFAULT_STYLE_WEIGHT, W2_DEFAULT_STYLE_WEIGHT,
 };
 pub use render::{
     auto_scales, plan_scales, quality_schedule, region_mask, render, Init, Observer, OptimizerKind,

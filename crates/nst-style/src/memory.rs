@@ -113,6 +113,9 @@ struct Net {
     /// run on the whole image, `pool3`'s (stride, channels), and the tiled part's share of
     /// a forward pass's arithmetic.
     shallow: Option<ShallowNet>,
+    /// With the nearest-neighbour style loss: its hypercolumn's length, and whether the style
+    /// is augmented.
+    nn: Option<(usize, bool)>,
 }
 
 struct ShallowNet {
@@ -173,7 +176,16 @@ impl Net {
                 LayerOp::Relu => {}
             }
         }
+        let nn = (cfg.style_loss == crate::StyleLoss::Nn).then(|| {
+            let d = idx[cfg.content_layers.len()..][..cfg.style_layers.len()]
+                .iter()
+                .map(|&i| cin_of(model, i))
+                .sum();
+            (d, cfg.nn.augment)
+        });
         let shallow = match p3 {
+            // The hypercolumn straddles pool3: the objective tiles the whole network.
+            Some(_) if nn.is_some() => None,
             Some(p) => {
                 let mut uses: Vec<usize> = idx.iter().copied().filter(|&i| i <= p).collect();
                 uses.push(p);
@@ -196,7 +208,31 @@ impl Net {
             geometry,
             content,
             shallow,
+            nn,
         })
+    }
+
+    /// Bytes the nearest-neighbour loss holds: the style set, one block of the search, the
+    /// targets' indices, one evaluation's target hypercolumns (host and backend) for the
+    /// largest crop `(h, w)`, and the image-sized copies of the refresh (the matched blend,
+    /// its host copy, the image it was made for, the content).
+    fn nn_bytes(&self, req: &PlanRequest, largest: (usize, usize)) -> f64 {
+        let Some((d, augment)) = self.nn else {
+            return 0.0;
+        };
+        let grid = |h: usize, w: usize| (h / 4) * (w / 4);
+        let variants = if augment { 8 } else { 1 };
+        let m: usize = req
+            .style_sizes
+            .iter()
+            .map(|&(sw, sh)| grid(sh, sw) * variants)
+            .sum();
+        let (w, h) = req.size;
+        nst_loss::nn::set_bytes(d, m) as f64
+            + nst_loss::nn::search_bytes(d, m, grid(largest.0, largest.1)) as f64
+            + 4.0 * grid(h, w) as f64
+            + 8.0 * (d * grid(largest.0, largest.1)) as f64
+            + 4.0 * VECTOR * (w * h) as f64
     }
 
     /// Bytes of one evaluation's activations for an `h x w` crop.
@@ -252,7 +288,7 @@ impl Net {
 }
 
 /// The channels of layer `index`'s output (those of the last convolution before it).
-fn cin_of<B: Backend>(model: &Vgg<B>, index: usize) -> usize {
+pub(crate) fn cin_of<B: Backend>(model: &Vgg<B>, index: usize) -> usize {
     model.layers()[..=index]
         .iter()
         .rev()
@@ -403,6 +439,7 @@ fn peak(
                 + session_vectors)
         + VECTOR * style_px
         + net.content_bytes(h, w)
+        + net.nn_bytes(req, largest)
         + deep
         + pool
         + eval

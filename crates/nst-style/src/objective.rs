@@ -2,6 +2,7 @@
 //! evaluated on the whole image or tile by tile with the same code (see `docs/objective.md`
 //! and `docs/tiling.md`).
 
+use crate::nn::{self, NnConfig};
 use crate::targets::{
     add_all, features, find, image_size, key_of, plan_of, site_of, sites_of, statistics, window,
 };
@@ -33,6 +34,8 @@ pub struct ObjectiveConfig {
     /// term's weight multiplies it. The reported terms are unchanged (so the gradient is no
     /// longer theirs). Untiled objectives only.
     pub normalize_gradients: bool,
+    /// The nearest-neighbour loss's settings (with [`StyleLoss::Nn`]).
+    pub nn: NnConfig,
 }
 
 /// The style statistic compared at the style layers (see `docs/objective.md`).
@@ -44,6 +47,9 @@ pub enum StyleLoss {
     /// The squared Wasserstein-2 distance between the Gaussians of the activations
     /// ([`nst_loss::w2_style`]).
     W2,
+    /// Nearest-neighbour matching of hypercolumns at the style layers, all in one term
+    /// ([`nst_loss::nn_term`], after NNST; see `docs/objective.md`).
+    Nn,
 }
 
 impl StyleLoss {
@@ -52,6 +58,16 @@ impl StyleLoss {
         match self {
             StyleLoss::Gram => "gram",
             StyleLoss::W2 => "w2",
+            StyleLoss::Nn => "nn",
+        }
+    }
+
+    /// The default style layers of this loss: the classic five, or the nearest-neighbour
+    /// hypercolumn's four ([`crate::NN_LAYERS`]).
+    pub fn default_style_layers(self) -> &'static [&'static str] {
+        match self {
+            StyleLoss::Gram | StyleLoss::W2 => &CLASSIC_STYLE_LAYERS,
+            StyleLoss::Nn => &nn::NN_LAYERS,
         }
     }
 
@@ -61,9 +77,16 @@ impl StyleLoss {
         match self {
             StyleLoss::Gram => 100.0,
             StyleLoss::W2 => W2_DEFAULT_STYLE_WEIGHT,
+            StyleLoss::Nn => NN_DEFAULT_STYLE_WEIGHT,
         }
     }
 }
+
+/// The classic style layers (Gatys et al.).
+pub const CLASSIC_STYLE_LAYERS: [&str; 5] = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"];
+
+/// The default w_s of the nearest-neighbour style loss.
+pub const NN_DEFAULT_STYLE_WEIGHT: f64 = 3e7;
 
 /// The default w_s of the W2 style loss.
 pub const W2_DEFAULT_STYLE_WEIGHT: f64 = 10.0;
@@ -76,12 +99,10 @@ impl Default for ObjectiveConfig {
             style_weight: 100.0,
             tv_weight: 1e-3,
             content_layers: vec![one("relu4_2")],
-            style_layers: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-                .into_iter()
-                .map(one)
-                .collect(),
+            style_layers: CLASSIC_STYLE_LAYERS.into_iter().map(one).collect(),
             style_loss: StyleLoss::Gram,
             normalize_gradients: false,
+            nn: NnConfig::default(),
         }
     }
 }
@@ -148,6 +169,22 @@ pub struct Objective<'m, B: Backend> {
     tiled: Option<Tiled>,
     /// The classic settings, when built from them ([`Objective::with_regions`] needs them).
     classic: Option<ObjectiveConfig>,
+    /// The term whose targets follow the image ([`Objective::refresh`]).
+    refresh: Option<Refresh<B>>,
+}
+
+/// What the nearest-neighbour term's targets are remade from.
+struct Refresh<B: Backend> {
+    every: usize,
+    /// The term's index in the objective.
+    index: usize,
+    layout: nst_loss::Hypercolumn,
+    style: std::sync::Arc<nst_loss::StyleSet<B>>,
+    content: Tensor<B>,
+    tiling: Tiling,
+    weight: f64,
+    /// The image the targets were matched for.
+    last: Vec<f32>,
 }
 
 /// What the tiled evaluation needs besides the terms.
@@ -283,12 +320,49 @@ impl<'m, B: Backend> Objective<'m, B> {
                 )));
             }
         }
-        for t in style_terms(model, cfg, styles, &beta, tiling)? {
-            terms.push(normalized(t));
+        let mut refresh = None;
+        if cfg.style_loss == StyleLoss::Nn {
+            if cfg.normalize_gradients {
+                return Err(Error::Config(
+                    "--normalize-gradients works with the gram and w2 style losses".into(),
+                ));
+            }
+            if cfg.nn.refresh == 0 {
+                return Err(Error::Config(
+                    "the nearest-neighbour refresh interval must be at least 1 iteration".into(),
+                ));
+            }
+            let layout = nn::hypercolumn(model, &cfg.style_layers)?;
+            let style = std::sync::Arc::new(nn::style_set(
+                model,
+                &layout,
+                styles,
+                &beta,
+                cfg.nn.augment,
+                tiling,
+            )?);
+            let matched = nn::blend_image(content, content)?;
+            let targets = nn::nn_targets(model, &layout, style.clone(), &matched, tiling)?;
+            refresh = Some(Refresh {
+                every: cfg.nn.refresh,
+                index: terms.len(),
+                layout: layout.clone(),
+                style,
+                content: content.clone(),
+                tiling,
+                weight: cfg.style_weight,
+                last: matched.to_f32()?,
+            });
+            terms.push(nst_loss::nn_term(layout, targets, cfg.style_weight)?);
+        } else {
+            for t in style_terms(model, cfg, styles, &beta, tiling)? {
+                terms.push(normalized(t));
+            }
         }
         terms.push(nst_loss::tv_term(cfg.tv_weight));
         let mut o = Self::from_terms(model, terms, (w, h), tiling)?;
         o.classic = Some(cfg.clone());
+        o.refresh = refresh;
         Ok(o)
     }
 
@@ -313,6 +387,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             tiling,
             tiled: None,
             classic: None,
+            refresh: None,
         };
         for t in terms {
             o.push(t)?;
@@ -594,6 +669,31 @@ impl<'m, B: Backend> Objective<'m, B> {
         }
         let term = nst_loss::temporal_term(target.clone(), weights, weight)?;
         self.with_term(term)
+    }
+
+    /// How often (in iterations) the objective's targets follow the image: `Some(n)` when a
+    /// term's targets depend on the current image (the nearest-neighbour loss), to be remade
+    /// with [`Objective::refresh`] at each scale's start and every `n` iterations.
+    pub fn refresh_every(&self) -> Option<usize> {
+        self.refresh.as_ref().map(|r| r.every)
+    }
+
+    /// Remakes the targets that follow the image for the current image `x` (`[1, 3, H, W]`,
+    /// model space). Returns whether anything changed (nothing does when `x` is the image the
+    /// targets were made for, or no term follows the image).
+    pub fn refresh(&mut self, x: &Tensor<B>) -> Result<bool> {
+        let Some(r) = self.refresh.as_mut() else {
+            return Ok(false);
+        };
+        let matched = nn::blend_image(x, &r.content)?;
+        let host = matched.to_f32()?;
+        if host == r.last {
+            return Ok(false);
+        }
+        let targets = nn::nn_targets(self.model, &r.layout, r.style.clone(), &matched, r.tiling)?;
+        self.terms[r.index] = nst_loss::nn_term(r.layout.clone(), targets, r.weight)?;
+        r.last = host;
+        Ok(true)
     }
 
     /// The tile plan, when evaluated tile by tile.
@@ -1250,6 +1350,11 @@ fn style_terms<B: Backend>(
                     cfg.style_weight * m,
                 )?);
             }
+        }
+        StyleLoss::Nn => {
+            return Err(Error::Config(
+                "the nearest-neighbour loss is one term, built by Objective::with_tiling".into(),
+            ))
         }
         StyleLoss::W2 => {
             // Per style image, per layer: the moments, from sums about the layer's mean (a

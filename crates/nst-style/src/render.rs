@@ -645,7 +645,14 @@ struct Active<'m, B: Backend> {
     /// The point before the last iteration (its loss was finite).
     previous: Option<Tensor<B>>,
     opt: AnyOptimizer<B>,
+    /// The image the objective's image-following targets were last made for
+    /// ([`Objective::refresh`]; `None` when no term follows the image).
+    refreshed: Option<Tensor<B>>,
 }
+
+/// A restored mid-scale state: the previous image, the optimizer's state, and the image the
+/// targets that follow the image were made for.
+type Restored = (Option<Vec<f32>>, OptimizerState, Option<Vec<f32>>);
 
 /// What a render session is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -715,7 +722,8 @@ pub struct RenderSession<'a, B: Backend> {
     /// previous scale's result, or the state restored from a checkpoint.
     carried: Option<Vec<f32>>,
     /// A restored mid-scale state, applied when the scale is built.
-    restored: Option<(Option<Vec<f32>>, OptimizerState)>,
+    /// (previous image, optimizer state, image the targets were refreshed for).
+    restored: Option<Restored>,
     elapsed_before: Duration,
     started: Instant,
     status: SessionStatus,
@@ -873,6 +881,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             optimizer,
             elapsed,
             recent_losses,
+            refreshed,
             ..
         } = checkpoint;
         if scale >= s.scales.len()
@@ -880,6 +889,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             || size != s.scales[scale]
             || image.len() != 3 * size.0 * size.1
             || previous.as_ref().is_some_and(|p| p.len() != image.len())
+            || refreshed.as_ref().is_some_and(|p| p.len() != image.len())
         {
             return Err(Error::Checkpoint(format!(
                 "the checkpoint's position (scale {scale}, iteration {iteration}, {}x{}) is not one of this render's",
@@ -913,7 +923,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             s.scale = scale;
             s.done = iteration;
             s.carried = Some(image);
-            s.restored = Some((previous, optimizer));
+            s.restored = Some((previous, optimizer, refreshed));
             s.recent = recent_losses.into_iter().collect();
         }
         Ok(s)
@@ -1092,47 +1102,26 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let shape = [1, 3, h, w];
         let upload = |v: Vec<f32>| Tensor::from_f32(backend, &v, shape);
         let x = upload(x0)?;
-        let lbfgs_cfg = LbfgsConfig {
-            learning_rate: self.lr,
-            history: self.plans[si].history,
-            max_step: if cfg.clamp_pixels {
-                MAX_STEP_OF_RANGE * model_range(conv)
-            } else {
-                f64::INFINITY
-            },
-            line_search: if cfg.optimizer == OptimizerKind::LbfgsWolfe {
-                LineSearch::StrongWolfe
-            } else {
-                LineSearch::None
-            },
-            ..Default::default()
-        };
-        let adam_cfg = AdamConfig {
-            learning_rate: self.lr,
-            ..Default::default()
-        };
         let invalid = |e: nst_optim::InvalidState| Error::Checkpoint(e.to_string());
-        let (previous, state) = match restored {
-            Some((p, s)) => (p.map(upload).transpose()?, s),
-            None => (None, OptimizerState::Stateless),
+        let (previous, state, refreshed) = match restored {
+            Some((p, s, r)) => (p.map(upload).transpose()?, s, r.map(upload).transpose()?),
+            None => (None, OptimizerState::Stateless, None),
         };
         let opt = match (cfg.optimizer, state) {
             (OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe, OptimizerState::Lbfgs(s)) => {
                 let s = s.try_map(upload)?;
-                AnyOptimizer::Lbfgs(Lbfgs::from_state(lbfgs_cfg, s).map_err(invalid)?)
-            }
-            (OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe, _) => {
-                AnyOptimizer::Lbfgs(Lbfgs::new(lbfgs_cfg))
+                AnyOptimizer::Lbfgs(Lbfgs::from_state(self.lbfgs_config(si), s).map_err(invalid)?)
             }
             (OptimizerKind::Adam, OptimizerState::Adam(s)) => {
                 let s = s.try_map(upload)?;
-                AnyOptimizer::Adam(Adam::from_state(adam_cfg, s).map_err(invalid)?)
+                AnyOptimizer::Adam(Adam::from_state(self.adam_config(), s).map_err(invalid)?)
             }
-            (OptimizerKind::Adam, _) => AnyOptimizer::Adam(Adam::new(adam_cfg)),
-            (OptimizerKind::Gd, _) => AnyOptimizer::Gd(GradientDescent {
-                learning_rate: self.lr,
-            }),
+            _ => self.fresh_optimizer(si),
         };
+        // A resumed scale's targets follow the image they were last made for.
+        if let Some(r) = &refreshed {
+            objective.refresh(r)?;
+        }
         self.active = Some(Active {
             objective,
             // The colours to put back (the content as given, not its grey).
@@ -1140,8 +1129,47 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             x,
             previous,
             opt,
+            refreshed,
         });
         Ok(())
+    }
+
+    fn lbfgs_config(&self, si: usize) -> LbfgsConfig {
+        LbfgsConfig {
+            learning_rate: self.lr,
+            history: self.plans[si].history,
+            max_step: if self.cfg.clamp_pixels {
+                MAX_STEP_OF_RANGE * model_range(self.model.convention())
+            } else {
+                f64::INFINITY
+            },
+            line_search: if self.cfg.optimizer == OptimizerKind::LbfgsWolfe {
+                LineSearch::StrongWolfe
+            } else {
+                LineSearch::None
+            },
+            ..Default::default()
+        }
+    }
+
+    fn adam_config(&self) -> AdamConfig {
+        AdamConfig {
+            learning_rate: self.lr,
+            ..Default::default()
+        }
+    }
+
+    /// The configured optimizer with no history, for scale `si`.
+    fn fresh_optimizer(&self, si: usize) -> AnyOptimizer<B> {
+        match self.cfg.optimizer {
+            OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => {
+                AnyOptimizer::Lbfgs(Lbfgs::new(self.lbfgs_config(si)))
+            }
+            OptimizerKind::Adam => AnyOptimizer::Adam(Adam::new(self.adam_config())),
+            OptimizerKind::Gd => AnyOptimizer::Gd(GradientDescent {
+                learning_rate: self.lr,
+            }),
+        }
     }
 
     /// Runs one iteration (starting the next scale first when one is due). Returns its
@@ -1157,6 +1185,23 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let si = self.scale;
         let (w, h) = self.scales[si];
         let iterations = iterations_of(self.cfg, si);
+        if let Some(n) = self
+            .active
+            .as_ref()
+            .and_then(|a| a.objective.refresh_every())
+        {
+            if self.done.is_multiple_of(n) {
+                let fresh = self.fresh_optimizer(si);
+                let active = self.active.as_mut().expect("the scale was started");
+                // The targets follow the image: remade at the scale's start and every `n`
+                // iterations; the optimizer's history (of the old objective) starts afresh.
+                if active.objective.refresh(&active.x)? && self.done > 0 {
+                    active.opt = fresh;
+                    self.recent.clear();
+                }
+                active.refreshed = Some(active.x.clone());
+            }
+        }
         let active = self.active.as_mut().expect("the scale was started");
         let start = active.x.clone();
         let mut first: Option<(f64, Vec<(String, f64)>)> = None;
@@ -1283,7 +1328,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
 
     /// Everything needed to continue this render later ([`RenderSession::resume`]).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let (scale, iteration, image, previous, optimizer) = match &self.active {
+        let (scale, iteration, image, previous, optimizer, refreshed) = match &self.active {
             Some(a) => {
                 let host = |t: Tensor<B>| t.to_f32();
                 let optimizer = match &a.opt {
@@ -1292,14 +1337,29 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                     AnyOptimizer::Gd(_) => OptimizerState::Stateless,
                 };
                 let previous = a.previous.as_ref().map(|p| p.to_f32()).transpose()?;
-                (self.scale, self.done, a.x.to_f32()?, previous, optimizer)
+                let refreshed = a.refreshed.as_ref().map(|p| p.to_f32()).transpose()?;
+                (
+                    self.scale,
+                    self.done,
+                    a.x.to_f32()?,
+                    previous,
+                    optimizer,
+                    refreshed,
+                )
             }
             None => match (&self.carried, &self.restored) {
-                (Some(x), Some((p, o))) => (self.scale, self.done, x.clone(), p.clone(), o.clone()),
+                (Some(x), Some((p, o, r))) => (
+                    self.scale,
+                    self.done,
+                    x.clone(),
+                    p.clone(),
+                    o.clone(),
+                    r.clone(),
+                ),
                 (Some(x), None) => {
                     let si = self.scale - 1;
                     let n = iterations_of(self.cfg, si);
-                    (si, n, x.clone(), None, OptimizerState::Stateless)
+                    (si, n, x.clone(), None, OptimizerState::Stateless, None)
                 }
                 (None, _) => {
                     return Err(Error::Checkpoint(
@@ -1322,6 +1382,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 Vec::new()
             },
             fingerprint: self.fingerprint.clone(),
+            refreshed,
         })
     }
 
@@ -1340,6 +1401,9 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let mut sources = vec![src("image".into(), &a.x)];
         if let Some(p) = &a.previous {
             sources.push(src("previous".into(), p));
+        }
+        if let Some(r) = &a.refreshed {
+            sources.push(src("refreshed".into(), r));
         }
         let optimizer = match &a.opt {
             AnyOptimizer::Lbfgs(o) => {

@@ -15,6 +15,20 @@ pub(crate) fn window<B: Backend>(t: &Tensor<B>, w: &Window) -> nst_tensor::Resul
     nst_loss::term::cut(t, w)
 }
 
+/// The site of a part that owns no position at a layer.
+pub(crate) fn unowned() -> Site {
+    Site {
+        own: Window {
+            y: 0,
+            x: 0,
+            h: 0,
+            w: 0,
+        },
+        origin: (0, 0),
+        full: (0, 0),
+    }
+}
+
 /// Element-wise `slots += parts`.
 pub(crate) fn add_all<B: Backend>(
     slots: &mut Option<Vec<Tensor<B>>>,
@@ -287,18 +301,7 @@ pub fn statistics<B: Backend>(
             let inputs: Vec<Var<'_, B>> = idx.iter().map(|&i| vars[i].clone()).collect();
             let s: Vec<Site> = idx
                 .iter()
-                .map(|&i| {
-                    sites[i].unwrap_or(Site {
-                        own: Window {
-                            y: 0,
-                            x: 0,
-                            h: 0,
-                            w: 0,
-                        },
-                        origin: (0, 0),
-                        full: (0, 0),
-                    })
-                })
+                .map(|&i| sites[i].unwrap_or_else(unowned))
                 .collect();
             if positions[pi].is_empty() {
                 positions[pi] = s.iter().map(|s| s.full.0 * s.full.1).collect();

@@ -8,7 +8,7 @@
 //! whole image's objective and gradient (see `docs/tiling.md`).
 
 use crate::{Error, Result};
-use nst_vgg::{LayerOp, Span, Vgg};
+use nst_vgg::{Span, Vgg};
 
 /// The layer index that stands for the image itself ([`nst_loss::INPUT`]): stride 1, three
 /// channels, no margin.
@@ -95,14 +95,7 @@ impl Geometry {
             }
             let span = Span::of(table, i)
                 .ok_or_else(|| Error::Config(format!("no layer with index {i}")))?;
-            let channels = table[..=i]
-                .iter()
-                .rev()
-                .find_map(|l| match l.op {
-                    LayerOp::Conv { cout, .. } => Some(cout),
-                    _ => None,
-                })
-                .unwrap_or(3);
+            let channels = crate::memory::cin_of(model, i);
             margin = margin.max(span.margin() + reach * span.stride);
             align = align.max(span.stride);
             layers.push((i, span.stride, channels));

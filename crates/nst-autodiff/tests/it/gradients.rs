@@ -47,6 +47,18 @@ proptest! {
         assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].square()?, seed));
         assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].relu()?, seed));
         assert_grad(std::slice::from_ref(&x), |t, v| weighted_sum(t, &v[0].exp()?, seed));
+        // Denominators and roots kept positive (x² + 0.5), away from the poles.
+        assert_grad(&[x.clone(), y.clone()], |t, v| {
+            weighted_sum(t, &v[0].div(&v[1].square()?.offset(0.5)?)?, seed)
+        });
+        assert_grad(std::slice::from_ref(&x), |t, v| {
+            weighted_sum(t, &v[0].square()?.offset(0.5)?.sqrt()?, seed)
+        });
+        // One value as numerator and denominator: the two gradients add.
+        assert_grad(std::slice::from_ref(&x), |t, v| {
+            let d = v[0].square()?.offset(0.5)?;
+            weighted_sum(t, &v[0].div(&d)?.div(&d.sqrt()?)?, seed)
+        });
         assert_grad(&[x], |_, v| v[0].exp()?.mean());
     }
 

@@ -578,3 +578,68 @@ fn w2_style_loss_and_normalized_gradients_on_render_and_eval() {
     assert_eq!(plain, normed);
     assert_ne!(g_plain, g_normed);
 }
+
+#[test]
+fn nearest_neighbour_style_loss_on_render_and_eval() {
+    weights();
+    let render = |extra: &[&str], out: &Path| {
+        let mut a = vec!["--quiet", "--style-loss", "nn"];
+        a.extend_from_slice(extra);
+        render_small(out, 40, 4, &a)
+    };
+    let (nn, augmented) = (tmp("nn_plain.png"), tmp("nn_aug.png"));
+    for (extra, out) in [
+        (&["--nn-refresh", "2"][..], &nn),
+        (
+            &["--nn-refresh", "2", "--nn-augment", "--tile", "16"][..],
+            &augmented,
+        ),
+    ] {
+        let r = render(extra, out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(image::open(out).unwrap().width(), 40);
+    }
+    assert_ne!(
+        std::fs::read(&nn).unwrap(),
+        std::fs::read(&augmented).unwrap()
+    );
+    assert_fails_with(
+        &render(&["--nn-refresh", "0"], &tmp("nn_bad.png")),
+        &["--nn-refresh"],
+    );
+    // A style shrunk below the deepest layer's stride.
+    assert_fails_with(
+        &render(&["--style-scale", "0.1"], &tmp("nn_bad.png")),
+        &["too small", "nearest-neighbour"],
+    );
+    assert!(
+        !tmp("nn_bad.png").exists(),
+        "a failed render wrote its output"
+    );
+    // eval prints the one nn term.
+    let content = tmp("nn_content.png");
+    image::open(images().join("tubingen.jpg"))
+        .unwrap()
+        .resize_exact(40, 30, image::imageops::FilterType::Triangle)
+        .save(&content)
+        .unwrap();
+    let grad = tmp("nn_grad.safetensors");
+    let st = images().join("starry_night.jpg");
+    let r = nst(&[
+        "eval",
+        "--content",
+        s(&content),
+        "--style",
+        s(&st),
+        "--image",
+        s(&content),
+        "--out",
+        s(&grad),
+        "--style-loss",
+        "nn",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("\"nn\":"), "{out}");
+    assert!(!out.contains("style/"), "{out}");
+}

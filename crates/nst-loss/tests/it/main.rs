@@ -7,6 +7,7 @@ use nst_tensor::Tensor;
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod nn;
 mod w2;
 
 fn cases() -> u32 {
