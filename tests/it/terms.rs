@@ -307,10 +307,7 @@ impl<B: Backend> nst_loss::Local<B> for NoLoss {
 pub(crate) fn nn_config(refresh: usize, augment: bool) -> ObjectiveConfig {
     ObjectiveConfig {
         style_loss: nst_style::StyleLoss::Nn,
-        style_layers: nst_style::NN_LAYERS
-            .iter()
-            .map(|n| (n.to_string(), 1.0))
-            .collect(),
+        style_layers: nst_style::StyleLoss::Nn.default_style_layers(),
         style_weight: nst_style::NN_DEFAULT_STYLE_WEIGHT,
         nn: nst_style::NnConfig { refresh, augment },
         ..ObjectiveConfig::default()

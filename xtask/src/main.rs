@@ -53,6 +53,11 @@ commands:
                        the time PyTorch's classic recipe (noise start, L-BFGS history 100)
                        needs to reach the same `nst eval` score on its saved 8-bit images
                        (PyTorch's trajectories are cached in target/time-to-image)
+  bench quality [--sizes 512] [--losses gram,w2,nn] [--pairs C.jpg:S.jpg,…] [-- RENDER ARGS]
+                       `nst render` at its defaults with each style loss on six pairs: wall
+                       time, structure kept (SSIM of the blurred luminances of output and
+                       photo) and palette matched (sliced W1 to the painting's colours in
+                       CIELAB), with the pictures side by side (target/time-to-image/quality)
   help                 this text
 ";
 
@@ -448,7 +453,7 @@ fn bench(args: &[String]) -> Result<()> {
         weights::fetch(&root, &[])?;
     }
     let ttl = args.first().is_some_and(|a| a == "time-to-image");
-    if args.first().is_some_and(|a| a == "tiled") || ttl {
+    if args.first().is_some_and(|a| a == "tiled" || a == "quality") || ttl {
         let mut c = cargo();
         c.args(["build", "--release", "-q", "-p", "nst-cli"]);
         status(c)?;

@@ -6,6 +6,7 @@ use nst_cpu::Cpu;
 use nst_tensor::Tensor;
 use std::time::Instant;
 
+mod quality;
 mod tiled;
 mod time_to_image;
 
@@ -495,9 +496,19 @@ fn main() -> Result<()> {
         render_args: Vec::new(),
         timing_iterations: 10,
     };
+    let mut pairs_given = false;
+    let mut losses: Vec<String> = ["gram", "w2", "nn"].map(String::from).to_vec();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--losses" => {
+                losses = it
+                    .next()
+                    .context("--losses needs a value")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            }
             "--threads" => threads = it.next().context("--threads needs a value")?.parse()?,
             "--size" => size = it.next().context("--size needs a value")?.parse()?,
             "--reps" => reps = it.next().context("--reps needs a value")?.parse()?,
@@ -524,6 +535,7 @@ fn main() -> Result<()> {
             }
             "--vs-pytorch" => vs_pytorch = true,
             "--pairs" => {
+                pairs_given = true;
                 ttl.pairs = it
                     .next()
                     .context("--pairs needs a value")?
@@ -585,6 +597,28 @@ fn main() -> Result<()> {
             };
             tiled::bench_tiled(&sizes, &budgets, iterations, threads)
         }
+        Some("quality") => {
+            let env = |k: &str| {
+                std::env::var_os(k)
+                    .map(std::path::PathBuf::from)
+                    .with_context(|| format!("{k} is not set (run through `cargo xtask bench`)"))
+            };
+            let pairs = if pairs_given {
+                ttl.pairs.clone()
+            } else {
+                quality::default_pairs()
+            };
+            let size = sizes.as_ref().and_then(|s| s.first().copied()).unwrap_or(512);
+            quality::bench(
+                &env("NST_BIN")?,
+                &env("NST_IMAGES")?,
+                &env("NST_BENCH_DIR")?.join("quality"),
+                &pairs,
+                &losses,
+                size,
+                &ttl.render_args,
+            )
+        }
         Some("time-to-image") => {
             if let Some(s) = sizes {
                 ttl.sizes = s;
@@ -593,6 +627,6 @@ fn main() -> Result<()> {
             anyhow::ensure!(ttl.every > 0, "--every must be positive");
             time_to_image::bench(&ttl)
         }
-        _ => bail!("usage: nst-bench conv|features|render|gradient|tiled|time-to-image [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
+        _ => bail!("usage: nst-bench conv|features|render|gradient|tiled|time-to-image|quality [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
     }
 }

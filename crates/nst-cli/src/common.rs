@@ -166,7 +166,7 @@ pub(crate) struct ObjectiveArgs {
     content_layers: Vec<String>,
     /// Style layers, comma-separated, each optionally `name:multiplier` [default:
     /// relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; with --style-loss nn, the hypercolumn's
-    /// relu1_1,relu2_1,relu3_1,relu4_1].
+    /// relu1_1:0.1,relu2_1:0.3,relu3_1:1,relu4_1:3].
     #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
     style_layers: Option<Vec<String>>,
     /// With --style-loss nn: remake the nearest-neighbour targets every N iterations (and at
@@ -222,11 +222,7 @@ impl ObjectiveArgs {
         }
         let style_layers = match &self.style_layers {
             Some(l) => layer_list(l, "style")?,
-            None => style_loss
-                .default_style_layers()
-                .iter()
-                .map(|n| (n.to_string(), 1.0))
-                .collect(),
+            None => style_loss.default_style_layers(),
         };
         Ok(ObjectiveConfig {
             content_weight: self.content_weight,

@@ -14,11 +14,19 @@ use nst_tensor::{Backend, Tensor};
 use nst_vgg::{Span, Vgg};
 use std::sync::Arc;
 
-/// The layers of the nearest-neighbour loss by default: the first layer of each of VGG19's
-/// first four blocks (NNST matched features down to the fourth block and dropped the fifth
-/// for speed without loss of quality; one layer a block keeps the hypercolumn at 960
-/// channels, a third of NNST's, and the search cost with it).
-pub const NN_LAYERS: [&str; 4] = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"];
+/// The layers of the nearest-neighbour loss by default, with their multipliers: the first
+/// layer of each of VGG19's first four blocks (NNST matched features down to the fourth block
+/// and dropped the fifth for speed without loss of quality; one layer a block keeps the
+/// hypercolumn at 960 channels, a third of NNST's, and the search cost with it). The
+/// multipliers (0.1, 0.3, 1, 3) lean the cosine toward the deeper layers: with equal ones the
+/// shallow layers' larger activations set the hypercolumns' directions, the matching follows
+/// local colour, and renders came out dim and flat (docs/objective.md).
+pub const NN_LAYERS: [(&str, f64); 4] = [
+    ("relu1_1", 0.1),
+    ("relu2_1", 0.3),
+    ("relu3_1", 1.0),
+    ("relu4_1", 3.0),
+];
 
 /// The share of the current image in the image whose hypercolumns are matched (NNST's
 /// `alpha`: the rest is the content photo).

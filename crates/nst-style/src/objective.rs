@@ -62,12 +62,18 @@ impl StyleLoss {
         }
     }
 
-    /// The default style layers of this loss: the classic five, or the nearest-neighbour
-    /// hypercolumn's four ([`crate::NN_LAYERS`]).
-    pub fn default_style_layers(self) -> &'static [&'static str] {
+    /// The default style layers of this loss with their multipliers: the classic five, or the
+    /// nearest-neighbour hypercolumn's four ([`crate::NN_LAYERS`]).
+    pub fn default_style_layers(self) -> Vec<(String, f64)> {
         match self {
-            StyleLoss::Gram | StyleLoss::W2 => &CLASSIC_STYLE_LAYERS,
-            StyleLoss::Nn => &nn::NN_LAYERS,
+            StyleLoss::Gram | StyleLoss::W2 => CLASSIC_STYLE_LAYERS
+                .iter()
+                .map(|n| (n.to_string(), 1.0))
+                .collect(),
+            StyleLoss::Nn => nn::NN_LAYERS
+                .iter()
+                .map(|(n, m)| (n.to_string(), *m))
+                .collect(),
         }
     }
 
