@@ -324,14 +324,18 @@ fn test(extra: &[String]) -> Result<()> {
     ]);
     status(c)?;
     // The web view in a real browser (ignored by a plain `cargo test`: it needs Chromium).
+    // The same packages and features as the first run, so nothing is built again: every
+    // package's `it` binary runs, and only nst-cli's has tests under `web::`.
     let browser = ensure_chromium()?;
     let mut c = cargo();
     c.env("NST_WEIGHTS", weights::vgg19_path(&root))
         .env("NST_CHROMIUM", &browser)
+        .env("LD_LIBRARY_PATH", &ld)
         .args([
             "test",
-            "-p",
-            "nst-cli",
+            "--workspace",
+            "--features",
+            "nst-cli/cuda,nst-bench/cuda",
             "--test",
             "it",
             "--",

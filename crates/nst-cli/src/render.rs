@@ -75,9 +75,10 @@ pub(crate) struct Options {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     lbfgs_history: u32,
     /// The starting image: noise (small Gaussian noise around the mean pixel), content, gray
-    /// (the photo's mean colour), uniform (uniform noise over 0-255), or a path.
-    #[arg(long, default_value = "noise")]
-    init: String,
+    /// (the photo's mean colour), uniform (uniform noise over 0-255), or a path [default:
+    /// noise; content with --style-loss nn].
+    #[arg(long)]
+    init: Option<String>,
     /// Let the optimiser use pixel values outside 0-255 (the classic behaviour); by default
     /// the image is kept in range after every step, since the saved image is clamped.
     #[arg(long)]
@@ -402,12 +403,13 @@ impl Options {
             ..
         } = io::load_image_with(&o.inputs.content, &limits)?;
         let styles = common::load_styles(&o.inputs.style, max_pixels)?;
-        let init = match o.init.as_str() {
-            "noise" => Init::Noise,
-            "content" => Init::Content,
-            "gray" => Init::Gray,
-            "uniform" => Init::Uniform,
-            path => Init::Image(
+        let init = match o.init.as_deref() {
+            None => objective.style_loss.default_init(),
+            Some("noise") => Init::Noise,
+            Some("content") => Init::Content,
+            Some("gray") => Init::Gray,
+            Some("uniform") => Init::Uniform,
+            Some(path) => Init::Image(
                 io::load_image(Path::new(path), max_pixels).context("loading the --init image")?,
             ),
         };
@@ -811,7 +813,9 @@ fn settings_json(a: &Args, cfg: &RenderConfig, device: &str) -> String {
         "iterations": cfg.iterations,
         "scale_iterations": cfg.scale_iterations,
         "optimizer": format!("{:?}", cfg.optimizer),
-        "init": o.init,
+        "init": o.init.clone().unwrap_or_else(|| {
+            format!("{:?}", cfg.objective.style_loss.default_init()).to_lowercase()
+        }),
         "seed": cfg.seed,
         "content_weight": cfg.objective.content_weight,
         "style_weight": cfg.objective.style_weight,

@@ -792,6 +792,44 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 mod tests {
     use super::*;
 
+    /// The nearest-neighbour loss's style set, search and targets enter the plan: the same
+    /// render predicts more with it than with the Gram loss, more again with the style
+    /// augmented, and a 2048 px render still gets a tiled plan under 3 GB.
+    #[test]
+    fn the_nearest_neighbour_loss_is_counted() {
+        let be = nst_cpu::Cpu::new(1);
+        let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 1).unwrap();
+        let req = |size: usize, budget: Option<u64>| PlanRequest {
+            size: (size, size * 3 / 4),
+            style_sizes: vec![(size, size)],
+            optimizer: OptimizerKind::Lbfgs,
+            history: 100,
+            iterations: 200,
+            tile: TileChoice::Auto,
+            budget,
+            extra_layers: Vec::new(),
+        };
+        let nn = |augment: bool| ObjectiveConfig {
+            style_loss: crate::StyleLoss::Nn,
+            style_layers: crate::StyleLoss::Nn.default_style_layers(),
+            nn: crate::NnConfig {
+                refresh: 50,
+                augment,
+            },
+            ..ObjectiveConfig::default()
+        };
+        let peak = |cfg: &ObjectiveConfig| plan(&vgg, cfg, &req(512, None)).unwrap().peak_bytes;
+        let gram = ObjectiveConfig {
+            style_layers: nn(false).style_layers,
+            ..ObjectiveConfig::default()
+        };
+        let (g, n, a) = (peak(&gram), peak(&nn(false)), peak(&nn(true)));
+        assert!(g < n && n < a, "gram {g}, nn {n}, augmented {a}");
+        let p = plan(&vgg, &nn(true), &req(2048, Some(3_000_000_000))).unwrap();
+        assert!(p.tiles > 1 && p.peak_bytes < 3_000_000_000, "{p:?}");
+        assert!(!matches!(p.tiling, Tiling::Shallow(_)), "{p:?}");
+    }
+
     #[test]
     fn sizes_parse() {
         assert_eq!(parse_bytes("3G").unwrap(), 3_000_000_000);
