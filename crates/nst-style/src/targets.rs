@@ -118,14 +118,9 @@ pub(crate) fn sites_of(
         sites.push(site_of(geo, plan, tile, k).unwrap_or_else(|| {
             let (s, _) = geo.layer(k);
             Site {
-                own: Window {
-                    y: 0,
-                    x: 0,
-                    h: 0,
-                    w: 0,
-                },
                 origin: (tile.crop.y / s, tile.crop.x / s),
                 full: (plan.height / s, plan.width / s),
+                ..unowned()
             }
         }));
     }
