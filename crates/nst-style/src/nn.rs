@@ -41,8 +41,11 @@ pub struct NnConfig {
     pub augment: bool,
 }
 
-/// The default refresh interval (iterations).
-pub const NN_REFRESH: usize = 50;
+/// The default refresh interval (iterations): in effect, at each scale's start only. Measured
+/// on two pairs at 256 px (docs/benchmarks.md), remaking the targets every 10 or 50 iterations
+/// kept less of the photo, matched the painting's palette less and took longer than never
+/// remaking them within a scale (each remake restarts L-BFGS's history).
+pub const NN_REFRESH: usize = 500;
 
 impl Default for NnConfig {
     fn default() -> Self {
