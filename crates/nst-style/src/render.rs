@@ -1191,15 +1191,16 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             .and_then(|a| a.objective.refresh_every())
         {
             if self.done.is_multiple_of(n) {
-                let fresh = self.fresh_optimizer(si);
-                let active = self.active.as_mut().expect("the scale was started");
                 // The targets follow the image: remade at the scale's start and every `n`
                 // iterations; the optimizer's history (of the old objective) starts afresh.
-                if active.objective.refresh(&active.x)? && self.done > 0 {
-                    active.opt = fresh;
+                let active = self.active.as_mut().expect("the scale was started");
+                let changed = active.objective.refresh(&active.x)?;
+                active.refreshed = Some(active.x.clone());
+                if changed && self.done > 0 {
+                    let fresh = self.fresh_optimizer(si);
+                    self.active.as_mut().expect("the scale was started").opt = fresh;
                     self.recent.clear();
                 }
-                active.refreshed = Some(active.x.clone());
             }
         }
         let active = self.active.as_mut().expect("the scale was started");
