@@ -52,6 +52,14 @@ pub(crate) fn image_crop(name: &str, x0: u32, y0: u32, w: u32, h: u32) -> Vec<f3
     crop.as_raw().iter().map(|&v| v as f32).collect()
 }
 
+/// The model for properties that hold for any weights and widths, such as exact tiling:
+/// VGG19's layers and pooling at an eighth of its widths, random and seeded, in f64 (about
+/// 1/64 of the real network's arithmetic; no weight file).
+pub(crate) fn narrow64() -> nst_vgg::Vgg<Cpu64> {
+    nst_vgg::Vgg::random_narrow_for_tests(&Cpu64::new(2), nst_vgg::Arch::Vgg19, 8, 19).unwrap()
+}
+
+/// The real VGG19 in f64 (the weight file is needed).
 pub(crate) fn vgg64() -> nst_vgg::Vgg<Cpu64> {
     let bytes = std::fs::read(weights()).unwrap();
     nst_vgg::Vgg::from_safetensors(&Cpu64::new(2), &bytes).unwrap()

@@ -4,7 +4,7 @@
 //! in f32 within the tiled objective's documented bounds; for both schedules, the whole
 //! network in tiles and the shallow part in tiles with the deep part whole.
 
-use crate::{image_crop, vgg64, weights};
+use crate::{image_crop, narrow64, vgg64, weights};
 use nst_cpu::Cpu;
 use nst_loss::{content_term, gram_term, temporal_term, tv_term, w2_term, GramRegion, Term};
 use nst_style::{targets, Image, Objective, ObjectiveConfig, Tiling};
@@ -105,7 +105,7 @@ type MakeTerm<'a> = Box<dyn Fn() -> Term<nst_cpu::Cpu64> + 'a>;
 /// masks and the temporal term, tiled and untiled.
 #[test]
 fn every_term_alone_and_combined_tiles_exactly_in_f64() {
-    let vgg = vgg64();
+    let vgg = narrow64();
     let be = vgg.conv_params(0).unwrap().0.backend().clone();
     // 133 x 101 in tiles of 32: 5 x 4 tiles, neither side a multiple of the alignment.
     let (w, h) = (133usize, 101usize);
@@ -181,7 +181,7 @@ fn every_term_alone_and_combined_tiles_exactly_in_f64() {
         (PoolKind::Max, Tiling::Tiles(48)),
         (PoolKind::Avg, Tiling::Shallow(48)),
     ] {
-        let vgg = vgg64().with_pooling(pooling);
+        let vgg = narrow64().with_pooling(pooling);
         let classic = |tiling| masked_temporal(&vgg, &c, &target, &weights, tiling);
         let tiled = classic(tiling);
         assert_eq!(tiled.plan().unwrap().tiles.len(), 9);
@@ -320,7 +320,7 @@ pub(crate) fn nn_config(refresh: usize, augment: bool) -> ObjectiveConfig {
 /// runs whole-network tiles), on odd sizes where the layers' grids do not nest evenly.
 #[test]
 fn nearest_neighbour_targets_and_term_tile_exactly_in_f64() {
-    let vgg = vgg64();
+    let vgg = narrow64();
     let be = vgg.conv_params(0).unwrap().0.backend().clone();
     let (w, h) = (133usize, 101usize);
     let c = case(&vgg, &be, w as u32, h as u32);

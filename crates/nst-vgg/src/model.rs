@@ -69,10 +69,9 @@ pub struct Vgg<B: Backend> {
 /// gives each convolution (`None` for ReLU and pooling layers).
 #[allow(clippy::type_complexity)]
 fn conv_params<B: Backend>(
-    arch: Arch,
+    layers: Vec<Layer>,
     mut make: impl FnMut(&Layer, usize, usize) -> Result<(Tensor<B>, Tensor<B>)>,
 ) -> Result<(Vec<Layer>, Vec<Option<(Tensor<B>, Tensor<B>)>>)> {
-    let layers = arch.layers();
     let params = layers
         .iter()
         .map(|layer| match layer.op {
@@ -126,7 +125,7 @@ impl<B: Backend> Vgg<B> {
                 )))
             }
         };
-        let (layers, params) = conv_params(arch, |layer, cin, cout| {
+        let (layers, params) = conv_params(arch.layers(), |layer, cin, cout| {
             let load = |suffix: &str, shape: &[usize]| -> Result<Tensor<B>> {
                 let name = format!("{}.{suffix}", layer.name);
                 let view = st
@@ -171,6 +170,46 @@ impl<B: Backend> Vgg<B> {
     /// assert_eq!(vgg.layer_index("relu4_2").unwrap(), 22);
     /// ```
     pub fn random_for_tests(backend: &B, arch: Arch, seed: u64) -> Result<Self> {
+        Self::random_narrow_for_tests(backend, arch, 1, seed)
+    }
+
+    /// **For tests only**: [`Vgg::random_for_tests`] with every convolution's width divided
+    /// by `divisor` (the input's 3 channels stay 3; at least 1 channel each). The layer
+    /// names, the pooling and so every spatial property (receptive fields, alignment, the
+    /// tiles' halos) are VGG's, at a fraction of the arithmetic (about `1/divisor²`): the
+    /// model for tests of properties that hold for any weights and widths, such as exact
+    /// tiling.
+    ///
+    /// ```
+    /// use nst_vgg::{Arch, LayerOp, Vgg};
+    /// let cpu = nst_cpu::Cpu::new(1);
+    /// let vgg = Vgg::random_narrow_for_tests(&cpu, Arch::Vgg19, 8, 7).unwrap();
+    /// let i = vgg.layer_index("conv5_1").unwrap();
+    /// assert!(matches!(vgg.layers()[i].op, LayerOp::Conv { cin: 64, cout: 64 }));
+    /// ```
+    pub fn random_narrow_for_tests(
+        backend: &B,
+        arch: Arch,
+        divisor: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if divisor == 0 {
+            return Err(Error::Weights("a width divisor must be at least 1".into()));
+        }
+        let narrow = |c: usize| if c == 3 { 3 } else { (c / divisor).max(1) };
+        let table = arch
+            .layers()
+            .into_iter()
+            .map(|mut l| {
+                if let LayerOp::Conv { cin, cout } = l.op {
+                    l.op = LayerOp::Conv {
+                        cin: narrow(cin),
+                        cout: narrow(cout),
+                    };
+                }
+                l
+            })
+            .collect();
         let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
         // SplitMix64, mapped to [-1, 1).
         let mut uniform = move || {
@@ -181,7 +220,7 @@ impl<B: Backend> Vgg<B> {
             z ^= z >> 31;
             (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         };
-        let (layers, params) = conv_params(arch, |_, cin, cout| {
+        let (layers, params) = conv_params(table, |_, cin, cout| {
             let bound = (6.0 / (9 * cin) as f32).sqrt();
             let w: Vec<f32> = (0..cout * cin * 9).map(|_| uniform() * bound).collect();
             Ok((
@@ -195,7 +234,10 @@ impl<B: Backend> Vgg<B> {
             params,
             pooling: PoolKind::Max,
             convention: InputConvention::CaffeBgr,
-            metadata: BTreeMap::from([("nst.random_for_tests".to_string(), seed.to_string())]),
+            metadata: BTreeMap::from([(
+                "nst.random_for_tests".to_string(),
+                format!("{seed}/{divisor}"),
+            )]),
         })
     }
 

@@ -37,10 +37,16 @@ fn shards_kills_reruns_and_a_bad_job() {
     for i in 0..6 {
         let st = images().join(styles[i % 3]);
         lines.push(format!(
-            r#"{{"content": "{}", "style": ["{}"], "out": "out/job{i}.png", "size": 40, "iterations": {}, "threads": 1, "quiet": true}}"#,
+            r#"{{"content": "{}", "style": ["{}"], "out": "out/job{i}.png", "size": 40, "iterations": {}, "threads": 1, {}}}"#,
             s(&c),
             s(&st),
-            if i == 0 { 60 } else { 4 }
+            if i == 0 { 60 } else { 4 },
+            // Job 0 reports every iteration: the test kills it on its first.
+            if i == 0 {
+                r#""quiet": false, "print_every": 1"#
+            } else {
+                r#""quiet": true"#
+            }
         ));
     }
     // Job 6: a missing content image.
@@ -50,7 +56,8 @@ fn shards_kills_reruns_and_a_bad_job() {
     let jobs = dir.join("jobs.jsonl");
     std::fs::write(&jobs, lines.join("\n") + "\n").unwrap();
 
-    // Shard 0 holds jobs 0, 3 and 6: it is killed while rendering job 0 (60 iterations).
+    // Shard 0 holds jobs 0, 3 and 6: it is killed while rendering job 0, as soon as it has
+    // reported its first iteration of 60.
     let mut first = batch(&jobs, &["--shard", "0/3"])
         .stderr(Stdio::piped())
         .spawn()
@@ -74,11 +81,10 @@ fn shards_kills_reruns_and_a_bad_job() {
             reader.read_line(&mut line).unwrap() > 0,
             "shard 0 ended early"
         );
-        if line.contains("job 0 (line 1)") {
+        if line.contains(" 1/60 ") {
             break;
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(

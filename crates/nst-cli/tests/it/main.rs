@@ -5,6 +5,8 @@
 #![allow(clippy::print_stderr)]
 
 mod batch;
+#[cfg(unix)]
+mod cdp;
 mod features;
 mod plot;
 mod render;

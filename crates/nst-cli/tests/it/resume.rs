@@ -233,34 +233,63 @@ fn a_failed_snapshot_is_a_warning_and_the_final_image_is_written() {
     assert_eq!(image::open(&out).unwrap().width(), 96);
 }
 
+/// Runs `nst`, failing the test if it is still running after `limit` (only a hung process
+/// takes that long: the limit is not a measurement).
+fn nst_bounded(args: &[String], limit: Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nst"))
+        .args(args)
+        .env("NST_WEIGHTS", weights_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nst starts");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("nst {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn unwritable_outputs_fail_before_any_work() {
+    // Each render would run for hours if it started work: it must fail at once, having
+    // reported no iteration (progress is on: no --quiet).
+    let hung = Duration::from_secs(300);
+    let loud = |mut a: Vec<String>| {
+        a.retain(|x| x != "--quiet");
+        a.extend(["--print-every".to_string(), "1".to_string()]);
+        a
+    };
+    let no_iteration = |r: &std::process::Output| {
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!err.contains("1/100000"), "an iteration ran: {err}");
+    };
     let missing = tmp("no-such-folder").join("x.png");
-    let start = Instant::now();
-    let a = render_args(&missing, &["--iterations", "100000"]);
-    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    assert_fails_with(&nst(&refs), &["cannot write", "does not exist"]);
+    let a = loud(render_args(&missing, &["--iterations", "100000"]));
+    let r = nst_bounded(&a, hung);
+    assert_fails_with(&r, &["cannot write", "does not exist"]);
+    no_iteration(&r);
     let ck = tmp("no-such-folder").join("c.ckpt");
     let out = tmp("ok.png");
-    let mut a = render_args(&out, &["--checkpoint", s(&ck)]);
-    a.retain(|x| x != "--quiet");
-    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    assert_fails_with(&nst(&refs), &["cannot write", "c.ckpt"]);
-    assert_fails_with(
-        &nst(&[
-            "render",
-            "--content",
-            s(&images().join("tubingen.jpg")),
-            "--style",
-            s(&images().join("starry_night.jpg")),
-            "--out",
-            s(&tmp("deep.jpg")),
-            "--bit-depth",
-            "16",
-        ]),
-        &["16 bits", "PNG and TIFF"],
-    );
-    assert!(start.elapsed() < Duration::from_secs(30));
+    let a = loud(render_args(
+        &out,
+        &["--iterations", "100000", "--checkpoint", s(&ck)],
+    ));
+    let r = nst_bounded(&a, hung);
+    assert_fails_with(&r, &["cannot write", "c.ckpt"]);
+    no_iteration(&r);
+    assert!(!out.exists(), "nothing is written");
+    let a = loud(render_args(
+        &tmp("deep.jpg"),
+        &["--iterations", "100000", "--bit-depth", "16"],
+    ));
+    let r = nst_bounded(&a, hung);
+    assert_fails_with(&r, &["16 bits", "PNG and TIFF"]);
+    no_iteration(&r);
 }
 
 /// A JPEG of `w x h` stored pixels with EXIF orientation `o`: the left half red, the right

@@ -3,6 +3,8 @@
 //! series per loss term, the Stop button).
 
 use super::{images, weights, weights_path};
+#[cfg(unix)]
+use crate::cdp::Chromium;
 use crate::features::{assert_fails_with, render_small, s, tmp};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -220,6 +222,7 @@ fn a_bad_or_busy_address_is_an_error_before_any_work() {
 }
 
 /// Chromium: `$NST_CHROMIUM`, else the first of the usual names on the PATH.
+#[cfg(unix)]
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("NST_CHROMIUM") {
         return PathBuf::from(p);
@@ -236,10 +239,10 @@ fn chromium() -> PathBuf {
     panic!("Chromium not found (cargo xtask test installs it; or set NST_CHROMIUM)");
 }
 
+#[cfg(unix)]
 #[test]
 #[ignore = "needs Chromium: `cargo xtask test` installs it and runs this test"]
 fn the_page_in_a_real_browser_shows_the_render_and_stops_it() {
-    use headless_chrome::{Browser, LaunchOptions};
     weights();
     // NST_WEB_SIZE and NST_WEB_SCREENSHOT make the README's screenshot.
     let size: u32 = std::env::var("NST_WEB_SIZE")
@@ -249,24 +252,11 @@ fn the_page_in_a_real_browser_shows_the_render_and_stops_it() {
     let out = tmp("web_browser.png");
     let _ = std::fs::remove_file(&out);
     let (mut child, url, rx) = start(&out, size, &[]);
-    let browser = Browser::new(
-        LaunchOptions::default_builder()
-            .path(Some(chromium()))
-            .sandbox(false)
-            .window_size(Some((1280, 900)))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let tab = browser.new_tab().unwrap();
-    tab.navigate_to(&url).unwrap();
-    tab.wait_until_navigated().unwrap();
-    let eval = |js: &str| -> serde_json::Value {
-        tab.evaluate(js, false)
-            .unwrap()
-            .value
-            .unwrap_or(serde_json::Value::Null)
-    };
+    let tab = std::cell::RefCell::new(Chromium::open(&chromium(), &url, (1280, 900)));
+    let eval = |js: &str| -> serde_json::Value { tab.borrow_mut().eval(js) };
+    until("the page to load", 60, || {
+        (eval("document.readyState").as_str() == Some("complete")).then_some(())
+    });
     let iteration = || -> u64 {
         eval("document.getElementById('iteration').textContent")
             .as_str()
@@ -297,17 +287,10 @@ fn the_page_in_a_real_browser_shows_the_render_and_stops_it() {
         // Far enough into the render for a picture worth showing.
         until("iteration 80", 600, || (iteration() >= 80).then_some(()));
         std::thread::sleep(Duration::from_secs(1));
-        let png = tab
-            .capture_screenshot(
-                headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
-                None,
-                None,
-                true,
-            )
-            .unwrap();
+        let png = tab.borrow_mut().screenshot();
         std::fs::write(path, png).unwrap();
     }
-    tab.find_element("#stop").unwrap().click().unwrap();
+    tab.borrow_mut().click("#stop");
     let status = wait(&mut child, 120);
     let err: Vec<String> = rx.try_iter().collect();
     assert!(status.success(), "{err:?}");
