@@ -20,6 +20,22 @@ pub(crate) fn assert_fails_with(out: &Output, needles: &[&str]) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A shared image shrunk to exactly `w x h`, as a PNG in the test's folder (eval takes its
+/// images at their own size: small ones keep a test to seconds).
+pub(crate) fn thumb(src: &str, w: u32, h: u32) -> PathBuf {
+    let p = tmp(&format!("thumb_{w}x{h}_{src}.png"));
+    if !p.is_file() {
+        let part = tmp(&format!("thumb_{w}x{h}_{src}.{:?}.png", std::thread::current().id()));
+        image::open(super::images().join(src))
+            .unwrap()
+            .thumbnail_exact(w, h)
+            .save(&part)
+            .unwrap();
+        std::fs::rename(&part, &p).unwrap();
+    }
+    p
+}
+
 pub(crate) fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nst-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

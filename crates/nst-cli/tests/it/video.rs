@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const W: u32 = 48;
 const H: u32 = 36;
 const STEP: u32 = 2;
-const FRAMES: u32 = 6;
+const FRAMES: u32 = 4;
 
 fn make_frames(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -75,9 +75,9 @@ fn temporal_consistency_halves_the_flicker_and_reruns_keep_finished_frames() {
         "--style",
         s(&st),
         "--iterations",
-        "40",
+        "30",
         "--first-iterations",
-        "80",
+        "60",
     ];
     args.extend_from_slice(&common);
     let r = nst(&args);
@@ -86,7 +86,7 @@ fn temporal_consistency_halves_the_flicker_and_reruns_keep_finished_frames() {
     std::fs::create_dir_all(&single).unwrap();
     for i in 0..FRAMES {
         let name = format!("f{i:03}.png");
-        let its = if i == 0 { "80" } else { "40" };
+        let its = if i == 0 { "60" } else { "30" };
         let (input, output) = (frames.join(&name), single.join(&name));
         let mut a = vec![
             "render",
