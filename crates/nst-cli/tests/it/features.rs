@@ -25,7 +25,10 @@ pub(crate) fn assert_fails_with(out: &Output, needles: &[&str]) {
 pub(crate) fn thumb(src: &str, w: u32, h: u32) -> PathBuf {
     let p = tmp(&format!("thumb_{w}x{h}_{src}.png"));
     if !p.is_file() {
-        let part = tmp(&format!("thumb_{w}x{h}_{src}.{:?}.png", std::thread::current().id()));
+        let part = tmp(&format!(
+            "thumb_{w}x{h}_{src}.{:?}.png",
+            std::thread::current().id()
+        ));
         image::open(super::images().join(src))
             .unwrap()
             .thumbnail_exact(w, h)
