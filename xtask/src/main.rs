@@ -308,7 +308,8 @@ fn test(extra: &[String]) -> Result<()> {
     // colour tests of the crates that use it, each path checked against the same
     // references and the two solvers against each other. (The workspace's real-image W2 and
     // colour tests run on the default path above: building them again for LAPACK would add
-    // minutes to CI and no code path they do not already cover.)
+    // minutes to CI and no code path they do not already cover. The documentation examples
+    // ran above too: under LAPACK they would only be compiled again.)
     ensure_openblas()?;
     let mut c = cargo();
     c.env("NST_WEIGHTS", weights::vgg19_path(&root)).args([
@@ -321,6 +322,8 @@ fn test(extra: &[String]) -> Result<()> {
         "nst-style",
         "--features",
         "nst-linalg/lapack,nst-loss/lapack,nst-style/lapack",
+        "--lib",
+        "--tests",
     ]);
     status(c)?;
     // The web view in a real browser (ignored by a plain `cargo test`: it needs Chromium).
