@@ -6,7 +6,7 @@ use nst_autodiff::Tape;
 use nst_cpu::Cpu64;
 use nst_features::FeatureExtractor;
 use nst_tensor::Tensor;
-use nst_vgg::{Arch, LayerOp, Vgg};
+use nst_vgg::{Arch, Vgg};
 
 fn model() -> Vgg<Cpu64> {
     Vgg::random_narrow_for_tests(&Cpu64::new(1), Arch::Vgg19, 8, 3).unwrap()
@@ -17,19 +17,6 @@ fn image(h: usize, w: usize) -> Tensor<Cpu64> {
         .map(|i| ((i * 37) % 101) as f64 - 50.0)
         .collect();
     Tensor::from_f64(&Cpu64::new(1), &data, [1, 3, h, w]).unwrap()
-}
-
-/// The output channels of the convolution that feeds `layer` (a ReLU or a pool).
-fn channels(vgg: &Vgg<Cpu64>, layer: &str) -> usize {
-    let i = vgg.layer_index(layer).unwrap();
-    vgg.layers()[..=i]
-        .iter()
-        .rev()
-        .find_map(|l| match l.op {
-            LayerOp::Conv { cout, .. } => Some(cout),
-            _ => None,
-        })
-        .unwrap()
 }
 
 #[test]
@@ -51,7 +38,11 @@ fn named_layers_in_the_order_asked_with_their_shapes() {
     ];
     for (name, h, w) in expect {
         let a = f.get(name).unwrap();
-        assert_eq!(a.dims(), &[1, channels(&vgg, name), h, w], "{name}");
+        assert_eq!(
+            a.dims(),
+            &[1, vgg.channels(vgg.layer_index(name).unwrap()), h, w],
+            "{name}"
+        );
     }
     // ReLU outputs are non-negative.
     assert!(f

@@ -179,7 +179,7 @@ impl Net {
         let nn = (cfg.style_loss == crate::StyleLoss::Nn).then(|| {
             let d = idx[cfg.content_layers.len()..][..cfg.style_layers.len()]
                 .iter()
-                .map(|&i| cin_of(model, i))
+                .map(|&i| model.channels(i))
                 .sum();
             (d, cfg.nn.augment)
         });
@@ -190,7 +190,7 @@ impl Net {
                 let mut uses: Vec<usize> = idx.iter().copied().filter(|&i| i <= p).collect();
                 uses.push(p);
                 let geometry = Geometry::new(model, &uses)?;
-                let input = (geometry.layer(p).0, cin_of(model, p));
+                let input = (geometry.layer(p).0, model.channels(p));
                 Some(ShallowNet {
                     geometry,
                     convs: lower,
@@ -285,18 +285,6 @@ impl Net {
             .map(|&(s, c)| 4.0 * (c * (h / s) * (w / s)) as f64)
             .sum()
     }
-}
-
-/// The channels of layer `index`'s output (those of the last convolution before it).
-pub(crate) fn cin_of<B: Backend>(model: &Vgg<B>, index: usize) -> usize {
-    model.layers()[..=index]
-        .iter()
-        .rev()
-        .find_map(|l| match l.op {
-            LayerOp::Conv { cout, .. } => Some(cout),
-            _ => None,
-        })
-        .unwrap_or(3)
 }
 
 /// Bytes of the activations of `convs` for an `h x w` input, plus the transient buffers.

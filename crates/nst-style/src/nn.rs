@@ -4,7 +4,6 @@
 //! The term itself is [`nst_loss::nn_term`]; the objective refreshes its targets
 //! ([`crate::Objective::refresh`]).
 
-use crate::memory::cin_of;
 use crate::targets::{each_part, key_of, unowned};
 use crate::tiled::Tiling;
 use crate::{Error, Result};
@@ -67,7 +66,7 @@ pub fn hypercolumn<B: Backend>(model: &Vgg<B>, layers: &[(String, f64)]) -> Resu
         out.push(HyperLayer {
             name: name.clone(),
             stride: span.stride,
-            channels: cin_of(model, i),
+            channels: model.channels(i),
             multiplier: *m,
         });
     }

@@ -95,7 +95,7 @@ impl Geometry {
             }
             let span = Span::of(table, i)
                 .ok_or_else(|| Error::Config(format!("no layer with index {i}")))?;
-            let channels = crate::memory::cin_of(model, i);
+            let channels = model.channels(i);
             margin = margin.max(span.margin() + reach * span.stride);
             align = align.max(span.stride);
             layers.push((i, span.stride, channels));

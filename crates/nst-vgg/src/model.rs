@@ -289,6 +289,19 @@ impl<B: Backend> Vgg<B> {
             })
     }
 
+    /// The channels of layer `index`'s output: those of the last convolution up to it (3,
+    /// the image's, before the first).
+    pub fn channels(&self, index: usize) -> usize {
+        self.layers[..=index.min(self.layers.len().saturating_sub(1))]
+            .iter()
+            .rev()
+            .find_map(|l| match l.op {
+                LayerOp::Conv { cout, .. } => Some(cout),
+                _ => None,
+            })
+            .unwrap_or(3)
+    }
+
     /// The parameters (weight, bias) of a convolution layer.
     pub fn conv_params(&self, index: usize) -> Option<&(Tensor<B>, Tensor<B>)> {
         self.params.get(index).and_then(|p| p.as_ref())

@@ -1,7 +1,7 @@
 //! `--tile`, `--max-memory`, `--lbfgs-history`, `--scales auto` and `nst estimate` end to end.
 
 use super::{images, nst, weights};
-use crate::features::{assert_fails_with, s, tmp};
+use crate::features::{assert_fails_with, s, thumb, tmp};
 
 fn base<'a>(c: &'a str, st: &'a str, out: &'a str) -> Vec<&'a str> {
     vec!["--content", c, "--style", st, "--out", out]
@@ -137,18 +137,9 @@ fn bad_tiling_settings_are_refused_before_any_work() {
 #[test]
 fn tiled_eval_matches_untiled_eval() {
     weights();
-    let thumb = |src: &str, name: &str, w: u32, h: u32| {
-        let p = tmp(name);
-        image::open(images().join(src))
-            .unwrap()
-            .thumbnail_exact(w, h)
-            .save(&p)
-            .unwrap();
-        p
-    };
-    let content = thumb("tubingen.jpg", "tc.png", 90, 70);
-    let style = thumb("starry_night.jpg", "ts.png", 80, 60);
-    let image = thumb("hoovertowernight.jpg", "ti.png", 90, 70);
+    let content = thumb("tubingen.jpg", 90, 70);
+    let style = thumb("starry_night.jpg", 80, 60);
+    let image = thumb("hoovertowernight.jpg", 90, 70);
     let run = |tile: &str| -> (f64, Vec<f32>) {
         let out = tmp(&format!("tg_{tile}.safetensors"));
         let r = nst(&[
