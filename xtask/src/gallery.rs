@@ -1,7 +1,8 @@
 //! `cargo xtask gallery`: every content photo by several paintings, rendered with settings a
-//! person would use (coarse to fine), into `docs/images/gallery/` with thumbnails, one grid
-//! and `docs/gallery.md` (each cell's time and settings). Finished cells are kept, so an
-//! interrupted gallery continues where it stopped (`--force` renders everything again).
+//! person would use (coarse to fine) with the Gram loss and with the nearest-neighbour loss,
+//! into `docs/images/gallery/` with thumbnails, one grid per loss and `docs/gallery.md` (each
+//! cell's time and settings). Finished cells are kept, so an interrupted gallery continues
+//! where it stopped (`--force` renders everything again).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,11 @@ const SETTINGS: [&str; 6] = [
     "0",
 ];
 const THUMB: u32 = 192;
+/// The style losses, with the suffix of their cells' names and their grid's title.
+const LOSSES: [(&str, &str, &str); 2] = [
+    ("gram", "", "Gram matrices (the default)"),
+    ("nn", "_nn", "Nearest neighbours (`--style-loss nn`)"),
+];
 
 pub(crate) fn gallery(root: &Path, args: &[String]) -> Result<()> {
     let force = args.iter().any(|a| a == "--force");
@@ -46,39 +52,41 @@ pub(crate) fn gallery(root: &Path, args: &[String]) -> Result<()> {
     let nst = root.join("target").join("release").join("nst");
     let times_path = out.join("times.txt");
     let mut times = read_times(&times_path);
-    let total = CONTENTS.len() * STYLES.len();
+    let total = LOSSES.len() * CONTENTS.len() * STYLES.len();
     let mut k = 0;
-    for content in CONTENTS {
-        for (style, _) in STYLES {
-            k += 1;
-            let name = format!("{content}_{style}");
-            let file = out.join(format!("{name}.jpg"));
-            if file.exists() && !force && times.iter().any(|(n, _)| *n == name) {
-                eprintln!("[{k}/{total}] {name}: done before, kept");
-                continue;
-            }
-            eprintln!("[{k}/{total}] {name}");
-            let start = Instant::now();
-            let st = Command::new(&nst)
-                .arg("render")
-                .arg("--content")
-                .arg(images.join(format!("{content}.jpg")))
-                .arg("--style")
-                .arg(images.join(format!("{style}.jpg")))
-                .arg("--out")
-                .arg(&file)
-                .args(SETTINGS)
-                .args(["--jpeg-quality", "90"])
-                .env("NST_WEIGHTS", crate::weights::vgg19_path(root))
-                .status()
-                .context("running nst")?;
-            if !st.success() {
-                bail!("nst render failed for {name}");
-            }
-            times.retain(|(n, _)| *n != name);
-            times.push((name, start.elapsed().as_secs_f64()));
-            write_times(&times_path, &times)?;
+    for ((loss, suffix, _), content, (style, _)) in LOSSES.iter().flat_map(|l| {
+        CONTENTS
+            .iter()
+            .flat_map(move |c| STYLES.iter().map(move |s| (l, c, s)))
+    }) {
+        k += 1;
+        let name = format!("{content}_{style}{suffix}");
+        let file = out.join(format!("{name}.jpg"));
+        if file.exists() && !force && times.iter().any(|(n, _)| *n == name) {
+            eprintln!("[{k}/{total}] {name}: done before, kept");
+            continue;
         }
+        eprintln!("[{k}/{total}] {name}");
+        let start = Instant::now();
+        let st = Command::new(&nst)
+            .arg("render")
+            .arg("--content")
+            .arg(images.join(format!("{content}.jpg")))
+            .arg("--style")
+            .arg(images.join(format!("{style}.jpg")))
+            .arg("--out")
+            .arg(&file)
+            .args(SETTINGS)
+            .args(["--style-loss", loss, "--jpeg-quality", "90"])
+            .env("NST_WEIGHTS", crate::weights::vgg19_path(root))
+            .status()
+            .context("running nst")?;
+        if !st.success() {
+            bail!("nst render failed for {name}");
+        }
+        times.retain(|(n, _)| *n != name);
+        times.push((name, start.elapsed().as_secs_f64()));
+        write_times(&times_path, &times)?;
     }
     // Thumbnails, the grid and the table.
     let thumb = |src: &Path, dst: &Path| -> Result<image::RgbImage> {
@@ -89,21 +97,6 @@ pub(crate) fn gallery(root: &Path, args: &[String]) -> Result<()> {
         img.save(dst)?;
         Ok(img)
     };
-    let mut cells = Vec::new();
-    for content in CONTENTS {
-        let mut row = vec![thumb(
-            &images.join(format!("{content}.jpg")),
-            &out.join("thumbs").join(format!("{content}.jpg")),
-        )?];
-        for (style, _) in STYLES {
-            let name = format!("{content}_{style}");
-            row.push(thumb(
-                &out.join(format!("{name}.jpg")),
-                &out.join("thumbs").join(format!("{name}.jpg")),
-            )?);
-        }
-        cells.push(row);
-    }
     let mut header = vec![image::RgbImage::from_pixel(
         THUMB,
         THUMB,
@@ -115,10 +108,35 @@ pub(crate) fn gallery(root: &Path, args: &[String]) -> Result<()> {
             &out.join("thumbs").join(format!("{style}.jpg")),
         )?);
     }
+    for (_, suffix, _) in LOSSES {
+        let mut cells = Vec::new();
+        for content in CONTENTS {
+            let mut row = vec![thumb(
+                &images.join(format!("{content}.jpg")),
+                &out.join("thumbs").join(format!("{content}.jpg")),
+            )?];
+            for (style, _) in STYLES {
+                let name = format!("{content}_{style}{suffix}");
+                row.push(thumb(
+                    &out.join(format!("{name}.jpg")),
+                    &out.join("thumbs").join(format!("{name}.jpg")),
+                )?);
+            }
+            cells.push(row);
+        }
+        let rows: Vec<&Vec<image::RgbImage>> = std::iter::once(&header).chain(&cells).collect();
+        grid(&rows).save(out.join(format!("grid{suffix}.jpg")))?;
+    }
+    write_table(root, &times)?;
+    eprintln!("wrote docs/images/gallery/grid.jpg, grid_nn.jpg and docs/gallery.md");
+    Ok(())
+}
+
+/// Rows of thumbnails on white, each centred in a `THUMB`-wide column.
+fn grid(rows: &[&Vec<image::RgbImage>]) -> image::RgbImage {
     let gap = 6;
     let cols = STYLES.len() as u32 + 1;
     let row_h = |row: &[image::RgbImage]| row.iter().map(|i| i.height()).max().unwrap_or(0);
-    let rows: Vec<&Vec<image::RgbImage>> = std::iter::once(&header).chain(&cells).collect();
     let height: u32 = rows.iter().map(|r| row_h(r)).sum::<u32>() + gap * (rows.len() as u32 - 1);
     let width = cols * THUMB + gap * (cols - 1);
     let mut grid = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
@@ -136,10 +154,7 @@ pub(crate) fn gallery(root: &Path, args: &[String]) -> Result<()> {
         }
         y += h + gap;
     }
-    grid.save(out.join("grid.jpg"))?;
-    write_table(root, &times)?;
-    eprintln!("wrote docs/images/gallery/grid.jpg and docs/gallery.md");
-    Ok(())
+    grid
 }
 
 fn read_times(path: &Path) -> Vec<(String, f64)> {
@@ -171,14 +186,17 @@ fn write_table(root: &Path, times: &[(String, f64)]) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut md = String::new();
     md.push_str("# Gallery\n\n");
-    md.push_str("Made by `cargo xtask gallery`. Each content photo is rendered in the style of four paintings.\n\n");
+    md.push_str("Made by `cargo xtask gallery`. Each content photo is rendered in the style of four paintings, with two style losses.\n\n");
     md.push_str(&format!(
-        "Every cell uses `nst render --content C --style S {}`: coarse to fine, 200 iterations at 192 px, then 200 at 384 px, with the default objective. The times are wall-clock seconds on {cores} cores of a {cpu}.\n\n",
+        "Every cell uses `nst render --content C --style S {}` with `--style-loss gram` (the default) or `--style-loss nn`: coarse to fine, 200 iterations at 192 px, then 200 at 384 px, with each loss's default objective (for `nn`, its default layers, weight and palette: [objective.md](objective.md#nearest-neighbour-style-loss)). The times are wall-clock seconds on {cores} cores of a {cpu}.\n\n",
         SETTINGS[..4].join(" ")
     ));
-    md.push_str(
-        "![The gallery: content photos by rows, paintings by columns](images/gallery/grid.jpg)\n\n",
-    );
+    for (_, suffix, title) in LOSSES {
+        md.push_str(&format!(
+            "### {title}\n\n![{title}: content photos by rows, paintings by columns](images/gallery/grid{suffix}.jpg)\n\n"
+        ));
+    }
+    md.push_str("## Side by side\n\nEach cell: the Gram render, then the nearest-neighbour render, with their times.\n\n");
     md.push_str("| content \\ style |");
     for (s, _) in STYLES {
         md.push_str(&format!(" {s} |"));
@@ -191,14 +209,18 @@ fn write_table(root: &Path, times: &[(String, f64)]) -> Result<()> {
     for c in CONTENTS {
         md.push_str(&format!("| {c} |"));
         for (s, _) in STYLES {
-            let name = format!("{c}_{s}");
-            let t = times
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or("–".into(), |(_, t)| format!("{t:.0} s"));
-            md.push_str(&format!(
-                " [![{name}](images/gallery/thumbs/{name}.jpg)](images/gallery/{name}.jpg) {t} |"
-            ));
+            for (i, (_, suffix, _)) in LOSSES.iter().enumerate() {
+                let name = format!("{c}_{s}{suffix}");
+                let t = times
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or("–".into(), |(_, t)| format!("{t:.0} s"));
+                md.push_str(&format!(
+                    "{}[![{name}](images/gallery/thumbs/{name}.jpg)](images/gallery/{name}.jpg) {t}",
+                    if i == 0 { " " } else { "<br>" }
+                ));
+            }
+            md.push_str(" |");
         }
         md.push('\n');
     }

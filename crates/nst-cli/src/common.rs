@@ -166,7 +166,7 @@ pub(crate) struct ObjectiveArgs {
     content_layers: Vec<String>,
     /// Style layers, comma-separated, each optionally `name:multiplier` [default:
     /// relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; with --style-loss nn, the hypercolumn's
-    /// relu1_1:0.1,relu2_1:0.3,relu3_1:1,relu4_1:3].
+    /// relu1_1:1,relu2_1:0.3,relu3_1:0.1,relu4_1:0.1].
     #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
     style_layers: Option<Vec<String>>,
     /// With --style-loss nn: remake the nearest-neighbour targets every N iterations (and at
@@ -416,6 +416,8 @@ pub(crate) enum ColorArg {
     Luminance,
     /// The style's colour mean and covariance matched to the photo's first.
     Match,
+    /// The render's colour mean and covariance matched to the style's after (in OkLab).
+    Palette,
 }
 
 /// `--color-match`.
@@ -433,10 +435,13 @@ pub(crate) enum RootArg {
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct ColorArgs {
     /// Colour control: none, luminance (optimise on luminance only, then put back the
-    /// photo's colours), or match (map the style's colours to the photo's first).
-    #[arg(long, value_enum, default_value = "none")]
-    color_control: ColorArg,
-    /// The matrix root of --color-control match: pca, chol or sym (docs/objective.md).
+    /// photo's colours), match (map the style's colours to the photo's first) or palette (map
+    /// the render's colours to the style's after). Default: palette for --style-loss nn,
+    /// none otherwise.
+    #[arg(long, value_enum)]
+    color_control: Option<ColorArg>,
+    /// The matrix root of --color-control match and palette: pca, chol or sym
+    /// (docs/objective.md).
     #[arg(long, value_enum, default_value = "pca")]
     color_match: RootArg,
     /// Keep the photo's colours: the same as --color-control luminance.
@@ -445,20 +450,27 @@ pub(crate) struct ColorArgs {
 }
 
 impl ColorArgs {
-    /// The colour control asked for.
-    pub(crate) fn control(&self) -> Result<nst_style::ColorControl> {
+    /// The colour control asked for, or `loss`'s default.
+    pub(crate) fn control(&self, loss: nst_style::StyleLoss) -> Result<nst_style::ColorControl> {
         use nst_style::{ColorControl, MatrixRoot};
+        let root = match self.color_match {
+            RootArg::Pca => MatrixRoot::Pca,
+            RootArg::Chol => MatrixRoot::Cholesky,
+            RootArg::Sym => MatrixRoot::Symmetric,
+        };
         Ok(match (self.color_control, self.original_colors) {
-            (ColorArg::Match, true) => bail!(
-                "--original-colors is --color-control luminance: it cannot be combined with --color-control match"
+            (Some(c @ (ColorArg::Match | ColorArg::Palette)), true) => bail!(
+                "--original-colors is --color-control luminance: it cannot be combined with --color-control {}",
+                if c == ColorArg::Match { "match" } else { "palette" }
             ),
-            (ColorArg::Luminance, _) | (ColorArg::None, true) => ColorControl::Luminance,
-            (ColorArg::None, false) => ColorControl::None,
-            (ColorArg::Match, false) => ColorControl::Match(match self.color_match {
-                RootArg::Pca => MatrixRoot::Pca,
-                RootArg::Chol => MatrixRoot::Cholesky,
-                RootArg::Sym => MatrixRoot::Symmetric,
-            }),
+            (Some(ColorArg::Luminance), _) | (_, true) => ColorControl::Luminance,
+            (Some(ColorArg::None), false) => ColorControl::None,
+            (Some(ColorArg::Match), false) => ColorControl::Match(root),
+            (Some(ColorArg::Palette), false) => ColorControl::Palette(root),
+            (None, false) => match loss.default_color_control() {
+                ColorControl::Palette(_) => ColorControl::Palette(root),
+                other => other,
+            },
         })
     }
 }

@@ -48,7 +48,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     io::check_writable(&a.out)?;
     // What the objective sees under colour control (the image too: a luminance-only
     // transfer optimises a grey image).
-    let control = a.color.control()?;
+    let control = a.color.control(cfg.style_loss)?;
     let (content, styles) = control.prepare(&content, &styles);
     let image = match control {
         nst_style::ColorControl::Luminance => nst_style::color::luminance(&image),

@@ -437,6 +437,7 @@ impl Options {
             (cw as u64) * (ch as u64) <= max_pixels,
             "the output would be {cw}x{ch} pixels, over the limit of {max_pixels} (raise it with --max-pixels)"
         );
+        let color_control = o.color.control(objective.style_loss)?;
         let cfg = RenderConfig {
             objective,
             iterations: *scale_iterations.last().unwrap_or(&per_scale),
@@ -454,7 +455,7 @@ impl Options {
             style_masks: o.inputs.style_masks(max_pixels)?,
             style_scale: o.style_scale,
             scales,
-            color_control: o.color.control()?,
+            color_control,
             save_every: 0,
             scale_iterations,
             tile: o.memory.tile()?,

@@ -12,6 +12,13 @@
 //! - `Pca`: `A = Σ_c^½ Σ_s^(−½)` (symmetric roots by eigendecomposition; the default);
 //! - `Cholesky`: `A = L_c L_s⁻¹`, with `Σ = L Lᵀ`;
 //! - `Symmetric`: `A = Σ_s^(−½) (Σ_s^½ Σ_c Σ_s^½)^½ Σ_s^(−½)`, the one symmetric `A`.
+//!
+//! The palette control goes the other way, after the render: the output's colours are mapped
+//! the same way so that their mean and covariance are the style images', measured in OkLab
+//! (Ottosson's perceptual colour space, the one NNST's colour correction works in;
+//! `ε = 1e-6` there), and then its lightness so that its distribution is theirs. The nearest-neighbour loss renders with it by default: its cosine is
+//! blind to the features' magnitude, so it reproduces the painting's strokes but leaves the
+//! photo's colours (docs/objective.md).
 
 use crate::Image;
 
@@ -38,6 +45,9 @@ pub enum ColorControl {
     Luminance,
     /// Match the style image's colour mean and covariance to the content's first.
     Match(MatrixRoot),
+    /// After the render, match the output's colour mean and covariance (in OkLab) to the style
+    /// images' (pooled by their blend weights).
+    Palette(MatrixRoot),
 }
 
 impl ColorControl {
@@ -46,7 +56,7 @@ impl ColorControl {
     /// colour-matched to the content (`Match`).
     pub fn prepare(self, content: &Image, styles: &[Image]) -> (Image, Vec<Image>) {
         match self {
-            ColorControl::None => (content.clone(), styles.to_vec()),
+            ColorControl::None | ColorControl::Palette(_) => (content.clone(), styles.to_vec()),
             ColorControl::Luminance => (
                 luminance(content),
                 styles
@@ -120,30 +130,27 @@ fn lower_inverse(l: &M3) -> M3 {
     inv
 }
 
-/// The mean colour and the colour covariance (with `ε` on the diagonal) of an image.
-fn stats(img: &Image) -> ([f64; 3], M3) {
-    let n = (img.width() * img.height()) as f64;
+/// The mean and covariance (with `eps` on the diagonal) of a set of colours.
+fn moments(points: impl Iterator<Item = [f64; 3]> + Clone, eps: f64) -> ([f64; 3], M3) {
+    let mut n = 0.0;
     let mut mu = [0.0; 3];
-    for p in img.data().chunks_exact(3) {
+    for p in points.clone() {
+        n += 1.0;
         for c in 0..3 {
-            mu[c] += p[c] as f64;
+            mu[c] += p[c];
         }
     }
+    let n = f64::max(n, 1.0);
     mu.iter_mut().for_each(|m| *m /= n);
     let mut cov = [[0.0; 3]; 3];
-    for p in img.data().chunks_exact(3) {
-        let d = [
-            p[0] as f64 - mu[0],
-            p[1] as f64 - mu[1],
-            p[2] as f64 - mu[2],
-        ];
+    for p in points {
+        let d = [p[0] - mu[0], p[1] - mu[1], p[2] - mu[2]];
         for i in 0..3 {
             for j in 0..3 {
                 cov[i][j] += d[i] * d[j];
             }
         }
     }
-    let eps = 1e-5 * 255.0 * 255.0;
     for (i, row) in cov.iter_mut().enumerate() {
         for v in row.iter_mut() {
             *v /= n;
@@ -153,33 +160,218 @@ fn stats(img: &Image) -> ([f64; 3], M3) {
     (mu, cov)
 }
 
+/// An image's pixels as `f64` triples (0-255).
+fn rgb(img: &Image) -> impl Iterator<Item = [f64; 3]> + Clone + '_ {
+    img.data()
+        .chunks_exact(3)
+        .map(|p| [p[0] as f64, p[1] as f64, p[2] as f64])
+}
+
+/// The mean colour and the colour covariance (with `ε` on the diagonal) of an image.
+fn stats(img: &Image) -> ([f64; 3], M3) {
+    moments(rgb(img), 1e-5 * 255.0 * 255.0)
+}
+
+/// The matrix `A` of `root` that takes colours of covariance `from` to covariance `to`.
+fn transfer_matrix(root: MatrixRoot, from: &M3, to: &M3) -> M3 {
+    match root {
+        MatrixRoot::Pca => mul(&sym_power(to, 0.5), &sym_power(from, -0.5)),
+        MatrixRoot::Cholesky => mul(&cholesky(to), &lower_inverse(&cholesky(from))),
+        MatrixRoot::Symmetric => {
+            let (half, inv_half) = (sym_power(from, 0.5), sym_power(from, -0.5));
+            let middle = sym_power(&mul(&half, &mul(to, &half)), 0.5);
+            mul(&inv_half, &mul(&middle, &inv_half))
+        }
+    }
+}
+
+/// `a (p − from) + to`.
+fn affine(a: &M3, p: [f64; 3], from: &[f64; 3], to: &[f64; 3]) -> [f64; 3] {
+    let d = [p[0] - from[0], p[1] - from[1], p[2] - from[2]];
+    [0, 1, 2].map(|i| to[i] + a[i][0] * d[0] + a[i][1] * d[1] + a[i][2] * d[2])
+}
+
 /// `img` with its colours mapped so their mean and covariance are `colors`'s (see the
 /// module docs).
 pub fn match_colors(img: &Image, colors: &Image, root: MatrixRoot) -> Image {
     let (mu_s, cov_s) = stats(img);
     let (mu_c, cov_c) = stats(colors);
-    let a = match root {
-        MatrixRoot::Pca => mul(&sym_power(&cov_c, 0.5), &sym_power(&cov_s, -0.5)),
-        MatrixRoot::Cholesky => mul(&cholesky(&cov_c), &lower_inverse(&cholesky(&cov_s))),
-        MatrixRoot::Symmetric => {
-            let (half, inv_half) = (sym_power(&cov_s, 0.5), sym_power(&cov_s, -0.5));
-            let middle = sym_power(&mul(&half, &mul(&cov_c, &half)), 0.5);
-            mul(&inv_half, &mul(&middle, &inv_half))
-        }
-    };
-    let data = img
-        .data()
-        .chunks_exact(3)
-        .flat_map(|p| {
-            let d = [
-                p[0] as f64 - mu_s[0],
-                p[1] as f64 - mu_s[1],
-                p[2] as f64 - mu_s[2],
-            ];
-            (0..3).map(move |i| (mu_c[i] + a[i][0] * d[0] + a[i][1] * d[1] + a[i][2] * d[2]) as f32)
-        })
+    let a = transfer_matrix(root, &cov_s, &cov_c);
+    let data = rgb(img)
+        .flat_map(|p| affine(&a, p, &mu_s, &mu_c).map(|v| v as f32))
         .collect();
     Image::new(img.width(), img.height(), data).expect("the same size")
+}
+
+/// Linear sRGB to OkLab's cone responses (Ottosson, "A perceptual color space for image
+/// processing", 2020).
+const LMS_OF_RGB: M3 = [
+    [0.412_221_470_8, 0.536_332_536_3, 0.051_445_992_9],
+    [0.211_903_498_2, 0.680_699_545_1, 0.107_396_956_6],
+    [0.088_302_461_9, 0.281_718_837_6, 0.629_978_700_5],
+];
+
+/// The cube roots of the cone responses to OkLab.
+const LAB_OF_LMS: M3 = [
+    [0.210_454_255_3, 0.793_617_785_0, -0.004_072_046_8],
+    [1.977_998_495_1, -2.428_592_205_0, 0.450_593_709_9],
+    [0.025_904_037_1, 0.782_771_766_2, -0.808_675_766_0],
+];
+
+fn apply(m: &M3, p: [f64; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| m[i][0] * p[0] + m[i][1] * p[1] + m[i][2] * p[2])
+}
+
+/// The inverse of a 3x3 matrix (by its adjugate).
+fn inverse(m: &M3) -> M3 {
+    let c = |i: usize, j: usize| {
+        let (r0, r1) = ((i + 1) % 3, (i + 2) % 3);
+        let (c0, c1) = ((j + 1) % 3, (j + 2) % 3);
+        m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]
+    };
+    let det: f64 = (0..3).map(|j| m[0][j] * c(0, j)).sum();
+    let mut inv = [[0.0; 3]; 3];
+    for (i, row) in inv.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = c(j, i) / det;
+        }
+    }
+    inv
+}
+
+/// sRGB (0-255) to OkLab.
+fn oklab(p: [f64; 3]) -> [f64; 3] {
+    let lin = |c: f64| {
+        let c = c / 255.0;
+        if c <= 0.04045 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    apply(&LAB_OF_LMS, apply(&LMS_OF_RGB, p.map(lin)).map(f64::cbrt))
+}
+
+/// OkLab to sRGB (0-255), out-of-gamut colours clipped in linear light.
+fn srgb(lab: [f64; 3], lms_of_lab: &M3, rgb_of_lms: &M3) -> [f64; 3] {
+    let lms = apply(lms_of_lab, lab).map(|v| v * v * v);
+    apply(rgb_of_lms, lms).map(|c| {
+        let c = c.clamp(0.0, 1.0);
+        255.0
+            * if c <= 0.003_130_8 {
+                12.92 * c
+            } else {
+                1.055 * c.powf(1.0 / 2.4) - 0.055
+            }
+    })
+}
+
+/// `img` with the palette of `styles` pooled by `weights`, in OkLab: its colours mapped
+/// affinely so that their mean and covariance are the styles' (a mixture: the weighted means,
+/// and the weighted second moments about the pooled mean), then its lightness remapped so
+/// that its distribution is theirs ([`QUANTILES`] quantiles, linear between them). Weights
+/// that do not match the styles give them equal shares.
+pub fn match_palette(img: &Image, styles: &[Image], weights: &[f64], root: MatrixRoot) -> Image {
+    palette_with(img, styles, weights, root, 1e-6, true)
+}
+
+/// The quantiles through which [`match_palette`] maps lightness.
+pub const QUANTILES: usize = 1024;
+
+/// [`match_palette`] with `eps` on the covariances' diagonals, and with or without the
+/// lightness step.
+fn palette_with(
+    img: &Image,
+    styles: &[Image],
+    weights: &[f64],
+    root: MatrixRoot,
+    eps: f64,
+    lightness: bool,
+) -> Image {
+    if styles.is_empty() {
+        return img.clone();
+    }
+    let equal = vec![1.0 / styles.len() as f64; styles.len()];
+    let total: f64 = weights.iter().sum();
+    let weights: Vec<f64> =
+        if weights.len() == styles.len() && total > 0.0 && weights.iter().all(|w| *w >= 0.0) {
+            weights.iter().map(|w| w / total).collect()
+        } else {
+            equal
+        };
+    let (mut mu, mut second) = ([0.0; 3], [[0.0; 3]; 3]);
+    for (s, w) in styles.iter().zip(&weights) {
+        let (m, c) = moments(rgb(s).map(oklab), eps);
+        for i in 0..3 {
+            mu[i] += w * m[i];
+            for j in 0..3 {
+                second[i][j] += w * (c[i][j] + m[i] * m[j]);
+            }
+        }
+    }
+    let mut cov = second;
+    for i in 0..3 {
+        for j in 0..3 {
+            cov[i][j] -= mu[i] * mu[j];
+        }
+    }
+    let (mu_o, cov_o) = moments(rgb(img).map(oklab), eps);
+    let a = transfer_matrix(root, &cov_o, &cov);
+    let mut lab: Vec<[f64; 3]> = rgb(img).map(|p| affine(&a, oklab(p), &mu_o, &mu)).collect();
+    if lightness {
+        let from = quantiles(lab.iter().map(|p| (p[0], 1.0)).collect());
+        let to = quantiles(
+            styles
+                .iter()
+                .zip(&weights)
+                .flat_map(|(s, w)| {
+                    let share = w / (s.width() * s.height()).max(1) as f64;
+                    rgb(s).map(move |p| (oklab(p)[0], share))
+                })
+                .collect(),
+        );
+        for p in &mut lab {
+            p[0] = through(&from, &to, p[0]);
+        }
+    }
+    let (lms_of_lab, rgb_of_lms) = (inverse(&LAB_OF_LMS), inverse(&LMS_OF_RGB));
+    let data = lab
+        .into_iter()
+        .flat_map(|p| srgb(p, &lms_of_lab, &rgb_of_lms).map(|v| v as f32))
+        .collect();
+    Image::new(img.width(), img.height(), data).expect("the same size")
+}
+
+/// The [`QUANTILES`] quantiles, at levels `(i + ½) / QUANTILES`, of weighted values (the
+/// first value whose cumulative weight reaches the level).
+fn quantiles(mut values: Vec<(f64, f64)>) -> Vec<f64> {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = values.iter().map(|v| v.1).sum();
+    let mut out = Vec::with_capacity(QUANTILES);
+    let (mut k, mut cum) = (0, 0.0);
+    for i in 0..QUANTILES {
+        let level = (i as f64 + 0.5) / QUANTILES as f64 * total;
+        while k + 1 < values.len() && cum + values[k].1 < level {
+            cum += values[k].1;
+            k += 1;
+        }
+        out.push(values.get(k).map_or(0.0, |v| v.0));
+    }
+    out
+}
+
+/// `v` mapped through the monotone piecewise-linear function taking the knots `from` to `to`
+/// (constant beyond the ends; a run of equal knots maps to the last of their targets).
+fn through(from: &[f64], to: &[f64], v: f64) -> f64 {
+    let j = from.partition_point(|k| *k <= v);
+    if j == 0 {
+        return to[0];
+    }
+    if j == from.len() {
+        return to[j - 1];
+    }
+    let t = (v - from[j - 1]) / (from[j] - from[j - 1]);
+    to[j - 1] + t * (to[j] - to[j - 1])
 }
 
 /// BT.601 luminance.
@@ -254,6 +446,124 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A picture of mid-range colours around `base` (so that a colour map keeps it in gamut).
+    fn soft(w: usize, h: usize, seed: u32, base: [f32; 3]) -> Image {
+        let p = picture(w, h, seed);
+        let data = p
+            .data()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| base[i % 3] + v * 0.3)
+            .collect();
+        Image::new(w, h, data).unwrap()
+    }
+
+    #[test]
+    fn oklab_round_trips_and_has_its_white_and_black() {
+        let (lms_of_lab, rgb_of_lms) = (inverse(&LAB_OF_LMS), inverse(&LMS_OF_RGB));
+        let white = oklab([255.0; 3]);
+        assert!((white[0] - 1.0).abs() < 1e-3 && white[1].abs() < 1e-3 && white[2].abs() < 1e-3);
+        assert!(oklab([0.0; 3]).iter().all(|v| v.abs() < 1e-12));
+        for p in [[12.0, 200.0, 90.0], [255.0, 0.0, 0.0], [30.0, 30.0, 31.0]] {
+            let back = srgb(oklab(p), &lms_of_lab, &rgb_of_lms);
+            for c in 0..3 {
+                assert!((back[c] - p[c]).abs() < 1e-6, "{p:?} -> {back:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_palette_takes_the_pooled_styles_oklab_moments() {
+        let img = soft(24, 18, 5, [60.0, 110.0, 90.0]);
+        let styles = [
+            soft(20, 20, 6, [120.0, 90.0, 80.0]),
+            soft(16, 30, 7, [90.0, 100.0, 130.0]),
+        ];
+        let weights = [0.25, 0.75];
+        let lab = |im: &Image| moments(rgb(im).map(oklab), 0.0);
+        // The mixture's moments, from the two styles' pixels weighted by hand.
+        let (m0, c0) = lab(&styles[0]);
+        let (m1, c1) = lab(&styles[1]);
+        let mu: [f64; 3] = [0, 1, 2].map(|i| 0.25 * m0[i] + 0.75 * m1[i]);
+        for root in [MatrixRoot::Pca, MatrixRoot::Cholesky, MatrixRoot::Symmetric] {
+            // Without the regulariser, so that the moments are exact.
+            let out = palette_with(&img, &styles, &weights, root, 0.0, false);
+            let (m, c) = lab(&out);
+            for i in 0..3 {
+                assert!(
+                    (m[i] - mu[i]).abs() < 2e-3,
+                    "{root:?} mean {i}: {} vs {}",
+                    m[i],
+                    mu[i]
+                );
+                for j in 0..3 {
+                    let want = 0.25 * (c0[i][j] + m0[i] * m0[j])
+                        + 0.75 * (c1[i][j] + m1[i] * m1[j])
+                        - mu[i] * mu[j];
+                    let scale = c[i][i].max(c[j][j]);
+                    assert!(
+                        (c[i][j] - want).abs() < 1e-3 * scale,
+                        "{root:?} cov ({i}, {j}): {} vs {want}",
+                        c[i][j]
+                    );
+                }
+            }
+        }
+        // With the lightness step, the output's lightness quantiles are the mixture's.
+        let out = match_palette(&img, &styles, &weights, MatrixRoot::Pca);
+        let light = |im: &Image| rgb(im).map(|p| oklab(p)[0]).collect::<Vec<_>>();
+        let mut got = light(&out);
+        got.sort_by(f64::total_cmp);
+        let mut mix: Vec<(f64, f64)> = Vec::new();
+        for (s, w) in styles.iter().zip(weights) {
+            let n = (s.width() * s.height()) as f64;
+            mix.extend(light(s).into_iter().map(|l| (l, w / n)));
+        }
+        mix.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for q in [0.1, 0.25, 0.5, 0.75, 0.9] {
+            let want = mix
+                .iter()
+                .scan(0.0, |c, v| {
+                    *c += v.1;
+                    Some((*c, v.0))
+                })
+                .find(|(c, _)| *c >= q)
+                .unwrap()
+                .1;
+            let have = got[(q * got.len() as f64) as usize];
+            assert!((have - want).abs() < 0.02, "quantile {q}: {have} vs {want}");
+        }
+        // No styles: the image as it is; bad weights: equal shares.
+        assert_eq!(match_palette(&img, &[], &[], MatrixRoot::Pca), img);
+        assert_eq!(
+            match_palette(&img, &styles, &[f64::NAN, 1.0], MatrixRoot::Pca),
+            match_palette(&img, &styles, &[0.5, 0.5], MatrixRoot::Pca)
+        );
+    }
+
+    #[test]
+    fn quantile_maps_are_monotone_and_weighted() {
+        // Half the weight on 0, half spread over 1..=4: the levels below ½ are 0.
+        let q = quantiles(vec![
+            (0.0, 4.0),
+            (1.0, 1.0),
+            (2.0, 1.0),
+            (3.0, 1.0),
+            (4.0, 1.0),
+        ]);
+        assert_eq!(q.len(), QUANTILES);
+        assert_eq!(q[0], 0.0);
+        assert_eq!(q[QUANTILES / 2 - 1], 0.0);
+        assert_eq!(q[QUANTILES - 1], 4.0);
+        assert!(q.windows(2).all(|w| w[0] <= w[1]));
+        let (from, to) = ([0.0, 1.0, 1.0, 2.0], [10.0, 20.0, 30.0, 40.0]);
+        assert_eq!(through(&from, &to, -1.0), 10.0);
+        assert_eq!(through(&from, &to, 0.5), 15.0);
+        assert_eq!(through(&from, &to, 1.0), 30.0);
+        assert_eq!(through(&from, &to, 1.5), 35.0);
+        assert_eq!(through(&from, &to, 9.0), 40.0);
     }
 
     #[test]

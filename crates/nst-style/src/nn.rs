@@ -17,14 +17,15 @@ use std::sync::Arc;
 /// layer of each of VGG19's first four blocks (NNST matched features down to the fourth block
 /// and dropped the fifth for speed without loss of quality; one layer a block keeps the
 /// hypercolumn at 960 channels, a third of NNST's, and the search cost with it). The
-/// multipliers (0.1, 0.3, 1, 3) lean the cosine toward the deeper layers: with equal ones the
-/// shallow layers' larger activations set the hypercolumns' directions, the matching follows
-/// local colour, and renders came out dim and flat (docs/objective.md).
+/// multipliers (1, 0.3, 0.1, 0.1) lean the cosine toward the shallow layers, as NNST's
+/// division by the channels does: measured on three pairs at 192 px, they kept more of the
+/// photo and came nearer the painting's palette than equal multipliers or ones leaning deep
+/// (0.1, 0.3, 1, 3), whose renders came out dim and grey (docs/objective.md).
 pub const NN_LAYERS: [(&str, f64); 4] = [
-    ("relu1_1", 0.1),
+    ("relu1_1", 1.0),
     ("relu2_1", 0.3),
-    ("relu3_1", 1.0),
-    ("relu4_1", 3.0),
+    ("relu3_1", 0.1),
+    ("relu4_1", 0.1),
 ];
 
 /// The share of the current image in the image whose hypercolumns are matched (NNST's

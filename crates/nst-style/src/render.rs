@@ -1286,17 +1286,14 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         }
     }
 
-    /// The current image as the user gets it (with the content's colours when asked): the
-    /// last good one.
+    /// The current image as the user gets it (with the content's colours, or the styles'
+    /// palette, when asked): the last good one.
     pub fn image(&self) -> Result<Image> {
         let conv = self.model.convention();
-        let (img, content) = match &self.active {
+        let img = match &self.active {
             Some(a) => {
                 let (w, h) = self.scales[self.scale];
-                (
-                    Image::from_model(&a.x.to_f32()?, w, h, conv).ok_or_else(bad_len)?,
-                    None,
-                )
+                Image::from_model(&a.x.to_f32()?, w, h, conv).ok_or_else(bad_len)?
             }
             None => {
                 // Between scales (or done): the image of the last finished scale, or the
@@ -1311,19 +1308,22 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                     Some(x) => x.clone(),
                     None => self.initial(w, h),
                 };
-                (
-                    Image::from_model(&x, w, h, conv).ok_or_else(bad_len)?,
-                    Some((w, h)),
-                )
+                Image::from_model(&x, w, h, conv).ok_or_else(bad_len)?
             }
         };
-        if self.cfg.color_control != crate::ColorControl::Luminance {
-            return Ok(img);
-        }
-        Ok(match (&self.active, content) {
-            (Some(a), _) => img.with_colors_of(&a.content),
-            (None, Some((w, h))) => img.with_colors_of(&self.content.resize(w, h)),
-            (None, None) => img,
+        let (w, h) = (img.width(), img.height());
+        Ok(match self.cfg.color_control {
+            crate::ColorControl::Luminance => match &self.active {
+                Some(a) => img.with_colors_of(&a.content),
+                None => img.with_colors_of(&self.content.resize(w, h)),
+            },
+            crate::ColorControl::Palette(root) => {
+                let long = style_long_side(w, h, self.cfg.style_scale);
+                let styles: Vec<Image> = self.styles_eff.iter().map(|s| s.fit(long)).collect();
+                let weights = crate::normalize_blend(&self.cfg.style_blend, styles.len())?;
+                crate::color::match_palette(&img, &styles, &weights, root)
+            }
+            crate::ColorControl::None | crate::ColorControl::Match(_) => img,
         })
     }
 

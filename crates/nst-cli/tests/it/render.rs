@@ -169,6 +169,66 @@ fn color_control_modes_render_and_original_colors_is_luminance() {
         ),
         &["--original-colors", "match"],
     );
+    // The palette: the render's colours moved toward the painting's (its mean colour nearer),
+    // and the nearest-neighbour loss's default.
+    let mean = |p: &Path| {
+        let img = image::open(p).unwrap().into_rgb8();
+        let n = (img.width() * img.height()) as f64;
+        [0, 1, 2].map(|c| img.pixels().map(|q| q[c] as f64).sum::<f64>() / n)
+    };
+    let painting = {
+        let img = image::open(&st).unwrap().into_rgb8();
+        let n = (img.width() * img.height()) as f64;
+        [0, 1, 2].map(|c| img.pixels().map(|q| q[c] as f64).sum::<f64>() / n)
+    };
+    let dist = |m: [f64; 3]| {
+        (0..3)
+            .map(|c| (m[c] - painting[c]).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (none, pal) = (tmp("cc_none.png"), tmp("cc_palette.png"));
+    for (extra, out) in [
+        (&["--color-control", "none"][..], &none),
+        (&["--color-control", "palette"][..], &pal),
+    ] {
+        let r = run(extra, out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(
+        dist(mean(&pal)) < 0.5 * dist(mean(&none)),
+        "{:?} {:?} {painting:?}",
+        mean(&pal),
+        mean(&none)
+    );
+    let (nn, nn_pal, nn_none) = (
+        tmp("cc_nn.png"),
+        tmp("cc_nn_pal.png"),
+        tmp("cc_nn_none.png"),
+    );
+    for (extra, out) in [
+        (&["--style-loss", "nn"][..], &nn),
+        (
+            &["--style-loss", "nn", "--color-control", "palette"][..],
+            &nn_pal,
+        ),
+        (
+            &["--style-loss", "nn", "--color-control", "none"][..],
+            &nn_none,
+        ),
+    ] {
+        let r = run(extra, out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert!(bytes(&nn) == bytes(&nn_pal) && bytes(&nn) != bytes(&nn_none));
+    assert_fails_with(
+        &run(
+            &["--original-colors", "--color-control", "palette"],
+            &tmp("cc_bad.png"),
+        ),
+        &["--original-colors", "palette"],
+    );
     assert_fails_with(
         &run(&["--color-control", "sepia"], &tmp("cc_bad.png")),
         &["sepia"],
