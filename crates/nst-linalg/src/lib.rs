@@ -116,7 +116,7 @@ fn symmetrize(a: &mut [f64], n: usize) {
 
 /// Checks that `a` holds an `n x n` matrix of finite numbers.
 fn check(a: &[f64], n: usize) -> Result<()> {
-    if a.len() != n * n {
+    if n.checked_mul(n) != Some(a.len()) {
         return Err(Error::Input(format!(
             "{} values for a {n}x{n} matrix",
             a.len()
@@ -160,11 +160,18 @@ pub fn solver() -> &'static str {
 /// rayon pool for large products; the result does not depend on the thread count).
 ///
 /// # Panics
-/// When a slice's length does not match its dimensions.
+/// When a slice's length does not match its dimensions, or a dimension's product overflows
+/// `usize` (which no slice can match).
 pub fn matmul(a: &[f64], b: &[f64], out: &mut [f64], m: usize, k: usize, n: usize) {
-    assert_eq!(a.len(), m * k, "matmul: lhs is not {m}x{k}");
-    assert_eq!(b.len(), k * n, "matmul: rhs is not {k}x{n}");
-    assert_eq!(out.len(), m * n, "matmul: out is not {m}x{n}");
+    // Checked products: wrapped ones could match short slices and let the GEMM write out of
+    // bounds.
+    let len = |x: usize, y: usize, what: &str| {
+        x.checked_mul(y)
+            .unwrap_or_else(|| panic!("matmul: {what} {x}x{y} has more elements than a slice can"))
+    };
+    assert_eq!(a.len(), len(m, k, "lhs"), "matmul: lhs is not {m}x{k}");
+    assert_eq!(b.len(), len(k, n, "rhs"), "matmul: rhs is not {k}x{n}");
+    assert_eq!(out.len(), len(m, n, "out"), "matmul: out is not {m}x{n}");
     if m == 0 || n == 0 {
         return;
     }
@@ -173,7 +180,7 @@ pub fn matmul(a: &[f64], b: &[f64], out: &mut [f64], m: usize, k: usize, n: usiz
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k > 64 * 64 * 64 {
+    let par = if threads > 1 && m.saturating_mul(n).saturating_mul(k) > 64 * 64 * 64 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None

@@ -147,6 +147,21 @@ fn bad_input_is_an_error() {
 }
 
 #[test]
+#[should_panic(expected = "x2 has more elements than a slice can")]
+fn matmul_refuses_dimensions_whose_products_overflow() {
+    // 2⁶³ x 2 wraps to 0 elements on 64 bits, which the empty slices would match.
+    let mut out = [];
+    nst_linalg::matmul(&[], &[0.0; 4], &mut out, 1 << (usize::BITS - 1), 2, 2);
+}
+
+#[test]
+fn eigh_refuses_a_size_whose_square_overflows() {
+    // (2³²)² wraps to 0 on 64 bits, which the empty slice would match.
+    let n = 1usize << (usize::BITS / 2);
+    assert!(nst_linalg::eigh(&[], n).is_err());
+}
+
+#[test]
 fn the_solver_is_named() {
     let want = if cfg!(feature = "lapack") {
         "lapack"
