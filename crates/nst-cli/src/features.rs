@@ -35,6 +35,12 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let mut img = io::load_image(&a.image, a.model.max_pixels)?;
     if let Some(n) = a.max_size {
         anyhow::ensure!(n > 0, "--max-size must be positive");
+        let (w, h) = img.fitted_size(n);
+        let limit = a.model.max_pixels;
+        anyhow::ensure!(
+            (w as u64) * (h as u64) <= limit,
+            "--max-size {n} would make the image {w}x{h} pixels, over the limit of {limit} (raise it with --max-pixels)"
+        );
         img = img.fit(n);
     }
     let x = img.to_model(cpu, model.convention())?;

@@ -148,6 +148,13 @@ pub(crate) struct Args {
     print_every: u32,
 }
 
+impl Args {
+    /// `--max-pixels` (or its default): the most pixels an input or output may have.
+    pub(crate) fn max_pixels(&self) -> u64 {
+        self.options.model.max_pixels
+    }
+}
+
 /// `--tolerance`: a finite fraction, 0 or more.
 fn parse_tolerance(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
@@ -431,7 +438,8 @@ impl Options {
         if scales.contains(&0) {
             bail!("sizes must be positive");
         }
-        let long = *scales.last().expect("one scale") as u64;
+        // Every scale, not only the last: a schedule need not grow.
+        let long = *scales.iter().max().expect("one scale") as u64;
         let (cw, ch) = content.fitted_size(long as usize);
         ensure!(
             (cw as u64) * (ch as u64) <= max_pixels,

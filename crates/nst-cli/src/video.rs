@@ -104,8 +104,9 @@ fn split(args: &[String]) -> Result<VideoOptions> {
     })
 }
 
-/// The frames of a folder: PNG and JPEG files in name order, all of one size.
-fn list_frames(dir: &Path) -> Result<(Vec<PathBuf>, (u32, u32))> {
+/// The frames of a folder: PNG and JPEG files in name order, all of one size, of at most
+/// `max_pixels` pixels.
+fn list_frames(dir: &Path, max_pixels: u64) -> Result<(Vec<PathBuf>, (u32, u32))> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the frames folder {}", dir.display()))?;
     let mut frames: Vec<PathBuf> = entries
@@ -127,6 +128,13 @@ fn list_frames(dir: &Path) -> Result<(Vec<PathBuf>, (u32, u32))> {
     for f in &frames {
         let d = image::image_dimensions(f)
             .with_context(|| format!("cannot read the frame {}", f.display()))?;
+        ensure!(
+            d.0 as u64 * d.1 as u64 <= max_pixels,
+            "the frame {} is {}x{} pixels, over the limit of {max_pixels} (raise it with --max-pixels)",
+            f.display(),
+            d.0,
+            d.1
+        );
         match size {
             None => size = Some(d),
             Some(s) if s != d => bail!(
@@ -208,9 +216,28 @@ struct RenderLine {
     args: crate::render::Args,
 }
 
+/// The render options of one frame, parsed (their first line of error).
+fn parse_line(argv: &[String]) -> Result<RenderLine> {
+    RenderLine::try_parse_from(argv).map_err(|e| {
+        let msg = e.to_string();
+        anyhow::anyhow!(
+            "{}",
+            msg.lines()
+                .next()
+                .unwrap_or("bad options")
+                .trim_start_matches("error: ")
+        )
+    })
+}
+
 pub(crate) fn run(a: Args) -> Result<()> {
     let o = split(&a.args)?;
-    let (frames, _) = list_frames(&o.frames)?;
+    // The pixel limit of the render options, before any frame is decoded.
+    let mut probe: Vec<String> = vec!["nst render".into()];
+    probe.extend(o.render.iter().cloned());
+    probe.extend(["--content", "frame", "--out", "frame.png"].map(String::from));
+    let max_pixels = parse_line(&probe)?.args.max_pixels();
+    let (frames, _) = list_frames(&o.frames, max_pixels)?;
     std::fs::create_dir_all(&o.out)
         .with_context(|| format!("cannot create the output folder {}", o.out.display()))?;
     let state = o.out.join(".nst-video");
@@ -247,16 +274,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         } else {
             argv.extend(["--checkpoint".into(), ckpt.display().to_string()]);
         }
-        let line = RenderLine::try_parse_from(&argv).map_err(|e| {
-            let msg = e.to_string();
-            anyhow::anyhow!(
-                "{}",
-                msg.lines()
-                    .next()
-                    .unwrap_or("bad options")
-                    .trim_start_matches("error: ")
-            )
-        })?;
+        let line = parse_line(&argv)?;
         let extras = if i == 0 {
             None
         } else {

@@ -209,6 +209,24 @@ fn bad_inputs_fail_with_one_line() {
         ]),
         &["1000", "limit"],
     );
+    // Upscaling past the pixel limit is refused before the network runs.
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&thumb("tubingen.jpg", 40, 30)),
+            "--layers",
+            "relu1_1",
+            "--out",
+            s(&out),
+            "--max-size",
+            "100000",
+            "--max-pixels",
+            "1000000",
+        ]),
+        &["--max-size 100000", "limit of 1000000", "--max-pixels"],
+    );
+    assert!(!out.exists(), "a refused extraction wrote its output");
     assert_fails_with(
         &nst(&[
             "features",

@@ -489,6 +489,27 @@ fn render_rejects_bad_input_with_one_line() {
         &["fastest", "--precision"],
     );
     assert_fails_with(&base(&["--max-pixels", "100"]), &["limit of 100"]);
+    // Every scale counts, not only the last: 96 px is over the limit, 32 px under it.
+    let (small, small_style) = (
+        thumb("tubingen.jpg", 40, 30),
+        thumb("starry_night.jpg", 48, 30),
+    );
+    let r = nst(&[
+        "render",
+        "--content",
+        s(&small),
+        "--style",
+        s(&small_style),
+        "--out",
+        s(&out),
+        "--scales",
+        "96,32",
+        "--iterations",
+        "1",
+        "--max-pixels",
+        "5000",
+    ]);
+    assert_fails_with(&r, &["96x72", "limit of 5000"]);
     assert_fails_with(
         &base(&["--weights", s(&tmp("nope.safetensors"))]),
         &["fetch-weights"],

@@ -174,6 +174,28 @@ fn bad_frame_folders_are_clear_errors() {
         .unwrap();
     std::fs::write(broken.join("b.png"), b"not a png").unwrap();
     assert_fails_with(&run(&broken), &["b.png"]);
+    // A frame over the render's pixel limit is refused before any frame is decoded.
+    let big = root.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    image::RgbImage::new(40, 30)
+        .save(big.join("a.png"))
+        .unwrap();
+    let r = nst(&[
+        "video",
+        "--frames",
+        s(&big),
+        "--out",
+        s(&out),
+        "--style",
+        s(&style()),
+        "--size",
+        "32",
+        "--iterations",
+        "2",
+        "--max-pixels",
+        "1000",
+    ]);
+    assert_fails_with(&r, &["a.png", "40x30", "limit of 1000"]);
     assert!(
         !out.join("a.png").exists(),
         "nothing is written when a frame is bad"
