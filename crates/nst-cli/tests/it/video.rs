@@ -138,21 +138,25 @@ fn bad_frame_folders_are_clear_errors() {
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = root.join("out");
-    let run = |dir: &Path| {
-        nst(&[
+    let painting = style();
+    let run_with = |dir: &Path, extra: &[&str]| {
+        let mut a = vec![
             "video",
             "--frames",
             s(dir),
             "--out",
             s(&out),
             "--style",
-            s(&style()),
+            s(&painting),
             "--size",
             "32",
             "--iterations",
             "2",
-        ])
+        ];
+        a.extend_from_slice(extra);
+        nst(&a)
     };
+    let run = |dir: &Path| run_with(dir, &[]);
     assert_fails_with(
         &run(&root.join("missing")),
         &["cannot read the frames folder", "missing"],
@@ -180,21 +184,7 @@ fn bad_frame_folders_are_clear_errors() {
     image::RgbImage::new(40, 30)
         .save(big.join("a.png"))
         .unwrap();
-    let r = nst(&[
-        "video",
-        "--frames",
-        s(&big),
-        "--out",
-        s(&out),
-        "--style",
-        s(&style()),
-        "--size",
-        "32",
-        "--iterations",
-        "2",
-        "--max-pixels",
-        "1000",
-    ]);
+    let r = run_with(&big, &["--max-pixels", "1000"]);
     assert_fails_with(&r, &["a.png", "40x30", "limit of 1000"]);
     assert!(
         !out.join("a.png").exists(),
