@@ -199,9 +199,16 @@ fn parse_job(line: &str, base: &Path, defaults: &[(&str, String)]) -> Result<Job
         {
             inputs.extend(values.iter().map(PathBuf::from));
         }
-        argv.push(format!("--{key}"));
-        if !values.is_empty() {
-            argv.push(values.join(","));
+        if path_like && values.len() > 1 {
+            // One flag per path, so that a path with a comma in it stays whole.
+            for v in &values {
+                argv.extend([format!("--{key}"), v.clone()]);
+            }
+        } else {
+            argv.push(format!("--{key}"));
+            if !values.is_empty() {
+                argv.push(values.join(","));
+            }
         }
         normalised.insert(key.clone(), serde_json::json!(values));
     }
@@ -409,6 +416,27 @@ mod tests {
     }
 
     #[test]
+    fn a_path_with_a_comma_stays_one_path() {
+        let dir = std::env::temp_dir().join(format!("nst-batch-comma-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = parse_job(
+            r#"{"content": "c.png", "style": ["a,b.png", "d.png"], "out": "o.png"}"#,
+            &dir,
+            &[],
+        )
+        .unwrap();
+        let styles: Vec<&String> = job
+            .argv
+            .windows(2)
+            .filter(|w| w[0] == "--style")
+            .map(|w| &w[1])
+            .collect();
+        assert_eq!(styles.len(), 2, "{:?}", job.argv);
+        assert!(styles[0].ends_with("a,b.png") && styles[1].ends_with("d.png"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn every_scheduler_maps_to_its_shard() {
         let s =
             |pairs: &[(&str, &str)], shards| shard_from(None, shards, &env_of(pairs)).map(|r| r.0);
@@ -493,10 +521,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(j.out, PathBuf::from("/data/batch/out/a.png"));
-        assert!(j
+        let styles: Vec<&str> = j
             .argv
             .windows(2)
-            .any(|w| w[0] == "--style" && w[1] == "/data/batch/s1.jpg,/abs/s2.jpg"));
+            .filter(|w| w[0] == "--style")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(styles, ["/data/batch/s1.jpg", "/abs/s2.jpg"]);
         assert!(j
             .argv
             .windows(2)

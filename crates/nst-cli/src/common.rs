@@ -279,26 +279,46 @@ pub(crate) struct InputArgs {
     /// The content image (the photo).
     #[arg(long)]
     pub(crate) content: PathBuf,
-    /// The style image(s) (paintings), comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// The style image(s) (paintings), comma-separated or the flag repeated (a path that
+    /// exists is taken whole, commas and all).
+    #[arg(long, required = true)]
     pub(crate) style: Vec<PathBuf>,
     /// Blend weights of the style images, comma-separated (equal by default).
     #[arg(long, value_delimiter = ',')]
     pub(crate) style_blend: Vec<f64>,
     /// Region masks, one grey image per style image, comma-separated: style k paints where
     /// mask k is bright (value/255 weighs it; resized to the content's size).
-    #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
+    #[arg(long, value_name = "M1,M2,...")]
     pub(crate) content_mask: Vec<PathBuf>,
     /// Masks on the style images, one per style image (with --content-mask): the style
     /// statistics of style k are taken where its mask is bright.
-    #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
+    #[arg(long, value_name = "M1,M2,...")]
     pub(crate) style_mask: Vec<PathBuf>,
 }
 
+/// The paths of a list flag: each value that names an existing file or folder as it is,
+/// commas and all; any other value split at its commas.
+fn listed(values: &[PathBuf]) -> Vec<PathBuf> {
+    values
+        .iter()
+        .flat_map(|v| match v.to_str() {
+            Some(s) if s.contains(',') && !v.exists() => {
+                s.split(',').map(PathBuf::from).collect::<Vec<_>>()
+            }
+            _ => vec![v.clone()],
+        })
+        .collect()
+}
+
 impl InputArgs {
+    /// The style images' paths (`--style`, its lists split).
+    pub(crate) fn styles(&self) -> Vec<PathBuf> {
+        listed(&self.style)
+    }
+
     /// The region masks, loaded (empty when none are given).
     pub(crate) fn masks(&self, max_pixels: u64) -> Result<Vec<Image>> {
-        self.content_mask
+        listed(&self.content_mask)
             .iter()
             .map(|p| io::load_image(p, max_pixels).context("loading a --content-mask"))
             .collect()
@@ -306,7 +326,7 @@ impl InputArgs {
 
     /// The style masks, loaded (empty when none are given).
     pub(crate) fn style_masks(&self, max_pixels: u64) -> Result<Vec<Image>> {
-        self.style_mask
+        listed(&self.style_mask)
             .iter()
             .map(|p| io::load_image(p, max_pixels).context("loading a --style-mask"))
             .collect()

@@ -35,7 +35,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
 fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
     let cfg = a.objective.config()?;
     let content = io::load_image(&a.inputs.content, a.model.max_pixels)?;
-    let styles = common::load_styles(&a.inputs.style, a.model.max_pixels)?;
+    let styles = common::load_styles(&a.inputs.styles(), a.model.max_pixels)?;
     let image = io::load_image(&a.image, a.model.max_pixels)?;
     ensure!(
         (image.width(), image.height()) == (content.width(), content.height()),

@@ -409,7 +409,7 @@ impl Options {
             icc,
             ..
         } = io::load_image_with(&o.inputs.content, &limits)?;
-        let styles = common::load_styles(&o.inputs.style, max_pixels)?;
+        let styles = common::load_styles(&o.inputs.styles(), max_pixels)?;
         let init = match o.init.as_deref() {
             None => objective.style_loss.default_init(),
             Some("noise") => Init::Noise,
@@ -815,7 +815,7 @@ fn settings_json(a: &Args, cfg: &RenderConfig, device: &str) -> String {
         "version": env!("CARGO_PKG_VERSION"),
         "device": device,
         "content": o.inputs.content.display().to_string(),
-        "style": paths(&o.inputs.style),
+        "style": paths(&o.inputs.styles()),
         "style_blend": o.inputs.style_blend,
         "out": a.out.display().to_string(),
         "scales": cfg.scales,

@@ -489,6 +489,27 @@ fn render_rejects_bad_input_with_one_line() {
         &["fastest", "--precision"],
     );
     assert_fails_with(&base(&["--max-pixels", "100"]), &["limit of 100"]);
+    // Repeating --style adds styles; a path with a comma in it is one style, a list splits.
+    let comma = tmp("style,with,commas.png");
+    std::fs::copy(thumb("starry_night.jpg", 48, 30), &comma).unwrap();
+    let two = format!("{},{}", s(&st), s(&st));
+    for extra in [
+        ["--style-blend", "0.5,0.5", "--style", s(&comma)],
+        ["--style-blend", "1,1,1", "--style", &two],
+    ] {
+        let r = base(&extra);
+        assert!(
+            r.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    assert_fails_with(
+        &base(&["--style-blend", "1,1", "--style", &two]),
+        &["2 style blend weights", "3 style"],
+    );
+    // Those renders succeeded; the failures below must write nothing.
+    std::fs::remove_file(&out).unwrap();
     // Every scale counts, not only the last: 96 px is over the limit, 32 px under it.
     let (small, small_style) = (
         thumb("tubingen.jpg", 40, 30),
