@@ -269,9 +269,15 @@ fn srgb(lab: [f64; 3], lms_of_lab: &M3, rgb_of_lms: &M3) -> [f64; 3] {
 /// `img` with the palette of `styles` pooled by `weights`, in OkLab: its colours mapped
 /// affinely so that their mean and covariance are the styles' (a mixture: the weighted means,
 /// and the weighted second moments about the pooled mean), then its lightness remapped so
-/// that its distribution is theirs ([`QUANTILES`] quantiles, linear between them). Weights
-/// that do not match the styles give them equal shares.
-pub fn match_palette(img: &Image, styles: &[Image], weights: &[f64], root: MatrixRoot) -> Image {
+/// that its distribution is theirs ([`QUANTILES`] quantiles, linear between them). The
+/// weights are a blend as [`crate::normalize_blend`] takes it (empty: equal shares); bad
+/// ones, or no styles, are an error.
+pub fn match_palette(
+    img: &Image,
+    styles: &[Image],
+    weights: &[f64],
+    root: MatrixRoot,
+) -> crate::Result<Image> {
     palette_with(img, styles, weights, root, 1e-6, true)
 }
 
@@ -287,21 +293,13 @@ fn palette_with(
     root: MatrixRoot,
     eps: f64,
     lightness: bool,
-) -> Image {
-    if styles.is_empty() {
-        return img.clone();
-    }
-    let equal = vec![1.0 / styles.len() as f64; styles.len()];
-    let total: f64 = weights.iter().sum();
-    let weights: Vec<f64> =
-        if weights.len() == styles.len() && total > 0.0 && weights.iter().all(|w| *w >= 0.0) {
-            weights.iter().map(|w| w / total).collect()
-        } else {
-            equal
-        };
+) -> crate::Result<Image> {
+    let weights = crate::normalize_blend(weights, styles.len())?;
+    // Each image to OkLab once.
+    let styles: Vec<Vec<[f64; 3]>> = styles.iter().map(|s| rgb(s).map(oklab).collect()).collect();
     let (mut mu, mut second) = ([0.0; 3], [[0.0; 3]; 3]);
     for (s, w) in styles.iter().zip(&weights) {
-        let (m, c) = moments(rgb(s).map(oklab), eps);
+        let (m, c) = moments(s.iter().copied(), eps);
         for i in 0..3 {
             mu[i] += w * m[i];
             for j in 0..3 {
@@ -315,9 +313,12 @@ fn palette_with(
             cov[i][j] -= mu[i] * mu[j];
         }
     }
-    let (mu_o, cov_o) = moments(rgb(img).map(oklab), eps);
+    let mut lab: Vec<[f64; 3]> = rgb(img).map(oklab).collect();
+    let (mu_o, cov_o) = moments(lab.iter().copied(), eps);
     let a = transfer_matrix(root, &cov_o, &cov);
-    let mut lab: Vec<[f64; 3]> = rgb(img).map(|p| affine(&a, oklab(p), &mu_o, &mu)).collect();
+    for p in &mut lab {
+        *p = affine(&a, *p, &mu_o, &mu);
+    }
     if lightness {
         let from = quantiles(lab.iter().map(|p| (p[0], 1.0)).collect());
         let to = quantiles(
@@ -325,8 +326,8 @@ fn palette_with(
                 .iter()
                 .zip(&weights)
                 .flat_map(|(s, w)| {
-                    let share = w / (s.width() * s.height()).max(1) as f64;
-                    rgb(s).map(move |p| (oklab(p)[0], share))
+                    let share = w / s.len().max(1) as f64;
+                    s.iter().map(move |p| (p[0], share))
                 })
                 .collect(),
         );
@@ -339,7 +340,7 @@ fn palette_with(
         .into_iter()
         .flat_map(|p| srgb(p, &lms_of_lab, &rgb_of_lms).map(|v| v as f32))
         .collect();
-    Image::new(img.width(), img.height(), data).expect("the same size")
+    Ok(Image::new(img.width(), img.height(), data).expect("the same size"))
 }
 
 /// The [`QUANTILES`] quantiles, at levels `(i + ½) / QUANTILES`, of weighted values (the
@@ -489,7 +490,7 @@ mod tests {
         let mu: [f64; 3] = [0, 1, 2].map(|i| 0.25 * m0[i] + 0.75 * m1[i]);
         for root in [MatrixRoot::Pca, MatrixRoot::Cholesky, MatrixRoot::Symmetric] {
             // Without the regulariser, so that the moments are exact.
-            let out = palette_with(&img, &styles, &weights, root, 0.0, false);
+            let out = palette_with(&img, &styles, &weights, root, 0.0, false).unwrap();
             let (m, c) = lab(&out);
             for i in 0..3 {
                 assert!(
@@ -512,7 +513,7 @@ mod tests {
             }
         }
         // With the lightness step, the output's lightness quantiles are the mixture's.
-        let out = match_palette(&img, &styles, &weights, MatrixRoot::Pca);
+        let out = match_palette(&img, &styles, &weights, MatrixRoot::Pca).unwrap();
         let light = |im: &Image| rgb(im).map(|p| oklab(p)[0]).collect::<Vec<_>>();
         let mut got = light(&out);
         got.sort_by(f64::total_cmp);
@@ -535,12 +536,13 @@ mod tests {
             let have = got[(q * got.len() as f64) as usize];
             assert!((have - want).abs() < 0.02, "quantile {q}: {have} vs {want}");
         }
-        // No styles: the image as it is; bad weights: equal shares.
-        assert_eq!(match_palette(&img, &[], &[], MatrixRoot::Pca), img);
+        // No weights: equal shares; no styles or bad weights: an error.
         assert_eq!(
-            match_palette(&img, &styles, &[f64::NAN, 1.0], MatrixRoot::Pca),
-            match_palette(&img, &styles, &[0.5, 0.5], MatrixRoot::Pca)
+            match_palette(&img, &styles, &[], MatrixRoot::Pca).unwrap(),
+            match_palette(&img, &styles, &[2.0, 2.0], MatrixRoot::Pca).unwrap()
         );
+        assert!(match_palette(&img, &[], &[], MatrixRoot::Pca).is_err());
+        assert!(match_palette(&img, &styles, &[f64::NAN, 1.0], MatrixRoot::Pca).is_err());
     }
 
     #[test]

@@ -1320,8 +1320,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             crate::ColorControl::Palette(root) => {
                 let long = style_long_side(w, h, self.cfg.style_scale);
                 let styles: Vec<Image> = self.styles_eff.iter().map(|s| s.fit(long)).collect();
-                let weights = crate::normalize_blend(&self.cfg.style_blend, styles.len())?;
-                crate::color::match_palette(&img, &styles, &weights, root)
+                crate::color::match_palette(&img, &styles, &self.cfg.style_blend, root)?
             }
             crate::ColorControl::None | crate::ColorControl::Match(_) => img,
         })
