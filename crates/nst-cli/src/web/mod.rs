@@ -5,20 +5,24 @@
 //! every few iterations, the current image, which an encoder thread scales to at most
 //! [`PREVIEW_MAX`] px and encodes as PNG, so the render never waits for the browser.
 //! Endpoints (documented in `docs/web.md`): `GET /`, `GET /image.png`, `GET /progress`,
-//! `GET /history`, `GET /settings`, `GET /events` (Server-Sent Events) and `POST /stop`
-//! (with the run's token).
+//! `GET /history`, `GET /settings`, `GET /events` (Server-Sent Events) and `POST /stop`.
+//!
+//! Every request must name the server by the address it listens on (the `Host` header: its
+//! IP, or `localhost` on loopback), so a web page cannot reach it through a rebinding domain,
+//! and every route but the page itself needs the run's token (compared in constant time).
+//! At most [`MAX_EVENT_CLIENTS`] event streams run at once; more are refused with 503.
 
 use anyhow::{Context, Result};
-use axum::extract::{Query, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use nst_style::Image;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,8 +37,15 @@ const PAGE: &str = include_str!("page.html");
 /// The address `--web` binds without a value.
 pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 
+/// The most `/events` streams served at once (each holds a connection and one record).
+pub(crate) const MAX_EVENT_CLIENTS: usize = 64;
+
 struct Shared {
     token: String,
+    /// The address the server listens on (what `Host` must name).
+    bound: SocketAddr,
+    /// Open `/events` streams.
+    event_clients: AtomicUsize,
     settings: String,
     /// The latest progress record.
     progress: watch::Sender<Arc<String>>,
@@ -85,6 +96,8 @@ impl WebView {
         let (tx, _) = watch::channel(Arc::new(String::from("{\"state\":\"starting\"}")));
         let shared = Arc::new(Shared {
             token: token.clone(),
+            bound: local,
+            event_clients: AtomicUsize::new(0),
             settings,
             progress: tx,
             history: Mutex::new(Vec::new()),
@@ -230,7 +243,67 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/settings", get(settings))
         .route("/events", get(events))
         .route("/stop", post(stop))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
+}
+
+/// Whether a `Host` header names the server at `bound`: its port, and as host the bound IP
+/// (any IP literal when it listens on every interface), or `localhost` when it listens on
+/// loopback or everywhere. A domain name is refused: that is how DNS rebinding gets in.
+pub(crate) fn host_allowed(host: &str, bound: SocketAddr) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !p.contains(']') => (n, p.parse::<u16>().ok()),
+        _ => (host, Some(80)),
+    };
+    if port != Some(bound.port()) {
+        return false;
+    }
+    let name = name.trim_end_matches('.');
+    if name.eq_ignore_ascii_case("localhost") {
+        return bound.ip().is_loopback() || bound.ip().is_unspecified();
+    }
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<IpAddr>() {
+        Ok(ip) => bound.ip().is_unspecified() || ip == bound.ip(),
+        Err(_) => false,
+    }
+}
+
+/// Equality of two byte strings in time that depends on their lengths only.
+pub(crate) fn same_token(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The token a request carries: `?token=` or an `X-Nst-Token` header.
+fn given_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    let from_query = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    from_query.or_else(|| headers.get("x-nst-token").and_then(|v| v.to_str().ok()))
+}
+
+/// Every request: the `Host` check, then the token on every route but the page.
+async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !host.is_some_and(|h| host_allowed(h, s.bound)) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers only to the address it listens on\n",
+        )
+            .into_response();
+    }
+    if req.uri().path() != "/" {
+        let given = given_token(req.uri().query(), req.headers());
+        if !given.is_some_and(|t| same_token(t.as_bytes(), s.token.as_bytes())) {
+            return (StatusCode::FORBIDDEN, "a valid token is needed\n").into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn json(body: String) -> Response {
@@ -277,36 +350,53 @@ async fn settings(State(s): State<Arc<Shared>>) -> Response {
     json(s.settings.clone())
 }
 
-async fn events(
-    State(s): State<Arc<Shared>>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let rx = s.progress.subscribe();
-    // The current record first, then one per change (records published faster than the
-    // client reads are coalesced: the latest wins).
-    let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
-        if !first && rx.changed().await.is_err() {
-            return None;
-        }
-        let data = rx.borrow_and_update().as_ref().clone();
-        Some((Ok(Event::default().data(data)), (rx, false)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+/// One open `/events` stream, counted while it lives.
+struct EventClient(Arc<Shared>);
+
+impl Drop for EventClient {
+    fn drop(&mut self) {
+        self.0.event_clients.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
-/// `POST /stop`: needs the run's token (`?token=` or an `X-Nst-Token` header), and, when the
-/// request says where it comes from (`Origin`), the page's own origin.
-async fn stop(
-    State(s): State<Arc<Shared>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let given = q
-        .get("token")
-        .map(String::as_str)
-        .or_else(|| headers.get("x-nst-token").and_then(|v| v.to_str().ok()));
-    if given != Some(s.token.as_str()) {
-        return (StatusCode::FORBIDDEN, "a valid token is needed\n").into_response();
+async fn events(State(s): State<Arc<Shared>>) -> Response {
+    let taken = s
+        .event_clients
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < MAX_EVENT_CLIENTS).then_some(n + 1)
+        });
+    if taken.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            format!("too many event streams (at most {MAX_EVENT_CLIENTS}); try again later\n"),
+        )
+            .into_response();
     }
+    let client = EventClient(s.clone());
+    let rx = s.progress.subscribe();
+    // The current record first, then one per change. Records published faster than the
+    // client reads are coalesced (the latest wins), so a slow client holds one record, never
+    // a queue; a client that stops reading stalls only its own stream.
+    let stream =
+        futures_util::stream::unfold((rx, true, client), |(mut rx, first, client)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let data = rx.borrow_and_update().as_ref().clone();
+            Some((
+                Ok::<_, std::convert::Infallible>(Event::default().data(data)),
+                (rx, false, client),
+            ))
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+/// `POST /stop`: the token is checked by [`guard`]; when the request says where it comes
+/// from (`Origin`), it must be the page's own origin.
+async fn stop(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let same = match (origin.to_str().ok(), host) {
@@ -323,4 +413,56 @@ async fn stop(
     }
     s.stop.store(true, Ordering::SeqCst);
     json("{\"stopping\":true}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{host_allowed, same_token};
+    use std::net::SocketAddr;
+
+    #[test]
+    fn host_must_name_the_bound_address() {
+        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "localhost.:8080",
+        ] {
+            assert!(host_allowed(ok, lo), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:8081",
+            "127.0.0.1",
+            "127.0.0.2:8080",
+            "evil.example:8080",
+            "localhost.evil.example:8080",
+            "[::1]:8080",
+            "",
+            ":8080",
+        ] {
+            assert!(!host_allowed(bad, lo), "{bad}");
+        }
+        let v6: SocketAddr = "[::1]:9000".parse().unwrap();
+        assert!(host_allowed("[::1]:9000", v6));
+        assert!(host_allowed("localhost:9000", v6));
+        assert!(!host_allowed("[::2]:9000", v6));
+        let any: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        for ok in ["10.0.0.7", "10.0.0.7:80", "[fe80::1]:80", "localhost"] {
+            assert!(host_allowed(ok, any), "{ok}");
+        }
+        assert!(!host_allowed("nas.home.example", any));
+        let lan: SocketAddr = "192.168.1.5:8080".parse().unwrap();
+        assert!(!host_allowed("localhost:8080", lan));
+        assert!(host_allowed("192.168.1.5:8080", lan));
+    }
+
+    #[test]
+    fn tokens_compare_by_every_byte() {
+        assert!(same_token(b"abcd", b"abcd"));
+        assert!(!same_token(b"abcd", b"abce"));
+        assert!(!same_token(b"abcd", b"xbcd"));
+        assert!(!same_token(b"abcd", b"abc"));
+        assert!(!same_token(b"", b"a"));
+    }
 }

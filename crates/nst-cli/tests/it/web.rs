@@ -69,15 +69,23 @@ fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receive
     }
 }
 
-/// `(status, body)` of one HTTP/1.1 request.
-fn http(url: &str, method: &str, path: &str, headers: &[&str]) -> (u16, Vec<u8>) {
-    let host = url
-        .trim_start_matches("http://")
+/// The `HOST:PORT` of a URL.
+fn authority(url: &str) -> String {
+    url.trim_start_matches("http://")
         .split('/')
         .next()
         .unwrap()
-        .to_string();
-    let mut stream = TcpStream::connect(&host).unwrap();
+        .to_string()
+}
+
+/// `(status, body)` of one HTTP/1.1 request.
+fn http(url: &str, method: &str, path: &str, headers: &[&str]) -> (u16, Vec<u8>) {
+    http_as(&authority(url), url, method, path, headers)
+}
+
+/// [`http`] with `host` in the `Host` header.
+fn http_as(host: &str, url: &str, method: &str, path: &str, headers: &[&str]) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(authority(url)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
@@ -136,14 +144,16 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
         url.starts_with("http://127.0.0.1:") && token(&url).len() == 32,
         "{url}"
     );
+    let t = token(&url).to_string();
+    let with = |path: &str| format!("{path}?token={t}");
     let (st, page) = http(&url, "GET", "/", &[]);
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&page).contains("id=\"stop\""));
-    let (st, settings) = http(&url, "GET", "/settings", &[]);
+    let (st, settings) = http(&url, "GET", &with("/settings"), &[]);
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&settings).contains("\"style_loss\":\"gram\""));
     let progress = until("an iteration", 60, || {
-        let (st, body) = http(&url, "GET", "/progress", &[]);
+        let (st, body) = http(&url, "GET", &with("/progress"), &[]);
         let text = String::from_utf8_lossy(&body).to_string();
         (st == 200 && text.contains("\"iteration\"")).then_some(text)
     });
@@ -152,16 +162,58 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
         "{progress}"
     );
     let png = until("an image", 60, || {
-        let (st, body) = http(&url, "GET", "/image.png", &[]);
+        let (st, body) = http(&url, "GET", &with("/image.png"), &[]);
         (st == 200).then_some(body)
     });
     let img = image::load_from_memory(&png).unwrap();
     assert_eq!((img.width(), img.height()), (40, 30));
-    let (st, history) = http(&url, "GET", "/history", &[]);
+    let (st, history) = http(&url, "GET", &with("/history"), &[]);
     assert_eq!(st, 200);
     assert!(history.starts_with(b"[{"));
+    // The token in a header does as well as in the query.
+    let token_header = format!("X-Nst-Token: {t}");
+    assert_eq!(http(&url, "GET", "/progress", &[&token_header]).0, 200);
+    // DNS rebinding: a foreign `Host` is refused on every route, token or not; `localhost`
+    // names the loopback server.
+    let port = authority(&url).rsplit(':').next().unwrap().to_string();
+    for path in [
+        "/",
+        "/image.png",
+        "/progress",
+        "/history",
+        "/settings",
+        "/events",
+    ] {
+        for host in [
+            format!("attacker.example:{port}"),
+            format!("127.0.0.1.nip.example:{port}"),
+            format!("10.1.2.3:{port}"),
+            "127.0.0.1:1".to_string(),
+            "127.0.0.1".to_string(),
+        ] {
+            let st = http_as(&host, &url, "GET", &with(path), &[]).0;
+            assert_eq!(st, 421, "{path} with Host {host}");
+        }
+        // Without the token: only the page answers.
+        let st = http(&url, "GET", path, &[]).0;
+        assert_eq!(st, if path == "/" { 200 } else { 403 }, "{path}");
+        let st = http(&url, "GET", &format!("{path}?token=0{}", &t[1..]), &[]).0;
+        assert_eq!(st, if path == "/" { 200 } else { 403 }, "{path}");
+    }
+    let local = format!("localhost:{port}");
+    assert_eq!(http_as(&local, &url, "GET", &with("/progress"), &[]).0, 200);
+    assert_eq!(
+        http_as(
+            &format!("attacker.example:{port}"),
+            &url,
+            "POST",
+            &with("/stop"),
+            &[]
+        )
+        .0,
+        421
+    );
     // No token, a wrong one, or another origin: refused, and the render goes on.
-    let t = token(&url).to_string();
     assert_eq!(http(&url, "POST", "/stop", &[]).0, 403);
     assert_eq!(http(&url, "POST", "/stop?token=0123", &[]).0, 403);
     let cross = http(
@@ -171,20 +223,13 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
         &["Origin: http://attacker.example"],
     );
     assert_eq!(cross.0, 403);
-    assert_eq!(http(&url, "GET", "/stop", &[]).0, 405);
+    assert_eq!(http(&url, "GET", &with("/stop"), &[]).0, 405);
     assert!(
         child.try_wait().unwrap().is_none(),
         "a refused stop stopped it"
     );
     // The token in a header, from the page's own origin: the render ends gracefully.
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let origin = format!("Origin: http://{host}");
-    let token_header = format!("X-Nst-Token: {t}");
+    let origin = format!("Origin: http://{}", authority(&url));
     assert_eq!(
         http(&url, "POST", "/stop", &[&origin, &token_header]).0,
         200
@@ -197,6 +242,75 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
         "{err:?}"
     );
     assert_eq!(image::open(&out).unwrap().width(), 40);
+}
+
+/// Opens `GET /events` and reads the status line only; the stream is left unread.
+fn open_events(url: &str) -> (u16, BufReader<TcpStream>) {
+    let host = authority(url);
+    let mut stream = TcpStream::connect(&host).unwrap();
+    let req = format!(
+        "GET /events?token={} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        token(url)
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, r)
+}
+
+/// The render's current iteration, from `/progress`.
+fn iteration(url: &str) -> u64 {
+    let (_, body) = http(url, "GET", &format!("/progress?token={}", token(url)), &[]);
+    let text = String::from_utf8_lossy(&body).to_string();
+    text.split("\"step\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn many_event_clients_are_capped_and_stalled_ones_neither_stall_the_render_nor_keep_their_slot() {
+    weights();
+    let out = tmp("web_load.png");
+    let _ = std::fs::remove_file(&out);
+    let (mut child, url, rx) = start(&out, 40, &[]);
+    until("an iteration", 60, || (iteration(&url) > 0).then_some(()));
+    // 200 clients that never read their stream: the first 64 are served, the rest get a 503.
+    let cap = 64;
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let (st, r) = open_events(&url);
+        match st {
+            200 => served.push(r),
+            503 => refused += 1,
+            other => panic!("/events answered {other}"),
+        }
+    }
+    assert_eq!((served.len(), refused), (cap, 200 - cap));
+    // The render goes on while they stall, and the other routes still answer.
+    let before = iteration(&url);
+    until("the render advancing under load", 60, || {
+        (iteration(&url) > before + 20).then_some(())
+    });
+    // Closing them gives their slots back.
+    drop(served);
+    let mut r = until("a free slot", 30, || {
+        let (st, r) = open_events(&url);
+        (st == 200).then_some(r)
+    });
+    let data = until("an event", 30, || {
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        line.starts_with("data: {").then_some(line)
+    });
+    assert!(data.contains("\"state\""), "{data}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    drop(rx);
 }
 
 #[test]
