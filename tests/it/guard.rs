@@ -171,6 +171,16 @@ fn clean_after(bytes: &[u8], cfg: &RenderConfig, steps: usize) -> Image {
     s.image().unwrap()
 }
 
+/// The poisoning backend, disarmed, and the network on it.
+fn poisoned(bytes: &[u8]) -> (Poison, Vgg<Poison>) {
+    let be = Poison {
+        inner: Cpu::new(2),
+        left: Arc::default(),
+    };
+    let vgg = Vgg::from_safetensors(&be, bytes).unwrap();
+    (be, vgg)
+}
+
 #[test]
 fn a_non_finite_loss_keeps_the_last_good_image() {
     let bytes = std::fs::read(weights()).unwrap();
@@ -178,11 +188,7 @@ fn a_non_finite_loss_keeps_the_last_good_image() {
         iterations: 10,
         ..Default::default()
     };
-    let be = Poison {
-        inner: Cpu::new(2),
-        left: Arc::default(),
-    };
-    let vgg = Vgg::from_safetensors(&be, &bytes).unwrap();
+    let (be, vgg) = poisoned(&bytes);
     let (content, style) = inputs();
     let styles = [style];
     let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
@@ -205,4 +211,35 @@ fn a_non_finite_loss_keeps_the_last_good_image() {
     assert_eq!(kept.image, clean_after(&bytes, &cfg, 4));
     assert_ne!(kept.image, clean_after(&bytes, &cfg, 5));
     assert!(kept.image.data().iter().all(|v| v.is_finite()));
+}
+
+/// With a line search, a non-finite trial point is not the end of the render: the search gets
+/// +∞ there and shrinks its step, and the render goes on to its last iteration.
+#[test]
+fn a_non_finite_line_search_trial_shrinks_the_step_and_the_render_goes_on() {
+    let bytes = std::fs::read(weights()).unwrap();
+    let cfg = RenderConfig {
+        iterations: 8,
+        optimizer: nst_style::OptimizerKind::LbfgsWolfe,
+        ..Default::default()
+    };
+    let (be, vgg) = poisoned(&bytes);
+    let (content, style) = inputs();
+    let styles = [style];
+    let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+    // After the first iteration each step starts from the point the last line search
+    // accepted (its loss is kept), so every evaluation from here is a trial: poison the next.
+    s.step().unwrap().expect("iteration 1");
+    be.arm(1);
+    let mut losses = Vec::new();
+    while let Some(p) = s.step().unwrap() {
+        losses.push(p.total);
+    }
+    assert_eq!(s.status(), &SessionStatus::Finished, "{:?}", s.status());
+    assert_eq!(losses.len(), 7);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+    let img = s.finish().unwrap();
+    assert!(img.stopped_early.is_none());
+    assert!(img.image.data().iter().all(|v| v.is_finite()));
 }

@@ -14,14 +14,31 @@ fn inputs() -> (Image, Vec<Image>) {
     )
 }
 
+/// What one iteration reported: scale, iteration, total and terms.
+type Record = (usize, usize, f64, Vec<(String, f64)>);
+
 /// Runs a whole render, or stops it after `stop` iterations, round-trips its checkpoint
 /// through bytes and resumes it in a fresh session.
 fn run(vgg: &Vgg<Cpu>, be: &Cpu, cfg: &RenderConfig, stop: Option<usize>) -> Image {
+    run_recorded(vgg, be, cfg, stop).0
+}
+
+/// [`run`], with every iteration's record.
+fn run_recorded(
+    vgg: &Vgg<Cpu>,
+    be: &Cpu,
+    cfg: &RenderConfig,
+    stop: Option<usize>,
+) -> (Image, Vec<Record>) {
     let (content, styles) = inputs();
+    let mut records = Vec::new();
+    let mut record = |p: nst_style::Progress| {
+        records.push((p.scale.0, p.iteration.0, p.total, p.terms));
+    };
     let mut s = RenderSession::new(be, vgg, &content, &styles, cfg).unwrap();
     if let Some(stop) = stop {
         for _ in 0..stop {
-            s.step().unwrap().expect("an iteration");
+            record(s.step().unwrap().expect("an iteration"));
         }
         let mut bytes = Vec::new();
         s.write_checkpoint(&mut bytes).unwrap();
@@ -38,10 +55,12 @@ fn run(vgg: &Vgg<Cpu>, be: &Cpu, cfg: &RenderConfig, stop: Option<usize>) -> Ima
         drop(s);
         s = RenderSession::resume(be, vgg, &content, &styles, cfg, c).unwrap();
     }
-    while s.step().unwrap().is_some() {}
+    while let Some(p) = s.step().unwrap() {
+        record(p);
+    }
     let r = s.finish().unwrap();
     assert!(r.stopped_early.is_none(), "{:?}", r.stopped_early);
-    r.image
+    (r.image, records)
 }
 
 #[test]
@@ -232,6 +251,59 @@ fn a_converged_scale_ends_early_and_resumes_exactly() {
             run(&vgg, &be, &cfg, Some(stop)) == whole,
             "resumed after {stop} differs"
         );
+    }
+}
+
+/// With a line search, every iteration reports the loss of its iterate, never a line-search
+/// trial: the losses fall at every step (strong Wolfe's sufficient decrease), and a resumed
+/// run, which evaluates its start afresh, reports the same numbers and so meets `--tolerance`
+/// at the same iteration, ending on the same bytes.
+#[test]
+fn lbfgs_wolfe_reports_its_iterates_and_resumes_exactly_with_a_tolerance() {
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let full = RenderConfig {
+        iterations: 40,
+        optimizer: OptimizerKind::LbfgsWolfe,
+        scales: vec![20, 40],
+        scale_iterations: vec![40, 12],
+        ..Default::default()
+    };
+    // A tolerance the first scale meets by its 25th iteration: the rate there, from a run
+    // without one (the same iterates up to the early end).
+    let (_, all) = run_recorded(&vgg, &be, &full, None);
+    let w = nst_style::TOLERANCE_WINDOW;
+    let (old, now) = (all[24 - w].2, all[24].2);
+    let cfg = RenderConfig {
+        tolerance: (old - now) / (w as f64 * old) * 1.001,
+        ..full
+    };
+    let (whole, records) = run_recorded(&vgg, &be, &cfg, None);
+    let first_scale: Vec<&Record> = records.iter().filter(|r| r.0 == 0).collect();
+    assert!(
+        first_scale.len() < 40,
+        "the tolerance never ended the first scale: {} iterations",
+        first_scale.len()
+    );
+    for w in first_scale.windows(2) {
+        assert!(w[1].2 < w[0].2, "the loss rose: {:?} then {:?}", w[0], w[1]);
+    }
+    for r in &records {
+        let sum: f64 = r.3.iter().map(|t| t.1).sum();
+        assert!(
+            (sum - r.2).abs() <= 1e-6 * r.2.abs(),
+            "terms {sum} against total {} at {:?}",
+            r.2,
+            (r.0, r.1)
+        );
+    }
+    let end = first_scale.len();
+    assert!(end > w && end <= 25, "ended at {end}");
+    assert_eq!(records[..end], all[..end]);
+    for stop in [1, end - 1, end + 2] {
+        let (img, resumed) = run_recorded(&vgg, &be, &cfg, Some(stop));
+        assert_eq!(resumed, records, "records after resuming at {stop}");
+        assert!(img == whole, "resumed after {stop} differs");
     }
 }
 

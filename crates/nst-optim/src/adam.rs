@@ -152,6 +152,8 @@ impl<V: Vector> Optimizer<V> for Adam<V> {
             loss,
             evaluations: 1,
             converged: false,
+            start_evaluated: true,
+            accepted: None,
         })
     }
 }
@@ -187,6 +189,8 @@ impl<V: Vector> Optimizer<V> for GradientDescent {
             loss,
             evaluations: 1,
             converged: false,
+            start_evaluated: true,
+            accepted: None,
         })
     }
 }

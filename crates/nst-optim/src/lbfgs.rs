@@ -380,6 +380,8 @@ struct Trial<V> {
     x: V,
     g: V,
     gtd: f64,
+    /// Which evaluation of the step this was (`None`: the starting point, not evaluated here).
+    index: Option<usize>,
 }
 
 /// A strong-Wolfe line search along `d` from `x` (Nocedal & Wright, algorithms 3.5 and 3.6).
@@ -405,6 +407,7 @@ where
     let mut eval = |t: f64, evals: &mut usize| -> Result<Trial<V>, E> {
         let xt = d.axpy(t, x)?;
         let (fv, g) = f(&xt)?;
+        let index = Some(*evals);
         *evals += 1;
         let gtd = g.dot(d)?;
         Ok(Trial {
@@ -413,6 +416,7 @@ where
             x: xt,
             g,
             gtd,
+            index,
         })
     };
     let mut prev = Trial {
@@ -421,6 +425,7 @@ where
         x: x.clone(),
         g: g0.clone(),
         gtd: gtd0,
+        index: None,
     };
     let mut t = t0;
     let (mut lo, mut hi);
@@ -506,12 +511,15 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
                 f(x)?
             }
         };
+        let start_evaluated = evaluations == 1;
         let (g_l1, g_max) = g.norms()?;
         if g_max <= self.cfg.tolerance_grad {
             return Ok(Step {
                 loss,
                 evaluations,
                 converged: true,
+                start_evaluated,
+                accepted: None,
             });
         }
         let first = self.last.is_none();
@@ -559,6 +567,7 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
         } else {
             self.cfg.learning_rate
         };
+        let mut accepted = None;
         let (t, next) = match self.cfg.line_search {
             LineSearch::None => {
                 let t = if self.cfg.max_step.is_finite() {
@@ -587,6 +596,7 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
                 )?;
                 if trial.t > 0.0 {
                     self.cached = Some((trial.x.clone(), trial.f, trial.g));
+                    accepted = trial.index;
                 }
                 (trial.t, trial.x)
             }
@@ -601,6 +611,8 @@ impl<V: Vector> Optimizer<V> for Lbfgs<V> {
             loss,
             evaluations,
             converged,
+            start_evaluated,
+            accepted,
         })
     }
 }

@@ -44,6 +44,15 @@ pub struct Step {
     pub evaluations: usize,
     /// Whether the optimizer found nothing more to do (converged or stalled).
     pub converged: bool,
+    /// Whether this step's first evaluation was at its starting point: `false` when the
+    /// starting point's loss and gradient were kept from the previous step's line search, so
+    /// whatever the caller recorded for that evaluation describes the start.
+    pub start_evaluated: bool,
+    /// Which of this step's evaluations (0-based, in call order) was at the point it moved
+    /// to, when it evaluated that point (a line search does). The next step starts there
+    /// without evaluating it again (its `start_evaluated` is `false`) unless the point is
+    /// moved in between.
+    pub accepted: Option<usize>,
 }
 
 /// An optimizer of a parameter vector `V`.

@@ -648,6 +648,9 @@ struct Active<'m, B: Backend> {
     /// The image the objective's image-following targets were last made for
     /// ([`Objective::refresh`]; `None` when no term follows the image).
     refreshed: Option<Tensor<B>>,
+    /// The loss and terms of the evaluation at `x` when the last step's line search made it
+    /// (the next step starts there without evaluating it again).
+    accepted: Option<(f64, Vec<(String, f64)>)>,
 }
 
 /// A restored mid-scale state: the previous image, the optimizer's state, and the image the
@@ -1130,6 +1133,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             previous,
             opt,
             refreshed,
+            accepted: None,
         });
         Ok(())
     }
@@ -1205,13 +1209,17 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         }
         let active = self.active.as_mut().expect("the scale was started");
         let start = active.x.clone();
-        let mut first: Option<(f64, Vec<(String, f64)>)> = None;
+        // Every evaluation of this step, in call order (the optimizer names them by index).
+        let mut evaluations: Vec<(f64, Vec<(String, f64)>)> = Vec::new();
         let objective = &active.objective;
         let mut eval = |x: &Tensor<B>| -> std::result::Result<(f64, Tensor<B>), StepError> {
             let e = objective.evaluate(x).map_err(StepError::Failed)?;
             // The gradient's sum is finite when every entry is (and far beyond any real
             // gradient otherwise).
-            if !e.total.is_finite() || !e.grad_sum.is_finite() {
+            let finite = e.total.is_finite() && e.grad_sum.is_finite();
+            let at_start = x.same_buffer(&start);
+            if !finite && at_start {
+                // The point the last step accepted: the guard's business.
                 return Err(StepError::NonFinite {
                     message: format!(
                         "the loss became {} (terms: {})",
@@ -1222,16 +1230,19 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                    at_start: x.same_buffer(&start),
+                    at_start,
                 });
             }
-            first.get_or_insert((e.total, e.terms));
-            Ok((e.total, e.grad))
+            // A line-search trial outside the region where the loss is finite: +∞ makes the
+            // search shrink its step (it never accepts such a point).
+            let total = if finite { e.total } else { f64::INFINITY };
+            evaluations.push((total, e.terms));
+            Ok((total, e.grad))
         };
         let step = active.opt.step(&mut active.x, &mut eval);
         let it = self.done + 1;
-        match step {
-            Ok(_) => {}
+        let step = match step {
+            Ok(step) => step,
             Err(StepError::Failed(e)) => return Err(e),
             Err(StepError::NonFinite { message, at_start }) => {
                 // The step failed before moving: `x` is where it started. When that point's
@@ -1246,12 +1257,20 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                 ));
                 return Ok(None);
             }
-        }
+        };
+        // The iteration's record is the loss at the point it started from, the iterate:
+        // evaluated now, or by the last step's line search. (Never a trial: a resumed run,
+        // which evaluates its start afresh, records the same numbers.)
+        let kept = active.accepted.take();
+        active.accepted = step.accepted.and_then(|k| evaluations.get(k).cloned());
+        let (total, terms) = match (step.start_evaluated, evaluations.into_iter().next()) {
+            (true, Some(first)) => first,
+            _ => kept.unwrap_or((step.loss, Vec::new())),
+        };
         active.previous = Some(start);
         if self.cfg.clamp_pixels {
             project_into_range(active, self.model.convention())?;
         }
-        let (total, terms) = first.unwrap_or((f64::NAN, Vec::new()));
         let elapsed = self.elapsed_before + self.started.elapsed();
         self.done = it;
         let converged = it < iterations && converged(&mut self.recent, self.cfg.tolerance, total);

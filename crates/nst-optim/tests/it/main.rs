@@ -460,3 +460,86 @@ fn a_restored_compact_optimizer_continues_exactly() {
     }
     assert_eq!(xa, xb);
 }
+
+/// The line search reports which evaluation was at the point it accepted, and the next step
+/// starts from that evaluation instead of evaluating its start again.
+#[test]
+fn the_line_search_names_the_accepted_evaluation_and_the_next_step_reuses_it() {
+    let cfg = LbfgsConfig {
+        line_search: LineSearch::StrongWolfe,
+        ..Default::default()
+    };
+    let mut opt = Lbfgs::new(cfg);
+    let mut x = vec![-1.2f32, 1.0];
+    let mut seen: Vec<(Vec<f32>, f64)> = Vec::new();
+    let mut accepted: Option<(Vec<f32>, f64)> = None;
+    for i in 0..30 {
+        seen.clear();
+        let start = x.clone();
+        let mut f = |x: &Vec<f32>| {
+            let r = rosenbrock(x);
+            seen.push((x.clone(), r.as_ref().unwrap().0));
+            r
+        };
+        let step = opt.step(&mut x, &mut f).unwrap();
+        assert_eq!(step.evaluations, seen.len());
+        if i == 0 {
+            assert!(step.start_evaluated);
+        }
+        // The step's loss is at its start: evaluated now, or kept from the last step.
+        if step.start_evaluated {
+            assert_eq!(seen[0], (start.clone(), step.loss));
+        } else {
+            assert_eq!(accepted.take(), Some((start.clone(), step.loss)));
+        }
+        let Some(k) = step.accepted else {
+            assert!(
+                step.converged,
+                "step {i} moved without naming the evaluation"
+            );
+            break;
+        };
+        assert_eq!(
+            seen[k].0, x,
+            "step {i}: evaluation {k} is not the new point"
+        );
+        // Strong Wolfe: sufficient decrease, so the accepted loss is below the start's.
+        assert!(seen[k].1 < step.loss, "step {i}");
+        accepted = Some(seen[k].clone());
+    }
+    // Moving the point drops the kept evaluation: the next step evaluates its start.
+    opt.moved(&vec![0.0, 0.0]).unwrap();
+    let mut f = |x: &Vec<f32>| rosenbrock(x);
+    assert!(opt.step(&mut x, &mut f).unwrap().start_evaluated);
+}
+
+/// A trial point where the objective is not finite (+∞ here) makes the line search shrink its
+/// step into the region where it is defined; the accepted point is always finite.
+#[test]
+fn the_line_search_shrinks_past_infinite_trials() {
+    // x² on (−2, 2), undefined beyond: the first trial from 1.5 with a step of 8 lands outside.
+    let mut f = |x: &Vec<f32>| -> Res {
+        let v = x[0] as f64;
+        if v.abs() >= 2.0 {
+            return Ok((f64::INFINITY, vec![f32::NAN]));
+        }
+        Ok((v * v, vec![2.0 * x[0]]))
+    };
+    let mut opt = Lbfgs::new(LbfgsConfig {
+        line_search: LineSearch::StrongWolfe,
+        learning_rate: 8.0,
+        ..Default::default()
+    });
+    let mut x = vec![1.5f32];
+    let mut losses = Vec::new();
+    for _ in 0..5 {
+        let step = opt.step(&mut x, &mut f).unwrap();
+        losses.push(step.loss);
+        assert!(
+            x[0].abs() < 2.0,
+            "accepted a point outside the domain: {x:?}"
+        );
+    }
+    assert!(losses.windows(2).all(|w| w[1] <= w[0]), "{losses:?}");
+    assert!(x[0].abs() < 0.5, "no progress: {x:?} {losses:?}");
+}
