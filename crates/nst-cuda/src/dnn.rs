@@ -161,9 +161,17 @@ unsafe impl Send for Plan {}
 // SAFETY: as above.
 unsafe impl Sync for Plan {}
 
-/// cuDNN on one stream.
+/// A cuDNN handle. cuDNN lets a handle move between threads but forbids two threads to use
+/// it at once, so [`Dnn`] keeps it behind a mutex and holds the lock for each call.
+struct Handle(sys::cudnnHandle_t);
+
+// SAFETY: cuDNN allows a handle to be used from any thread, one at a time; the mutex around
+// it in `Dnn` provides the one at a time.
+unsafe impl Send for Handle {}
+
+/// cuDNN on one stream. `Sync` with no unsafe claim of its own: the handle is behind a mutex.
 pub(crate) struct Dnn {
-    handle: sys::cudnnHandle_t,
+    handle: Mutex<Handle>,
     stream: Arc<CudaStream>,
     math: sys::cudnnMathType_t,
     strict: bool,
@@ -177,8 +185,9 @@ pub(crate) struct Dnn {
 impl Drop for Dnn {
     fn drop(&mut self) {
         self.plans.lock().map(|mut p| p.clear()).ok();
+        let handle = self.handle.get_mut().unwrap_or_else(|p| p.into_inner()).0;
         // SAFETY: the handle was created by `Dnn::new` and is destroyed once, after its plans.
-        let _ = unsafe { result::destroy_handle(self.handle) };
+        let _ = unsafe { result::destroy_handle(handle) };
     }
 }
 
@@ -263,7 +272,7 @@ impl Dnn {
             .map_err(|e| err("setting the stream", e))?;
         let strict = precision == Precision::Default;
         Ok(Dnn {
-            handle,
+            handle: Mutex::new(Handle(handle)),
             stream,
             math: if strict {
                 sys::cudnnMathType_t::CUDNN_FMA_MATH
@@ -275,6 +284,12 @@ impl Dnn {
             plans: Mutex::new(HashMap::new()),
             version,
         })
+    }
+
+    /// The handle, locked for one call (a panic elsewhere leaves it usable: the lock is only
+    /// for exclusion).
+    fn handle(&self) -> std::sync::MutexGuard<'_, Handle> {
+        self.handle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn plan(&self, p: &Conv2dParams) -> Result<Arc<Plan>> {
@@ -334,7 +349,7 @@ impl Dnn {
             // SAFETY: `perf` has room for the 8 records asked for; the descriptors are live.
             |count, perf| unsafe {
                 result::get_convolution_forward_algorithm(
-                    self.handle,
+                    self.handle().0,
                     plan.x.0,
                     plan.w.0,
                     plan.conv.0,
@@ -369,7 +384,7 @@ impl Dnn {
             // SAFETY: as in `forward_algo`, for 6 records.
             |count, perf| unsafe {
                 result::get_convolution_backward_data_algorithm(
-                    self.handle,
+                    self.handle().0,
                     plan.w.0,
                     plan.y.0,
                     plan.conv.0,
@@ -399,7 +414,7 @@ impl Dnn {
             // SAFETY: as in `forward_algo`, for 7 records.
             |count, perf| unsafe {
                 result::get_convolution_backward_filter_algorithm(
-                    self.handle,
+                    self.handle().0,
                     plan.x.0,
                     plan.y.0,
                     plan.conv.0,
@@ -470,7 +485,7 @@ impl Dnn {
                     check(
                         "fused convolution",
                         sys::cudnnConvolutionBiasActivationForward(
-                            self.handle,
+                            self.handle().0,
                             &one as *const f32 as *const c_void,
                             plan.x.0,
                             xp as *const c_void,
@@ -494,7 +509,7 @@ impl Dnn {
                 None => check(
                     "convolution",
                     sys::cudnnConvolutionForward(
-                        self.handle,
+                        self.handle().0,
                         &one as *const f32 as *const c_void,
                         plan.x.0,
                         xp as *const c_void,
@@ -543,7 +558,7 @@ impl Dnn {
             check(
                 "convolution input gradient",
                 sys::cudnnConvolutionBackwardData(
-                    self.handle,
+                    self.handle().0,
                     &one as *const f32 as *const c_void,
                     plan.w.0,
                     wp as *const c_void,
@@ -591,7 +606,7 @@ impl Dnn {
             check(
                 "convolution weight gradient",
                 sys::cudnnConvolutionBackwardFilter(
-                    self.handle,
+                    self.handle().0,
                     &one as *const f32 as *const c_void,
                     plan.x.0,
                     xp as *const c_void,
@@ -696,5 +711,17 @@ impl Dnn {
             .collect();
         out.sort();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `Dnn` is shared by every thread that holds the backend: it must be `Sync` by its own
+    /// fields (the handle behind a mutex; the plans' descriptors, read-only once built, are
+    /// the one unsafe claim), not by the backend's.
+    #[test]
+    fn the_cudnn_state_is_sync_without_an_unsafe_claim() {
+        fn sync<T: Sync + Send>() {}
+        sync::<super::Dnn>();
     }
 }

@@ -328,6 +328,37 @@ impl Cuda {
     }
 }
 
+/// Refuses an operand that lives on another GPU than the backend's (`ordinal`): the lengths
+/// may fit, but its memory is not this device's.
+pub(crate) fn same_device(
+    op: &'static str,
+    ordinal: usize,
+    operands: impl IntoIterator<Item = usize>,
+) -> TResult<()> {
+    match operands.into_iter().find(|&o| o != ordinal) {
+        Some(other) => Err(TError::invalid(
+            op,
+            format!("an operand is on cuda:{other}, but this backend is cuda:{ordinal}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Cuda {
+    /// [`same_device`] for this backend's operands.
+    fn here<'b>(
+        &self,
+        op: &'static str,
+        operands: impl IntoIterator<Item = &'b CudaBuffer>,
+    ) -> TResult<()> {
+        same_device(
+            op,
+            self.inner.ordinal,
+            operands.into_iter().map(|b| b.0.ordinal()),
+        )
+    }
+}
+
 fn check_len(op: &'static str, got: usize, want: usize) -> TResult<()> {
     if got != want {
         return Err(TError::invalid(
@@ -363,6 +394,7 @@ impl Backend for Cuda {
     }
 
     fn download_f32(&self, buf: &CudaBuffer) -> TResult<Vec<f32>> {
+        self.here("download_f32", [buf])?;
         Ok(self
             .inner
             .stream
@@ -371,6 +403,7 @@ impl Backend for Cuda {
     }
 
     fn download_f64(&self, buf: &CudaBuffer) -> TResult<Vec<f64>> {
+        self.here("download_f64", [buf])?;
         Ok(self.download_f32(buf)?.into_iter().map(f64::from).collect())
     }
 
@@ -395,6 +428,7 @@ impl Backend for Cuda {
     }
 
     fn unary(&self, op: UnaryOp, x: &CudaBuffer) -> TResult<CudaBuffer> {
+        self.here("unary", [x])?;
         let code: i32 = match op {
             UnaryOp::Relu => 0,
             UnaryOp::Square => 1,
@@ -414,6 +448,7 @@ impl Backend for Cuda {
     }
 
     fn affine(&self, x: &CudaBuffer, mul: f64, add: f64) -> TResult<CudaBuffer> {
+        self.here("affine", [x])?;
         let (m, a) = (mul as f32, add as f32);
         let n = x.0.len();
         let mut out = self.alloc(n)?;
@@ -427,6 +462,7 @@ impl Backend for Cuda {
     }
 
     fn binary(&self, op: BinaryOp, a: &CudaBuffer, b: &CudaBuffer) -> TResult<CudaBuffer> {
+        self.here("binary", [a, b])?;
         check_len("binary", b.0.len(), a.0.len())?;
         let code: i32 = match op {
             BinaryOp::Add => 0,
@@ -448,6 +484,7 @@ impl Backend for Cuda {
     }
 
     fn axpy(&self, a: f64, x: &CudaBuffer, y: &CudaBuffer) -> TResult<CudaBuffer> {
+        self.here("axpy", [x, y])?;
         check_len("axpy", y.0.len(), x.0.len())?;
         let n = x.0.len();
         let mut out = self.alloc(n)?;
@@ -462,10 +499,12 @@ impl Backend for Cuda {
     }
 
     fn dot(&self, a: &CudaBuffer, b: &CudaBuffer) -> TResult<f64> {
+        self.here("dot", [a, b])?;
         Ok(self.dots(&[a], &[b])?[0])
     }
 
     fn dots(&self, rows: &[&CudaBuffer], cols: &[&CudaBuffer]) -> TResult<Vec<f64>> {
+        self.here("dots", rows.iter().chain(cols).copied())?;
         let (nr, nc) = (rows.len(), cols.len());
         if nr * nc == 0 {
             return Ok(Vec::new());
@@ -522,6 +561,7 @@ impl Backend for Cuda {
     }
 
     fn combine(&self, coeffs: &[f64], vectors: &[&CudaBuffer]) -> TResult<CudaBuffer> {
+        self.here("combine", vectors.iter().copied())?;
         check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.0.len()))?;
         if vectors.len() > i32::MAX as usize {
             return Err(TError::invalid("combine", "too many vectors"));
@@ -548,6 +588,7 @@ impl Backend for Cuda {
     }
 
     fn scalars(&self, bufs: &[&CudaBuffer]) -> TResult<Vec<f64>> {
+        self.here("scalars", bufs.iter().copied())?;
         if bufs.is_empty() {
             return Ok(Vec::new());
         }
@@ -573,6 +614,7 @@ impl Backend for Cuda {
         plane: usize,
         ranges: &[(f32, f32)],
     ) -> TResult<CudaBuffer> {
+        self.here("clamp_channels", [x])?;
         check::clamp_channels("clamp_channels", x.0.len(), plane, ranges)?;
         let n = x.0.len();
         let mut out = self.alloc(n)?;
@@ -605,6 +647,7 @@ impl Backend for Cuda {
     }
 
     fn norms(&self, x: &CudaBuffer) -> TResult<(f64, f64)> {
+        self.here("norms", [x])?;
         let s = &self.inner.stream;
         let alloc = || {
             s.alloc_zeros::<f64>(SUM_PARTS as usize)
@@ -623,6 +666,7 @@ impl Backend for Cuda {
     }
 
     fn sum_all(&self, x: &CudaBuffer) -> TResult<CudaBuffer> {
+        self.here("sum_all", [x])?;
         let s = &self.inner.stream;
         let mut partial = s
             .alloc_zeros::<f64>(SUM_PARTS as usize)
@@ -644,6 +688,7 @@ impl Backend for Cuda {
     }
 
     fn sum_axis(&self, x: &CudaBuffer, shape: &Shape, axis: usize) -> TResult<CudaBuffer> {
+        self.here("sum_axis", [x])?;
         check::shape_axis("sum_axis", x.0.len(), shape, axis)?;
         let (outer, n, inner) = shape.split_at_axis(axis);
         let args = [outer, n, inner].map(|v| v as u64);
@@ -651,6 +696,7 @@ impl Backend for Cuda {
     }
 
     fn broadcast(&self, x: &CudaBuffer, from: &Shape, to: &Shape) -> TResult<CudaBuffer> {
+        self.here("broadcast", [x])?;
         check::broadcast("broadcast", x.0.len(), from, to)?;
         let rank = to.rank();
         if rank > 8 {
@@ -697,6 +743,7 @@ impl Backend for Cuda {
         start: usize,
         len: usize,
     ) -> TResult<CudaBuffer> {
+        self.here("narrow", [x])?;
         check::narrow("narrow", x.0.len(), shape, axis, start, len)?;
         let (outer, n, inner) = shape.split_at_axis(axis);
         let args = [outer, n, inner, start, len].map(|v| v as u64);
@@ -711,6 +758,7 @@ impl Backend for Cuda {
         start: usize,
         full: usize,
     ) -> TResult<CudaBuffer> {
+        self.here("narrow_backward", [dy])?;
         check::narrow_backward("narrow_backward", dy.0.len(), shape, axis, start, full)?;
         let (outer, len, inner) = shape.split_at_axis(axis);
         let args = [outer, len, inner, start, full].map(|v| v as u64);
@@ -718,6 +766,7 @@ impl Backend for Cuda {
     }
 
     fn transpose(&self, x: &CudaBuffer, rows: usize, cols: usize) -> TResult<CudaBuffer> {
+        self.here("transpose", [x])?;
         check_len("transpose", x.0.len(), rows.saturating_mul(cols))?;
         let args = [rows, cols].map(|v| v as u64);
         Ok(self.launch_indexed("transpose_f32", &x.0, rows * cols, &args)?)
@@ -733,6 +782,7 @@ impl Backend for Cuda {
         ta: bool,
         tb: bool,
     ) -> TResult<CudaBuffer> {
+        self.here("matmul", [a, b])?;
         check::matmul("matmul", a.0.len(), b.0.len(), m, k, n)?;
         check_len("matmul", a.0.len(), m * k)?;
         check_len("matmul", b.0.len(), k * n)?;
@@ -773,6 +823,7 @@ impl Backend for Cuda {
         bias: Option<&CudaBuffer>,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        self.here("conv2d", [x, w].into_iter().chain(bias))?;
         p.check_forward("conv2d", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
         let (mut y, _) = self.conv_core(x, w, p, None)?;
         let hw = p.out_h() * p.out_w();
@@ -795,6 +846,7 @@ impl Backend for Cuda {
         bias: Option<&CudaBuffer>,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        self.here("conv2d_relu", [x, w].into_iter().chain(bias))?;
         p.check_forward("conv2d_relu", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
         let (mut y, fused) = self.conv_core(x, w, p, bias)?;
         if !fused {
@@ -809,6 +861,7 @@ impl Backend for Cuda {
         w: &CudaBuffer,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        self.here("conv2d_backward_input", [dy, w])?;
         p.check_backward_input("conv2d_backward_input", dy.0.len(), w.0.len())?;
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
@@ -868,6 +921,7 @@ impl Backend for Cuda {
         dy: &CudaBuffer,
         p: &Conv2dParams,
     ) -> TResult<CudaBuffer> {
+        self.here("conv2d_backward_weight", [x, dy])?;
         p.check_backward_weight("conv2d_backward_weight", x.0.len(), dy.0.len())?;
         let hw = p.out_h() * p.out_w();
         let kk = p.in_channels * p.kh * p.kw;
@@ -920,6 +974,7 @@ impl Backend for Cuda {
     }
 
     fn pool2d(&self, x: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
+        self.here("pool2d", [x])?;
         p.check("pool2d", x.0.len(), None)?;
         let planes = p.batch * p.channels;
         let (oh, ow) = (p.out_h(), p.out_w());
@@ -943,6 +998,7 @@ impl Backend for Cuda {
         dy: &CudaBuffer,
         p: &Pool2dParams,
     ) -> TResult<CudaBuffer> {
+        self.here("pool2d_backward", [x, dy])?;
         p.check("pool2d_backward", x.0.len(), Some(dy.0.len()))?;
         let planes = p.batch * p.channels;
         let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
@@ -976,6 +1032,19 @@ mod tests {
             stride,
             padding,
         }
+    }
+
+    #[test]
+    fn operands_of_another_gpu_are_refused() {
+        assert!(super::same_device("matmul", 0, [0, 0]).is_ok());
+        assert!(super::same_device("matmul", 1, []).is_ok());
+        let e = super::same_device("matmul", 0, [0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matmul") && e.contains("cuda:1") && e.contains("cuda:0"),
+            "{e}"
+        );
     }
 
     #[test]
