@@ -6,7 +6,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nst_style::{Image, Init, Observer, OptimizerKind, Progress, RenderConfig};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The optimizer.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -114,13 +114,14 @@ pub(crate) struct Args {
     /// Save a snapshot every N iterations (beside the output, `_iterN` appended).
     #[arg(long, default_value_t = 0)]
     save_every: usize,
-    /// Write a checkpoint to FILE (atomically) every --checkpoint-every iterations and at
-    /// every scale's end, and on Ctrl-C; `--resume FILE` continues from it.
+    /// Write a checkpoint to FILE (atomically) as --checkpoint-every says, at every scale's
+    /// end, and on Ctrl-C; `--resume FILE` continues from it.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
-    /// Iterations between checkpoints.
-    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    checkpoint_every: u32,
+    /// Between checkpoints: N iterations, a time (90s, 10m, 1.5h), or auto (every 50
+    /// iterations, but never so often that writing them takes over 5% of the render's time).
+    #[arg(long, default_value = "auto", value_name = "N|TIME|auto", value_parser = parse_every)]
+    checkpoint_every: Every,
     /// Continue the render saved in this checkpoint (the same inputs and settings give the
     /// same bytes as an uninterrupted render); it keeps being updated unless --checkpoint
     /// names another file.
@@ -162,6 +163,86 @@ fn parse_tolerance(s: &str) -> std::result::Result<f64, String> {
         _ => Err(format!(
             "expected a number of 0 or more, like 1e-3, got {s:?}"
         )),
+    }
+}
+
+/// When checkpoints are written (`--checkpoint-every`), besides every scale's end.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Every {
+    /// Every N iterations.
+    Iterations(usize),
+    /// Once this much time has passed since the last checkpoint was written.
+    Time(Duration),
+    /// Every [`AUTO_ITERATIONS`] iterations, but only once 19 times the last write's time has
+    /// passed since it ended, so writing takes at most 5% of the time.
+    Auto,
+}
+
+/// The iterations between checkpoints of `--checkpoint-every auto`.
+pub(crate) const AUTO_ITERATIONS: usize = 50;
+
+/// `--checkpoint-every`: `auto`, iterations (`50`), or a time (`90s`, `10m`, `1.5h`).
+pub(crate) fn parse_every(s: &str) -> std::result::Result<Every, String> {
+    let bad = || {
+        format!("expected a number of iterations (50), a time (90s, 10m, 1.5h) or auto, got {s:?}")
+    };
+    if s == "auto" {
+        return Ok(Every::Auto);
+    }
+    if let Ok(n) = s.parse::<usize>() {
+        return if n > 0 {
+            Ok(Every::Iterations(n))
+        } else {
+            Err(bad())
+        };
+    }
+    let unit = match s.chars().last() {
+        Some('s') => 1.0,
+        Some('m') => 60.0,
+        Some('h') => 3600.0,
+        _ => return Err(bad()),
+    };
+    let v: f64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+    let secs = v * unit;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 1e9) {
+        return Err(bad());
+    }
+    Ok(Every::Time(Duration::from_secs_f64(secs)))
+}
+
+/// Decides when the next checkpoint is due, from the iteration and the clock.
+pub(crate) struct CheckpointClock {
+    every: Every,
+    /// When the last checkpoint was written (or the render started).
+    last_end: Instant,
+    /// How long the last checkpoint took to write.
+    last_cost: Duration,
+}
+
+impl CheckpointClock {
+    pub(crate) fn new(every: Every, now: Instant) -> Self {
+        CheckpointClock {
+            every,
+            last_end: now,
+            last_cost: Duration::ZERO,
+        }
+    }
+
+    /// Whether a checkpoint is due after iteration `it` of a scale of `n` (its end always is).
+    pub(crate) fn due(&self, it: usize, n: usize, now: Instant) -> bool {
+        let since = now.saturating_duration_since(self.last_end);
+        it == n
+            || match self.every {
+                Every::Iterations(k) => it.is_multiple_of(k),
+                Every::Time(d) => since >= d,
+                Every::Auto => it.is_multiple_of(AUTO_ITERATIONS) && since >= self.last_cost * 19,
+            }
+    }
+
+    /// A checkpoint was written from `started` to `ended`.
+    pub(crate) fn written(&mut self, started: Instant, ended: Instant) {
+        self.last_cost = ended.saturating_duration_since(started);
+        self.last_end = ended;
     }
 }
 
@@ -675,7 +756,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
     };
     crate::signals::install();
     let start = Instant::now();
-    let every = a.checkpoint_every as usize;
+    let mut clock = CheckpointClock::new(a.checkpoint_every, Instant::now());
     let mut checkpointed_at = None;
     let mut interrupted = None;
     let mut web_stop = false;
@@ -711,11 +792,13 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
             }
         }
         if let Some(c) = &checkpoint_path {
-            if it % every == 0 || it == n {
+            let now = Instant::now();
+            if clock.due(it, n, now) {
                 match write_checkpoint(&session, c) {
                     Ok(()) => checkpointed_at = Some(session.position()),
                     Err(e) => reporter.warn(&format!("warning: {e:#}")),
                 }
+                clock.written(now, Instant::now());
             }
         }
         if let Some(sig) = crate::signals::received() {
@@ -882,4 +965,61 @@ fn describe<B: nst_tensor::Backend>(s: &mut nst_style::RenderSession<'_, B>, o: 
         .and_then(|p| std::fs::metadata(&p).ok().map(|m| m.len()))
         .map_or("unknown".to_string(), |n| format!("{n} bytes"));
     s.describe("weights", &weights);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_every, CheckpointClock, Every, AUTO_ITERATIONS};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn checkpoint_intervals_parse_as_iterations_times_or_auto() {
+        assert_eq!(parse_every("50"), Ok(Every::Iterations(50)));
+        assert_eq!(parse_every("auto"), Ok(Every::Auto));
+        assert_eq!(parse_every("90s"), Ok(Every::Time(Duration::from_secs(90))));
+        assert_eq!(
+            parse_every("10m"),
+            Ok(Every::Time(Duration::from_secs(600)))
+        );
+        assert_eq!(
+            parse_every("1.5h"),
+            Ok(Every::Time(Duration::from_secs(5400)))
+        );
+        for bad in [
+            "0", "0s", "-5m", "10ms", "m", "", "nanh", "1e300h", "5d", "é",
+        ] {
+            let e = parse_every(bad).unwrap_err();
+            assert!(e.contains("10m") && e.contains("auto"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_clock_follows_iterations_time_or_the_five_percent_budget() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Iterations: every k-th, and the scale's end.
+        let c = CheckpointClock::new(Every::Iterations(7), t0);
+        let due: Vec<usize> = (1..=20).filter(|&i| c.due(i, 20, t0)).collect();
+        assert_eq!(due, [7, 14, 20]);
+        // Time: once the interval has passed since the last write ended.
+        let mut c = CheckpointClock::new(Every::Time(s(600)), t0);
+        assert!(!c.due(3, 100, t0 + s(599)));
+        assert!(c.due(3, 100, t0 + s(600)));
+        c.written(t0 + s(600), t0 + s(630));
+        assert!(!c.due(4, 100, t0 + s(1229)));
+        assert!(c.due(4, 100, t0 + s(1230)));
+        assert!(c.due(100, 100, t0 + s(631)), "a scale's end is always due");
+        // Auto: every 50 iterations while writes are cheap ...
+        let mut c = CheckpointClock::new(Every::Auto, t0);
+        let n = AUTO_ITERATIONS;
+        assert!(c.due(n, 1000, t0 + s(1)) && !c.due(n + 1, 1000, t0 + s(1)));
+        // ... and, after a write of 10 s, not before 190 s more: at most 5% of the time.
+        c.written(t0, t0 + s(10));
+        assert!(!c.due(2 * n, 1000, t0 + s(199)));
+        assert!(c.due(2 * n, 1000, t0 + s(200)));
+        assert!(
+            !c.due(2 * n + 1, 1000, t0 + s(500)),
+            "off the 50-iteration grid"
+        );
+    }
 }

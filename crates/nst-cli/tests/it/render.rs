@@ -469,6 +469,12 @@ fn render_rejects_bad_input_with_one_line() {
     );
     assert_fails_with(&base(&["--content-weight", "nan"]), &["content weight"]);
     assert_fails_with(&base(&["--learning-rate", "-1"]), &["learning rate"]);
+    for every in ["0", "10ms", "5x"] {
+        assert_fails_with(
+            &base(&["--checkpoint-every", every]),
+            &["--checkpoint-every", "10m"],
+        );
+    }
     // `--device cuda` fails cleanly only where there is no usable GPU (or no CUDA in this
     // build); where there is one, it renders.
     let gpu = std::process::Command::new("nvidia-smi")
