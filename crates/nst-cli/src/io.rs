@@ -132,6 +132,43 @@ pub(crate) fn weights_path(given: Option<&Path>) -> Result<PathBuf> {
         .unwrap_or(rel))
 }
 
+/// The SHA-256 of the weights file at `path` (hex), which identifies the weights in a
+/// checkpoint. Hashing 550 MB takes a second or two, so the digest is cached beside the file
+/// (`<file>.sha256`: the digest, the size and the modification time); a cache that names
+/// another size or time is ignored and rewritten. Writing the cache is best effort (a
+/// read-only folder only costs the hash each time).
+pub(crate) fn weights_digest(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read weights {}", path.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = format!("{} {mtime}", meta.len());
+    let mut cache = path.as_os_str().to_owned();
+    cache.push(".sha256");
+    let cache = PathBuf::from(cache);
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        if let Some((digest, k)) = text.trim().split_once(' ') {
+            if k == key && digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(digest.to_string());
+            }
+        }
+    }
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read weights {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("cannot read weights {}", path.display()))?;
+    let digest = format!("{:x}", hasher.finalize());
+    let _ = write_atomic(&cache, |tmp| {
+        std::fs::write(tmp, format!("{digest} {key}\n")).map_err(Into::into)
+    });
+    Ok(digest)
+}
+
 /// Reads and validates the weights into a model on `backend`.
 pub(crate) fn load_model<B: nst_tensor::Backend>(
     backend: &B,

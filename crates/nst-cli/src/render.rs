@@ -694,7 +694,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
     let mut session = match resumed {
         Some(c) => {
             let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;
-            describe(&mut s, &a.options);
+            describe(&mut s, &a.options, &model)?;
             s.resume_from(c).with_context(|| {
                 format!(
                     "cannot resume from {}",
@@ -704,7 +704,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
         }
         None => {
             let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;
-            describe(&mut s, &a.options);
+            describe(&mut s, &a.options, &model)?;
             s
         }
     };
@@ -955,16 +955,26 @@ fn web_record(
     .to_string()
 }
 
-/// What the render's bytes depend on besides the crates' settings: the network's pooling and
-/// weights. (Not the thread count: the CPU backend gives the same bytes with any, so a render
-/// can resume on a machine with more or fewer cores.)
-fn describe<B: nst_tensor::Backend>(s: &mut nst_style::RenderSession<'_, B>, o: &Options) {
+/// What the render's bytes depend on besides the crates' settings: the network's pooling, its
+/// weights (by SHA-256: another file of the same size is other weights), their metadata and
+/// input convention. (Not the thread count: the CPU backend gives the same bytes with any, so
+/// a render can resume on a machine with more or fewer cores.)
+fn describe<B: nst_tensor::Backend>(
+    s: &mut nst_style::RenderSession<'_, B>,
+    o: &Options,
+    model: &nst_vgg::Vgg<B>,
+) -> Result<()> {
     s.describe("pooling", &format!("{:?}", o.model.pooling));
-    let weights = io::weights_path(o.model.weights.as_deref())
-        .ok()
-        .and_then(|p| std::fs::metadata(&p).ok().map(|m| m.len()))
-        .map_or("unknown".to_string(), |n| format!("{n} bytes"));
-    s.describe("weights", &weights);
+    let path = io::weights_path(o.model.weights.as_deref())?;
+    s.describe("weights", &format!("sha256 {}", io::weights_digest(&path)?));
+    let metadata: Vec<String> = model
+        .metadata()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    s.describe("weights_metadata", &metadata.join(", "));
+    s.describe("input_convention", &format!("{:?}", model.convention()));
+    Ok(())
 }
 
 #[cfg(test)]

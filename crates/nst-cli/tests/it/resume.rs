@@ -197,6 +197,24 @@ fn a_checkpoint_of_another_render_is_refused_naming_the_difference() {
         &resume(&["--iterations", "3", "--style-weight", "10"]),
         &["another render", "objective"],
     );
+    // Other weights of the same size (one value of the last tensor changed): refused, naming
+    // the weights by their SHA-256.
+    let other = tmp("other_weights.safetensors");
+    let mut bytes = std::fs::read(weights_path()).unwrap();
+    let n = bytes.len();
+    let last: [u8; 4] = bytes[n - 4..].try_into().unwrap();
+    let value = if f32::from_le_bytes(last) == 0.5 {
+        0.25f32
+    } else {
+        0.5
+    };
+    bytes[n - 4..].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(&other, &bytes).unwrap();
+    drop(bytes);
+    let r = resume(&["--iterations", "3", "--weights", s(&other)]);
+    std::fs::remove_file(&other).unwrap();
+    let _ = std::fs::remove_file(tmp("other_weights.safetensors.sha256"));
+    assert_fails_with(&r, &["another render", "weights (sha256"]);
     // Not a checkpoint at all.
     let junk = tmp("junk.ckpt");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
