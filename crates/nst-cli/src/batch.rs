@@ -141,6 +141,11 @@ fn resolve(base: &Path, v: &str) -> String {
     }
 }
 
+/// The `nst render` arguments of one line of a jobs file (paths resolved against `base`).
+pub(crate) fn job_argv(line: &str, base: &Path) -> Result<Vec<String>> {
+    parse_job(line, base, &[]).map(|j| j.argv)
+}
+
 fn parse_job(line: &str, base: &Path, defaults: &[(&str, String)]) -> Result<Job> {
     let v: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
     let obj = v.as_object().context("not a JSON object")?;

@@ -100,14 +100,14 @@ pub(crate) struct Options {
     #[command(flatten)]
     pub(crate) model: ModelArgs,
     #[command(flatten)]
-    objective: ObjectiveArgs,
+    pub(crate) objective: ObjectiveArgs,
 }
 
 #[derive(clap::Args)]
 #[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     #[command(flatten)]
-    options: Options,
+    pub(crate) options: Options,
     /// The output image; the format follows the extension (PNG when none).
     #[arg(long)]
     out: PathBuf,
@@ -475,6 +475,31 @@ pub(crate) struct Prepared {
 }
 
 impl Options {
+    /// The scales (longest sides) and the iterations at each: `--scales`, else `--iterations`
+    /// at `--size`, else the `--quality` preset's schedule.
+    pub(crate) fn schedule(&self) -> Result<(Vec<usize>, Vec<usize>)> {
+        let o = self;
+        let per_scale = o.iterations.unwrap_or(500) as usize;
+        let (scales, scale_iterations): (Vec<usize>, Vec<usize>) =
+            if o.scales.len() == 1 && o.scales[0].trim() == "auto" {
+                nst_style::auto_scales(o.size as usize, per_scale)
+                    .into_iter()
+                    .unzip()
+            } else if !o.scales.is_empty() {
+                parse_scales(&o.scales, per_scale)?.into_iter().unzip()
+            } else if let Some(n) = o.iterations {
+                (vec![o.size as usize], vec![n as usize])
+            } else {
+                nst_style::quality_schedule(o.quality.into(), o.size as usize)
+                    .into_iter()
+                    .unzip()
+            };
+        if scales.contains(&0) {
+            bail!("sizes must be positive");
+        }
+        Ok((scales, scale_iterations))
+    }
+
     /// Loads the images and builds the render's configuration, checking every setting.
     pub(crate) fn prepare(&self) -> Result<Prepared> {
         let o = self;
@@ -502,23 +527,7 @@ impl Options {
             ),
         };
         let per_scale = o.iterations.unwrap_or(500) as usize;
-        let (scales, scale_iterations): (Vec<usize>, Vec<usize>) =
-            if o.scales.len() == 1 && o.scales[0].trim() == "auto" {
-                nst_style::auto_scales(o.size as usize, per_scale)
-                    .into_iter()
-                    .unzip()
-            } else if !o.scales.is_empty() {
-                parse_scales(&o.scales, per_scale)?.into_iter().unzip()
-            } else if let Some(n) = o.iterations {
-                (vec![o.size as usize], vec![n as usize])
-            } else {
-                nst_style::quality_schedule(o.quality.into(), o.size as usize)
-                    .into_iter()
-                    .unzip()
-            };
-        if scales.contains(&0) {
-            bail!("sizes must be positive");
-        }
+        let (scales, scale_iterations) = o.schedule()?;
         // Every scale, not only the last: a schedule need not grow.
         let long = *scales.iter().max().expect("one scale") as u64;
         let (cw, ch) = content.fitted_size(long as usize);

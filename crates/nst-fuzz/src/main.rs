@@ -1,8 +1,10 @@
 //! `nst-fuzz`: structure-aware mutation fuzzing of every loader nst exposes to files.
 //!
 //! Targets: the pickle reader, both `torch.save` readers (zip and legacy), safetensors
-//! weights (conversion and the model loader), the checkpoint reader, and PNG, JPEG, TIFF
-//! and WebP decoding through `nst-io` (the CLI's image path, with its limits).
+//! weights (conversion and the model loader), the checkpoint reader, PNG, JPEG, TIFF
+//! and WebP decoding through `nst-io` (the CLI's image path, with its limits), and the CLI's
+//! untrusted text and sockets: a batch file's lines, the `--scales` and `--style-layers`
+//! values, and raw HTTP requests to the web view (`nst_cli::fuzz`).
 //!
 //! Each target starts from valid inputs built here and mutates them: bit flips, interesting
 //! bytes, integer fields overwritten (little- and big-endian: lengths, offsets, dimensions),
@@ -99,6 +101,26 @@ fn targets() -> Vec<Target> {
             name: "webp",
             kind: Kind::Bytes,
             run: |b| nst_io::decode(b, "fuzz.webp", &image_limits()).is_ok(),
+        },
+        Target {
+            name: "batch-line",
+            kind: Kind::Bytes,
+            run: nst_cli::fuzz::batch_line,
+        },
+        Target {
+            name: "scales",
+            kind: Kind::Bytes,
+            run: nst_cli::fuzz::scales,
+        },
+        Target {
+            name: "style-layers",
+            kind: Kind::Bytes,
+            run: nst_cli::fuzz::style_layers,
+        },
+        Target {
+            name: "http",
+            kind: Kind::Bytes,
+            run: nst_cli::fuzz::http,
         },
     ]
 }

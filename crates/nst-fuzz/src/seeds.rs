@@ -243,6 +243,38 @@ fn images(format: image::ImageFormat) -> Vec<Vec<u8>> {
     out
 }
 
+/// Text seeds, as bytes.
+fn texts(items: &[&str]) -> Vec<Vec<u8>> {
+    items.iter().map(|t| t.as_bytes().to_vec()).collect()
+}
+
+/// Lines of a jobs file that `nst batch` accepts.
+fn batch_lines() -> Vec<Vec<u8>> {
+    texts(&[
+        r#"{"content": "photo.jpg", "style": "painting.jpg", "out": "out/a.png"}"#,
+        r#"{"content": "p.jpg", "style": ["a.jpg", "b.jpg"], "style-blend": "0.7,0.3", "out": "b.png", "size": 256, "seed": 7}"#,
+        r#"{"--content": "/data/p,1.jpg", "--style": "s.png", "--out": "o.tif", "style_weight": 1e5, "scales": "128:300,256:200", "style-layers": "relu1_1:1,relu2_1:0.5", "original-colors": true, "tv-weight": 0}"#,
+        r#"{"content": "p.jpg", "style": "s.jpg", "out": "o.png", "quality": "draft", "style-loss": "nn", "nn-refresh": 25, "color-control": "palette", "init": "noise"}"#,
+    ])
+}
+
+/// Web view requests; `{HOST}` and `{TOKEN}` stand for the server's address and token.
+fn http_requests() -> Vec<Vec<u8>> {
+    let big = format!(
+        "GET /settings?token={{TOKEN}} HTTP/1.1\r\nHost: {{HOST}}\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(16 << 10)
+    );
+    let mut out = texts(&[
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n",
+        "GET /progress?token={TOKEN} HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+        "GET /history HTTP/1.1\r\nHost: {HOST}\r\nX-Nst-Token: {TOKEN}\r\nAccept: */*\r\n\r\n",
+        "POST /stop?token={TOKEN} HTTP/1.1\r\nHost: {HOST}\r\nOrigin: http://{HOST}\r\nContent-Length: 0\r\n\r\n",
+        "GET /progress?token={TOKEN} HTTP/1.1\r\nHost: {HOST}\r\n\r\nGET /settings?token={TOKEN} HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+    ]);
+    out.push(big.into_bytes());
+    out
+}
+
 /// The seeds of a target (by the names in `main`).
 pub(crate) fn for_target(name: &str) -> Vec<Vec<u8>> {
     match name {
@@ -255,6 +287,20 @@ pub(crate) fn for_target(name: &str) -> Vec<Vec<u8>> {
         "jpeg" => images(image::ImageFormat::Jpeg),
         "tiff" => images(image::ImageFormat::Tiff),
         "webp" => images(image::ImageFormat::WebP),
+        "batch-line" => batch_lines(),
+        "scales" => texts(&[
+            "256,512",
+            "128:300, 256:200,512:100",
+            "auto",
+            "1024",
+            "64:1",
+        ]),
+        "style-layers" => texts(&[
+            "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+            "relu1_1:1,relu2_1:0.3,relu3_1:0.1,relu4_1:0.1",
+            "conv3_4:2.5, pool2:1e-3",
+        ]),
+        "http" => http_requests(),
         _ => Vec::new(),
     }
 }
