@@ -20,6 +20,10 @@ pub(crate) struct Args {
     /// Scale the image so its longer side is N pixels (default: native size).
     #[arg(long, value_name = "N")]
     max_size: Option<usize>,
+    /// The memory budget, e.g. 3G or 512M (default: 80% of the memory available now): an
+    /// extraction predicted to need more is refused before it starts.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -43,6 +47,22 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         );
         img = img.fit(n);
     }
+    let budget = match &a.max_memory {
+        Some(s) => {
+            nst_style::memory::parse_bytes(s).map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?
+        }
+        None => crate::common::default_budget(),
+    };
+    let need = fx.predicted_bytes(img.width(), img.height());
+    anyhow::ensure!(
+        need <= budget,
+        "extracting {} from a {}x{} image needs about {}, over the budget of {} (raise --max-memory, or shrink it with --max-size)",
+        a.layers.join(","),
+        img.width(),
+        img.height(),
+        nst_style::memory::format_bytes(need),
+        nst_style::memory::format_bytes(budget)
+    );
     let x = img.to_model(cpu, model.convention())?;
     let feats = fx
         .extract(&x)

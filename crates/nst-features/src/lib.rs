@@ -102,6 +102,45 @@ impl<'m, B: Backend> FeatureExtractor<'m, B> {
         self.layers.iter().map(|(n, _)| n.as_str())
     }
 
+    /// About how many bytes extracting these layers from a `width x height` image takes at
+    /// its peak, erring high: the parameters twice (the file as read, and the model), the
+    /// image, every activation the pass makes on the way to the deepest layer (a caching
+    /// allocator keeps them: a convolution fused with its ReLU makes one), and two host copies
+    /// of every wanted one (copied out, and serialised for the file). The CLI checks it
+    /// against `--max-memory` before any work. Measured (`nst features`, peak RSS): relu1_1
+    /// and relu4_2 of 1024x768, 1.41 GB for a prediction of 1.5 GB; relu3_1 of 1500x1125,
+    /// 1.80 GB for 1.9 GB.
+    pub fn predicted_bytes(&self, width: usize, height: usize) -> u64 {
+        let all = self.model.layers();
+        let last = self.deepest.min(all.len().saturating_sub(1));
+        let wanted = |i: usize| self.layers.iter().any(|(_, k)| *k == i);
+        let (mut c, mut h, mut w) = (3usize, height, width);
+        let (mut params, mut made, mut kept) = (0f64, 0f64, 0f64);
+        let mut i = 0;
+        while i <= last {
+            match all[i].op {
+                nst_vgg::LayerOp::Conv { cin, cout } => {
+                    params += (cout * (cin * 9 + 1)) as f64;
+                    c = cout;
+                    // Fused with its ReLU unless the convolution's own output is wanted.
+                    if i < last && !wanted(i) && all[i + 1].op == nst_vgg::LayerOp::Relu {
+                        i += 1;
+                    }
+                }
+                nst_vgg::LayerOp::Relu => {}
+                nst_vgg::LayerOp::Pool => (h, w) = (h / 2, w / 2),
+            }
+            let out = (c * h * w) as f64;
+            made += out;
+            if wanted(i) {
+                kept += out;
+            }
+            i += 1;
+        }
+        let floats = 2.0 * params + (3 * width * height) as f64 + made + 2.0 * kept;
+        (4.0 * floats) as u64 + (64 << 20)
+    }
+
     /// The smallest height and width the pass to the deepest layer accepts: each pooling
     /// stage on the way halves the size.
     pub fn min_input_size(&self) -> usize {

@@ -86,3 +86,25 @@ fn unknown_layers_and_small_images_are_clear_errors() {
     );
     assert!(fx.extract(&image(16, 16)).is_ok());
 }
+
+/// The memory prediction by hand for the first block, and its growth with size and depth.
+#[test]
+fn the_predicted_memory_counts_parameters_activations_and_kept_copies() {
+    let vgg = model();
+    let c = vgg.channels(0);
+    let fx = FeatureExtractor::new(&vgg, &["relu1_1"]).unwrap();
+    let (w, h) = (64, 48);
+    let px = w * h;
+    // conv1_1's parameters twice; the image; relu1_1 made by the fused convolution, copied
+    // out and serialised; 64 MB of slack.
+    let floats = 2 * c * (3 * 9 + 1) + 3 * px + 3 * (c * px);
+    assert_eq!(fx.predicted_bytes(w, h), 4 * floats as u64 + (64 << 20));
+    // Four times the pixels: nearly four times the activations.
+    let grow = |fx: &FeatureExtractor<'_, Cpu64>| {
+        (fx.predicted_bytes(2 * w, 2 * h) - (64 << 20)) as f64
+            / (fx.predicted_bytes(w, h) - (64 << 20)) as f64
+    };
+    assert!((3.5..=4.0).contains(&grow(&fx)), "{}", grow(&fx));
+    let deep = FeatureExtractor::new(&vgg, &["relu1_1", "relu4_2"]).unwrap();
+    assert!(deep.predicted_bytes(w, h) > fx.predicted_bytes(w, h));
+}

@@ -226,6 +226,24 @@ fn bad_inputs_fail_with_one_line() {
         ]),
         &["--max-size 100000", "limit of 1000000", "--max-pixels"],
     );
+    // Within the pixel limit but over the memory budget: refused before the network runs,
+    // with the prediction. (relu4_2 of 2000x1500 keeps 3 M floats and passes 190 M.)
+    assert_fails_with(
+        &nst(&[
+            "features",
+            "--image",
+            s(&thumb("tubingen.jpg", 40, 30)),
+            "--layers",
+            "relu1_1,relu4_2",
+            "--out",
+            s(&out),
+            "--max-size",
+            "2000",
+            "--max-memory",
+            "400M",
+        ]),
+        &["2000x1500", "over the budget of 400", "--max-memory"],
+    );
     assert!(!out.exists(), "a refused extraction wrote its output");
     assert_fails_with(
         &nst(&[
