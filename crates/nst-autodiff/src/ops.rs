@@ -348,3 +348,23 @@ impl<'t, B: Backend> Var<'t, B> {
         Ok(self.unary_op(y, move |g| x.pool2d_backward(g, &p)))
     }
 }
+
+/// The network's layers on tape variables, with the parameters as constants of the tape.
+impl<B: Backend> nst_tensor::Activation<B> for Var<'_, B> {
+    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        let tape = self.tape();
+        let (w, b) = (tape.constant(weight.clone()), tape.constant(bias.clone()));
+        self.conv2d(&w, Some(&b), 1, 1)
+    }
+    fn relu(&self) -> Result<Self> {
+        Var::relu(self)
+    }
+    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
+        let tape = self.tape();
+        let (w, b) = (tape.constant(weight.clone()), tape.constant(bias.clone()));
+        self.conv2d_relu(&w, Some(&b), 1, 1)
+    }
+    fn pool(&self, kind: PoolKind) -> Result<Self> {
+        self.pool2d(kind, 2, 2)
+    }
+}

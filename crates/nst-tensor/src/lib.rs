@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod activation;
 mod backend;
 pub mod check;
 mod counting;
@@ -12,6 +13,7 @@ mod error;
 mod shape;
 mod tensor;
 
+pub use activation::Activation;
 pub use backend::{host_norms, Backend};
 pub use counting::{Counting, Transfers};
 pub use error::{Error, Result};

@@ -10,7 +10,10 @@ mod model;
 
 pub use arch::{Arch, Layer, LayerOp, Span};
 pub use convention::InputConvention;
-pub use model::{Activation, Vgg};
+pub use model::Vgg;
+/// What the network runs on (defined in `nst-tensor`, implemented there for tensors and in
+/// `nst-autodiff` for tape variables).
+pub use nst_tensor::Activation;
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

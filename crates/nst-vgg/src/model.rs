@@ -2,57 +2,8 @@
 //! stops at the deepest layer asked for.
 
 use crate::{Arch, Error, InputConvention, Layer, LayerOp, Result};
-use nst_autodiff::Var;
-use nst_tensor::{Backend, PoolKind, Tensor};
+use nst_tensor::{Activation, Backend, PoolKind, Tensor};
 use std::collections::BTreeMap;
-
-/// Something the network can run on: a plain tensor (inference only) or a tape variable.
-pub trait Activation<B: Backend>: Sized {
-    /// 3x3 convolution, stride 1, padding 1, plus bias, with frozen parameters.
-    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self>;
-    /// ReLU.
-    fn relu(&self) -> Result<Self>;
-    /// [`Activation::conv`] then [`Activation::relu`], fused where the backend can.
-    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
-        self.conv(weight, bias)?.relu()
-    }
-    /// 2x2 pooling with stride 2.
-    fn pool(&self, kind: PoolKind) -> Result<Self>;
-}
-
-impl<B: Backend> Activation<B> for Tensor<B> {
-    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
-        Ok(self.conv2d(weight, Some(bias), 1, 1)?)
-    }
-    fn relu(&self) -> Result<Self> {
-        Ok(Tensor::relu(self)?)
-    }
-    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
-        Ok(self.conv2d_relu(weight, Some(bias), 1, 1)?)
-    }
-    fn pool(&self, kind: PoolKind) -> Result<Self> {
-        Ok(self.pool2d(kind, 2, 2)?)
-    }
-}
-
-impl<B: Backend> Activation<B> for Var<'_, B> {
-    fn conv(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
-        let tape = self.tape();
-        let (w, b) = (tape.constant(weight.clone()), tape.constant(bias.clone()));
-        Ok(self.conv2d(&w, Some(&b), 1, 1)?)
-    }
-    fn relu(&self) -> Result<Self> {
-        Ok(Var::relu(self)?)
-    }
-    fn conv_relu(&self, weight: &Tensor<B>, bias: &Tensor<B>) -> Result<Self> {
-        let tape = self.tape();
-        let (w, b) = (tape.constant(weight.clone()), tape.constant(bias.clone()));
-        Ok(self.conv2d_relu(&w, Some(&b), 1, 1)?)
-    }
-    fn pool(&self, kind: PoolKind) -> Result<Self> {
-        Ok(self.pool2d(kind, 2, 2)?)
-    }
-}
 
 /// A VGG network's convolutional part with frozen weights on backend `B`.
 pub struct Vgg<B: Backend> {
