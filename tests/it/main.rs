@@ -9,6 +9,7 @@ mod color;
 mod device;
 mod features;
 mod guard;
+mod seams;
 mod session;
 mod terms;
 mod tiled;

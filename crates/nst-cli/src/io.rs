@@ -14,7 +14,7 @@ pub(crate) use nst_io::{Limits, Loaded, SaveOptions};
 pub(crate) fn limits(max_pixels: u64) -> Limits {
     Limits {
         max_pixels,
-        max_bytes: crate::common::default_budget(),
+        max_bytes: crate::system::default_budget(),
     }
 }
 

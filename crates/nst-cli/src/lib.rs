@@ -15,6 +15,7 @@ mod io;
 mod plot;
 mod render;
 mod signals;
+mod system;
 mod video;
 mod web;
 

@@ -375,7 +375,9 @@ impl Observer for Reporter {
                 ("elapsed_s", format!("{:.6}", p.elapsed.as_secs_f64())),
                 (
                     "peak_rss_mb",
-                    common::json_num(common::peak_rss().map_or(f64::NAN, |b| b as f64 / 1e6)),
+                    common::json_num(
+                        crate::system::peak_rss().map_or(f64::NAN, |b| b as f64 / 1e6),
+                    ),
                 ),
                 ("total", common::json_num(p.total)),
             ];
@@ -426,7 +428,7 @@ impl Observer for Reporter {
                 "tiling": format!("{:?}", plan.tiling),
                 "lbfgs_history": plan.history,
                 "predicted_peak_mb": plan.peak_bytes as f64 / 1e6,
-                "peak_rss_mb": common::peak_rss().map(|b| b as f64 / 1e6),
+                "peak_rss_mb": crate::system::peak_rss().map(|b| b as f64 / 1e6),
             })
             .to_string();
             self.log(&line);
@@ -818,7 +820,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
             break;
         }
     }
-    let peak = common::peak_rss();
+    let peak = crate::system::peak_rss();
     if let Some(j) = &mut reporter.json {
         if let Err(e) = j.flush() {
             reporter.warn(&format!("warning: cannot write the JSON log ({e})"));

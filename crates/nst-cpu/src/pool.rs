@@ -5,7 +5,6 @@
 //! fits, pooled buffers too small for it are freed, oldest first, up to its size, so the
 //! pool trades page faults for memory only up to the footprint the work already has.
 
-use crate::Element;
 use std::sync::Mutex;
 
 /// Buffers smaller than this many elements are not pooled.
@@ -30,7 +29,7 @@ const HUGE_PAGE_MIN: usize = 4 << 20;
 /// An empty vector with room for `len` elements, not yet touched. A large one is marked for
 /// transparent huge pages first, so that filling it faults in 2 MB pages instead of 4 KB
 /// ones: allocating fresh activation buffers costs a fraction of the kernel time.
-fn fresh<E: Element>(len: usize) -> Vec<E> {
+fn fresh<E>(len: usize) -> Vec<E> {
     let v: Vec<E> = Vec::with_capacity(len);
     let bytes = v.capacity() * size_of::<E>();
     #[cfg(target_os = "linux")]
@@ -60,7 +59,8 @@ pub struct BufPool<E> {
     free: Mutex<Vec<Vec<E>>>,
 }
 
-impl<E: Element> BufPool<E> {
+/// Over any plain element (`Default` is its zero: 0.0 for the floats).
+impl<E: Copy + Default> BufPool<E> {
     /// An empty pool.
     pub const fn new() -> Self {
         BufPool {
@@ -72,7 +72,7 @@ impl<E: Element> BufPool<E> {
     pub(crate) fn zeroed(&self, len: usize) -> Vec<E> {
         let mut v = self.take(len).unwrap_or_else(|| fresh(len));
         v.clear();
-        v.resize(len, E::zero());
+        v.resize(len, E::default());
         v
     }
 
@@ -82,12 +82,12 @@ impl<E: Element> BufPool<E> {
         match self.take(len) {
             Some(mut v) => {
                 v.truncate(len);
-                v.resize(len, E::zero());
+                v.resize(len, E::default());
                 v
             }
             None => {
                 let mut v = fresh(len);
-                v.resize(len, E::zero());
+                v.resize(len, E::default());
                 v
             }
         }

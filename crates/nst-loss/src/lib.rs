@@ -37,7 +37,7 @@ pub use terms::{
     content_term, gram_term, temporal_term, tv_term, w2_term, GramRegion, GramStatistic,
     W2Statistic,
 };
-pub use w2::{trace_sqrt, trace_sqrtm, w2_style, Moments, W2Eval, W2Target, W2_RIDGE};
+pub use w2::{trace_sqrt, trace_sqrtm, Moments, W2Eval, W2Target, W2_RIDGE};
 
 use nst_autodiff::Var;
 use nst_tensor::{Backend, Error, Result, Tensor};
@@ -165,6 +165,31 @@ pub fn style<'t, B: Backend>(
         weight,
     )?;
     whole(&term, &as_activation(f)?)
+}
+
+/// The W2 style loss `weight · term` of an activation `f` (`[1, C, H, W]` or `[C, H, W]`)
+/// against `target`, one op on the tape.
+///
+/// ```
+/// # use nst_autodiff::Tape;
+/// # use nst_tensor::Tensor;
+/// let cpu = nst_cpu::Cpu64::new(1);
+/// let s = Tensor::from_f64(&cpu, &[0.0, 1.0, 2.0, 3.0, 1.0, 0.0, 1.0, 0.0], [2, 2, 2]).unwrap();
+/// let target = nst_loss::W2Target::new(&nst_loss::Moments::of(&s).unwrap()).unwrap();
+/// let tape = Tape::new();
+/// let f = tape.var(s.clone());
+/// // The style itself is at distance 0 (up to rounding).
+/// let loss = nst_loss::w2_style(&f, &target, 1.0).unwrap();
+/// assert!(loss.value().scalar().unwrap().abs() < 1e-9);
+/// ```
+pub fn w2_style<'t, B: Backend>(
+    f: &Var<'t, B>,
+    target: &W2Target,
+    weight: f64,
+) -> Result<Var<'t, B>> {
+    channels_positions(f.shape().dims())?;
+    let f4 = as_activation(f)?;
+    whole(&w2_term("style", target.clone(), weight), &f4)
 }
 
 /// `Σ (x[…, i+1, …] − x[…, i, …])²` along `axis`: the squared differences of neighbours,

@@ -291,28 +291,3 @@ impl W2Target {
         })
     }
 }
-
-/// The W2 style loss `weight · term` of an activation `f` (`[1, C, H, W]` or `[C, H, W]`)
-/// against `target`, one op on the tape.
-///
-/// ```
-/// # use nst_autodiff::Tape;
-/// # use nst_tensor::Tensor;
-/// let cpu = nst_cpu::Cpu64::new(1);
-/// let s = Tensor::from_f64(&cpu, &[0.0, 1.0, 2.0, 3.0, 1.0, 0.0, 1.0, 0.0], [2, 2, 2]).unwrap();
-/// let target = nst_loss::W2Target::new(&nst_loss::Moments::of(&s).unwrap()).unwrap();
-/// let tape = Tape::new();
-/// let f = tape.var(s.clone());
-/// // The style itself is at distance 0 (up to rounding).
-/// let loss = nst_loss::w2_style(&f, &target, 1.0).unwrap();
-/// assert!(loss.value().scalar().unwrap().abs() < 1e-9);
-/// ```
-pub fn w2_style<'t, B: Backend>(
-    f: &Var<'t, B>,
-    target: &W2Target,
-    weight: f64,
-) -> Result<Var<'t, B>> {
-    crate::channels_positions(f.shape().dims())?;
-    let f4 = crate::as_activation(f)?;
-    crate::whole(&crate::w2_term("style", target.clone(), weight), &f4)
-}

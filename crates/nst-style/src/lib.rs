@@ -14,6 +14,7 @@ mod image;
 pub mod memory;
 pub mod nn;
 mod objective;
+mod optimizer;
 mod render;
 pub mod targets;
 pub mod tiled;

@@ -8,7 +8,7 @@
 //! plus the transient buffers of the widest layer. Its constants were measured against the
 //! peak resident set size of `nst render` on the CPU backend (`cargo xtask bench tiled`).
 
-use crate::render::OptimizerKind;
+use crate::optimizer::OptimizerKind;
 use crate::tiled::{Geometry, Tiling};
 
 use crate::{Error, ObjectiveConfig, Result};

@@ -77,26 +77,6 @@ impl StyleLoss {
         }
     }
 
-    /// The starting image this loss renders best from by default: the classic noise, or the
-    /// content for the nearest-neighbour loss (NNST starts from the photo; its cosine is blind
-    /// to the features' magnitude, so from noise the render keeps noise's flat grey).
-    pub fn default_init(self) -> crate::Init {
-        match self {
-            StyleLoss::Gram | StyleLoss::W2 => crate::Init::Noise,
-            StyleLoss::Nn => crate::Init::Content,
-        }
-    }
-
-    /// The colour control this loss renders with by default: none, or for the
-    /// nearest-neighbour loss the styles' palette after the render (its cosine reproduces the
-    /// painting's strokes but not its colours; NNST corrects colour the same way).
-    pub fn default_color_control(self) -> crate::ColorControl {
-        match self {
-            StyleLoss::Gram | StyleLoss::W2 => crate::ColorControl::None,
-            StyleLoss::Nn => crate::ColorControl::Palette(crate::MatrixRoot::Pca),
-        }
-    }
-
     /// The default style weight w_s for this loss (the two differ in scale by orders of
     /// magnitude; see `docs/objective.md`).
     pub fn default_style_weight(self) -> f64 {

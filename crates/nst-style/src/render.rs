@@ -4,7 +4,8 @@
 
 use crate::checkpoint::{Checkpoint, OptimizerState};
 use crate::memory::{MemoryPlan, PlanRequest, TileChoice};
-use crate::{Error, Image, Objective, ObjectiveConfig, Result};
+pub use crate::optimizer::OptimizerKind;
+use crate::{Error, Image, Objective, ObjectiveConfig, Result, StyleLoss};
 use nst_optim::{Adam, AdamConfig, GradientDescent, Lbfgs, LbfgsConfig, LineSearch, Optimizer};
 use nst_tensor::{Backend, Tensor};
 use nst_vgg::Vgg;
@@ -29,26 +30,26 @@ pub enum Init {
     Image(Image),
 }
 
-/// Which optimizer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OptimizerKind {
-    /// L-BFGS, step 1, history 100, no line search (the classic choice).
-    Lbfgs,
-    /// L-BFGS with a strong-Wolfe line search.
-    LbfgsWolfe,
-    /// Adam (learning rate 10 by default).
-    Adam,
-    /// Plain gradient descent.
-    Gd,
-}
-
-impl OptimizerKind {
-    /// The default learning rate.
-    pub fn default_learning_rate(self) -> f64 {
+/// The render's defaults for each style loss (the objective itself knows nothing of
+/// starting images or colour).
+impl StyleLoss {
+    /// The starting image this loss renders best from by default: the classic noise, or the
+    /// content for the nearest-neighbour loss (NNST starts from the photo; its cosine is blind
+    /// to the features' magnitude, so from noise the render keeps noise's flat grey).
+    pub fn default_init(self) -> Init {
         match self {
-            OptimizerKind::Lbfgs | OptimizerKind::LbfgsWolfe => 1.0,
-            OptimizerKind::Adam => 10.0,
-            OptimizerKind::Gd => 0.1,
+            StyleLoss::Gram | StyleLoss::W2 => Init::Noise,
+            StyleLoss::Nn => Init::Content,
+        }
+    }
+
+    /// The colour control this loss renders with by default: none, or for the
+    /// nearest-neighbour loss the styles' palette after the render (its cosine reproduces the
+    /// painting's strokes but not its colours; NNST corrects colour the same way).
+    pub fn default_color_control(self) -> crate::ColorControl {
+        match self {
+            StyleLoss::Gram | StyleLoss::W2 => crate::ColorControl::None,
+            StyleLoss::Nn => crate::ColorControl::Palette(crate::MatrixRoot::Pca),
         }
     }
 }
