@@ -94,7 +94,8 @@ pub fn style_layers(input: &[u8]) -> bool {
 
 /// A web view serving for the whole run, with the placeholders its seeds use replaced.
 struct Server {
-    view: crate::web::WebView,
+    /// Held for the run: the server lives as long as its view.
+    _view: crate::web::WebView,
     addr: String,
     token: String,
 }
@@ -116,7 +117,11 @@ fn server() -> &'static Server {
             .expect("an authority")
             .to_string();
         let token = url.split("token=").nth(1).unwrap_or_default().to_string();
-        Server { view, addr, token }
+        Server {
+            _view: view,
+            addr,
+            token,
+        }
     })
 }
 
@@ -186,6 +191,5 @@ pub fn http(input: &[u8]) -> bool {
         "the web view stopped answering after this input (got {:?})",
         String::from_utf8_lossy(&alive[..alive.len().min(80)])
     );
-    let _ = s.view.stop_requested();
     ok
 }
