@@ -1,11 +1,14 @@
 //! The non-finite guard keeps the last good image: a backend wrapper poisons the network's
 //! first convolution with NaN at a chosen evaluation, and the render must return the image
-//! from before the point whose loss went bad.
+//! from before the point whose loss went bad. The same wrapper, reporting a GPU's memory,
+//! shows that memory plans take their constants from the backend.
 
 use crate::{image_crop, weights};
 use nst_cpu::Cpu;
 use nst_style::{Image, RenderConfig, RenderSession, SessionStatus};
-use nst_tensor::{Backend, BinaryOp, Conv2dParams, Pool2dParams, Result, Shape, UnaryOp};
+use nst_tensor::{
+    Backend, BinaryOp, Conv2dParams, MemoryKind, Pool2dParams, Result, Shape, UnaryOp,
+};
 use nst_vgg::Vgg;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +20,8 @@ struct Poison {
     inner: Cpu,
     /// Image convolutions left before the poisoned one (0: disarmed).
     left: Arc<AtomicUsize>,
+    /// The memory it says its buffers are in.
+    memory: MemoryKind,
 }
 
 impl Poison {
@@ -44,6 +49,9 @@ impl Backend for Poison {
     type Buffer = Buf;
     fn name(&self) -> String {
         self.inner.name()
+    }
+    fn memory(&self) -> MemoryKind {
+        self.memory
     }
     fn upload_f32(&self, d: &[f32]) -> Result<Buf> {
         self.inner.upload_f32(d)
@@ -176,6 +184,7 @@ fn poisoned(bytes: &[u8]) -> (Poison, Vgg<Poison>) {
     let be = Poison {
         inner: Cpu::new(2),
         left: Arc::default(),
+        memory: MemoryKind::Host,
     };
     let vgg = Vgg::from_safetensors(&be, bytes).unwrap();
     (be, vgg)
@@ -242,4 +251,58 @@ fn a_non_finite_line_search_trial_shrinks_the_step_and_the_render_goes_on() {
     let img = s.finish().unwrap();
     assert!(img.stopped_early.is_none());
     assert!(img.image.data().iter().all(|v| v.is_finite()));
+}
+
+/// A backend that keeps its buffers on a GPU gets plans made with the device's constants and
+/// its budget: the same render on the same budget plans differently when the backend says
+/// its memory is a GPU's, exactly as the planner does for a device, and a 2048 px render
+/// under a small device budget is tiled to fit it.
+#[test]
+fn plans_take_their_constants_from_the_backends_memory() {
+    let gpu = MemoryKind::Device {
+        total: 16_000_000_000,
+        free: 2_000_000_000,
+    };
+    let plans = |memory: MemoryKind| {
+        let be = Poison {
+            inner: Cpu::new(1),
+            left: Arc::default(),
+            memory,
+        };
+        let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 3).unwrap();
+        let content = Image::new(2048, 1536, vec![100.0; 2048 * 1536 * 3]).unwrap();
+        let style = Image::new(512, 512, vec![60.0; 512 * 512 * 3]).unwrap();
+        let cfg = RenderConfig {
+            scales: vec![1024, 2048],
+            memory_budget: Some(2_500_000_000),
+            ..Default::default()
+        };
+        let plans = nst_style::plan_scales(&vgg, &content, &[style], &cfg).unwrap();
+        // What the planner makes of the finest scale for this memory, asked directly.
+        let req = nst_style::PlanRequest {
+            size: (2048, 1536),
+            style_sizes: vec![(2048, 2048)],
+            optimizer: cfg.optimizer,
+            history: cfg.lbfgs_history,
+            iterations: cfg.iterations,
+            tile: cfg.tile,
+            budget: cfg.memory_budget,
+            extra_layers: Vec::new(),
+            memory,
+        };
+        let direct = nst_style::memory::plan(&vgg, &cfg.objective, &req).unwrap();
+        assert_eq!(plans[1], direct, "{memory:?}");
+        plans
+    };
+    let (host, device) = (plans(MemoryKind::Host), plans(gpu));
+    for p in host.iter().chain(&device) {
+        assert!(p.peak_bytes as f64 <= 0.85 * 2.5e9, "{p:?}");
+    }
+    assert!(device[1].tiles > 1, "{:?}", device[1]);
+    assert_ne!(host[1], device[1]);
+    // A device plan leaves the CPU pool's limit at its floor (no pool to fill).
+    assert_eq!(
+        device[1].pool_limit,
+        nst_style::memory::pool_limit(Some(2_500_000_000))
+    );
 }

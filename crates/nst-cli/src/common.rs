@@ -340,7 +340,9 @@ pub(crate) struct MemoryArgs {
     /// layer's stride), auto (untiled when the image fits the budget), or off.
     #[arg(long, default_value = "auto", value_name = "N|auto|off")]
     pub(crate) tile: String,
-    /// The memory budget, e.g. 3G or 512M (default: 80% of the memory available now).
+    /// The memory budget, e.g. 3G or 512M: of the host's memory, or with --device cuda of
+    /// the GPU's (default: 80% of the host's memory available now; 90% of the GPU's free
+    /// memory).
     #[arg(long, value_name = "SIZE")]
     pub(crate) max_memory: Option<String>,
 }
@@ -358,12 +360,21 @@ impl MemoryArgs {
         })
     }
 
-    /// The budget in bytes.
+    /// The budget in bytes of the host's memory (for decoding images).
     pub(crate) fn budget(&self) -> Result<u64> {
+        Ok(self.budget_for(nst_tensor::MemoryKind::Host)?.0)
+    }
+
+    /// The budget in bytes of a backend that keeps its buffers in `memory`, and where it
+    /// comes from.
+    pub(crate) fn budget_for(&self, memory: nst_tensor::MemoryKind) -> Result<(u64, String)> {
         match &self.max_memory {
-            Some(s) => Ok(nst_style::memory::parse_bytes(s)
-                .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?),
-            None => Ok(crate::system::default_budget()),
+            Some(s) => Ok((
+                nst_style::memory::parse_bytes(s)
+                    .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?,
+                "--max-memory".to_string(),
+            )),
+            None => crate::system::default_budget_for(memory),
         }
     }
 }

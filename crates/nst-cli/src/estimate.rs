@@ -45,10 +45,17 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
     let Prepared {
         content,
         styles,
-        cfg,
+        mut cfg,
         ..
     } = a.options.prepare()?;
     let model = a.options.model.model(backend)?;
+    let memory = backend.memory();
+    let (budget, source) = a.options.memory.budget_for(memory)?;
+    cfg.memory_budget = Some(budget);
+    let model_name = match memory {
+        nst_tensor::MemoryKind::Host => "host memory, measured on the CPU backend",
+        nst_tensor::MemoryKind::Device { .. } => "GPU memory, estimated",
+    };
     let plans = nst_style::plan_scales(&model, &content, &styles, &cfg)?;
     // Time scales with the pixels run through the network: measure one small evaluation
     // and scale it by each plan's work.
@@ -81,11 +88,20 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
             })
             .collect();
         let total: f64 = lines.iter().map(|l| l.3 * l.4 as f64).sum();
+        let memory_kind = match memory {
+            nst_tensor::MemoryKind::Host => "host",
+            nst_tensor::MemoryKind::Device { .. } => "device",
+        };
         println!(
-            "{{\"peak_bytes\":{peak},\"seconds\":{total:.1},\"scales\":[{}]}}",
+            "{{\"peak_bytes\":{peak},\"budget_bytes\":{budget},\"budget_source\":{},\"memory\":\"{memory_kind}\",\"seconds\":{total:.1},\"scales\":[{}]}}",
+            serde_json::Value::String(source.clone()),
             scales.join(",")
         );
     } else {
+        println!(
+            "memory budget {} ({source}); model of {model_name}",
+            nst_style::memory::format_bytes(budget)
+        );
         for (i, (w, h, p, secs, it)) in lines.iter().enumerate() {
             let tiling = if matches!(p.tiling, nst_style::Tiling::Shallow(_)) {
                 format!(

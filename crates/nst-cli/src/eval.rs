@@ -81,8 +81,9 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         history: 1,
         iterations: 1,
         tile: a.memory.tile()?,
-        budget: Some(a.memory.budget()?),
+        budget: Some(a.memory.budget_for(cpu.memory())?.0),
         extra_layers: Vec::new(),
+        memory: cpu.memory(),
     };
     let plan = nst_style::memory::plan(&model, &cfg, &req)?;
     common::apply_plan(&plan);

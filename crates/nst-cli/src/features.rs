@@ -51,7 +51,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         Some(s) => {
             nst_style::memory::parse_bytes(s).map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?
         }
-        None => crate::system::default_budget(),
+        None => crate::system::default_budget_for(cpu.memory())?.0,
     };
     let need = fx.predicted_bytes(img.width(), img.height());
     anyhow::ensure!(

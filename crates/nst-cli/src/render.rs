@@ -702,6 +702,8 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
     let save = io::SaveOptions { icc, ..save };
     cfg.save_every = a.save_every;
     let model = a.options.model.model(cpu)?;
+    // The plan's budget is of the memory the backend keeps its buffers in.
+    cfg.memory_budget = Some(a.options.memory.budget_for(cpu.memory())?.0);
     let mut session = match resumed {
         Some(c) => {
             let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;

@@ -359,6 +359,41 @@ impl Cuda {
         Ok(())
     }
 
+    /// This GPU's memory, total and free now (both 0 when the driver cannot say). Memory the
+    /// stream's pool keeps for reuse counts as free: this backend reuses it.
+    pub fn device_memory(&self) -> nst_tensor::MemoryKind {
+        let info = self
+            .inner
+            .stream
+            .context()
+            .bind_to_thread()
+            .and_then(|()| cudarc::driver::result::mem_get_info());
+        let (free, total) = info.unwrap_or((0, 0));
+        let pooled = self.pool_kept().unwrap_or(0);
+        nst_tensor::MemoryKind::Device {
+            total: total as u64,
+            free: (free as u64 + pooled).min(total as u64),
+        }
+    }
+
+    /// Bytes the stream's pool keeps for reuse: reserved from the driver, not in use.
+    fn pool_kept(&self) -> Result<u64> {
+        use cudarc::driver::sys;
+        let pool = self.mem_pool()?;
+        let read = |attr| -> Result<u64> {
+            let mut v: u64 = 0;
+            // SAFETY: a live pool; both attributes are 64-bit values written to `v`.
+            unsafe {
+                sys::cuMemPoolGetAttribute(pool, attr, &mut v as *mut u64 as *mut std::ffi::c_void)
+            }
+            .result()?;
+            Ok(v)
+        };
+        let reserved = read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+        let used = read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        Ok(reserved.saturating_sub(used))
+    }
+
     /// Returns the pool's unused memory to the driver.
     pub(crate) fn trim_pool(&self) {
         if let Ok(pool) = self.mem_pool() {

@@ -646,6 +646,10 @@ impl Backend for Cuda {
         self.trim_pool();
     }
 
+    fn memory(&self) -> nst_tensor::MemoryKind {
+        self.device_memory()
+    }
+
     fn norms(&self, x: &CudaBuffer) -> TResult<(f64, f64)> {
         self.here("norms", [x])?;
         let s = &self.inner.stream;

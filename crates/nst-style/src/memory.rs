@@ -5,25 +5,66 @@
 //! (program, weights and their transformed copies), the image-sized vectors of the optimizer
 //! and the objective (12 bytes per pixel each in f32), the content targets, and the
 //! network's activations for one evaluation of the largest crop: every ReLU output on the tape
-//! plus the transient buffers of the widest layer. Its constants were measured against the
-//! peak resident set size of `nst render` on the CPU backend (`cargo xtask bench tiled`).
+//! plus the transient buffers of the widest layer. Its constants depend on where the backend
+//! keeps its buffers ([`MemoryModel`]): those of host memory were measured against the peak
+//! resident set size of `nst render` on the CPU backend (`cargo xtask bench tiled`); those of
+//! a device's memory are estimates (docs/tiling.md says from what).
 
 use crate::optimizer::OptimizerKind;
 use crate::tiled::{Geometry, Tiling};
 
 use crate::{Error, ObjectiveConfig, Result};
-use nst_tensor::Backend;
+use nst_tensor::{Backend, MemoryKind};
 use nst_vgg::{LayerOp, Vgg};
 
-/// Bytes the process holds besides the render's own data: the program, the weights (80 MB)
-/// and their transformed copies, allocator slack.
-const BASE_BYTES: f64 = 330e6;
-/// Transient activation-sized buffers at the evaluation's peak, in units of the widest
-/// layer's activation (the gradient flowing back, the convolution's workspace).
-const TRANSIENT_LAYERS: f64 = 0.25;
-/// Freed buffers the CPU backend's pool holds at the peak, as a share of one evaluation's
-/// activations (up to the pool's limit, [`pool_limit`]).
-const POOLED_SHARE: f64 = 0.9;
+/// The constants of the memory model for one kind of memory ([`MemoryKind`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryModel {
+    /// Bytes held besides the render's own data.
+    pub base_bytes: f64,
+    /// Transient activation-sized buffers at the evaluation's peak, in units of the widest
+    /// layer's activation (the gradient flowing back, the convolution's workspace).
+    pub transient_layers: f64,
+    /// Freed buffers a pool holds at the peak beyond what is in use, as a share of one
+    /// evaluation's activations (up to the pool's limit, [`pool_limit`]).
+    pub pooled_share: f64,
+    /// Image-sized vectors of the host's (the content as loaded, at this scale, the
+    /// result) in this memory.
+    pub host_vectors: f64,
+}
+
+impl MemoryModel {
+    /// The CPU backend's, measured: the program, the weights (80 MB) and their transformed
+    /// copies and allocator slack; the convolution's workspace; the pool of freed buffers,
+    /// which keeps most of an evaluation's buffers; the host's images, in the same memory.
+    pub const HOST: MemoryModel = MemoryModel {
+        base_bytes: 330e6,
+        transient_layers: 0.25,
+        pooled_share: 0.9,
+        host_vectors: 5.0,
+    };
+
+    /// A GPU's (CUDA), estimated, not measured: the weights (80 MB), the cuBLAS and cuDNN
+    /// handles' buffers and allocation granularity (the context itself is not in the free
+    /// memory the budget comes from); a convolution workspace of up to one widest
+    /// activation (cuDNN's fastest deterministic algorithms, im2col's column blocks); no
+    /// pool beyond what is in use (the stream-ordered pool reuses freed buffers of the
+    /// same sizes); the host's images stay on the host.
+    pub const DEVICE: MemoryModel = MemoryModel {
+        base_bytes: 400e6,
+        transient_layers: 1.25,
+        pooled_share: 0.0,
+        host_vectors: 0.0,
+    };
+
+    /// The model for buffers kept in `memory`.
+    pub fn of(memory: MemoryKind) -> MemoryModel {
+        match memory {
+            MemoryKind::Host => MemoryModel::HOST,
+            MemoryKind::Device { .. } => MemoryModel::DEVICE,
+        }
+    }
+}
 /// Plans fit this share of the budget, leaving room for the model's error.
 const HEADROOM: f64 = 0.85;
 /// The share of the shallow part (to `pool2`) in the time of a forward pass.
@@ -62,6 +103,9 @@ pub struct PlanRequest {
     pub budget: Option<u64>,
     /// Layers read by terms besides the configuration's (a user's terms).
     pub extra_layers: Vec<String>,
+    /// Where the backend keeps its buffers ([`Backend::memory`]): it picks the model's
+    /// constants ([`MemoryModel::of`]).
+    pub memory: MemoryKind,
 }
 
 /// A plan: how to evaluate, with what history, and the predicted peak memory.
@@ -116,6 +160,8 @@ struct Net {
     /// With the nearest-neighbour style loss: its hypercolumn's length, and whether the style
     /// is augmented.
     nn: Option<(usize, bool)>,
+    /// The constants.
+    k: MemoryModel,
 }
 
 struct ShallowNet {
@@ -127,7 +173,8 @@ struct ShallowNet {
 }
 
 impl Net {
-    fn new<B: Backend>(model: &Vgg<B>, cfg: &ObjectiveConfig, extra: &[String]) -> Result<Self> {
+    fn new<B: Backend>(model: &Vgg<B>, cfg: &ObjectiveConfig, req: &PlanRequest) -> Result<Self> {
+        let extra = &req.extra_layers;
         let mut idx = Vec::new();
         let mut content = Vec::new();
         for (n, _) in &cfg.content_layers {
@@ -209,6 +256,7 @@ impl Net {
             content,
             shallow,
             nn,
+            k: MemoryModel::of(req.memory),
         })
     }
 
@@ -244,7 +292,7 @@ impl Net {
             sum += n;
             widest = widest.max(n);
         }
-        4.0 * (sum + TRANSIENT_LAYERS * widest)
+        4.0 * (sum + self.k.transient_layers * widest)
     }
 
     /// Bytes a tiled evaluation adds for an `h x w` crop: each used layer's own positions,
@@ -288,7 +336,7 @@ impl Net {
 }
 
 /// Bytes of the activations of `convs` for an `h x w` input, plus the transient buffers.
-fn conv_bytes(convs: &[(usize, usize)], h: usize, w: usize) -> f64 {
+fn conv_bytes(k: &MemoryModel, convs: &[(usize, usize)], h: usize, w: usize) -> f64 {
     let mut sum = 0.0;
     let mut widest: f64 = 0.0;
     for &(s, c) in convs {
@@ -296,7 +344,7 @@ fn conv_bytes(convs: &[(usize, usize)], h: usize, w: usize) -> f64 {
         sum += n;
         widest = widest.max(n);
     }
-    4.0 * (sum + TRANSIENT_LAYERS * widest)
+    4.0 * (sum + k.transient_layers * widest)
 }
 
 /// The predicted peak of [`Tiling::Shallow`] with these crops: one crop's shallow tape at a
@@ -325,17 +373,18 @@ fn peak_shallow(
         .fold(0.0, f64::max);
     let (s, c) = sh.input;
     let input = 4.0 * (c * (h / s) * (w / s)) as f64;
-    let upper = conv_bytes(&sh.upper, h, w) + 3.0 * input;
-    let crop = conv_bytes(&sh.convs, largest.0, largest.1) + net.seed_bytes(largest.0, largest.1);
+    let upper = conv_bytes(&net.k, &sh.upper, h, w) + 3.0 * input;
+    let crop =
+        conv_bytes(&net.k, &sh.convs, largest.0, largest.1) + net.seed_bytes(largest.0, largest.1);
     let eval = crop.max(style_build);
     let widest = sh
         .convs
         .iter()
         .map(|&(s, c)| 4.0 * (c * (largest.0 / s) * (largest.1 / s)) as f64)
         .fold(0.0, f64::max);
-    let pool = pooled(eval + upper, widest, pool_limit(req.budget));
-    BASE_BYTES
-        + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + 4.0 + 5.0 + 1.0)
+    let pool = pooled(&net.k, eval + upper, widest, pool_limit(req.budget));
+    net.k.base_bytes
+        + VECTOR * px * (optimizer_vectors(req.optimizer, pairs) + 4.0 + net.k.host_vectors + 1.0)
         + VECTOR * style_px
         + net.content_bytes(h, w)
         + upper
@@ -386,7 +435,7 @@ fn peak(
     // two transients of adding a crop into it. The host holds the content as loaded, at
     // this scale, and the result.
     let objective_vectors = if tiled { 4.0 } else { 1.0 };
-    let host_vectors = 5.0;
+    let host_vectors = net.k.host_vectors;
     // The render session keeps the point before the last step: the last good image.
     let session_vectors = 1.0;
     let pairs = history.min(req.iterations.max(1));
@@ -414,11 +463,12 @@ fn peak(
     };
     let eval = (net.eval_bytes(largest.0, largest.1) + seeds).max(style_build);
     let pool = pooled(
+        &net.k,
         eval,
         net.widest_bytes(largest.0, largest.1),
         pool_limit(req.budget),
     );
-    BASE_BYTES
+    net.k.base_bytes
         + VECTOR
             * px
             * (optimizer_vectors(req.optimizer, pairs)
@@ -436,14 +486,14 @@ fn peak(
 /// What the pool holds at the peak with this limit: a share of the evaluation's buffers,
 /// but no more than the limit leaves beside the two largest buffers (a buffer is pooled only
 /// when it fits under the limit with the others).
-fn pooled(eval: f64, largest_buffer: f64, limit: u64) -> f64 {
+fn pooled(k: &MemoryModel, eval: f64, largest_buffer: f64, limit: u64) -> f64 {
     // A full pool with few large buffers stops short of its limit; a small one fills it.
     let room = if largest_buffer * 4.0 > limit as f64 {
         limit as f64 - 2.0 * largest_buffer
     } else {
         limit as f64
     };
-    (POOLED_SHARE * eval).min(room.max(0.0))
+    (k.pooled_share * eval).min(room.max(0.0))
 }
 
 /// The activations of one evaluation in a plan with these crops (the largest one's), and
@@ -493,13 +543,14 @@ pub fn plan<B: Backend>(
     }
     // What the budget leaves over goes to the pool of freed buffers.
     let least = pool_limit(req.budget);
-    if let Some(b) = req.budget {
+    let k = MemoryModel::of(req.memory);
+    if let (Some(b), MemoryKind::Host) = (req.budget, req.memory) {
         let (eval, widest) = (p.eval_bytes as f64, p.widest_bytes as f64);
-        let without = p.peak_bytes as f64 - pooled(eval, widest, least);
+        let without = p.peak_bytes as f64 - pooled(&k, eval, widest, least);
         // Half of what is left: what the pool holds is the least certain part of the model.
         let spare = ((HEADROOM * b as f64 - without) / 2.0).max(0.0) as u64;
         p.pool_limit = spare.clamp(least, 4 << 30);
-        p.peak_bytes = (without + pooled(eval, widest, p.pool_limit)) as u64;
+        p.peak_bytes = (without + pooled(&k, eval, widest, p.pool_limit)) as u64;
     }
     Ok(p)
 }
@@ -509,7 +560,7 @@ fn choose<B: Backend>(
     cfg: &ObjectiveConfig,
     req: &PlanRequest,
 ) -> Result<MemoryPlan> {
-    let net = Net::new(model, cfg, &req.extra_layers)?;
+    let net = Net::new(model, cfg, req)?;
     let (w, h) = req.size;
     if w == 0 || h == 0 {
         return Err(Error::Config("the image is empty".into()));
@@ -592,7 +643,7 @@ fn choose<B: Backend>(
             .copied()
             .max_by_key(|&(a, b)| a * b)
             .unwrap_or((h, w));
-        let eval = conv_bytes(&sh.convs, largest.0, largest.1);
+        let eval = conv_bytes(&net.k, &sh.convs, largest.0, largest.1);
         Ok(Some(MemoryPlan {
             tiling: Tiling::Shallow(t),
             tiles: crops.len(),
@@ -780,6 +831,27 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 mod tests {
     use super::*;
 
+    /// An L-BFGS render of a `size x 3/4 size` photo by a square painting as large.
+    fn request(
+        size: usize,
+        history: usize,
+        iterations: usize,
+        budget: Option<u64>,
+        memory: MemoryKind,
+    ) -> PlanRequest {
+        PlanRequest {
+            size: (size, size * 3 / 4),
+            style_sizes: vec![(size, size)],
+            optimizer: OptimizerKind::Lbfgs,
+            history,
+            iterations,
+            tile: TileChoice::Auto,
+            budget,
+            extra_layers: Vec::new(),
+            memory,
+        }
+    }
+
     /// The nearest-neighbour loss's style set, search and targets enter the plan: the same
     /// render predicts more with it than with the Gram loss, more again with the style
     /// augmented, and a 2048 px render still gets a tiled plan under 3 GB.
@@ -787,16 +859,8 @@ mod tests {
     fn the_nearest_neighbour_loss_is_counted() {
         let be = nst_cpu::Cpu::new(1);
         let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 1).unwrap();
-        let req = |size: usize, budget: Option<u64>| PlanRequest {
-            size: (size, size * 3 / 4),
-            style_sizes: vec![(size, size)],
-            optimizer: OptimizerKind::Lbfgs,
-            history: 100,
-            iterations: 200,
-            tile: TileChoice::Auto,
-            budget,
-            extra_layers: Vec::new(),
-        };
+        let req =
+            |size: usize, budget: Option<u64>| request(size, 100, 200, budget, MemoryKind::Host);
         let nn = |augment: bool| ObjectiveConfig {
             style_loss: crate::StyleLoss::Nn,
             style_layers: crate::StyleLoss::Nn.default_style_layers(),
@@ -816,6 +880,44 @@ mod tests {
         let p = plan(&vgg, &nn(true), &req(2048, Some(3_000_000_000))).unwrap();
         assert!(p.tiles > 1 && p.peak_bytes < 3_000_000_000, "{p:?}");
         assert!(!matches!(p.tiling, Tiling::Shallow(_)), "{p:?}");
+    }
+
+    /// A GPU's plan: the host's images and the CPU's pool are not in it, the larger
+    /// workspace is; under a device budget a 4096 px render is tiled to fit it.
+    #[test]
+    fn a_device_budget_plans_with_the_devices_constants() {
+        let be = nst_cpu::Cpu::new(1);
+        let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 1).unwrap();
+        let gpu = MemoryKind::Device {
+            total: 16_000_000_000,
+            free: 2_000_000_000,
+        };
+        let req = |size: usize, budget: Option<u64>, memory: MemoryKind| {
+            request(size, 10, 100, budget, memory)
+        };
+        let cfg = ObjectiveConfig::default();
+        let host = plan(&vgg, &cfg, &req(1024, None, MemoryKind::Host)).unwrap();
+        let device = plan(&vgg, &cfg, &req(1024, None, gpu)).unwrap();
+        // Untiled both: the difference is the model's constants, term by term.
+        let (w, h) = (1024.0, 768.0);
+        let (k, d) = (MemoryModel::HOST, MemoryModel::DEVICE);
+        let eval = host.eval_bytes as f64;
+        let widest = host.widest_bytes as f64;
+        let acts = eval - k.transient_layers * widest;
+        let want = (k.base_bytes - d.base_bytes)
+            + VECTOR * w * h * (k.host_vectors - d.host_vectors)
+            + k.pooled_share * eval
+            + (k.transient_layers - d.transient_layers) * widest;
+        let got = host.peak_bytes as f64 - device.peak_bytes as f64;
+        assert!(
+            (got - want).abs() < 1e-6 * host.peak_bytes as f64,
+            "{got} vs {want}"
+        );
+        assert!(acts > 0.0 && device.peak_bytes < host.peak_bytes);
+        let tight = plan(&vgg, &cfg, &req(4096, Some(5_000_000_000), gpu)).unwrap();
+        assert!(tight.tiles > 1, "{tight:?}");
+        assert!(tight.peak_bytes as f64 <= HEADROOM * 5e9, "{tight:?}");
+        assert_eq!(tight.pool_limit, pool_limit(Some(5_000_000_000)));
     }
 
     #[test]

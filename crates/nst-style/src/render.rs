@@ -437,6 +437,7 @@ fn plan_scales_with<B: Backend>(
                 },
                 budget: cfg.memory_budget,
                 extra_layers: extra_layers.to_vec(),
+                memory: model.backend().memory(),
             };
             crate::memory::plan(model, &cfg.objective, &req)
         })

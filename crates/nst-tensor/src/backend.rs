@@ -235,6 +235,28 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// Frees memory the device keeps for reuse (pools of freed buffers), e.g. between the
     /// scales of a render, whose buffers differ in size. The default does nothing.
     fn release_cached(&self) {}
+
+    /// Where this backend keeps its buffers and, on a device, how much of the device's memory
+    /// is free now: memory plans take their default budget and their constants from it. The
+    /// default: the process's own memory.
+    fn memory(&self) -> MemoryKind {
+        MemoryKind::Host
+    }
+}
+
+/// Where a backend keeps its buffers ([`Backend::memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// The process's own memory (the host's RAM).
+    Host,
+    /// A device's own memory: `total` bytes, `free` of them free when asked (0 when the
+    /// device could not say).
+    Device {
+        /// The device's memory in bytes.
+        total: u64,
+        /// The bytes free when asked.
+        free: u64,
+    },
 }
 
 /// `(Σ |x_i|, max |x_i|)` of host data, NaN-propagating (see [`Backend::norms`]).

@@ -96,6 +96,9 @@ impl<B: Backend> Backend for Counting<B> {
     fn release_cached(&self) {
         self.inner.release_cached();
     }
+    fn memory(&self) -> crate::MemoryKind {
+        self.inner.memory()
+    }
     fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
         self.count(data.len(), &self.counters.uploads);
         self.inner.upload_f32(data)

@@ -14,6 +14,8 @@ pub struct Vgg<B: Backend> {
     pooling: PoolKind,
     convention: InputConvention,
     metadata: BTreeMap<String, String>,
+    /// The backend the weights live on.
+    backend: B,
 }
 
 /// The layer table of `arch` and, per layer, the (weight, bias) that `make(layer, cin, cout)`
@@ -105,6 +107,7 @@ impl<B: Backend> Vgg<B> {
             pooling: PoolKind::Max,
             convention,
             metadata,
+            backend: backend.clone(),
         })
     }
 
@@ -189,7 +192,13 @@ impl<B: Backend> Vgg<B> {
                 "nst.random_for_tests".to_string(),
                 format!("{seed}/{divisor}"),
             )]),
+            backend: backend.clone(),
         })
+    }
+
+    /// The backend the weights live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     /// The same network with another pooling (max by default; average as in the paper's

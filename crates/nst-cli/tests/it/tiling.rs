@@ -66,6 +66,13 @@ fn estimate_prints_the_plan_and_budgets_are_enforced() {
         text.contains("untiled") && text.contains("history 100"),
         "{text}"
     );
+    // The budget, where it comes from and the model's memory are named.
+    assert!(
+        text.contains("memory budget")
+            && text.contains("80% of the memory available now")
+            && text.contains("model of host memory"),
+        "{text}"
+    );
     // A 2048 px render under 3 GB: tiled, with a prediction within the budget.
     let r = est(&[
         "--size",
@@ -84,6 +91,12 @@ fn estimate_prints_the_plan_and_budgets_are_enforced() {
         rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
     };
     assert!(peak <= 3e9 && peak > 1e9, "{json}");
+    assert!(
+        json.contains(
+            "\"budget_bytes\":3000000000,\"budget_source\":\"--max-memory\",\"memory\":\"host\""
+        ),
+        "{json}"
+    );
     assert!(!json.contains("\"tiles\":1,"), "{json}");
     // --scales auto: coarse to fine up to the size.
     let r = est(&["--size", "2000", "--scales", "auto"]);
