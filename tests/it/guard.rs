@@ -22,6 +22,9 @@ struct Poison {
     left: Arc<AtomicUsize>,
     /// The memory it says its buffers are in.
     memory: MemoryKind,
+    /// Image convolutions left before `flag` is raised (0: never), and the flag.
+    raise_left: Arc<AtomicUsize>,
+    flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Poison {
@@ -30,6 +33,15 @@ impl Poison {
     }
 
     fn maybe_poison(&self, p: &Conv2dParams, y: Vec<f32>) -> Result<Vec<f32>> {
+        if p.in_channels == 3 {
+            let left = self.raise_left.load(Ordering::SeqCst);
+            if left > 0 {
+                self.raise_left.store(left - 1, Ordering::SeqCst);
+                if left == 1 {
+                    self.flag.store(true, Ordering::SeqCst);
+                }
+            }
+        }
         if p.in_channels == 3 {
             let left = self.left.load(Ordering::SeqCst);
             if left > 0 {
@@ -185,6 +197,8 @@ fn poisoned(bytes: &[u8]) -> (Poison, Vgg<Poison>) {
         inner: Cpu::new(2),
         left: Arc::default(),
         memory: MemoryKind::Host,
+        raise_left: Arc::default(),
+        flag: Arc::default(),
     };
     let vgg = Vgg::from_safetensors(&be, bytes).unwrap();
     (be, vgg)
@@ -268,6 +282,8 @@ fn plans_take_their_constants_from_the_backends_memory() {
             inner: Cpu::new(1),
             left: Arc::default(),
             memory,
+            raise_left: Arc::default(),
+            flag: Arc::default(),
         };
         let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 3).unwrap();
         let content = Image::new(2048, 1536, vec![100.0; 2048 * 1536 * 3]).unwrap();
@@ -305,4 +321,89 @@ fn plans_take_their_constants_from_the_backends_memory() {
         device[1].pool_limit,
         nst_style::memory::pool_limit(Some(2_500_000_000))
     );
+}
+
+/// A cancelled iteration leaves the session at the last completed one: the step says
+/// `Cancelled`, the position and the checkpoint are the previous iteration's, and both going
+/// on in the same session and resuming from that checkpoint end on the bytes of the render
+/// never cancelled: with L-BFGS (cancelled in its one evaluation), with the line search
+/// (cancelled among its trials, after the history moved), and with the nearest-neighbour loss
+/// in an iteration that remade its targets. The wrapper raises the flag itself at a fixed
+/// convolution of the iteration (a tile's), so nothing depends on timing.
+#[test]
+fn a_cancelled_iteration_goes_back_to_the_last_completed_one() {
+    use nst_style::{Checkpoint, Error, ObjectiveConfig, OptimizerKind, StyleLoss, TileChoice};
+    let bytes = std::fs::read(weights()).unwrap();
+    let (be, vgg) = poisoned(&bytes);
+    let (content, style) = inputs();
+    let styles = [style];
+    let nn = ObjectiveConfig {
+        style_loss: StyleLoss::Nn,
+        style_layers: StyleLoss::Nn.default_style_layers(),
+        nn: nst_style::NnConfig {
+            refresh: 2,
+            augment: false,
+        },
+        ..ObjectiveConfig::default()
+    };
+    let cases = [
+        (OptimizerKind::Lbfgs, ObjectiveConfig::default(), 1, 2),
+        (OptimizerKind::LbfgsWolfe, ObjectiveConfig::default(), 2, 7),
+        (OptimizerKind::Lbfgs, nn, 2, 3),
+    ];
+    for (optimizer, objective, before, raise_at) in cases {
+        let cfg = RenderConfig {
+            iterations: 4,
+            optimizer,
+            objective,
+            tile: TileChoice::Size(16),
+            ..Default::default()
+        };
+        let session = || RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+        let mut whole = session();
+        assert!(whole.plans()[0].tiles > 1, "the render is tiled");
+        while whole.step().unwrap().is_some() {}
+        let whole = whole.finish().unwrap().image;
+
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let be2 = Poison {
+            flag: flag.clone(),
+            ..be.clone()
+        };
+        let vgg2 = Vgg::from_safetensors(&be2, &bytes).unwrap();
+        let mut s = RenderSession::new(&be2, &vgg2, &content, &styles, &cfg).unwrap();
+        s.set_cancel(flag.clone());
+        for _ in 0..before {
+            s.step().unwrap().expect("an iteration");
+        }
+        let at = s.position();
+        let saved = s.checkpoint().unwrap().to_bytes().unwrap();
+        be2.raise_left.store(raise_at, Ordering::SeqCst);
+        let err = s.step().expect_err("cancelled");
+        assert!(matches!(err, Error::Cancelled), "{optimizer:?}: {err}");
+        assert!(flag.load(Ordering::SeqCst));
+        assert_eq!(s.position(), at, "{optimizer:?}");
+        let cancelled = s.checkpoint().unwrap().to_bytes().unwrap();
+        // Resumed from the checkpoint taken after the cancel.
+        let mut resumed = session()
+            .resume_from(Checkpoint::from_bytes(&cancelled).unwrap())
+            .unwrap();
+        while resumed.step().unwrap().is_some() {}
+        assert!(
+            resumed.finish().unwrap().image == whole,
+            "{optimizer:?}: the render resumed after the cancel differs"
+        );
+        // The same session, going on once the flag is down.
+        flag.store(false, Ordering::SeqCst);
+        while s.step().unwrap().is_some() {}
+        assert!(
+            s.finish().unwrap().image == whole,
+            "{optimizer:?}: the session going on after the cancel differs"
+        );
+        if cfg.objective.style_loss == StyleLoss::Gram {
+            // Nothing of the abandoned step is in the checkpoint (with nn, the targets it
+            // remade are).
+            assert_eq!(saved.len(), cancelled.len());
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod estimate;
 mod eval;
 mod features;
 pub mod fuzz;
+mod grace;
 mod io;
 mod plot;
 mod render;

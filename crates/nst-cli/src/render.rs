@@ -122,6 +122,12 @@ pub(crate) struct Args {
     /// iterations, but never so often that writing them takes over 5% of the render's time).
     #[arg(long, default_value = "auto", value_name = "N|TIME|auto", value_parser = parse_every)]
     checkpoint_every: Every,
+    /// After SIGINT or SIGTERM, finish the iteration in flight only if it ends in time for
+    /// the image and the checkpoint to be written within TIME; otherwise abandon it and
+    /// write the last completed iteration (a scheduler's grace before SIGKILL: 30 s on
+    /// Kubernetes and Slurm).
+    #[arg(long, default_value = "25s", value_name = "TIME", value_parser = parse_grace)]
+    grace: Duration,
     /// Continue the render saved in this checkpoint (the same inputs and settings give the
     /// same bytes as an uninterrupted render); it keeps being updated unless --checkpoint
     /// names another file.
@@ -196,18 +202,28 @@ pub(crate) fn parse_every(s: &str) -> std::result::Result<Every, String> {
             Err(bad())
         };
     }
+    match parse_time(s) {
+        Some(d) if !d.is_zero() => Ok(Every::Time(d)),
+        _ => Err(bad()),
+    }
+}
+
+/// A time: `90s`, `10m`, `1.5h` (0 to 10⁹ s).
+fn parse_time(s: &str) -> Option<Duration> {
     let unit = match s.chars().last() {
         Some('s') => 1.0,
         Some('m') => 60.0,
         Some('h') => 3600.0,
-        _ => return Err(bad()),
+        _ => return None,
     };
-    let v: f64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+    let v: f64 = s[..s.len() - 1].parse().ok()?;
     let secs = v * unit;
-    if !(secs.is_finite() && secs > 0.0 && secs <= 1e9) {
-        return Err(bad());
-    }
-    Ok(Every::Time(Duration::from_secs_f64(secs)))
+    (secs.is_finite() && (0.0..=1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `--grace`: a time (`25s`, `2m`; `0s` abandons the iteration in flight at once).
+fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
+    parse_time(s).ok_or_else(|| format!("expected a time such as 25s or 2m, got {s:?}"))
 }
 
 /// Decides when the next checkpoint is due, from the iteration and the clock.
@@ -768,6 +784,9 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
         None => None,
     };
     crate::signals::install();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    session.set_cancel(cancel.clone());
+    let watch = crate::grace::Watch::start(a.grace, cancel);
     let start = Instant::now();
     let mut clock = CheckpointClock::new(a.checkpoint_every, Instant::now());
     let mut checkpointed_at = None;
@@ -784,9 +803,23 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
         if let Some((si, size, plan)) = session.starting_scale() {
             reporter.plan(si, size, plan);
         }
-        let Some(p) = session.step()? else {
-            break;
+        watch.starting();
+        let p = match session.step() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(nst_style::Error::Cancelled) => {
+                // Abandoned for a signal (--grace): the session is at its last completed
+                // iteration.
+                interrupted = crate::signals::received();
+                reporter.warn(&format!(
+                    "abandoned the iteration in flight: it would not have ended within --grace {:.0?}",
+                    a.grace
+                ));
+                break;
+            }
+            Err(e) => return Err(e.into()),
         };
+        watch.completed();
         let (it, n) = p.iteration;
         if a.save_every > 0 && it % a.save_every == 0 {
             reporter.snapshot(&p, &session.image()?);
@@ -812,6 +845,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
                     Err(e) => reporter.warn(&format!("warning: {e:#}")),
                 }
                 clock.written(now, Instant::now());
+                watch.wrote(now.elapsed());
             }
         }
         if let Some(sig) = crate::signals::received() {
@@ -822,6 +856,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
             break;
         }
     }
+    drop(watch);
     let peak = crate::system::peak_rss();
     if let Some(j) = &mut reporter.json {
         if let Err(e) = j.flush() {

@@ -52,6 +52,10 @@ pub enum Error {
     /// A checkpoint cannot be read, or belongs to another render.
     #[error("{0}")]
     Checkpoint(String),
+    /// The evaluation was cancelled through its flag ([`Objective::set_cancel`],
+    /// [`RenderSession::set_cancel`]).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// The result type of this crate.

@@ -177,6 +177,8 @@ pub struct Objective<'m, B: Backend> {
     classic: Option<ObjectiveConfig>,
     /// The term whose targets follow the image ([`Objective::refresh`]).
     refresh: Option<Refresh<B>>,
+    /// Set from elsewhere to abandon the evaluation in flight ([`Objective::set_cancel`]).
+    cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the nearest-neighbour term's targets are remade from.
@@ -394,6 +396,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             tiled: None,
             classic: None,
             refresh: None,
+            cancel: None,
         };
         for t in terms {
             o.push(t)?;
@@ -712,8 +715,24 @@ impl<'m, B: Backend> Objective<'m, B> {
         &self.terms
     }
 
+    /// Lets another thread abandon evaluations: once `flag` is set, an evaluation returns
+    /// [`Error::Cancelled`] at its start or before its next tile (an untiled one runs to its
+    /// end once started).
+    pub fn set_cancel(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    /// [`Error::Cancelled`] when the cancel flag is set.
+    fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(f) if f.load(std::sync::atomic::Ordering::Relaxed) => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
     /// The loss terms and the gradient of the total at `x` (`[1, 3, H, W]`, model space).
     pub fn evaluate(&self, x: &Tensor<B>) -> Result<Evaluation<B>> {
+        self.check_cancel()?;
         let sized = self.tiled.is_some() || self.terms.iter().any(Term::is_sized);
         let (h, w) = self.size;
         if sized && x.dims() != [1, 3, h, w] {
@@ -975,6 +994,7 @@ impl<'m, B: Backend> Objective<'m, B> {
         let mut kept: Vec<Option<Kept<'_, B>>> = (0..n).map(|_| None).collect();
         let mut sums: Vec<Option<Vec<Tensor<B>>>> = vec![None; nterms];
         for (ti, tile) in plan.tiles.iter().enumerate() {
+            self.check_cancel()?;
             let crop = window(x, &tile.crop)?;
             if ti + keep < n {
                 let mut feats = vec![(IMAGE, crop.clone())];
@@ -1053,6 +1073,7 @@ impl<'m, B: Backend> Objective<'m, B> {
         let mut grad: Option<Tensor<B>> = None;
         let order = (n - keep..n).rev().chain(0..n - keep);
         for ti in order {
+            self.check_cancel()?;
             let tile = &plan.tiles[ti];
             let tape = Tape::new();
             // A kept tile's seeds on its own tape first (its contributions are there).
@@ -1198,6 +1219,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             None => Ok(()),
         };
         for tile in &plan.tiles {
+            self.check_cancel()?;
             let a = self.shallow_pass(t, tile, window(x, &tile.crop)?, sp, &wanted, &mut sums)?;
             let Some(site) = site_of(&t.geometry, plan, tile, sp) else {
                 continue;
@@ -1263,6 +1285,7 @@ impl<'m, B: Backend> Objective<'m, B> {
         let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
         let mut grad: Option<Tensor<B>> = None;
         for tile in &plan.tiles {
+            self.check_cancel()?;
             let tape = Tape::new();
             let (xv, a, mut seeds) =
                 self.shallow_seeds(&tape, x, t, tile, sp, &wanted, &d_stat, &mut locals)?;

@@ -322,6 +322,7 @@ pub struct Rendered {
 }
 
 /// The chosen optimizer, over the image tensor: its state stays on the model's device.
+#[derive(Clone)]
 enum AnyOptimizer<B: Backend> {
     Lbfgs(Lbfgs<Tensor<B>>),
     Adam(Adam<Tensor<B>>),
@@ -738,6 +739,8 @@ pub struct RenderSession<'a, B: Backend> {
     recent: std::collections::VecDeque<f64>,
     /// Terms of the caller's own, added at every scale.
     sources: Vec<&'a dyn TermSource<B>>,
+    /// Set from elsewhere to abandon the iteration in flight ([`RenderSession::set_cancel`]).
+    cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Terms of the caller's own in a render ([`RenderSession::with_terms`]): built anew at every
@@ -809,6 +812,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             last: None,
             recent: Default::default(),
             sources: Vec::new(),
+            cancel: None,
         })
     }
 
@@ -1087,6 +1091,9 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             }
         }
         drop(style_t);
+        if let Some(flag) = &self.cancel {
+            objective.set_cancel(flag.clone());
+        }
         let restored = self.restored.take();
         let x0: Vec<f32> = match (self.carried.take(), &cfg.init) {
             (Some(x), _) if restored.is_some() => x,
@@ -1211,6 +1218,9 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         }
         let active = self.active.as_mut().expect("the scale was started");
         let start = active.x.clone();
+        // The state before the step, to go back to when it is cancelled: handles to the same
+        // immutable buffers, so it costs no copy.
+        let (saved_opt, saved_accepted) = (active.opt.clone(), active.accepted.clone());
         // Every evaluation of this step, in call order (the optimizer names them by index).
         let mut evaluations: Vec<(f64, Vec<(String, f64)>)> = Vec::new();
         let objective = &active.objective;
@@ -1245,6 +1255,13 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let it = self.done + 1;
         let step = match step {
             Ok(step) => step,
+            Err(StepError::Failed(Error::Cancelled)) => {
+                // Back to the last completed iteration: its image, optimizer and records.
+                active.x = start;
+                active.opt = saved_opt;
+                active.accepted = saved_accepted;
+                return Err(Error::Cancelled);
+            }
             Err(StepError::Failed(e)) => return Err(e),
             Err(StepError::NonFinite { message, at_start }) => {
                 // The step failed before moving: `x` is where it started. When that point's
@@ -1298,6 +1315,24 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         }
         self.last = Some(progress.clone());
         Ok(Some(progress))
+    }
+
+    /// Lets another thread abandon the iteration in flight: once `flag` is set, [`step`]
+    /// returns [`Error::Cancelled`] at the objective's next evaluation or tile, and the
+    /// session is back at the last completed iteration (its image, optimizer state and
+    /// position), so [`checkpoint`] and [`image`] give what they gave before the step and a
+    /// resumed render makes the same bytes. Targets an image-following term remade at the
+    /// start of the abandoned step stay remade: they are what that iteration starts with
+    /// anyway. Building a scale (its targets) is not abandoned.
+    ///
+    /// [`step`]: RenderSession::step
+    /// [`checkpoint`]: RenderSession::checkpoint
+    /// [`image`]: RenderSession::image
+    pub fn set_cancel(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        if let Some(a) = &mut self.active {
+            a.objective.set_cancel(flag.clone());
+        }
+        self.cancel = Some(flag);
     }
 
     /// Stops the render early (e.g. a driver's stop button); the image stays as it is.

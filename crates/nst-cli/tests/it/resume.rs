@@ -173,6 +173,59 @@ fn sigint_writes_image_and_checkpoint_and_resumes_to_the_same_bytes() {
     }
 }
 
+/// SIGTERM in the middle of a slow iteration (tiled in 16 px tiles: about two seconds each
+/// at 96 px) with no grace to finish it (`--grace 0s`): the iteration is abandoned, the
+/// image and checkpoint of the last completed one are written, the exit code is 143, and
+/// resuming gives the bytes of the render never interrupted.
+#[test]
+fn sigterm_abandons_an_iteration_that_would_outlast_the_grace() {
+    weights();
+    let (out, ck, log) = (tmp("grace.png"), tmp("grace.ckpt"), tmp("grace.jsonl"));
+    let slow = ["--tile", "16", "--iterations", "4"];
+    let uninterrupted = tmp("grace_whole.png");
+    run_ok(&render_args(&uninterrupted, &slow));
+    let mut extra = slow.to_vec();
+    extra.extend([
+        "--grace",
+        "0s",
+        "--checkpoint",
+        s(&ck),
+        "--json-log",
+        s(&log),
+    ]);
+    let mut child = spawn(&render_args(&out, &extra));
+    wait_for_log(&mut child, &log, 2);
+    // Into the third iteration, which takes far longer than this.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let k = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let r = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(143), "{err}");
+    assert!(err.contains("abandoned the iteration in flight"), "{err}");
+    let done = iteration_lines(&std::fs::read_to_string(&log).unwrap());
+    let (_, at) = checkpoint_position(&ck);
+    assert_eq!(at, done, "the checkpoint is the last completed iteration's");
+    assert!(done < 4, "stopped after {done} iterations");
+    assert!(leftovers(&out, &ck).is_empty());
+    run_ok(&render_args(
+        &out,
+        &[&slow[..], &["--resume", s(&ck)]].concat(),
+    ));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&uninterrupted).unwrap());
+    // A bad --grace is refused before any work.
+    assert_fails_with(
+        &nst(&render_args(&out, &["--grace", "soon"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()),
+        &["--grace", "25s"],
+    );
+}
+
 #[test]
 fn a_checkpoint_of_another_render_is_refused_naming_the_difference() {
     weights();
