@@ -1012,16 +1012,27 @@ fn describe<B: nst_tensor::Backend>(
     o: &Options,
     model: &nst_vgg::Vgg<B>,
 ) -> Result<()> {
-    s.describe("pooling", &format!("{:?}", o.model.pooling));
+    s.describe(
+        "pooling",
+        match o.model.pooling {
+            common::Pooling::Max => "max",
+            common::Pooling::Avg => "avg",
+        },
+    );
     let path = io::weights_path(o.model.weights.as_deref())?;
     s.describe("weights", &format!("sha256 {}", io::weights_digest(&path)?));
-    let metadata: Vec<String> = model
-        .metadata()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    s.describe("weights_metadata", &metadata.join(", "));
-    s.describe("input_convention", &format!("{:?}", model.convention()));
+    // A JSON object, its keys sorted (a BTreeMap's order): one text for one metadata.
+    s.describe(
+        "weights_metadata",
+        &serde_json::to_string(model.metadata()).context("the weights' metadata")?,
+    );
+    s.describe(
+        "input_convention",
+        match model.convention() {
+            nst_vgg::InputConvention::CaffeBgr => nst_vgg::convention::CAFFE_BGR,
+            nst_vgg::InputConvention::TorchvisionRgb => nst_vgg::convention::TORCHVISION_RGB,
+        },
+    );
     Ok(())
 }
 

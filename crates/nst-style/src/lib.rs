@@ -16,6 +16,7 @@ pub mod nn;
 mod objective;
 mod optimizer;
 mod render;
+mod settings;
 pub mod targets;
 pub mod tiled;
 

@@ -584,21 +584,32 @@ fn fingerprint<B: Backend>(
             "iterations".into(),
             list((0..plans.len()).map(|si| iterations_of(cfg, si))),
         ),
-        ("optimizer".into(), format!("{:?}", cfg.optimizer)),
+        (
+            "optimizer".into(),
+            crate::settings::optimizer(cfg.optimizer).into(),
+        ),
         ("clamp_pixels".into(), cfg.clamp_pixels.to_string()),
-        ("tolerance".into(), format!("{:?}", cfg.tolerance)),
+        ("tolerance".into(), crate::settings::one(cfg.tolerance)),
         (
             "learning_rate".into(),
-            format!(
-                "{:?}",
+            crate::settings::one(
                 cfg.learning_rate
-                    .unwrap_or_else(|| cfg.optimizer.default_learning_rate())
+                    .unwrap_or_else(|| cfg.optimizer.default_learning_rate()),
             ),
         ),
-        ("objective".into(), format!("{:?}", cfg.objective)),
-        ("style_blend".into(), format!("{:?}", cfg.style_blend)),
-        ("style_scale".into(), format!("{:?}", cfg.style_scale)),
-        ("color_control".into(), format!("{:?}", cfg.color_control)),
+        (
+            "objective".into(),
+            crate::settings::objective(&cfg.objective),
+        ),
+        (
+            "style_blend".into(),
+            crate::settings::numbers(&cfg.style_blend),
+        ),
+        ("style_scale".into(), crate::settings::one(cfg.style_scale)),
+        (
+            "color_control".into(),
+            crate::settings::color_control(cfg.color_control),
+        ),
         (
             "content_masks".into(),
             list(cfg.content_masks.iter().map(image_digest)),
@@ -618,21 +629,23 @@ fn fingerprint<B: Backend>(
                         t.weights.iter().flat_map(|v| [*v; 3]).collect(),
                     );
                     format!(
-                        "{} {} {:?}",
+                        "{} {} {}",
                         image_digest(&t.target),
                         c.map_or("bad weights".into(), |c| image_digest(&c)),
-                        t.weight
+                        crate::settings::one(t.weight)
                     )
                 }
             },
         ),
         (
             "plan".into(),
-            list(
-                plans
-                    .iter()
-                    .map(|p| format!("{:?}/history {}", p.tiling, p.history)),
-            ),
+            list(plans.iter().map(|p| {
+                format!(
+                    "{}/history {}",
+                    crate::settings::tiling(p.tiling),
+                    p.history
+                )
+            })),
         ),
     ];
     fp.sort();
