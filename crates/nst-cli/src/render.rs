@@ -683,10 +683,11 @@ fn write_checkpoint<B: nst_tensor::Backend>(
 }
 
 /// Reads a checkpoint file.
+/// Reads a checkpoint tensor by tensor (never the whole file in memory beside its vectors).
 fn read_checkpoint(path: &Path) -> Result<nst_style::Checkpoint> {
-    let bytes = std::fs::read(path)
+    let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    nst_style::Checkpoint::from_bytes(&bytes)
+    nst_style::Checkpoint::read_from(file)
         .with_context(|| format!("cannot resume from {}", path.display()))
 }
 

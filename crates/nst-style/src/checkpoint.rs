@@ -12,9 +12,8 @@
 
 use crate::{Error, Result};
 use nst_optim::{AdamState, LbfgsState};
-use safetensors::tensor::Dtype;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 /// The format name written into every checkpoint.
@@ -254,12 +253,16 @@ impl Checkpoint {
 
     /// Reads a checkpoint written by [`Checkpoint::to_bytes`], checking everything.
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
-        let meta = header
-            .metadata()
-            .clone()
-            .ok_or_else(|| bad("not a checkpoint (no metadata)"))?;
+        Checkpoint::read_from(std::io::Cursor::new(bytes))
+    }
+
+    /// Reads a checkpoint from a file or any seekable reader, tensor by tensor: the header
+    /// first (checked), then each tensor's bytes straight into its vector, so reading a
+    /// checkpoint of N bytes holds N bytes of vectors and one small buffer, never the file's
+    /// bytes beside them.
+    pub fn read_from<R: Read + Seek>(reader: R) -> Result<Checkpoint> {
+        let mut st = Reader::open(reader)?;
+        let meta = st.metadata.clone();
         let get = |k: &str| -> Result<&str> {
             meta.get(k)
                 .map(String::as_str)
@@ -285,36 +288,14 @@ impl Checkpoint {
             .and_then(|p| p.checked_mul(3))
             .filter(|&n| n > 0)
             .ok_or_else(|| bad(format!("bad image size {w}x{h}")))?;
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
-        let read = |name: &str| -> Result<Option<Vec<f32>>> {
-            let t = match st.tensor(name) {
-                Ok(t) => t,
-                Err(_) => return Ok(None),
-            };
-            if t.dtype() != Dtype::F32 || t.shape() != [1, 3, h, w] {
-                return Err(bad(format!(
-                    "tensor {name} is {:?} {:?}, expected F32 [1, 3, {h}, {w}]",
-                    t.dtype(),
-                    t.shape()
-                )));
-            }
-            let data = t.data();
-            if data.len() != len * 4 {
-                return Err(bad(format!("tensor {name} has the wrong length")));
-            }
-            Ok(Some(
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ))
+        let shape = [1, 3, h, w];
+        let read = |st: &mut Reader<R>, name: &str| st.f32s(name, &shape, len);
+        let need = |st: &mut Reader<R>, name: &str| -> Result<Vec<f32>> {
+            read(st, name)?.ok_or_else(|| bad(format!("the checkpoint has no tensor {name}")))
         };
-        let need = |name: &str| -> Result<Vec<f32>> {
-            read(name)?.ok_or_else(|| bad(format!("the checkpoint has no tensor {name}")))
-        };
-        let image = need("image")?;
-        let previous = read("previous")?;
-        let refreshed = read("refreshed")?;
+        let image = need(&mut st, "image")?;
+        let previous = read(&mut st, "previous")?;
+        let refreshed = read(&mut st, "refreshed")?;
         let recent_losses = match meta.get("recent_losses") {
             None => Vec::new(),
             Some(v) => v
@@ -335,28 +316,22 @@ impl Checkpoint {
                 let rho: Vec<f64> = if n == 0 {
                     Vec::new()
                 } else {
-                    let t = st
-                        .tensor("lbfgs.rho")
-                        .map_err(|_| bad("the checkpoint has no tensor lbfgs.rho"))?;
-                    if t.dtype() != Dtype::F64 || t.shape() != [n] || t.data().len() != n * 8 {
-                        return Err(bad("tensor lbfgs.rho does not match lbfgs.pairs"));
-                    }
-                    t.data()
-                        .chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                        .collect()
+                    st.f64s("lbfgs.rho", n)?
                 };
                 let pairs = (0..n)
                     .map(|i| {
                         Ok((
-                            need(&format!("lbfgs.s.{i}"))?,
-                            need(&format!("lbfgs.y.{i}"))?,
+                            need(&mut st, &format!("lbfgs.s.{i}"))?,
+                            need(&mut st, &format!("lbfgs.y.{i}"))?,
                             rho[i],
                         ))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let last = match get("lbfgs.last")? {
-                    "true" => Some((need("lbfgs.last_s")?, need("lbfgs.last_g")?)),
+                    "true" => Some((
+                        need(&mut st, "lbfgs.last_s")?,
+                        need(&mut st, "lbfgs.last_g")?,
+                    )),
                     "false" => None,
                     _ => return Err(bad("the checkpoint's lbfgs.last is not true or false")),
                 };
@@ -369,7 +344,7 @@ impl Checkpoint {
             "adam" => {
                 let steps = u32::try_from(num("adam.steps")?)
                     .map_err(|_| bad("the checkpoint's adam.steps is too large"))?;
-                let moments = match (read("adam.m")?, read("adam.v")?) {
+                let moments = match (read(&mut st, "adam.m")?, read(&mut st, "adam.v")?) {
                     (Some(m), Some(v)) => Some((m, v)),
                     (None, None) => None,
                     _ => return Err(bad("the checkpoint has one of Adam's moments only")),
@@ -425,6 +400,189 @@ impl Checkpoint {
                 )
             })
             .collect()
+    }
+}
+
+/// A safetensors file read tensor by tensor: its header parsed and checked (the tensors
+/// cover the data section exactly, in order, each as long as its dtype and shape say), each
+/// tensor's bytes read only when asked for.
+struct Reader<R> {
+    r: R,
+    /// Where the data section starts in the file.
+    data_start: u64,
+    metadata: HashMap<String, String>,
+    tensors: HashMap<String, Entry>,
+}
+
+struct Entry {
+    dtype: String,
+    shape: Vec<usize>,
+    /// Offsets in the data section.
+    start: u64,
+    end: u64,
+}
+
+/// The longest header a checkpoint may have (its fingerprint and names, far below this).
+const MAX_HEADER: u64 = 100 << 20;
+
+impl<R: Read + Seek> Reader<R> {
+    fn open(mut r: R) -> Result<Self> {
+        let not = |why: String| bad(format!("not a checkpoint ({why})"));
+        let io = |e: std::io::Error| not(e.to_string());
+        let file_len = r.seek(SeekFrom::End(0)).map_err(io)?;
+        r.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut n8 = [0u8; 8];
+        r.read_exact(&mut n8)
+            .map_err(|_| not("shorter than a header".into()))?;
+        let n = u64::from_le_bytes(n8);
+        if n > MAX_HEADER || n > file_len - 8 {
+            return Err(not(format!("a header of {n} bytes")));
+        }
+        let mut header = vec![0u8; n as usize];
+        r.read_exact(&mut header).map_err(io)?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| not(format!("its header: {e}")))?;
+        let mut metadata = HashMap::new();
+        let mut tensors = HashMap::new();
+        for (name, v) in header {
+            if name == "__metadata__" {
+                let m = v.as_object().ok_or_else(|| not("bad metadata".into()))?;
+                for (k, v) in m {
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| not(format!("metadata {k} is not text")))?;
+                    metadata.insert(k.clone(), v.to_string());
+                }
+                continue;
+            }
+            let bad_entry = || not(format!("tensor {name:?} is badly described"));
+            let dtype = v["dtype"].as_str().ok_or_else(bad_entry)?.to_string();
+            let shape = v["shape"]
+                .as_array()
+                .ok_or_else(bad_entry)?
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(bad_entry)?;
+            let (start, end) = match v["data_offsets"].as_array().map(Vec::as_slice) {
+                Some([a, b]) => (
+                    a.as_u64().ok_or_else(bad_entry)?,
+                    b.as_u64().ok_or_else(bad_entry)?,
+                ),
+                _ => return Err(bad_entry()),
+            };
+            let size: u64 = match dtype.as_str() {
+                "F32" => 4,
+                "F64" => 8,
+                _ => return Err(not(format!("tensor {name:?} has dtype {dtype}"))),
+            };
+            let want = shape
+                .iter()
+                .try_fold(size, |acc, &d| acc.checked_mul(d as u64))
+                .ok_or_else(bad_entry)?;
+            if end < start || end - start != want {
+                return Err(bad_entry());
+            }
+            tensors.insert(
+                name,
+                Entry {
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                },
+            );
+        }
+        // The tensors tile the data section, which ends the file.
+        let mut spans: Vec<(u64, u64)> = tensors.values().map(|e| (e.start, e.end)).collect();
+        spans.sort_unstable();
+        let mut at = 0;
+        for (a, b) in spans {
+            if a != at {
+                return Err(not("its tensors overlap or leave gaps".into()));
+            }
+            at = b;
+        }
+        let data_start = 8 + n;
+        if data_start.checked_add(at) != Some(file_len) {
+            return Err(not("its length is not the header's".into()));
+        }
+        Ok(Reader {
+            r,
+            data_start,
+            metadata,
+            tensors,
+        })
+    }
+
+    /// The bytes of tensor `name`, passed in pieces of at most 64 KiB (each a multiple of
+    /// `unit` bytes) to `take`, the tensor's description checked by `check` first; `None`
+    /// when there is no such tensor.
+    fn stream(
+        &mut self,
+        name: &str,
+        unit: usize,
+        check: impl FnOnce(&Entry) -> Result<()>,
+        mut take: impl FnMut(&[u8]),
+    ) -> Result<Option<()>> {
+        let Some(e) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        check(e)?;
+        let io = |e: std::io::Error| bad(format!("cannot read the checkpoint: {e}"));
+        self.r
+            .seek(SeekFrom::Start(self.data_start + e.start))
+            .map_err(io)?;
+        let mut left = e.end - e.start;
+        let mut buf = vec![0u8; (64 << 10) / unit * unit];
+        while left > 0 {
+            let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.r.read_exact(&mut buf[..k]).map_err(io)?;
+            take(&buf[..k]);
+            left -= k as u64;
+        }
+        Ok(Some(()))
+    }
+
+    /// Tensor `name` as `len` f32s of shape `shape`; `None` when absent.
+    fn f32s(&mut self, name: &str, shape: &[usize], len: usize) -> Result<Option<Vec<f32>>> {
+        let check = |e: &Entry| {
+            if e.dtype != "F32" || e.shape != shape || e.end - e.start != len as u64 * 4 {
+                return Err(bad(format!(
+                    "tensor {name} is {} {:?}, expected F32 {shape:?}",
+                    e.dtype, e.shape
+                )));
+            }
+            Ok(())
+        };
+        let mut out = Vec::new();
+        let found = self.stream(name, 4, check, |b| {
+            out.reserve_exact(len.saturating_sub(out.len()));
+            out.extend(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            )
+        })?;
+        Ok(found.map(|()| out))
+    }
+
+    /// Tensor `name` as `n` f64s, which must be there.
+    fn f64s(&mut self, name: &str, n: usize) -> Result<Vec<f64>> {
+        let check = |e: &Entry| {
+            if e.dtype != "F64" || e.shape != [n] {
+                return Err(bad(format!("tensor {name} does not match lbfgs.pairs")));
+            }
+            Ok(())
+        };
+        let mut out = Vec::new();
+        self.stream(name, 8, check, |b| {
+            out.extend(
+                b.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            )
+        })?
+        .ok_or_else(|| bad(format!("the checkpoint has no tensor {name}")))?;
+        Ok(out)
     }
 }
 
@@ -487,6 +645,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The streaming reader and the safetensors crate read the same file alike; a file the
+    /// reader would misread (gaps, overlaps, lengths that disagree, a header past the end) is
+    /// refused; and reading from a file takes the same path as from bytes.
+    #[test]
+    fn the_reader_agrees_with_safetensors_and_refuses_what_does_not_add_up() {
+        let c = state(OptimizerState::Lbfgs(LbfgsState {
+            pairs: vec![(vec![1.0; 30], vec![2.0; 30], 0.5)],
+            last: Some((vec![3.0; 30], vec![4.0; 30])),
+            h_diag: 0.25,
+        }));
+        let bytes = c.to_bytes().unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut r = Reader::open(std::io::Cursor::new(&bytes)).unwrap();
+        for name in st.names() {
+            let t = st.tensor(name).unwrap();
+            let mut got = Vec::new();
+            r.stream(name, 4, |_| Ok(()), |b| got.extend_from_slice(b))
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, t.data(), "{name}");
+        }
+        let path = std::env::temp_dir().join(format!("nst-ck-{}.ckpt", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = Checkpoint::read_from(std::fs::File::open(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(from_file, c);
+        // One byte more or less, a header longer than the file, a tensor moved: refused.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Checkpoint::from_bytes(&longer).is_err());
+        assert!(Checkpoint::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let mut huge = bytes.clone();
+        huge[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        assert!(Checkpoint::from_bytes(&huge).is_err());
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let at = text.find("\"data_offsets\":[0,").unwrap();
+        let mut moved = bytes.clone();
+        moved[at + 16] = b'4';
+        assert!(Checkpoint::from_bytes(&moved).is_err());
+        assert!(Checkpoint::from_bytes(&[1, 2, 3]).is_err());
     }
 
     #[test]
