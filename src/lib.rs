@@ -43,6 +43,7 @@ pub use nst_cpu as cpu;
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
 pub use nst_cuda as cuda;
 pub use nst_features as features;
+pub use nst_image as image;
 pub use nst_io as io;
 pub use nst_linalg as linalg;
 pub use nst_loss as loss;

@@ -186,3 +186,60 @@ fn the_loop_finder_finds_a_loop() {
     without.insert("c".into(), "pub fn h() {}".into());
     assert_eq!(a_loop(&without), None);
 }
+
+/// The workspace crates a crate depends on for building (its `[dependencies]`, not its
+/// dev- or build-dependencies), directly or not, from the manifests.
+fn closure(root: &Path, krate: &str) -> BTreeSet<String> {
+    let direct = |name: &str| -> Vec<String> {
+        let manifest = std::fs::read_to_string(root.join("crates").join(name).join("Cargo.toml"))
+            .unwrap_or_default();
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in manifest.lines() {
+            let l = line.trim();
+            if l.starts_with('[') {
+                section = l.to_string();
+            } else if section == "[dependencies]" && l.starts_with("nst-") {
+                out.push(l.split(['.', ' ', '=']).next().unwrap_or("").to_string());
+            }
+        }
+        out
+    };
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![krate.to_string()];
+    while let Some(c) = todo.pop() {
+        for d in direct(&c) {
+            if seen.insert(d.clone()) {
+                todo.push(d);
+            }
+        }
+    }
+    seen
+}
+
+/// Decoding a picture compiles no part of the render stack: nst-io needs the pixels in
+/// memory (nst-image), the tensors and the network's input convention, nothing of autodiff,
+/// the losses, the optimizers, the linear algebra or the render; and the network itself does
+/// not need autodiff.
+#[test]
+fn the_io_and_the_network_do_not_pull_in_the_render_stack() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let io = closure(root, "nst-io");
+    assert!(
+        io.contains("nst-image") && io.contains("nst-tensor"),
+        "{io:?}"
+    );
+    for heavy in [
+        "nst-style",
+        "nst-autodiff",
+        "nst-loss",
+        "nst-optim",
+        "nst-linalg",
+    ] {
+        assert!(!io.contains(heavy), "nst-io depends on {heavy}: {io:?}");
+    }
+    let vgg = closure(root, "nst-vgg");
+    assert!(!vgg.contains("nst-autodiff"), "{vgg:?}");
+    // The reader sees a dependency when there is one.
+    assert!(closure(root, "nst-style").contains("nst-autodiff"));
+}

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use nst_io::{decode, encode, Limits, SaveOptions};
-//! let img = nst_style::Image::new(2, 1, vec![0.0, 128.5, 255.0, 10.0, 20.0, 30.0]).unwrap();
+//! let img = nst_image::Image::new(2, 1, vec![0.0, 128.5, 255.0, 10.0, 20.0, 30.0]).unwrap();
 //! let opts = SaveOptions { bit_depth: 16, ..SaveOptions::default() };
 //! let png = encode(&img, image::ImageFormat::Png, &opts).unwrap();
 //! let back = decode(&png, "mem.png", &Limits::default()).unwrap();
@@ -22,7 +22,7 @@
 #![warn(missing_docs)]
 
 use image::{ImageDecoder, ImageEncoder, ImageFormat};
-use nst_style::Image;
+use nst_image::Image;
 use std::io::{BufRead, Cursor, Seek};
 use std::path::Path;
 
@@ -76,7 +76,7 @@ pub struct Loaded {
 }
 
 fn human(bytes: u64) -> String {
-    nst_style::memory::format_bytes(bytes)
+    nst_tensor::format_bytes(bytes)
 }
 
 /// Reads and decodes an image file (see [`decode_from`]).

@@ -10,7 +10,6 @@
 
 mod checkpoint;
 pub mod color;
-mod image;
 pub mod memory;
 pub mod nn;
 mod objective;
@@ -22,9 +21,9 @@ pub mod tiled;
 
 pub use checkpoint::{Checkpoint, OptimizerState};
 pub use color::{ColorControl, MatrixRoot};
-pub use image::Image;
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
 pub use nn::{NnConfig, NN_LAYERS};
+pub use nst_image::Image;
 pub use nst_loss::term::{Contribution, Local, Site, Statistic, Term, INPUT};
 pub use objective::{
     normalize_blend, Evaluation, Objective, ObjectiveConfig, StyleLoss, CLASSIC_STYLE_LAYERS,

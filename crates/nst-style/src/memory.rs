@@ -783,15 +783,7 @@ pub fn pool_limit(budget: Option<u64>) -> u64 {
     budget.map_or(4 << 30, |b| b / 20)
 }
 
-/// `3.0 GB`, `512 MB`.
-pub fn format_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.1} GB", b / 1e9)
-    } else {
-        format!("{:.0} MB", b / 1e6)
-    }
-}
+pub use nst_tensor::format_bytes;
 
 /// Parses `3G`, `512M`, `1.5G`, `2000000000` (bytes; K, M, G, T are powers of 1000, with an
 /// optional trailing `B`).

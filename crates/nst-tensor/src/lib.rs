@@ -19,3 +19,14 @@ pub use counting::{Counting, Transfers};
 pub use error::{Error, Result};
 pub use shape::{BinaryOp, Conv2dParams, Pool2dParams, PoolKind, Shape, UnaryOp};
 pub use tensor::Tensor;
+
+/// A size in bytes for people: `3.0 GB`, `512 MB` (powers of 1000, as memory budgets are
+/// written).
+pub fn format_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
+}

@@ -1,5 +1,7 @@
-//! `Image`: RGB pixels as `f32` in 0-255, and the resampling and colour operations the render
-//! loop needs. No file access here: the CLI decodes and encodes.
+//! `Image`: RGB pixels as `f32` in 0-255, the resampling and colour operations the render
+//! loop needs, and the conversion to and from a network's input convention. No file access
+//! here (`nst-io` decodes and encodes), and nothing of the render stack: a program that only
+//! reads and writes pictures compiles this, `nst-tensor` and `nst-vgg`.
 
 use nst_tensor::{Backend, Result, Tensor};
 use nst_vgg::InputConvention;
