@@ -6,9 +6,7 @@
 use crate::{image_crop, weights};
 use nst_cpu::Cpu;
 use nst_style::{Image, RenderConfig, RenderSession, SessionStatus};
-use nst_tensor::{
-    Backend, BinaryOp, Conv2dParams, MemoryKind, Pool2dParams, Result, Shape, UnaryOp,
-};
+use nst_tensor::{BackendCore, BackendExt, Conv2dParams, MemoryKind, Result};
 use nst_vgg::Vgg;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,15 +53,12 @@ impl Poison {
     }
 }
 
-type Buf = <Cpu as Backend>::Buffer;
+type Buf = <Cpu as BackendCore>::Buffer;
 
-impl Backend for Poison {
+impl BackendCore for Poison {
     type Buffer = Buf;
     fn name(&self) -> String {
         self.inner.name()
-    }
-    fn memory(&self) -> MemoryKind {
-        self.memory
     }
     fn upload_f32(&self, d: &[f32]) -> Result<Buf> {
         self.inner.upload_f32(d)
@@ -77,70 +72,22 @@ impl Backend for Poison {
     fn download_f64(&self, b: &Buf) -> Result<Vec<f64>> {
         self.inner.download_f64(b)
     }
-    fn len(&self, b: &Buf) -> usize {
-        self.inner.len(b)
-    }
-    fn full(&self, len: usize, v: f64) -> Result<Buf> {
-        self.inner.full(len, v)
-    }
-    fn unary(&self, op: UnaryOp, x: &Buf) -> Result<Buf> {
-        self.inner.unary(op, x)
-    }
-    fn affine(&self, x: &Buf, m: f64, a: f64) -> Result<Buf> {
-        self.inner.affine(x, m, a)
-    }
-    fn binary(&self, op: BinaryOp, a: &Buf, b: &Buf) -> Result<Buf> {
-        self.inner.binary(op, a, b)
-    }
-    fn sum_all(&self, x: &Buf) -> Result<Buf> {
-        self.inner.sum_all(x)
-    }
-    fn sum_axis(&self, x: &Buf, s: &Shape, axis: usize) -> Result<Buf> {
-        self.inner.sum_axis(x, s, axis)
-    }
-    fn broadcast(&self, x: &Buf, from: &Shape, to: &Shape) -> Result<Buf> {
-        self.inner.broadcast(x, from, to)
-    }
-    fn narrow(&self, x: &Buf, s: &Shape, axis: usize, start: usize, len: usize) -> Result<Buf> {
-        self.inner.narrow(x, s, axis, start, len)
-    }
-    fn narrow_backward(
-        &self,
-        dy: &Buf,
-        s: &Shape,
-        axis: usize,
-        start: usize,
-        full: usize,
-    ) -> Result<Buf> {
-        self.inner.narrow_backward(dy, s, axis, start, full)
-    }
-    fn transpose(&self, x: &Buf, r: usize, c: usize) -> Result<Buf> {
-        self.inner.transpose(x, r, c)
-    }
-    fn matmul(
-        &self,
-        a: &Buf,
-        b: &Buf,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Buf> {
-        self.inner.matmul(a, b, m, k, n, ta, tb)
-    }
+    nst_tensor::forward_core_ops!(inner);
     fn conv2d(&self, x: &Buf, w: &Buf, b: Option<&Buf>, p: &Conv2dParams) -> Result<Buf> {
         let y = self.inner.download_f32(&self.inner.conv2d(x, w, b, p)?)?;
         self.inner.upload_f32(&self.maybe_poison(p, y)?)
+    }
+}
+
+impl BackendExt for Poison {
+    fn memory(&self) -> MemoryKind {
+        self.memory
     }
     fn conv2d_relu(&self, x: &Buf, w: &Buf, b: Option<&Buf>, p: &Conv2dParams) -> Result<Buf> {
         let y = self
             .inner
             .download_f32(&self.inner.conv2d_relu(x, w, b, p)?)?;
         self.inner.upload_f32(&self.maybe_poison(p, y)?)
-    }
-    fn conv2d_backward_input(&self, dy: &Buf, w: &Buf, p: &Conv2dParams) -> Result<Buf> {
-        self.inner.conv2d_backward_input(dy, w, p)
     }
     fn conv2d_relu_backward_input(
         &self,
@@ -150,15 +97,6 @@ impl Backend for Poison {
         p: &Conv2dParams,
     ) -> Result<Buf> {
         self.inner.conv2d_relu_backward_input(y, dy, w, p)
-    }
-    fn conv2d_backward_weight(&self, x: &Buf, dy: &Buf, p: &Conv2dParams) -> Result<Buf> {
-        self.inner.conv2d_backward_weight(x, dy, p)
-    }
-    fn pool2d(&self, x: &Buf, p: &Pool2dParams) -> Result<Buf> {
-        self.inner.pool2d(x, p)
-    }
-    fn pool2d_backward(&self, x: &Buf, dy: &Buf, p: &Pool2dParams) -> Result<Buf> {
-        self.inner.pool2d_backward(x, dy, p)
     }
     fn dot(&self, a: &Buf, b: &Buf) -> Result<f64> {
         self.inner.dot(a, b)

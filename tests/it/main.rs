@@ -6,6 +6,7 @@
 #![allow(clippy::print_stderr)]
 
 mod color;
+mod core_only;
 mod device;
 mod features;
 mod guard;

@@ -39,7 +39,8 @@ pub use pool::{set_pool_limit, BufPool};
 
 use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
-    check, Backend, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape, Tensor, UnaryOp,
+    check, BackendCore, BackendExt, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape,
+    Tensor, UnaryOp,
 };
 use ops::winograd::{Filters, Fused, Variant};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -310,7 +311,7 @@ fn lengths<E: Element>(op: &'static str, a: &CpuBuffer<E>, b: &CpuBuffer<E>) -> 
     Ok(())
 }
 
-impl<E: Element> Backend for CpuBackend<E> {
+impl<E: Element> BackendCore for CpuBackend<E> {
     type Buffer = CpuBuffer<E>;
 
     fn name(&self) -> String {
@@ -361,41 +362,6 @@ impl<E: Element> Backend for CpuBackend<E> {
     fn binary(&self, op: BinaryOp, a: &Self::Buffer, b: &Self::Buffer) -> Result<Self::Buffer> {
         lengths("binary", a, b)?;
         Ok(self.run(|| ops::elementwise::binary(op, a.as_slice(), b.as_slice())))
-    }
-
-    fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
-        lengths("dot", a, b)?;
-        Ok(self.run(|| ops::reduce::dot(a.as_slice(), b.as_slice())))
-    }
-
-    fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
-        if let Some(first) = rows.first().or(cols.first()) {
-            for b in rows.iter().chain(cols) {
-                lengths("dots", first, b)?;
-            }
-        }
-        let r: Vec<&[E]> = rows.iter().map(|b| b.as_slice()).collect();
-        let c: Vec<&[E]> = cols.iter().map(|b| b.as_slice()).collect();
-        Ok(self.run(|| ops::reduce::dots(&r, &c)))
-    }
-
-    fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
-        check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.len()))?;
-        let v: Vec<&[E]> = vectors.iter().map(|b| b.as_slice()).collect();
-        Ok(self.run(|| ops::reduce::combine(coeffs, &v)))
-    }
-
-    fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
-        lengths("axpy", x, y)?;
-        Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))
-    }
-
-    fn release_cached(&self) {
-        E::pool().clear();
-    }
-
-    fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
-        Ok(self.run(|| ops::reduce::norms(x.as_slice())))
     }
 
     fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer> {
@@ -481,29 +447,6 @@ impl<E: Element> Backend for CpuBackend<E> {
         Ok(self.conv_backward_input(dy, w, None, p))
     }
 
-    fn conv2d_relu(
-        &self,
-        x: &Self::Buffer,
-        w: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        p.check_forward("conv2d_relu", x.len(), w.len(), bias.map(|b| b.len()))?;
-        Ok(self.conv_forward(x, w, bias, p, true))
-    }
-
-    fn conv2d_relu_backward_input(
-        &self,
-        y: &Self::Buffer,
-        dy: &Self::Buffer,
-        w: &Self::Buffer,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        lengths("conv2d_relu_backward_input", y, dy)?;
-        p.check_backward_input("conv2d_relu_backward_input", dy.len(), w.len())?;
-        Ok(self.conv_backward_input(dy, w, Some(y), p))
-    }
-
     fn conv2d_backward_weight(
         &self,
         x: &Self::Buffer,
@@ -527,5 +470,65 @@ impl<E: Element> Backend for CpuBackend<E> {
     ) -> Result<Self::Buffer> {
         p.check("pool2d_backward", x.len(), Some(dy.len()))?;
         Ok(self.run(|| ops::pool::backward(x.as_slice(), dy.as_slice(), p)))
+    }
+}
+
+impl<E: Element> BackendExt for CpuBackend<E> {
+    fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
+        lengths("dot", a, b)?;
+        Ok(self.run(|| ops::reduce::dot(a.as_slice(), b.as_slice())))
+    }
+
+    fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
+        if let Some(first) = rows.first().or(cols.first()) {
+            for b in rows.iter().chain(cols) {
+                lengths("dots", first, b)?;
+            }
+        }
+        let r: Vec<&[E]> = rows.iter().map(|b| b.as_slice()).collect();
+        let c: Vec<&[E]> = cols.iter().map(|b| b.as_slice()).collect();
+        Ok(self.run(|| ops::reduce::dots(&r, &c)))
+    }
+
+    fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
+        check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.len()))?;
+        let v: Vec<&[E]> = vectors.iter().map(|b| b.as_slice()).collect();
+        Ok(self.run(|| ops::reduce::combine(coeffs, &v)))
+    }
+
+    fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
+        lengths("axpy", x, y)?;
+        Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))
+    }
+
+    fn release_cached(&self) {
+        E::pool().clear();
+    }
+
+    fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
+        Ok(self.run(|| ops::reduce::norms(x.as_slice())))
+    }
+
+    fn conv2d_relu(
+        &self,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        p.check_forward("conv2d_relu", x.len(), w.len(), bias.map(|b| b.len()))?;
+        Ok(self.conv_forward(x, w, bias, p, true))
+    }
+
+    fn conv2d_relu_backward_input(
+        &self,
+        y: &Self::Buffer,
+        dy: &Self::Buffer,
+        w: &Self::Buffer,
+        p: &Conv2dParams,
+    ) -> Result<Self::Buffer> {
+        lengths("conv2d_relu_backward_input", y, dy)?;
+        p.check_backward_input("conv2d_relu_backward_input", dy.len(), w.len())?;
+        Ok(self.conv_backward_input(dy, w, Some(y), p))
     }
 }

@@ -336,10 +336,10 @@ impl Cuda {
     }
 
     /// Keeps freed memory in the pool for reuse instead of returning it to the driver at every
-    /// synchronisation (a release threshold of "everything"); [`Backend::release_cached`]
+    /// synchronisation (a release threshold of "everything"); [`BackendExt::release_cached`]
     /// trims it.
     ///
-    /// [`Backend::release_cached`]: nst_tensor::Backend::release_cached
+    /// [`BackendExt::release_cached`]: nst_tensor::BackendExt::release_cached
     fn keep_freed_memory(&self) -> Result<()> {
         use cudarc::driver::sys;
         let Ok(pool) = self.mem_pool() else {

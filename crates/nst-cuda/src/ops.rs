@@ -6,8 +6,8 @@ use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use nst_tensor::{
-    check, Backend, BinaryOp, Conv2dParams, Error as TError, Pool2dParams, PoolKind,
-    Result as TResult, Shape, UnaryOp,
+    check, BackendCore, BackendExt, BinaryOp, Conv2dParams, Error as TError, Pool2dParams,
+    PoolKind, Result as TResult, Shape, UnaryOp,
 };
 
 const THREADS: u32 = 256;
@@ -369,7 +369,7 @@ fn check_len(op: &'static str, got: usize, want: usize) -> TResult<()> {
     Ok(())
 }
 
-impl Backend for Cuda {
+impl BackendCore for Cuda {
     type Buffer = CudaBuffer;
 
     fn name(&self) -> String {
@@ -483,6 +483,342 @@ impl Backend for Cuda {
         Ok(CudaBuffer(out))
     }
 
+    fn sum_all(&self, x: &CudaBuffer) -> TResult<CudaBuffer> {
+        self.here("sum_all", [x])?;
+        let s = &self.inner.stream;
+        let mut partial = s
+            .alloc_zeros::<f64>(SUM_PARTS as usize)
+            .map_err(crate::Error::from)?;
+        let mut out = self.alloc(1)?;
+        let n64 = x.0.len() as u64;
+        let parts = SUM_PARTS;
+        let f = self.func("sum_partial_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&x.0).arg(&n64).arg(&mut partial);
+        // SAFETY: `partial` has one slot per block; the block size matches the shared array.
+        unsafe { l.launch(sum_config()) }.map_err(crate::Error::from)?;
+        let f = self.func("sum_final_f32")?;
+        let mut l = s.launch_builder(f);
+        l.arg(&partial).arg(&parts).arg(&mut out);
+        // SAFETY: one thread reads `parts` partials and writes one element.
+        unsafe { l.launch(grid(1)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn sum_axis(&self, x: &CudaBuffer, shape: &Shape, axis: usize) -> TResult<CudaBuffer> {
+        self.here("sum_axis", [x])?;
+        check::shape_axis("sum_axis", x.0.len(), shape, axis)?;
+        let (outer, n, inner) = shape.split_at_axis(axis);
+        let args = [outer, n, inner].map(|v| v as u64);
+        Ok(self.launch_indexed("sum_axis_f32", &x.0, outer * inner, &args)?)
+    }
+
+    fn broadcast(&self, x: &CudaBuffer, from: &Shape, to: &Shape) -> TResult<CudaBuffer> {
+        self.here("broadcast", [x])?;
+        check::broadcast("broadcast", x.0.len(), from, to)?;
+        let rank = to.rank();
+        if rank > 8 {
+            return Err(TError::invalid("broadcast", "at most 8 dimensions on CUDA"));
+        }
+        let mut strides = vec![0u64; rank];
+        let mut s = 1u64;
+        for d in (0..rank).rev() {
+            strides[d] = if from.dim(d) == 1 { 0 } else { s };
+            s *= from.dim(d) as u64;
+        }
+        let dims: Vec<u64> = to.dims().iter().map(|&d| d as u64).collect();
+        let st = &self.inner.stream;
+        let (dims_d, strides_d) = if rank == 0 {
+            (st.alloc_zeros::<u64>(1), st.alloc_zeros::<u64>(1))
+        } else {
+            (st.clone_htod(&dims), st.clone_htod(&strides))
+        };
+        let (dims_d, strides_d) = (
+            dims_d.map_err(crate::Error::from)?,
+            strides_d.map_err(crate::Error::from)?,
+        );
+        let n = to.numel();
+        let mut out = self.alloc(n)?;
+        let (n64, r) = (n as u64, rank as i32);
+        let f = self.func("broadcast_f32")?;
+        let mut l = st.launch_builder(f);
+        l.arg(&x.0)
+            .arg(&mut out)
+            .arg(&n64)
+            .arg(&r)
+            .arg(&dims_d)
+            .arg(&strides_d);
+        // SAFETY: `dims`/`strides` hold `rank` entries addressing inside `x`; `out` holds n.
+        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(out))
+    }
+
+    fn narrow(
+        &self,
+        x: &CudaBuffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> TResult<CudaBuffer> {
+        self.here("narrow", [x])?;
+        check::narrow("narrow", x.0.len(), shape, axis, start, len)?;
+        let (outer, n, inner) = shape.split_at_axis(axis);
+        let args = [outer, n, inner, start, len].map(|v| v as u64);
+        Ok(self.launch_indexed("narrow_f32", &x.0, outer * len * inner, &args)?)
+    }
+
+    fn narrow_backward(
+        &self,
+        dy: &CudaBuffer,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        full: usize,
+    ) -> TResult<CudaBuffer> {
+        self.here("narrow_backward", [dy])?;
+        check::narrow_backward("narrow_backward", dy.0.len(), shape, axis, start, full)?;
+        let (outer, len, inner) = shape.split_at_axis(axis);
+        let args = [outer, len, inner, start, full].map(|v| v as u64);
+        Ok(self.launch_indexed("narrow_backward_f32", &dy.0, outer * full * inner, &args)?)
+    }
+
+    fn transpose(&self, x: &CudaBuffer, rows: usize, cols: usize) -> TResult<CudaBuffer> {
+        self.here("transpose", [x])?;
+        check_len("transpose", x.0.len(), rows.saturating_mul(cols))?;
+        let args = [rows, cols].map(|v| v as u64);
+        Ok(self.launch_indexed("transpose_f32", &x.0, rows * cols, &args)?)
+    }
+
+    fn matmul(
+        &self,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> TResult<CudaBuffer> {
+        self.here("matmul", [a, b])?;
+        check::matmul("matmul", a.0.len(), b.0.len(), m, k, n)?;
+        check_len("matmul", a.0.len(), m * k)?;
+        check_len("matmul", b.0.len(), k * n)?;
+        let mut out = if k == 0 {
+            self.alloc_zeroed(m * n)?
+        } else {
+            self.alloc(m * n)?
+        };
+        if m * n * k > 0 {
+            let av = a.0.slice(..);
+            let bv = b.0.slice(..);
+            self.gemm(
+                m,
+                n,
+                k,
+                Mat {
+                    v: &av,
+                    ld: if ta { m } else { k },
+                    t: ta,
+                },
+                Mat {
+                    v: &bv,
+                    ld: if tb { k } else { n },
+                    t: tb,
+                },
+                &mut out,
+                n,
+                0.0,
+            )?;
+        }
+        Ok(CudaBuffer(out))
+    }
+
+    fn conv2d(
+        &self,
+        x: &CudaBuffer,
+        w: &CudaBuffer,
+        bias: Option<&CudaBuffer>,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
+        self.here("conv2d", [x, w].into_iter().chain(bias))?;
+        p.check_forward("conv2d", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
+        let (mut y, _) = self.conv_core(x, w, p, None)?;
+        let hw = p.out_h() * p.out_w();
+        let cout = p.out_channels;
+        if let (Some(b), true) = (bias, p.batch * cout * hw > 0) {
+            let (planes, c, hw64) = ((p.batch * cout) as u64, cout as i32, hw as u64);
+            let f = self.func("add_bias_f32")?;
+            let mut l = self.inner.stream.launch_builder(f);
+            l.arg(&mut y).arg(&b.0).arg(&planes).arg(&c).arg(&hw64);
+            // SAFETY: `y` holds planes·hw elements and `b` one per output channel.
+            unsafe { l.launch(grid(p.batch * cout * hw)) }.map_err(crate::Error::from)?;
+        }
+        Ok(CudaBuffer(y))
+    }
+
+    fn conv2d_backward_input(
+        &self,
+        dy: &CudaBuffer,
+        w: &CudaBuffer,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
+        self.here("conv2d_backward_input", [dy, w])?;
+        p.check_backward_input("conv2d_backward_input", dy.0.len(), w.0.len())?;
+        let hw = p.out_h() * p.out_w();
+        let kk = p.in_channels * p.kh * p.kw;
+        let cout = p.out_channels;
+        let in_img = p.in_channels * p.in_h * p.in_w;
+        if hw * kk * cout * p.batch == 0 {
+            return Ok(CudaBuffer(self.alloc_zeroed(p.batch * in_img)?));
+        }
+        if let Some(d) = &self.inner.dnn {
+            let mut dx = self.alloc(p.batch * in_img)?;
+            if d.backward_data(p, &dy.0, &w.0, &mut dx)? {
+                return Ok(CudaBuffer(dx));
+            }
+        }
+        // The bands add into dx.
+        let mut dx = self.alloc_zeroed(p.batch * in_img)?;
+        let ow = p.out_w();
+        let bands = self.bands(p);
+        let mut col = self.alloc(kk * bands[0].1 * ow)?;
+        let wv = w.0.slice(..);
+        for img in 0..p.batch {
+            for &(oy0, rows) in &bands {
+                let start = img * cout * hw + oy0 * ow;
+                let dyv = dy.0.slice(start..(img + 1) * cout * hw);
+                self.gemm(
+                    kk,
+                    rows * ow,
+                    cout,
+                    Mat {
+                        v: &wv,
+                        ld: kk,
+                        t: true,
+                    },
+                    Mat {
+                        v: &dyv,
+                        ld: hw,
+                        t: false,
+                    },
+                    &mut col,
+                    rows * ow,
+                    0.0,
+                )?;
+                self.col2im(
+                    &col,
+                    &mut dx.slice_mut(img * in_img..(img + 1) * in_img),
+                    p,
+                    (oy0, rows),
+                )?;
+            }
+        }
+        Ok(CudaBuffer(dx))
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        x: &CudaBuffer,
+        dy: &CudaBuffer,
+        p: &Conv2dParams,
+    ) -> TResult<CudaBuffer> {
+        self.here("conv2d_backward_weight", [x, dy])?;
+        p.check_backward_weight("conv2d_backward_weight", x.0.len(), dy.0.len())?;
+        let hw = p.out_h() * p.out_w();
+        let kk = p.in_channels * p.kh * p.kw;
+        let cout = p.out_channels;
+        let in_img = p.in_channels * p.in_h * p.in_w;
+        let mut dw = self.alloc_zeroed(cout * kk)?;
+        if hw * kk * cout * p.batch == 0 {
+            return Ok(CudaBuffer(dw));
+        }
+        if let Some(d) = &self.inner.dnn {
+            if d.backward_filter(p, &x.0, &dy.0, &mut dw)? {
+                return Ok(CudaBuffer(dw));
+            }
+        }
+        let ow = p.out_w();
+        let bands = self.bands(p);
+        let mut col = self.alloc(kk * bands[0].1 * ow)?;
+        for img in 0..p.batch {
+            for &(oy0, rows) in &bands {
+                self.im2col(
+                    &x.0.slice(img * in_img..(img + 1) * in_img),
+                    &mut col,
+                    p,
+                    (oy0, rows),
+                )?;
+                let start = img * cout * hw + oy0 * ow;
+                let dyv = dy.0.slice(start..(img + 1) * cout * hw);
+                let cv = col.slice(..);
+                self.gemm(
+                    cout,
+                    kk,
+                    rows * ow,
+                    Mat {
+                        v: &dyv,
+                        ld: hw,
+                        t: false,
+                    },
+                    Mat {
+                        v: &cv,
+                        ld: rows * ow,
+                        t: true,
+                    },
+                    &mut dw,
+                    kk,
+                    1.0,
+                )?;
+            }
+        }
+        Ok(CudaBuffer(dw))
+    }
+
+    fn pool2d(&self, x: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
+        self.here("pool2d", [x])?;
+        p.check("pool2d", x.0.len(), None)?;
+        let planes = p.batch * p.channels;
+        let (oh, ow) = (p.out_h(), p.out_w());
+        let mut y = self.alloc(planes * oh * ow)?;
+        let a = pool_args(p);
+        let pl = planes as u64;
+        let f = self.func("pool_forward_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&mut y).arg(&pl);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: `x` holds planes·h·w and `y` planes·oh·ow elements.
+        unsafe { l.launch(grid(planes * oh * ow)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(y))
+    }
+
+    fn pool2d_backward(
+        &self,
+        x: &CudaBuffer,
+        dy: &CudaBuffer,
+        p: &Pool2dParams,
+    ) -> TResult<CudaBuffer> {
+        self.here("pool2d_backward", [x, dy])?;
+        p.check("pool2d_backward", x.0.len(), Some(dy.0.len()))?;
+        let planes = p.batch * p.channels;
+        let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
+        let a = pool_args(p);
+        let pl = planes as u64;
+        let f = self.func("pool_backward_f32")?;
+        let mut l = self.inner.stream.launch_builder(f);
+        l.arg(&x.0).arg(&dy.0).arg(&mut dx).arg(&pl);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: `x`/`dx` hold planes·h·w and `dy` planes·oh·ow elements.
+        unsafe { l.launch(grid(planes * p.in_h * p.in_w)) }.map_err(crate::Error::from)?;
+        Ok(CudaBuffer(dx))
+    }
+}
+
+impl BackendExt for Cuda {
     fn axpy(&self, a: f64, x: &CudaBuffer, y: &CudaBuffer) -> TResult<CudaBuffer> {
         self.here("axpy", [x, y])?;
         check_len("axpy", y.0.len(), x.0.len())?;
@@ -669,180 +1005,6 @@ impl Backend for Cuda {
         Ok((sums.iter().sum(), nst_tensor::host_norms(&maxes).1))
     }
 
-    fn sum_all(&self, x: &CudaBuffer) -> TResult<CudaBuffer> {
-        self.here("sum_all", [x])?;
-        let s = &self.inner.stream;
-        let mut partial = s
-            .alloc_zeros::<f64>(SUM_PARTS as usize)
-            .map_err(crate::Error::from)?;
-        let mut out = self.alloc(1)?;
-        let n64 = x.0.len() as u64;
-        let parts = SUM_PARTS;
-        let f = self.func("sum_partial_f32")?;
-        let mut l = s.launch_builder(f);
-        l.arg(&x.0).arg(&n64).arg(&mut partial);
-        // SAFETY: `partial` has one slot per block; the block size matches the shared array.
-        unsafe { l.launch(sum_config()) }.map_err(crate::Error::from)?;
-        let f = self.func("sum_final_f32")?;
-        let mut l = s.launch_builder(f);
-        l.arg(&partial).arg(&parts).arg(&mut out);
-        // SAFETY: one thread reads `parts` partials and writes one element.
-        unsafe { l.launch(grid(1)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(out))
-    }
-
-    fn sum_axis(&self, x: &CudaBuffer, shape: &Shape, axis: usize) -> TResult<CudaBuffer> {
-        self.here("sum_axis", [x])?;
-        check::shape_axis("sum_axis", x.0.len(), shape, axis)?;
-        let (outer, n, inner) = shape.split_at_axis(axis);
-        let args = [outer, n, inner].map(|v| v as u64);
-        Ok(self.launch_indexed("sum_axis_f32", &x.0, outer * inner, &args)?)
-    }
-
-    fn broadcast(&self, x: &CudaBuffer, from: &Shape, to: &Shape) -> TResult<CudaBuffer> {
-        self.here("broadcast", [x])?;
-        check::broadcast("broadcast", x.0.len(), from, to)?;
-        let rank = to.rank();
-        if rank > 8 {
-            return Err(TError::invalid("broadcast", "at most 8 dimensions on CUDA"));
-        }
-        let mut strides = vec![0u64; rank];
-        let mut s = 1u64;
-        for d in (0..rank).rev() {
-            strides[d] = if from.dim(d) == 1 { 0 } else { s };
-            s *= from.dim(d) as u64;
-        }
-        let dims: Vec<u64> = to.dims().iter().map(|&d| d as u64).collect();
-        let st = &self.inner.stream;
-        let (dims_d, strides_d) = if rank == 0 {
-            (st.alloc_zeros::<u64>(1), st.alloc_zeros::<u64>(1))
-        } else {
-            (st.clone_htod(&dims), st.clone_htod(&strides))
-        };
-        let (dims_d, strides_d) = (
-            dims_d.map_err(crate::Error::from)?,
-            strides_d.map_err(crate::Error::from)?,
-        );
-        let n = to.numel();
-        let mut out = self.alloc(n)?;
-        let (n64, r) = (n as u64, rank as i32);
-        let f = self.func("broadcast_f32")?;
-        let mut l = st.launch_builder(f);
-        l.arg(&x.0)
-            .arg(&mut out)
-            .arg(&n64)
-            .arg(&r)
-            .arg(&dims_d)
-            .arg(&strides_d);
-        // SAFETY: `dims`/`strides` hold `rank` entries addressing inside `x`; `out` holds n.
-        unsafe { l.launch(grid(n)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(out))
-    }
-
-    fn narrow(
-        &self,
-        x: &CudaBuffer,
-        shape: &Shape,
-        axis: usize,
-        start: usize,
-        len: usize,
-    ) -> TResult<CudaBuffer> {
-        self.here("narrow", [x])?;
-        check::narrow("narrow", x.0.len(), shape, axis, start, len)?;
-        let (outer, n, inner) = shape.split_at_axis(axis);
-        let args = [outer, n, inner, start, len].map(|v| v as u64);
-        Ok(self.launch_indexed("narrow_f32", &x.0, outer * len * inner, &args)?)
-    }
-
-    fn narrow_backward(
-        &self,
-        dy: &CudaBuffer,
-        shape: &Shape,
-        axis: usize,
-        start: usize,
-        full: usize,
-    ) -> TResult<CudaBuffer> {
-        self.here("narrow_backward", [dy])?;
-        check::narrow_backward("narrow_backward", dy.0.len(), shape, axis, start, full)?;
-        let (outer, len, inner) = shape.split_at_axis(axis);
-        let args = [outer, len, inner, start, full].map(|v| v as u64);
-        Ok(self.launch_indexed("narrow_backward_f32", &dy.0, outer * full * inner, &args)?)
-    }
-
-    fn transpose(&self, x: &CudaBuffer, rows: usize, cols: usize) -> TResult<CudaBuffer> {
-        self.here("transpose", [x])?;
-        check_len("transpose", x.0.len(), rows.saturating_mul(cols))?;
-        let args = [rows, cols].map(|v| v as u64);
-        Ok(self.launch_indexed("transpose_f32", &x.0, rows * cols, &args)?)
-    }
-
-    fn matmul(
-        &self,
-        a: &CudaBuffer,
-        b: &CudaBuffer,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> TResult<CudaBuffer> {
-        self.here("matmul", [a, b])?;
-        check::matmul("matmul", a.0.len(), b.0.len(), m, k, n)?;
-        check_len("matmul", a.0.len(), m * k)?;
-        check_len("matmul", b.0.len(), k * n)?;
-        let mut out = if k == 0 {
-            self.alloc_zeroed(m * n)?
-        } else {
-            self.alloc(m * n)?
-        };
-        if m * n * k > 0 {
-            let av = a.0.slice(..);
-            let bv = b.0.slice(..);
-            self.gemm(
-                m,
-                n,
-                k,
-                Mat {
-                    v: &av,
-                    ld: if ta { m } else { k },
-                    t: ta,
-                },
-                Mat {
-                    v: &bv,
-                    ld: if tb { k } else { n },
-                    t: tb,
-                },
-                &mut out,
-                n,
-                0.0,
-            )?;
-        }
-        Ok(CudaBuffer(out))
-    }
-
-    fn conv2d(
-        &self,
-        x: &CudaBuffer,
-        w: &CudaBuffer,
-        bias: Option<&CudaBuffer>,
-        p: &Conv2dParams,
-    ) -> TResult<CudaBuffer> {
-        self.here("conv2d", [x, w].into_iter().chain(bias))?;
-        p.check_forward("conv2d", x.0.len(), w.0.len(), bias.map(|b| b.0.len()))?;
-        let (mut y, _) = self.conv_core(x, w, p, None)?;
-        let hw = p.out_h() * p.out_w();
-        let cout = p.out_channels;
-        if let (Some(b), true) = (bias, p.batch * cout * hw > 0) {
-            let (planes, c, hw64) = ((p.batch * cout) as u64, cout as i32, hw as u64);
-            let f = self.func("add_bias_f32")?;
-            let mut l = self.inner.stream.launch_builder(f);
-            l.arg(&mut y).arg(&b.0).arg(&planes).arg(&c).arg(&hw64);
-            // SAFETY: `y` holds planes·hw elements and `b` one per output channel.
-            unsafe { l.launch(grid(p.batch * cout * hw)) }.map_err(crate::Error::from)?;
-        }
-        Ok(CudaBuffer(y))
-    }
-
     fn conv2d_relu(
         &self,
         x: &CudaBuffer,
@@ -857,166 +1019,6 @@ impl Backend for Cuda {
             self.bias_relu(&mut y, bias, p)?;
         }
         Ok(CudaBuffer(y))
-    }
-
-    fn conv2d_backward_input(
-        &self,
-        dy: &CudaBuffer,
-        w: &CudaBuffer,
-        p: &Conv2dParams,
-    ) -> TResult<CudaBuffer> {
-        self.here("conv2d_backward_input", [dy, w])?;
-        p.check_backward_input("conv2d_backward_input", dy.0.len(), w.0.len())?;
-        let hw = p.out_h() * p.out_w();
-        let kk = p.in_channels * p.kh * p.kw;
-        let cout = p.out_channels;
-        let in_img = p.in_channels * p.in_h * p.in_w;
-        if hw * kk * cout * p.batch == 0 {
-            return Ok(CudaBuffer(self.alloc_zeroed(p.batch * in_img)?));
-        }
-        if let Some(d) = &self.inner.dnn {
-            let mut dx = self.alloc(p.batch * in_img)?;
-            if d.backward_data(p, &dy.0, &w.0, &mut dx)? {
-                return Ok(CudaBuffer(dx));
-            }
-        }
-        // The bands add into dx.
-        let mut dx = self.alloc_zeroed(p.batch * in_img)?;
-        let ow = p.out_w();
-        let bands = self.bands(p);
-        let mut col = self.alloc(kk * bands[0].1 * ow)?;
-        let wv = w.0.slice(..);
-        for img in 0..p.batch {
-            for &(oy0, rows) in &bands {
-                let start = img * cout * hw + oy0 * ow;
-                let dyv = dy.0.slice(start..(img + 1) * cout * hw);
-                self.gemm(
-                    kk,
-                    rows * ow,
-                    cout,
-                    Mat {
-                        v: &wv,
-                        ld: kk,
-                        t: true,
-                    },
-                    Mat {
-                        v: &dyv,
-                        ld: hw,
-                        t: false,
-                    },
-                    &mut col,
-                    rows * ow,
-                    0.0,
-                )?;
-                self.col2im(
-                    &col,
-                    &mut dx.slice_mut(img * in_img..(img + 1) * in_img),
-                    p,
-                    (oy0, rows),
-                )?;
-            }
-        }
-        Ok(CudaBuffer(dx))
-    }
-
-    fn conv2d_backward_weight(
-        &self,
-        x: &CudaBuffer,
-        dy: &CudaBuffer,
-        p: &Conv2dParams,
-    ) -> TResult<CudaBuffer> {
-        self.here("conv2d_backward_weight", [x, dy])?;
-        p.check_backward_weight("conv2d_backward_weight", x.0.len(), dy.0.len())?;
-        let hw = p.out_h() * p.out_w();
-        let kk = p.in_channels * p.kh * p.kw;
-        let cout = p.out_channels;
-        let in_img = p.in_channels * p.in_h * p.in_w;
-        let mut dw = self.alloc_zeroed(cout * kk)?;
-        if hw * kk * cout * p.batch == 0 {
-            return Ok(CudaBuffer(dw));
-        }
-        if let Some(d) = &self.inner.dnn {
-            if d.backward_filter(p, &x.0, &dy.0, &mut dw)? {
-                return Ok(CudaBuffer(dw));
-            }
-        }
-        let ow = p.out_w();
-        let bands = self.bands(p);
-        let mut col = self.alloc(kk * bands[0].1 * ow)?;
-        for img in 0..p.batch {
-            for &(oy0, rows) in &bands {
-                self.im2col(
-                    &x.0.slice(img * in_img..(img + 1) * in_img),
-                    &mut col,
-                    p,
-                    (oy0, rows),
-                )?;
-                let start = img * cout * hw + oy0 * ow;
-                let dyv = dy.0.slice(start..(img + 1) * cout * hw);
-                let cv = col.slice(..);
-                self.gemm(
-                    cout,
-                    kk,
-                    rows * ow,
-                    Mat {
-                        v: &dyv,
-                        ld: hw,
-                        t: false,
-                    },
-                    Mat {
-                        v: &cv,
-                        ld: rows * ow,
-                        t: true,
-                    },
-                    &mut dw,
-                    kk,
-                    1.0,
-                )?;
-            }
-        }
-        Ok(CudaBuffer(dw))
-    }
-
-    fn pool2d(&self, x: &CudaBuffer, p: &Pool2dParams) -> TResult<CudaBuffer> {
-        self.here("pool2d", [x])?;
-        p.check("pool2d", x.0.len(), None)?;
-        let planes = p.batch * p.channels;
-        let (oh, ow) = (p.out_h(), p.out_w());
-        let mut y = self.alloc(planes * oh * ow)?;
-        let a = pool_args(p);
-        let pl = planes as u64;
-        let f = self.func("pool_forward_f32")?;
-        let mut l = self.inner.stream.launch_builder(f);
-        l.arg(&x.0).arg(&mut y).arg(&pl);
-        for v in &a {
-            l.arg(v);
-        }
-        // SAFETY: `x` holds planes·h·w and `y` planes·oh·ow elements.
-        unsafe { l.launch(grid(planes * oh * ow)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(y))
-    }
-
-    fn pool2d_backward(
-        &self,
-        x: &CudaBuffer,
-        dy: &CudaBuffer,
-        p: &Pool2dParams,
-    ) -> TResult<CudaBuffer> {
-        self.here("pool2d_backward", [x, dy])?;
-        p.check("pool2d_backward", x.0.len(), Some(dy.0.len()))?;
-        let planes = p.batch * p.channels;
-        let mut dx = self.alloc(planes * p.in_h * p.in_w)?;
-        let a = pool_args(p);
-        let pl = planes as u64;
-        let f = self.func("pool_backward_f32")?;
-        let mut l = self.inner.stream.launch_builder(f);
-        l.arg(&x.0).arg(&dy.0).arg(&mut dx).arg(&pl);
-        for v in &a {
-            l.arg(v);
-        }
-        // SAFETY: `x`/`dx` hold planes·h·w and `dy` planes·oh·ow elements.
-        unsafe { l.launch(grid(planes * p.in_h * p.in_w)) }.map_err(crate::Error::from)?;
-        Ok(CudaBuffer(dx))
     }
 }
 

@@ -3,12 +3,19 @@
 use crate::{BinaryOp, Conv2dParams, Pool2dParams, Result, Shape, UnaryOp};
 use std::fmt::Debug;
 
-/// A device that stores flat buffers and runs the ops nst needs on them.
+/// A device that stores flat buffers and runs the ops nst needs on them: the core (this
+/// trait, which every backend implements) and the extensions ([`BackendExt`], faster paths
+/// with default implementations made of the core). Code is generic over [`Backend`], which
+/// every type implementing both is.
 ///
 /// Buffers are flat and contiguous; the caller (usually [`crate::Tensor`]) owns the shape and
 /// has validated it before calling. `&self` is the device. Every method returns a new buffer;
 /// buffers are never mutated after creation, so they can be shared freely.
-pub trait Backend: Clone + Debug + Send + Sync + 'static {
+///
+/// A new backend implements these 22 methods and writes `impl BackendExt for MyBackend {}`;
+/// it then renders, tiles, checkpoints and passes the gradient checks like the others, and
+/// overrides extensions where its hardware has something faster.
+pub trait BackendCore: Clone + Debug + Send + Sync + 'static {
     /// A flat buffer of elements on this device.
     type Buffer: Debug + Send + Sync + 'static;
 
@@ -50,7 +57,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         start: usize,
         len: usize,
     ) -> Result<Self::Buffer>;
-    /// The adjoint of [`Backend::narrow`]: places `dy` (shape `shape` with `axis` narrowed) at
+    /// The adjoint of [`BackendCore::narrow`]: places `dy` (shape `shape` with `axis` narrowed) at
     /// `start` of a zero tensor whose `axis` has `full` entries.
     fn narrow_backward(
         &self,
@@ -111,7 +118,12 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         dy: &Self::Buffer,
         p: &Pool2dParams,
     ) -> Result<Self::Buffer>;
+}
 
+/// The extensions of a backend: fused and batched ops that consumers use to go faster, each
+/// with a default built from [`BackendCore`]'s ops (so the result is the same whether a
+/// backend overrides it or not, up to the documented rounding).
+pub trait BackendExt: BackendCore {
     /// `max(conv2d(x, w, bias), 0)`: a convolution and its ReLU, in one pass over the output
     /// where the device can. The default runs the two ops.
     fn conv2d_relu(
@@ -125,9 +137,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         self.unary(UnaryOp::Relu, &y)
     }
 
-    /// The input gradient of [`Backend::conv2d_relu`], given its output `y` and the output
+    /// The input gradient of [`BackendExt::conv2d_relu`], given its output `y` and the output
     /// gradient `dy`: the convolution's input gradient of `dy` where `y > 0` (else 0). The
-    /// default masks, then runs [`Backend::conv2d_backward_input`].
+    /// default masks, then runs [`BackendCore::conv2d_backward_input`].
     fn conv2d_relu_backward_input(
         &self,
         y: &Self::Buffer,
@@ -179,9 +191,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     }
 
     /// Every `rows[r]·cols[c]`, row-major (`rows.len() x cols.len()`), each accumulated like
-    /// [`Backend::dot`]: the same value as that call would give, so batching never changes a
+    /// [`BackendExt::dot`]: the same value as that call would give, so batching never changes a
     /// result. Devices where every returned scalar is a round trip compute them all in one
-    /// (see [`Backend::batches_reductions`]); the default calls `dot` for each pair.
+    /// (see [`BackendExt::batches_reductions`]); the default calls `dot` for each pair.
     fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
         let mut out = Vec::with_capacity(rows.len() * cols.len());
         for r in rows {
@@ -193,7 +205,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     }
 
     /// `Σ_j coeffs[j]·vectors[j]`, elementwise (the vectors of one length, at least one). The
-    /// default chains [`Backend::axpy`]s; devices accumulate in `f64` and round once.
+    /// default chains [`BackendExt::axpy`]s; devices accumulate in `f64` and round once.
     fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
         crate::check::combine("combine", coeffs.len(), vectors.iter().map(|v| self.len(v)))?;
         let mut acc = self.affine(vectors[0], coeffs[0], 0.0)?;
@@ -203,9 +215,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok(acc)
     }
 
-    /// Whether each scalar this device returns (a [`Backend::dot`], a [`Backend::norms`]) costs
+    /// Whether each scalar this device returns (a [`BackendExt::dot`], a [`BackendExt::norms`]) costs
     /// a blocking round trip worth avoiding, so that callers should batch them
-    /// ([`Backend::dots`], [`Backend::combine`]): true for GPUs, false (the default) where
+    /// ([`BackendExt::dots`], [`BackendExt::combine`]): true for GPUs, false (the default) where
     /// the data is in host memory.
     fn batches_reductions(&self) -> bool {
         false
@@ -244,7 +256,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     }
 }
 
-/// Where a backend keeps its buffers ([`Backend::memory`]).
+/// A complete backend: the core and the extensions. Every type implementing both is one; code
+/// that runs on any device is generic over `B: Backend`.
+pub trait Backend: BackendCore + BackendExt {}
+
+impl<T: BackendCore + BackendExt> Backend for T {}
+
+/// Where a backend keeps its buffers ([`BackendExt::memory`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryKind {
     /// The process's own memory (the host's RAM).
@@ -259,7 +277,7 @@ pub enum MemoryKind {
     },
 }
 
-/// `(Σ |x_i|, max |x_i|)` of host data, NaN-propagating (see [`Backend::norms`]).
+/// `(Σ |x_i|, max |x_i|)` of host data, NaN-propagating (see [`BackendExt::norms`]).
 pub fn host_norms(x: &[f64]) -> (f64, f64) {
     x.iter().fold((0.0f64, 0.0f64), |(s, m), &v| {
         let a = v.abs();
@@ -270,4 +288,124 @@ pub fn host_norms(x: &[f64]) -> (f64, f64) {
         };
         (s + a, m)
     })
+}
+
+/// Forwards the core ops a wrapper backend does not change to the backend in its field
+/// `$field`: every [`BackendCore`] method but `name`, the four transfers and `conv2d`,
+/// which wrappers (counting, poisoning, …) tend to watch. For use inside an
+/// `impl BackendCore for …` block whose `Buffer` is the inner backend's.
+#[macro_export]
+macro_rules! forward_core_ops {
+    ($field:ident) => {
+        fn len(&self, buf: &Self::Buffer) -> usize {
+            self.$field.len(buf)
+        }
+        fn full(&self, len: usize, value: f64) -> $crate::Result<Self::Buffer> {
+            self.$field.full(len, value)
+        }
+        fn unary(&self, op: $crate::UnaryOp, x: &Self::Buffer) -> $crate::Result<Self::Buffer> {
+            self.$field.unary(op, x)
+        }
+        fn affine(&self, x: &Self::Buffer, mul: f64, add: f64) -> $crate::Result<Self::Buffer> {
+            self.$field.affine(x, mul, add)
+        }
+        fn binary(
+            &self,
+            op: $crate::BinaryOp,
+            a: &Self::Buffer,
+            b: &Self::Buffer,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.binary(op, a, b)
+        }
+        fn sum_all(&self, x: &Self::Buffer) -> $crate::Result<Self::Buffer> {
+            self.$field.sum_all(x)
+        }
+        fn sum_axis(
+            &self,
+            x: &Self::Buffer,
+            shape: &$crate::Shape,
+            axis: usize,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.sum_axis(x, shape, axis)
+        }
+        fn broadcast(
+            &self,
+            x: &Self::Buffer,
+            from: &$crate::Shape,
+            to: &$crate::Shape,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.broadcast(x, from, to)
+        }
+        fn narrow(
+            &self,
+            x: &Self::Buffer,
+            shape: &$crate::Shape,
+            axis: usize,
+            start: usize,
+            len: usize,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.narrow(x, shape, axis, start, len)
+        }
+        fn narrow_backward(
+            &self,
+            dy: &Self::Buffer,
+            shape: &$crate::Shape,
+            axis: usize,
+            start: usize,
+            full: usize,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.narrow_backward(dy, shape, axis, start, full)
+        }
+        fn transpose(
+            &self,
+            x: &Self::Buffer,
+            rows: usize,
+            cols: usize,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.transpose(x, rows, cols)
+        }
+        fn matmul(
+            &self,
+            a: &Self::Buffer,
+            b: &Self::Buffer,
+            m: usize,
+            k: usize,
+            n: usize,
+            ta: bool,
+            tb: bool,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.matmul(a, b, m, k, n, ta, tb)
+        }
+        fn conv2d_backward_input(
+            &self,
+            dy: &Self::Buffer,
+            w: &Self::Buffer,
+            p: &$crate::Conv2dParams,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.conv2d_backward_input(dy, w, p)
+        }
+        fn conv2d_backward_weight(
+            &self,
+            x: &Self::Buffer,
+            dy: &Self::Buffer,
+            p: &$crate::Conv2dParams,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.conv2d_backward_weight(x, dy, p)
+        }
+        fn pool2d(
+            &self,
+            x: &Self::Buffer,
+            p: &$crate::Pool2dParams,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.pool2d(x, p)
+        }
+        fn pool2d_backward(
+            &self,
+            x: &Self::Buffer,
+            dy: &Self::Buffer,
+            p: &$crate::Pool2dParams,
+        ) -> $crate::Result<Self::Buffer> {
+            self.$field.pool2d_backward(x, dy, p)
+        }
+    };
 }

@@ -208,7 +208,7 @@ pub fn matmul(op: &'static str, a: usize, b: usize, m: usize, k: usize, n: usize
     product(op, &[m, n]).map(|_| ())
 }
 
-/// [`crate::Backend::clamp_channels`]: a positive plane length dividing the buffer, and at
+/// [`crate::BackendExt::clamp_channels`]: a positive plane length dividing the buffer, and at
 /// least one range, each `lo <= hi`.
 pub fn clamp_channels(
     op: &'static str,
@@ -232,7 +232,7 @@ pub fn clamp_channels(
     Ok(())
 }
 
-/// [`crate::Backend::combine`]: one coefficient per vector, at least one vector, all of
+/// [`crate::BackendExt::combine`]: one coefficient per vector, at least one vector, all of
 /// length `len` (the first's); `lens` are the vectors' lengths.
 pub fn combine(
     op: &'static str,

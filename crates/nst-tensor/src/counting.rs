@@ -1,7 +1,7 @@
 //! [`Counting`]: a backend wrapper that counts the copies between host and device, to check
 //! that code keeps its data on the device (only scalars crossing), on any backend.
 
-use crate::{Backend, BinaryOp, Conv2dParams, Pool2dParams, Result, Shape, UnaryOp};
+use crate::{Backend, BackendCore, BackendExt, Conv2dParams, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -13,11 +13,11 @@ pub struct Transfers {
     /// Downloads of more than one element.
     pub downloads: usize,
     /// Uploads and downloads of a single element (scalars), and the scalars that
-    /// [`Backend::dot`], [`Backend::dots`], [`Backend::norms`] and [`Backend::scalars`]
+    /// [`BackendExt::dot`], [`BackendExt::dots`], [`BackendExt::norms`] and [`BackendExt::scalars`]
     /// return.
     pub scalars: usize,
     /// The calls that wait for the device to return something: every download, and every
-    /// [`Backend::dot`], [`Backend::dots`], [`Backend::norms`] and [`Backend::scalars`] (one
+    /// [`BackendExt::dot`], [`BackendExt::dots`], [`BackendExt::norms`] and [`BackendExt::scalars`] (one
     /// each, whatever the number of scalars).
     pub round_trips: usize,
 }
@@ -59,7 +59,7 @@ impl<B: Backend> Counting<B> {
     }
 
     /// The same backend claiming (or denying) that it batches reductions
-    /// ([`Backend::batches_reductions`]), e.g. to run a GPU's code path on the CPU.
+    /// ([`BackendExt::batches_reductions`]), e.g. to run a GPU's code path on the CPU.
     pub fn with_batching(mut self, batches: bool) -> Self {
         self.batches = Some(batches);
         self
@@ -86,18 +86,11 @@ impl<B: Backend> Counting<B> {
     }
 }
 
-impl<B: Backend> Backend for Counting<B> {
+impl<B: Backend> BackendCore for Counting<B> {
     type Buffer = B::Buffer;
 
     fn name(&self) -> String {
         format!("counting({})", self.inner.name())
-    }
-
-    fn release_cached(&self) {
-        self.inner.release_cached();
-    }
-    fn memory(&self) -> crate::MemoryKind {
-        self.inner.memory()
     }
     fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
         self.count(data.len(), &self.counters.uploads);
@@ -117,65 +110,7 @@ impl<B: Backend> Backend for Counting<B> {
         self.count(self.inner.len(buf), &self.counters.downloads);
         self.inner.download_f64(buf)
     }
-    fn len(&self, buf: &Self::Buffer) -> usize {
-        self.inner.len(buf)
-    }
-    fn full(&self, len: usize, value: f64) -> Result<Self::Buffer> {
-        self.inner.full(len, value)
-    }
-    fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer> {
-        self.inner.unary(op, x)
-    }
-    fn affine(&self, x: &Self::Buffer, mul: f64, add: f64) -> Result<Self::Buffer> {
-        self.inner.affine(x, mul, add)
-    }
-    fn binary(&self, op: BinaryOp, a: &Self::Buffer, b: &Self::Buffer) -> Result<Self::Buffer> {
-        self.inner.binary(op, a, b)
-    }
-    fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer> {
-        self.inner.sum_all(x)
-    }
-    fn sum_axis(&self, x: &Self::Buffer, shape: &Shape, axis: usize) -> Result<Self::Buffer> {
-        self.inner.sum_axis(x, shape, axis)
-    }
-    fn broadcast(&self, x: &Self::Buffer, from: &Shape, to: &Shape) -> Result<Self::Buffer> {
-        self.inner.broadcast(x, from, to)
-    }
-    fn narrow(
-        &self,
-        x: &Self::Buffer,
-        shape: &Shape,
-        axis: usize,
-        start: usize,
-        len: usize,
-    ) -> Result<Self::Buffer> {
-        self.inner.narrow(x, shape, axis, start, len)
-    }
-    fn narrow_backward(
-        &self,
-        dy: &Self::Buffer,
-        shape: &Shape,
-        axis: usize,
-        start: usize,
-        full: usize,
-    ) -> Result<Self::Buffer> {
-        self.inner.narrow_backward(dy, shape, axis, start, full)
-    }
-    fn transpose(&self, x: &Self::Buffer, rows: usize, cols: usize) -> Result<Self::Buffer> {
-        self.inner.transpose(x, rows, cols)
-    }
-    fn matmul(
-        &self,
-        a: &Self::Buffer,
-        b: &Self::Buffer,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Self::Buffer> {
-        self.inner.matmul(a, b, m, k, n, ta, tb)
-    }
+    crate::forward_core_ops!(inner);
     fn conv2d(
         &self,
         x: &Self::Buffer,
@@ -185,32 +120,14 @@ impl<B: Backend> Backend for Counting<B> {
     ) -> Result<Self::Buffer> {
         self.inner.conv2d(x, w, bias, p)
     }
-    fn conv2d_backward_input(
-        &self,
-        dy: &Self::Buffer,
-        w: &Self::Buffer,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        self.inner.conv2d_backward_input(dy, w, p)
+}
+
+impl<B: Backend> BackendExt for Counting<B> {
+    fn release_cached(&self) {
+        self.inner.release_cached();
     }
-    fn conv2d_backward_weight(
-        &self,
-        x: &Self::Buffer,
-        dy: &Self::Buffer,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        self.inner.conv2d_backward_weight(x, dy, p)
-    }
-    fn pool2d(&self, x: &Self::Buffer, p: &Pool2dParams) -> Result<Self::Buffer> {
-        self.inner.pool2d(x, p)
-    }
-    fn pool2d_backward(
-        &self,
-        x: &Self::Buffer,
-        dy: &Self::Buffer,
-        p: &Pool2dParams,
-    ) -> Result<Self::Buffer> {
-        self.inner.pool2d_backward(x, dy, p)
+    fn memory(&self) -> crate::MemoryKind {
+        self.inner.memory()
     }
     fn conv2d_relu(
         &self,

@@ -14,7 +14,7 @@ mod shape;
 mod tensor;
 
 pub use activation::Activation;
-pub use backend::{host_norms, Backend, MemoryKind};
+pub use backend::{host_norms, Backend, BackendCore, BackendExt, MemoryKind};
 pub use counting::{Counting, Transfers};
 pub use error::{Error, Result};
 pub use shape::{BinaryOp, Conv2dParams, Pool2dParams, PoolKind, Shape, UnaryOp};

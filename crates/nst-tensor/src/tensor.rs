@@ -289,7 +289,7 @@ impl<B: Backend> Tensor<B> {
 
     /// The values of one-element tensors, copied back in one transfer (one wait for the
     /// device instead of one per tensor): the same values [`Tensor::scalar`] gives. See
-    /// [`Backend::scalars`].
+    /// [`BackendExt::scalars`].
     pub fn scalars(ts: &[&Self]) -> Result<Vec<f64>> {
         let Some(first) = ts.first() else {
             return Ok(Vec::new());
@@ -307,7 +307,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Every `rows[r]·cols[c]`, row-major, in one batch where the device batches (see
-    /// [`Backend::dots`]); all tensors of one shape.
+    /// [`BackendExt::dots`]); all tensors of one shape.
     pub fn dots(rows: &[&Self], cols: &[&Self]) -> Result<Vec<f64>> {
         let Some(first) = rows.first().or(cols.first()) else {
             return Ok(Vec::new());
@@ -321,7 +321,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// `Σ_j coeffs[j]·vectors[j]` (at least one tensor, all of one shape; see
-    /// [`Backend::combine`]).
+    /// [`BackendExt::combine`]).
     pub fn combine(coeffs: &[f64], vectors: &[&Self]) -> Result<Self> {
         let first = vectors
             .first()
@@ -334,7 +334,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Each plane of the last two axes clamped into the range of its channel (axis
-    /// `rank - 3`, cycling through `ranges`): see [`Backend::clamp_channels`].
+    /// `rank - 3`, cycling through `ranges`): see [`BackendExt::clamp_channels`].
     pub fn clamp_channels(&self, ranges: &[(f32, f32)]) -> Result<Self> {
         let d = self.shape.dims();
         let plane = if d.len() >= 2 {

@@ -424,7 +424,7 @@ fn long_gram_products_match_and_do_not_depend_on_threads() {
 /// impossible geometry are errors, never reads out of bounds.
 #[test]
 fn backend_calls_with_mismatched_buffers_are_errors() {
-    use nst_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};
+    use nst_tensor::{BackendCore, BackendExt, Conv2dParams, Pool2dParams, Shape};
     let be = Cpu::new(1);
     let buf = |n: usize| be.upload_f32(&vec![1.0; n]).unwrap();
     let p = Conv2dParams {
