@@ -682,7 +682,6 @@ fn write_checkpoint<B: nst_tensor::Backend>(
     })
 }
 
-/// Reads a checkpoint file.
 /// Reads a checkpoint tensor by tensor (never the whole file in memory beside its vectors).
 fn read_checkpoint(path: &Path) -> Result<nst_style::Checkpoint> {
     let file = std::fs::File::open(path)
