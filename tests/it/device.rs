@@ -1,7 +1,7 @@
 //! The render loop keeps the image, the gradient and the optimizer's state on the backend:
 //! counted through `nst_tensor::Counting`, an iteration moves only scalars.
 
-use crate::{image_crop, weights};
+use crate::image_crop;
 use nst_cpu::Cpu;
 use nst_style::{render, Image, Observer, OptimizerKind, Progress, RenderConfig};
 use nst_tensor::{Counting, Transfers};
@@ -41,16 +41,15 @@ fn render_transfers(
 
 #[test]
 fn render_iterations_move_only_scalars() {
-    let path = weights();
-    let bytes = std::fs::read(path).unwrap();
+    let bytes = crate::model_bytes();
     for optimizer in [
         OptimizerKind::Lbfgs,
         OptimizerKind::LbfgsWolfe,
         OptimizerKind::Adam,
     ] {
         for (clamp, batching) in [(false, false), (true, false), (true, true)] {
-            let short = render_transfers(&bytes, optimizer, 2, clamp, batching);
-            let long = render_transfers(&bytes, optimizer, 7, clamp, batching);
+            let short = render_transfers(bytes, optimizer, 2, clamp, batching);
+            let long = render_transfers(bytes, optimizer, 7, clamp, batching);
             let what = format!("{optimizer:?}, clamp {clamp}, batching {batching}");
             // Setup (weights, images) and the final image are the same for both; five more
             // iterations add scalars (loss terms, dot products, norms) and nothing else.
@@ -66,7 +65,7 @@ fn render_iterations_move_only_scalars() {
 
 #[test]
 fn a_gpu_style_render_waits_for_the_device_the_same_number_of_times_every_iteration() {
-    let bytes = std::fs::read(weights()).unwrap();
+    let bytes = crate::model_bytes().to_vec();
     let trips = |n| render_transfers(&bytes, OptimizerKind::Lbfgs, n, true, true).round_trips;
     let (a, b, c) = (trips(2), trips(7), trips(12));
     // With batched reductions an L-BFGS iteration's waits do not grow with its history.

@@ -2,7 +2,7 @@
 //! ends on exactly the image of an uninterrupted render, for every optimizer and across a
 //! scale boundary; and a checkpoint of another render is refused.
 
-use crate::{image_crop, weights};
+use crate::image_crop;
 use nst_cpu::Cpu;
 use nst_style::{Checkpoint, Image, OptimizerKind, RenderConfig, RenderSession};
 use nst_vgg::Vgg;
@@ -66,7 +66,7 @@ fn run_recorded(
 #[test]
 fn a_resumed_session_ends_on_the_uninterrupted_image() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let configs = [
         (OptimizerKind::Lbfgs, None, vec![], vec![]),
         (OptimizerKind::LbfgsWolfe, None, vec![], vec![]),
@@ -99,7 +99,7 @@ fn a_resumed_session_ends_on_the_uninterrupted_image() {
 #[test]
 fn a_checkpoint_of_another_render_is_refused() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
     let cfg = RenderConfig {
         iterations: 4,
@@ -147,7 +147,7 @@ fn pixel_range(vgg: &Vgg<Cpu>, c: &Checkpoint) -> (f32, f32) {
 #[test]
 fn clamped_pixels_stay_in_range_and_resume_exactly() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
     // Without the projection the optimiser leaves 0-255 (what makes the projection matter);
     // with it every iterate stays inside, and the loss still falls.
@@ -204,7 +204,7 @@ fn clamped_pixels_stay_in_range_and_resume_exactly() {
 #[test]
 fn a_converged_scale_ends_early_and_resumes_exactly() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
     let cfg = RenderConfig {
         iterations: 60,
@@ -257,11 +257,13 @@ fn a_converged_scale_ends_early_and_resumes_exactly() {
 /// With a line search, every iteration reports the loss of its iterate, never a line-search
 /// trial: the losses fall at every step (strong Wolfe's sufficient decrease), and a resumed
 /// run, which evaluates its start afresh, reports the same numbers and so meets `--tolerance`
-/// at the same iteration, ending on the same bytes.
+/// at the same iteration, ending on the same bytes. With the real weights: the line search
+/// needs the real network's balance of terms (the random test model's relu1_1 term dwarfs
+/// the rest, and its searches stall).
 #[test]
-fn lbfgs_wolfe_reports_its_iterates_and_resumes_exactly_with_a_tolerance() {
+fn real_weights_lbfgs_wolfe_reports_its_iterates_and_resumes_exactly_with_a_tolerance() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, &std::fs::read(crate::weights()).unwrap()).unwrap();
     let full = RenderConfig {
         iterations: 40,
         optimizer: OptimizerKind::LbfgsWolfe,
@@ -349,7 +351,7 @@ impl nst_style::TermSource<Cpu> for Energy {
 #[test]
 fn a_user_term_renders_tiled_resumes_exactly_and_enters_the_fingerprint() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
     let cfg = RenderConfig {
         iterations: 4,
@@ -407,7 +409,7 @@ fn a_user_term_renders_tiled_resumes_exactly_and_enters_the_fingerprint() {
 #[test]
 fn a_resumed_nearest_neighbour_render_ends_on_the_uninterrupted_image() {
     let be = Cpu::new(2);
-    let vgg = Vgg::from_safetensors(&be, &std::fs::read(weights()).unwrap()).unwrap();
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let cfg = |refresh: usize| RenderConfig {
         iterations: 7,
         objective: crate::terms::nn_config(refresh, true),

@@ -35,6 +35,29 @@ fn conv_params<B: Backend>(
     Ok((layers, params))
 }
 
+/// The safetensors metadata key of a network whose convolutions are narrower than the
+/// architecture's by a whole factor (the test models of [`Vgg::random_narrow_for_tests`]);
+/// absent means 1, the real network.
+pub const WIDTH_DIVISOR_KEY: &str = "nst.width_divisor";
+
+/// The layer table of `arch` with every convolution's width divided by `divisor` (the
+/// input's 3 channels stay 3; at least 1 channel each).
+fn narrowed(arch: Arch, divisor: usize) -> Vec<Layer> {
+    let narrow = |c: usize| if c == 3 { 3 } else { (c / divisor).max(1) };
+    arch.layers()
+        .into_iter()
+        .map(|mut l| {
+            if let LayerOp::Conv { cin, cout } = l.op {
+                l.op = LayerOp::Conv {
+                    cin: narrow(cin),
+                    cout: narrow(cout),
+                };
+            }
+            l
+        })
+        .collect()
+}
+
 fn f32s(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<f32>> {
     if view.dtype() != safetensors::Dtype::F32 {
         return Err(Error::Weights(format!(
@@ -78,7 +101,15 @@ impl<B: Backend> Vgg<B> {
                 )))
             }
         };
-        let (layers, params) = conv_params(arch.layers(), |layer, cin, cout| {
+        let divisor = match metadata.get(WIDTH_DIVISOR_KEY) {
+            None => 1,
+            Some(v) => v.parse::<usize>().ok().filter(|d| *d >= 1).ok_or_else(|| {
+                Error::Weights(format!(
+                    "metadata {WIDTH_DIVISOR_KEY} is {v:?}, expected a whole number from 1"
+                ))
+            })?,
+        };
+        let (layers, params) = conv_params(narrowed(arch, divisor), |layer, cin, cout| {
             let load = |suffix: &str, shape: &[usize]| -> Result<Tensor<B>> {
                 let name = format!("{}.{suffix}", layer.name);
                 let view = st
@@ -150,20 +181,7 @@ impl<B: Backend> Vgg<B> {
         if divisor == 0 {
             return Err(Error::Weights("a width divisor must be at least 1".into()));
         }
-        let narrow = |c: usize| if c == 3 { 3 } else { (c / divisor).max(1) };
-        let table = arch
-            .layers()
-            .into_iter()
-            .map(|mut l| {
-                if let LayerOp::Conv { cin, cout } = l.op {
-                    l.op = LayerOp::Conv {
-                        cin: narrow(cin),
-                        cout: narrow(cout),
-                    };
-                }
-                l
-            })
-            .collect();
+        let table = narrowed(arch, divisor);
         let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
         // SplitMix64, mapped to [-1, 1).
         let mut uniform = move || {
@@ -188,12 +206,44 @@ impl<B: Backend> Vgg<B> {
             params,
             pooling: PoolKind::Max,
             convention: InputConvention::CaffeBgr,
-            metadata: BTreeMap::from([(
-                "nst.random_for_tests".to_string(),
-                format!("{seed}/{divisor}"),
-            )]),
+            metadata: BTreeMap::from([
+                (
+                    "nst.random_for_tests".to_string(),
+                    format!("{seed}/{divisor}"),
+                ),
+                (WIDTH_DIVISOR_KEY.to_string(), divisor.to_string()),
+            ]),
             backend: backend.clone(),
         })
+    }
+
+    /// The network as safetensors bytes in nst's layout: what [`Vgg::from_safetensors`]
+    /// reads back to the same network (weights, input convention and metadata, including
+    /// the width divisor of a narrow test model).
+    ///
+    /// ```
+    /// use nst_vgg::{Arch, Vgg};
+    /// let cpu = nst_cpu::Cpu::new(1);
+    /// let vgg = Vgg::random_narrow_for_tests(&cpu, Arch::Vgg19, 16, 7).unwrap();
+    /// let back = Vgg::from_safetensors(&cpu, &vgg.to_safetensors().unwrap()).unwrap();
+    /// assert_eq!(back.layers(), vgg.layers());
+    /// ```
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut tensors = Vec::new();
+        for (layer, p) in self.layers.iter().zip(&self.params) {
+            if let Some((w, b)) = p {
+                for (suffix, t) in [("weight", w), ("bias", b)] {
+                    let name = format!("{}.{suffix}", layer.name);
+                    tensors.push((name, t.shape().dims().to_vec(), t.to_f32()?));
+                }
+            }
+        }
+        let mut metadata = self.metadata.clone();
+        metadata.insert(
+            crate::convention::METADATA_KEY.to_string(),
+            self.convention.metadata().to_string(),
+        );
+        Ok(crate::safetensors_bytes(&metadata, &tensors))
     }
 
     /// The backend the weights live on.

@@ -273,68 +273,10 @@ pub fn convert(bytes: &[u8]) -> Result<(SourceKind, Converted)> {
     }
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 impl Converted {
     /// Serializes to safetensors bytes, deterministically: the header's keys are sorted and
     /// the data follows in layer order.
     pub fn to_safetensors(&self) -> Vec<u8> {
-        let mut entries: Vec<(String, String)> = Vec::new();
-        let meta = self
-            .metadata
-            .iter()
-            .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
-            .collect::<Vec<_>>()
-            .join(",");
-        entries.push(("__metadata__".into(), format!("{{{meta}}}")));
-        let mut offset = 0usize;
-        for (name, shape, data) in &self.tensors {
-            let end = offset + data.len() * 4;
-            let dims = shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            entries.push((
-                name.clone(),
-                format!(
-                    "{{\"dtype\":\"F32\",\"shape\":[{dims}],\"data_offsets\":[{offset},{end}]}}"
-                ),
-            ));
-            offset = end;
-        }
-        entries.sort();
-        let mut header = format!(
-            "{{{}}}",
-            entries
-                .iter()
-                .map(|(k, v)| format!("{}:{v}", json_string(k)))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        while header.len() % 8 != 0 {
-            header.push(' ');
-        }
-        let mut out = Vec::with_capacity(8 + header.len() + offset);
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        for (_, _, data) in &self.tensors {
-            for v in data {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        out
+        nst_vgg::safetensors_bytes(&self.metadata, &self.tensors)
     }
 }

@@ -1,6 +1,6 @@
 //! `nst features`: outputs and error messages.
 
-use super::{images, nst, weights};
+use super::{images, nst, real_weights, weights, MODEL_DIVISOR};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -100,8 +100,10 @@ fn features_writes_each_layer_at_native_size() {
     let (w, h) = (dims.0 as f64, dims.1 as f64);
     let sc = 96.0 / w.max(h);
     let (nw, nh) = ((w * sc).round() as usize, (h * sc).round() as usize);
-    assert_eq!(st.tensor("relu1_1").unwrap().shape(), &[64, nh, nw]);
-    assert_eq!(st.tensor("pool2").unwrap().shape(), &[128, nh / 4, nw / 4]);
+    // VGG19's widths (64 and 128) in the test model's proportion.
+    let (c1, c2) = (64 / MODEL_DIVISOR, 128 / MODEL_DIVISOR);
+    assert_eq!(st.tensor("relu1_1").unwrap().shape(), &[c1, nh, nw]);
+    assert_eq!(st.tensor("pool2").unwrap().shape(), &[c2, nh / 4, nw / 4]);
     assert_eq!(
         st.tensor("relu1_1").unwrap().dtype(),
         safetensors::Dtype::F32
@@ -293,8 +295,8 @@ fn bad_inputs_fail_with_one_line() {
 }
 
 #[test]
-fn convert_weights_round_trips_and_refuses_garbage() {
-    let w = weights();
+fn real_weights_convert_round_trips_and_garbage_is_refused() {
+    let w = real_weights();
     let out = tmp("converted.safetensors");
     let r = nst(&["convert-weights", "--from", s(&w), "--out", s(&out)]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));

@@ -173,15 +173,16 @@ fn sigint_writes_image_and_checkpoint_and_resumes_to_the_same_bytes() {
     }
 }
 
-/// SIGTERM in the middle of a slow iteration (tiled in 16 px tiles: about two seconds each
-/// at 96 px) with no grace to finish it (`--grace 0s`): the iteration is abandoned, the
-/// image and checkpoint of the last completed one are written, the exit code is 143, and
-/// resuming gives the bytes of the render never interrupted.
+/// SIGTERM in the middle of a slow iteration (128 px in 16 px tiles: about a second each
+/// with the test model, while the signal comes a tenth of a second into it) with no grace
+/// to finish it (`--grace 0s`): the iteration is abandoned, the image and checkpoint of the
+/// last completed one are written, the exit code is 143, and resuming gives the bytes of
+/// the render never interrupted.
 #[test]
 fn sigterm_abandons_an_iteration_that_would_outlast_the_grace() {
     weights();
     let (out, ck, log) = (tmp("grace.png"), tmp("grace.ckpt"), tmp("grace.jsonl"));
-    let slow = ["--tile", "16", "--iterations", "4"];
+    let slow = ["--tile", "16", "--iterations", "3", "--size", "128"];
     let uninterrupted = tmp("grace_whole.png");
     run_ok(&render_args(&uninterrupted, &slow));
     let mut extra = slow.to_vec();
@@ -194,9 +195,9 @@ fn sigterm_abandons_an_iteration_that_would_outlast_the_grace() {
         s(&log),
     ]);
     let mut child = spawn(&render_args(&out, &extra));
-    wait_for_log(&mut child, &log, 2);
-    // Into the third iteration, which takes far longer than this.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    wait_for_log(&mut child, &log, 1);
+    // Into the second iteration, which takes far longer than this.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let k = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -209,7 +210,7 @@ fn sigterm_abandons_an_iteration_that_would_outlast_the_grace() {
     let done = iteration_lines(&std::fs::read_to_string(&log).unwrap());
     let (_, at) = checkpoint_position(&ck);
     assert_eq!(at, done, "the checkpoint is the last completed iteration's");
-    assert!(done < 4, "stopped after {done} iterations");
+    assert!(done < 3, "stopped after {done} iterations");
     assert!(leftovers(&out, &ck).is_empty());
     run_ok(&render_args(
         &out,

@@ -1,6 +1,6 @@
 //! `--tile`, `--max-memory`, `--lbfgs-history`, `--scales auto` and `nst estimate` end to end.
 
-use super::{images, nst, weights};
+use super::{images, nst, real_weights, weights};
 use crate::features::{assert_fails_with, s, thumb, tmp};
 
 fn base<'a>(c: &'a str, st: &'a str, out: &'a str) -> Vec<&'a str> {
@@ -55,9 +55,13 @@ fn a_tiled_render_matches_the_untiled_one() {
 }
 
 #[test]
-fn estimate_prints_the_plan_and_budgets_are_enforced() {
-    weights();
-    let est = estimate;
+fn real_weights_estimate_prints_the_plan_and_budgets_are_enforced() {
+    let weights = real_weights();
+    let est = |extra: &[&str]| {
+        let mut a = vec!["--weights", s(&weights)];
+        a.extend_from_slice(extra);
+        estimate(&a)
+    };
     // Untiled when it fits.
     let r = est(&["--size", "256"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -205,8 +209,8 @@ fn tiled_eval_matches_untiled_eval() {
 /// property as the benchmark's 2048 px under 3 GB (docs/benchmarks.md), at a size that runs in
 /// seconds: the budget is tight enough here that the plan must tile down to pool3.
 #[test]
-fn a_render_under_a_memory_budget_is_tiled_and_stays_under_it() {
-    weights();
+fn real_weights_render_under_a_memory_budget_is_tiled_and_stays_under_it() {
+    let weights = real_weights();
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let (out, log) = (tmp("budget512.png"), tmp("budget512.jsonl"));
@@ -221,6 +225,8 @@ fn a_render_under_a_memory_budget_is_tiled_and_stays_under_it() {
         "600M",
         "--json-log",
         s(&log),
+        "--weights",
+        s(&weights),
     ]);
     let r = nst(&a);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
