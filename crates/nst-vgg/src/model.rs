@@ -380,3 +380,53 @@ impl<B: Backend> Vgg<B> {
         Ok(h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nst_cpu::Cpu;
+
+    /// A narrow test model's file reads back to the same network and activations; its
+    /// divisor is what makes the narrow shapes valid, and a bad divisor is a clear error.
+    #[test]
+    fn narrow_models_round_trip_and_their_divisor_is_checked() {
+        let cpu = Cpu::new(1);
+        let vgg = Vgg::random_narrow_for_tests(&cpu, Arch::Vgg19, 8, 3).unwrap();
+        let bytes = vgg.to_safetensors().unwrap();
+        assert_eq!(bytes, vgg.to_safetensors().unwrap(), "deterministic bytes");
+        let back = Vgg::from_safetensors(&cpu, &bytes).unwrap();
+        assert_eq!(back.layers(), vgg.layers());
+        assert_eq!(back.convention(), vgg.convention());
+        let mut meta = back.metadata().clone();
+        meta.remove(crate::convention::METADATA_KEY);
+        assert_eq!(&meta, vgg.metadata());
+        for i in 0..vgg.layers().len() {
+            if let (Some(a), Some(b)) = (vgg.conv_params(i), back.conv_params(i)) {
+                assert_eq!(a.0.to_f32().unwrap(), b.0.to_f32().unwrap());
+                assert_eq!(a.1.to_f32().unwrap(), b.1.to_f32().unwrap());
+            }
+        }
+        // The same tensors under another divisor (or none) do not have the shapes it implies.
+        let with = |divisor: &str| {
+            let mut meta = vgg.metadata().clone();
+            meta.insert(WIDTH_DIVISOR_KEY.to_string(), divisor.to_string());
+            let mut tensors = Vec::new();
+            for (layer, p) in vgg.layers().iter().zip(&vgg.params) {
+                if let Some((w, b)) = p {
+                    for (suffix, t) in [("weight", w), ("bias", b)] {
+                        let name = format!("{}.{suffix}", layer.name);
+                        tensors.push((name, t.shape().dims().to_vec(), t.to_f32().unwrap()));
+                    }
+                }
+            }
+            Vgg::from_safetensors(&cpu, &crate::safetensors_bytes(&meta, &tensors))
+        };
+        let err = |r: Result<Vgg<Cpu>>| r.err().expect("refused").to_string();
+        assert!(err(with("4")).contains("conv1_1.weight has shape [8, 3, 3, 3], expected [16"));
+        assert!(err(with("1")).contains("expected [64, 3, 3, 3]"));
+        for bad in ["0", "-2", "eight", ""] {
+            assert!(err(with(bad)).contains(WIDTH_DIVISOR_KEY), "{bad:?}");
+        }
+        assert!(with("8").is_ok());
+    }
+}
