@@ -285,7 +285,12 @@ impl<E: Element> CpuBackend<E> {
         }
         r
     }
+}
 
+impl<E: Element> CpuBackend<E>
+where
+    Self: nst_tensor::Backend<Buffer = CpuBuffer<E>>,
+{
     /// Wraps an `ndarray` array (any shape, converted to a contiguous buffer) as a tensor.
     pub fn tensor_from_array(&self, a: &ArrayD<E>) -> Result<Tensor<Self>> {
         let shape = Shape::new(a.shape());
@@ -311,224 +316,262 @@ fn lengths<E: Element>(op: &'static str, a: &CpuBuffer<E>, b: &CpuBuffer<E>) -> 
     Ok(())
 }
 
-impl<E: Element> BackendCore for CpuBackend<E> {
-    type Buffer = CpuBuffer<E>;
+/// The backend traits for one element type. They are implemented for `f32` and `f64` each,
+/// not for any `E`, so that their methods are not generic: every kernel below them is
+/// compiled once, here, at this crate's optimisation level (3, in every profile), instead of
+/// again in every crate, test and example that renders on the CPU, at theirs.
+macro_rules! impl_backend {
+    ($E:ty) => {
+        impl BackendCore for CpuBackend<$E> {
+            type Buffer = CpuBuffer<$E>;
 
-    fn name(&self) -> String {
-        match self.precision {
-            Precision::Default => format!("cpu-{}", E::NAME),
-            Precision::Fast => format!("cpu-{}-fast", E::NAME),
-        }
-    }
+            fn name(&self) -> String {
+                match self.precision {
+                    Precision::Default => format!("cpu-{}", <$E as Element>::NAME),
+                    Precision::Fast => format!("cpu-{}-fast", <$E as Element>::NAME),
+                }
+            }
 
-    fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
-        Ok(CpuBuffer::from_vec(
-            data.iter().map(|&v| E::of32(v)).collect(),
-        ))
-    }
+            fn upload_f32(&self, data: &[f32]) -> Result<Self::Buffer> {
+                Ok(CpuBuffer::from_vec(
+                    data.iter().map(|&v| <$E as Element>::of32(v)).collect(),
+                ))
+            }
 
-    fn upload_f64(&self, data: &[f64]) -> Result<Self::Buffer> {
-        Ok(CpuBuffer::from_vec(
-            data.iter().map(|&v| E::of(v)).collect(),
-        ))
-    }
+            fn upload_f64(&self, data: &[f64]) -> Result<Self::Buffer> {
+                Ok(CpuBuffer::from_vec(
+                    data.iter().map(|&v| <$E as Element>::of(v)).collect(),
+                ))
+            }
 
-    fn download_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>> {
-        Ok(buf.as_slice().iter().map(|v| v.f32()).collect())
-    }
+            fn download_f32(&self, buf: &Self::Buffer) -> Result<Vec<f32>> {
+                Ok(buf.as_slice().iter().map(|v| v.f32()).collect())
+            }
 
-    fn download_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>> {
-        Ok(buf.as_slice().iter().map(|v| v.f64()).collect())
-    }
+            fn download_f64(&self, buf: &Self::Buffer) -> Result<Vec<f64>> {
+                Ok(buf.as_slice().iter().map(|v| v.f64()).collect())
+            }
 
-    fn len(&self, buf: &Self::Buffer) -> usize {
-        buf.len()
-    }
+            fn len(&self, buf: &Self::Buffer) -> usize {
+                buf.len()
+            }
 
-    fn full(&self, len: usize, value: f64) -> Result<Self::Buffer> {
-        let mut v = E::pool().zeroed(len);
-        v.iter_mut().for_each(|x| *x = E::of(value));
-        Ok(CpuBuffer::from_vec(v))
-    }
+            fn full(&self, len: usize, value: f64) -> Result<Self::Buffer> {
+                let mut v = <$E as Element>::pool().zeroed(len);
+                v.iter_mut().for_each(|x| *x = <$E as Element>::of(value));
+                Ok(CpuBuffer::from_vec(v))
+            }
 
-    fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer> {
-        Ok(self.run(|| ops::elementwise::unary(op, x.as_slice())))
-    }
+            fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer> {
+                Ok(self.run(|| ops::elementwise::unary(op, x.as_slice())))
+            }
 
-    fn affine(&self, x: &Self::Buffer, mul: f64, add: f64) -> Result<Self::Buffer> {
-        Ok(self.run(|| ops::elementwise::affine(x.as_slice(), E::of(mul), E::of(add))))
-    }
+            fn affine(&self, x: &Self::Buffer, mul: f64, add: f64) -> Result<Self::Buffer> {
+                Ok(self.run(|| {
+                    ops::elementwise::affine(
+                        x.as_slice(),
+                        <$E as Element>::of(mul),
+                        <$E as Element>::of(add),
+                    )
+                }))
+            }
 
-    fn binary(&self, op: BinaryOp, a: &Self::Buffer, b: &Self::Buffer) -> Result<Self::Buffer> {
-        lengths("binary", a, b)?;
-        Ok(self.run(|| ops::elementwise::binary(op, a.as_slice(), b.as_slice())))
-    }
+            fn binary(
+                &self,
+                op: BinaryOp,
+                a: &Self::Buffer,
+                b: &Self::Buffer,
+            ) -> Result<Self::Buffer> {
+                lengths("binary", a, b)?;
+                Ok(self.run(|| ops::elementwise::binary(op, a.as_slice(), b.as_slice())))
+            }
 
-    fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer> {
-        Ok(self.run(|| ops::reduce::sum_all(x.as_slice())))
-    }
+            fn sum_all(&self, x: &Self::Buffer) -> Result<Self::Buffer> {
+                Ok(self.run(|| ops::reduce::sum_all(x.as_slice())))
+            }
 
-    fn sum_axis(&self, x: &Self::Buffer, shape: &Shape, axis: usize) -> Result<Self::Buffer> {
-        check::shape_axis("sum_axis", x.len(), shape, axis)?;
-        Ok(self.run(|| ops::reduce::sum_axis(x.as_slice(), shape, axis)))
-    }
+            fn sum_axis(
+                &self,
+                x: &Self::Buffer,
+                shape: &Shape,
+                axis: usize,
+            ) -> Result<Self::Buffer> {
+                check::shape_axis("sum_axis", x.len(), shape, axis)?;
+                Ok(self.run(|| ops::reduce::sum_axis(x.as_slice(), shape, axis)))
+            }
 
-    fn broadcast(&self, x: &Self::Buffer, from: &Shape, to: &Shape) -> Result<Self::Buffer> {
-        check::broadcast("broadcast", x.len(), from, to)?;
-        Ok(self.run(|| ops::reduce::broadcast(x.as_slice(), from, to)))
-    }
+            fn broadcast(
+                &self,
+                x: &Self::Buffer,
+                from: &Shape,
+                to: &Shape,
+            ) -> Result<Self::Buffer> {
+                check::broadcast("broadcast", x.len(), from, to)?;
+                Ok(self.run(|| ops::reduce::broadcast(x.as_slice(), from, to)))
+            }
 
-    fn narrow(
-        &self,
-        x: &Self::Buffer,
-        shape: &Shape,
-        axis: usize,
-        start: usize,
-        len: usize,
-    ) -> Result<Self::Buffer> {
-        check::narrow("narrow", x.len(), shape, axis, start, len)?;
-        Ok(self.run(|| ops::reduce::narrow(x.as_slice(), shape, axis, start, len)))
-    }
+            fn narrow(
+                &self,
+                x: &Self::Buffer,
+                shape: &Shape,
+                axis: usize,
+                start: usize,
+                len: usize,
+            ) -> Result<Self::Buffer> {
+                check::narrow("narrow", x.len(), shape, axis, start, len)?;
+                Ok(self.run(|| ops::reduce::narrow(x.as_slice(), shape, axis, start, len)))
+            }
 
-    fn narrow_backward(
-        &self,
-        dy: &Self::Buffer,
-        shape: &Shape,
-        axis: usize,
-        start: usize,
-        full: usize,
-    ) -> Result<Self::Buffer> {
-        check::narrow_backward("narrow_backward", dy.len(), shape, axis, start, full)?;
-        Ok(self.run(|| ops::reduce::narrow_backward(dy.as_slice(), shape, axis, start, full)))
-    }
+            fn narrow_backward(
+                &self,
+                dy: &Self::Buffer,
+                shape: &Shape,
+                axis: usize,
+                start: usize,
+                full: usize,
+            ) -> Result<Self::Buffer> {
+                check::narrow_backward("narrow_backward", dy.len(), shape, axis, start, full)?;
+                Ok(self
+                    .run(|| ops::reduce::narrow_backward(dy.as_slice(), shape, axis, start, full)))
+            }
 
-    fn transpose(&self, x: &Self::Buffer, rows: usize, cols: usize) -> Result<Self::Buffer> {
-        if rows.checked_mul(cols) != Some(x.len()) {
-            return Err(Error::invalid(
-                "transpose",
-                "buffer does not match its shape",
-            ));
-        }
-        Ok(self.run(|| ops::reduce::transpose(x.as_slice(), rows, cols)))
-    }
+            fn transpose(
+                &self,
+                x: &Self::Buffer,
+                rows: usize,
+                cols: usize,
+            ) -> Result<Self::Buffer> {
+                if rows.checked_mul(cols) != Some(x.len()) {
+                    return Err(Error::invalid(
+                        "transpose",
+                        "buffer does not match its shape",
+                    ));
+                }
+                Ok(self.run(|| ops::reduce::transpose(x.as_slice(), rows, cols)))
+            }
 
-    fn matmul(
-        &self,
-        a: &Self::Buffer,
-        b: &Self::Buffer,
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Self::Buffer> {
-        check::matmul("matmul", a.len(), b.len(), m, k, n)?;
-        Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
-    }
+            fn matmul(
+                &self,
+                a: &Self::Buffer,
+                b: &Self::Buffer,
+                m: usize,
+                k: usize,
+                n: usize,
+                ta: bool,
+                tb: bool,
+            ) -> Result<Self::Buffer> {
+                check::matmul("matmul", a.len(), b.len(), m, k, n)?;
+                Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
+            }
 
-    fn conv2d(
-        &self,
-        x: &Self::Buffer,
-        w: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        p.check_forward("conv2d", x.len(), w.len(), bias.map(|b| b.len()))?;
-        Ok(self.conv_forward(x, w, bias, p, false))
-    }
+            fn conv2d(
+                &self,
+                x: &Self::Buffer,
+                w: &Self::Buffer,
+                bias: Option<&Self::Buffer>,
+                p: &Conv2dParams,
+            ) -> Result<Self::Buffer> {
+                p.check_forward("conv2d", x.len(), w.len(), bias.map(|b| b.len()))?;
+                Ok(self.conv_forward(x, w, bias, p, false))
+            }
 
-    fn conv2d_backward_input(
-        &self,
-        dy: &Self::Buffer,
-        w: &Self::Buffer,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        p.check_backward_input("conv2d_backward_input", dy.len(), w.len())?;
-        Ok(self.conv_backward_input(dy, w, None, p))
-    }
+            fn conv2d_backward_input(
+                &self,
+                dy: &Self::Buffer,
+                w: &Self::Buffer,
+                p: &Conv2dParams,
+            ) -> Result<Self::Buffer> {
+                p.check_backward_input("conv2d_backward_input", dy.len(), w.len())?;
+                Ok(self.conv_backward_input(dy, w, None, p))
+            }
 
-    fn conv2d_backward_weight(
-        &self,
-        x: &Self::Buffer,
-        dy: &Self::Buffer,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        p.check_backward_weight("conv2d_backward_weight", x.len(), dy.len())?;
-        Ok(self.run(|| ops::conv::backward_weight(self, x.as_slice(), dy.as_slice(), p)))
-    }
+            fn conv2d_backward_weight(
+                &self,
+                x: &Self::Buffer,
+                dy: &Self::Buffer,
+                p: &Conv2dParams,
+            ) -> Result<Self::Buffer> {
+                p.check_backward_weight("conv2d_backward_weight", x.len(), dy.len())?;
+                Ok(self.run(|| ops::conv::backward_weight(self, x.as_slice(), dy.as_slice(), p)))
+            }
 
-    fn pool2d(&self, x: &Self::Buffer, p: &Pool2dParams) -> Result<Self::Buffer> {
-        p.check("pool2d", x.len(), None)?;
-        Ok(self.run(|| ops::pool::forward(x.as_slice(), p)))
-    }
+            fn pool2d(&self, x: &Self::Buffer, p: &Pool2dParams) -> Result<Self::Buffer> {
+                p.check("pool2d", x.len(), None)?;
+                Ok(self.run(|| ops::pool::forward(x.as_slice(), p)))
+            }
 
-    fn pool2d_backward(
-        &self,
-        x: &Self::Buffer,
-        dy: &Self::Buffer,
-        p: &Pool2dParams,
-    ) -> Result<Self::Buffer> {
-        p.check("pool2d_backward", x.len(), Some(dy.len()))?;
-        Ok(self.run(|| ops::pool::backward(x.as_slice(), dy.as_slice(), p)))
-    }
-}
-
-impl<E: Element> BackendExt for CpuBackend<E> {
-    fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
-        lengths("dot", a, b)?;
-        Ok(self.run(|| ops::reduce::dot(a.as_slice(), b.as_slice())))
-    }
-
-    fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
-        if let Some(first) = rows.first().or(cols.first()) {
-            for b in rows.iter().chain(cols) {
-                lengths("dots", first, b)?;
+            fn pool2d_backward(
+                &self,
+                x: &Self::Buffer,
+                dy: &Self::Buffer,
+                p: &Pool2dParams,
+            ) -> Result<Self::Buffer> {
+                p.check("pool2d_backward", x.len(), Some(dy.len()))?;
+                Ok(self.run(|| ops::pool::backward(x.as_slice(), dy.as_slice(), p)))
             }
         }
-        let r: Vec<&[E]> = rows.iter().map(|b| b.as_slice()).collect();
-        let c: Vec<&[E]> = cols.iter().map(|b| b.as_slice()).collect();
-        Ok(self.run(|| ops::reduce::dots(&r, &c)))
-    }
 
-    fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
-        check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.len()))?;
-        let v: Vec<&[E]> = vectors.iter().map(|b| b.as_slice()).collect();
-        Ok(self.run(|| ops::reduce::combine(coeffs, &v)))
-    }
+        impl BackendExt for CpuBackend<$E> {
+            fn dot(&self, a: &Self::Buffer, b: &Self::Buffer) -> Result<f64> {
+                lengths("dot", a, b)?;
+                Ok(self.run(|| ops::reduce::dot(a.as_slice(), b.as_slice())))
+            }
 
-    fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
-        lengths("axpy", x, y)?;
-        Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))
-    }
+            fn dots(&self, rows: &[&Self::Buffer], cols: &[&Self::Buffer]) -> Result<Vec<f64>> {
+                if let Some(first) = rows.first().or(cols.first()) {
+                    for b in rows.iter().chain(cols) {
+                        lengths("dots", first, b)?;
+                    }
+                }
+                let r: Vec<&[$E]> = rows.iter().map(|b| b.as_slice()).collect();
+                let c: Vec<&[$E]> = cols.iter().map(|b| b.as_slice()).collect();
+                Ok(self.run(|| ops::reduce::dots(&r, &c)))
+            }
 
-    fn release_cached(&self) {
-        E::pool().clear();
-    }
+            fn combine(&self, coeffs: &[f64], vectors: &[&Self::Buffer]) -> Result<Self::Buffer> {
+                check::combine("combine", coeffs.len(), vectors.iter().map(|v| v.len()))?;
+                let v: Vec<&[$E]> = vectors.iter().map(|b| b.as_slice()).collect();
+                Ok(self.run(|| ops::reduce::combine(coeffs, &v)))
+            }
 
-    fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
-        Ok(self.run(|| ops::reduce::norms(x.as_slice())))
-    }
+            fn axpy(&self, a: f64, x: &Self::Buffer, y: &Self::Buffer) -> Result<Self::Buffer> {
+                lengths("axpy", x, y)?;
+                Ok(self.run(|| ops::elementwise::axpy(a, x.as_slice(), y.as_slice())))
+            }
 
-    fn conv2d_relu(
-        &self,
-        x: &Self::Buffer,
-        w: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        p.check_forward("conv2d_relu", x.len(), w.len(), bias.map(|b| b.len()))?;
-        Ok(self.conv_forward(x, w, bias, p, true))
-    }
+            fn release_cached(&self) {
+                <$E as Element>::pool().clear();
+            }
 
-    fn conv2d_relu_backward_input(
-        &self,
-        y: &Self::Buffer,
-        dy: &Self::Buffer,
-        w: &Self::Buffer,
-        p: &Conv2dParams,
-    ) -> Result<Self::Buffer> {
-        lengths("conv2d_relu_backward_input", y, dy)?;
-        p.check_backward_input("conv2d_relu_backward_input", dy.len(), w.len())?;
-        Ok(self.conv_backward_input(dy, w, Some(y), p))
-    }
+            fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {
+                Ok(self.run(|| ops::reduce::norms(x.as_slice())))
+            }
+
+            fn conv2d_relu(
+                &self,
+                x: &Self::Buffer,
+                w: &Self::Buffer,
+                bias: Option<&Self::Buffer>,
+                p: &Conv2dParams,
+            ) -> Result<Self::Buffer> {
+                p.check_forward("conv2d_relu", x.len(), w.len(), bias.map(|b| b.len()))?;
+                Ok(self.conv_forward(x, w, bias, p, true))
+            }
+
+            fn conv2d_relu_backward_input(
+                &self,
+                y: &Self::Buffer,
+                dy: &Self::Buffer,
+                w: &Self::Buffer,
+                p: &Conv2dParams,
+            ) -> Result<Self::Buffer> {
+                lengths("conv2d_relu_backward_input", y, dy)?;
+                p.check_backward_input("conv2d_relu_backward_input", dy.len(), w.len())?;
+                Ok(self.conv_backward_input(dy, w, Some(y), p))
+            }
+        }
+    };
 }
+
+impl_backend!(f32);
+impl_backend!(f64);
