@@ -99,7 +99,9 @@ fn conv_case<E: Element>(
     pad: usize,
     seed: u64,
     tol: f64,
-) {
+) where
+    CpuBackend<E>: nst_tensor::Backend,
+{
     let [n, cin, h, w] = dims;
     let x = rand_vec(n * cin * h * w, seed);
     let wt = rand_vec(cout * cin * k * k, seed ^ 1);
@@ -164,13 +166,10 @@ proptest! {
 /// Forward (with bias) and input gradient of a 3x3, stride-1, padding-1 convolution with at
 /// least 16 channels each side, which goes through Winograd F(2x2, 3x3): against the naive
 /// loop, and the input gradient against the im2col path.
-fn winograd_case<E: Element>(
-    be: &CpuBackend<E>,
-    dims: [usize; 4],
-    cout: usize,
-    seed: u64,
-    tol: f64,
-) {
+fn winograd_case<E: Element>(be: &CpuBackend<E>, dims: [usize; 4], cout: usize, seed: u64, tol: f64)
+where
+    CpuBackend<E>: nst_tensor::Backend,
+{
     conv_case(be, dims, cout, 3, 1, 1, seed, tol);
     let [n, _, h, w] = dims;
     let direct = be.clone().with_winograd(false);
