@@ -146,6 +146,10 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
     );
     let t = token(&url).to_string();
     let with = |path: &str| format!("{path}?token={t}");
+    // The token with its first character changed (to another: a fixed replacement equals
+    // the token itself whenever the token starts with it, one run in sixteen).
+    let wrong = format!("{}{}", if t.starts_with('0') { '1' } else { '0' }, &t[1..]);
+    assert_ne!(wrong, t);
     let (st, page) = http(&url, "GET", "/", &[]);
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&page).contains("id=\"stop\""));
@@ -197,7 +201,7 @@ fn the_endpoints_answer_and_stopping_needs_the_token_and_the_origin() {
         // Without the token: only the page answers.
         let st = http(&url, "GET", path, &[]).0;
         assert_eq!(st, if path == "/" { 200 } else { 403 }, "{path}");
-        let st = http(&url, "GET", &format!("{path}?token=0{}", &t[1..]), &[]).0;
+        let st = http(&url, "GET", &format!("{path}?token={wrong}"), &[]).0;
         assert_eq!(st, if path == "/" { 200 } else { 403 }, "{path}");
     }
     let local = format!("localhost:{port}");
