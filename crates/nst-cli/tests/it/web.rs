@@ -15,8 +15,31 @@ use std::time::{Duration, Instant};
 
 /// A render with `--web` on a free port; returns the child, the page's URL (with the token),
 /// and the channel of its remaining stderr lines. (Every caller waits for the child.)
-#[allow(clippy::zombie_processes)]
-fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+/// A running `nst render --web`, killed when dropped: a failing test must not leave its
+/// render of 100,000 iterations running.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(out: &Path, size: u32, extra: &[&str]) -> (Server, String, mpsc::Receiver<String>) {
     let c = images().join("tubingen.jpg");
     let st = images().join("starry_night.jpg");
     let size = size.to_string();
@@ -42,13 +65,15 @@ fn start(out: &Path, size: u32, extra: &[&str]) -> (Child, String, mpsc::Receive
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nst"))
-        .args(&args)
-        .env("NST_WEIGHTS", weights_path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Server(
+        Command::new(env!("CARGO_BIN_EXE_nst"))
+            .args(&args)
+            .env("NST_WEIGHTS", weights_path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = mpsc::channel();
     let err = child.stderr.take().unwrap();
     std::thread::spawn(move || {
