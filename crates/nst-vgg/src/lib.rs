@@ -15,7 +15,7 @@ pub use model::{Vgg, WIDTH_DIVISOR_KEY};
 /// What the network runs on (defined in `nst-tensor`, implemented there for tensors and in
 /// `nst-autodiff` for tape variables).
 pub use nst_tensor::Activation;
-pub use write::safetensors_bytes;
+pub use write::{safetensors_bytes, NamedTensor};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

@@ -229,6 +229,17 @@ impl<B: Backend> Vgg<B> {
     /// assert_eq!(back.layers(), vgg.layers());
     /// ```
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let tensors = self.named_tensors()?;
+        let mut metadata = self.metadata.clone();
+        metadata.insert(
+            crate::convention::METADATA_KEY.to_string(),
+            self.convention.metadata().to_string(),
+        );
+        Ok(crate::safetensors_bytes(&metadata, &tensors))
+    }
+
+    /// Every convolution's weight and bias as `(name, shape, values)`, in layer order.
+    fn named_tensors(&self) -> Result<Vec<crate::NamedTensor>> {
         let mut tensors = Vec::new();
         for (layer, p) in self.layers.iter().zip(&self.params) {
             if let Some((w, b)) = p {
@@ -238,12 +249,7 @@ impl<B: Backend> Vgg<B> {
                 }
             }
         }
-        let mut metadata = self.metadata.clone();
-        metadata.insert(
-            crate::convention::METADATA_KEY.to_string(),
-            self.convention.metadata().to_string(),
-        );
-        Ok(crate::safetensors_bytes(&metadata, &tensors))
+        Ok(tensors)
     }
 
     /// The backend the weights live on.
@@ -386,7 +392,7 @@ mod tests {
     use super::*;
     use nst_cpu::Cpu;
 
-    /// A narrow test model's file reads back to the same network and activations; its
+    /// A narrow test model's file reads back to the same network and weights; its
     /// divisor is what makes the narrow shapes valid, and a bad divisor is a clear error.
     #[test]
     fn narrow_models_round_trip_and_their_divisor_is_checked() {
@@ -410,15 +416,7 @@ mod tests {
         let with = |divisor: &str| {
             let mut meta = vgg.metadata().clone();
             meta.insert(WIDTH_DIVISOR_KEY.to_string(), divisor.to_string());
-            let mut tensors = Vec::new();
-            for (layer, p) in vgg.layers().iter().zip(&vgg.params) {
-                if let Some((w, b)) = p {
-                    for (suffix, t) in [("weight", w), ("bias", b)] {
-                        let name = format!("{}.{suffix}", layer.name);
-                        tensors.push((name, t.shape().dims().to_vec(), t.to_f32().unwrap()));
-                    }
-                }
-            }
+            let tensors = vgg.named_tensors().unwrap();
             Vgg::from_safetensors(&cpu, &crate::safetensors_bytes(&meta, &tensors))
         };
         let err = |r: Result<Vgg<Cpu>>| r.err().expect("refused").to_string();

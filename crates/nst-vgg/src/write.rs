@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+/// One F32 tensor to write: its name, shape and values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Serializes `(name, shape, values)` tensors (F32, written in the order given) and string
 /// metadata to safetensors bytes, deterministically: the header's keys are sorted, so the
 /// same tensors and metadata always give the same bytes.
@@ -13,10 +16,7 @@ use std::collections::BTreeMap;
 /// let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
 /// assert_eq!(st.tensor("t").unwrap().shape(), &[2]);
 /// ```
-pub fn safetensors_bytes(
-    metadata: &BTreeMap<String, String>,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-) -> Vec<u8> {
+pub fn safetensors_bytes(metadata: &BTreeMap<String, String>, tensors: &[NamedTensor]) -> Vec<u8> {
     let mut entries: Vec<(String, String)> = Vec::new();
     let meta = metadata
         .iter()
