@@ -55,17 +55,11 @@ pub use nst_weights as weights;
 
 use std::path::PathBuf;
 
-/// Where the weights are: `$NST_WEIGHTS`, else `weights/vgg19.safetensors` in the current
-/// folder or the nearest folder above it that has one (`cargo xtask fetch-weights` makes it).
+/// Where the weights are, by the one rule of [`nst_weights::locate`]: `$NST_WEIGHTS`, else
+/// `weights/vgg19.safetensors` in the current folder or the nearest folder above it that has
+/// one, else above the executable (`cargo xtask fetch-weights` makes it).
 pub fn weights_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("NST_WEIGHTS") {
-        return PathBuf::from(p);
-    }
-    let rel = std::path::Path::new("weights").join("vgg19.safetensors");
-    std::env::current_dir()
-        .ok()
-        .and_then(|d| d.ancestors().map(|a| a.join(&rel)).find(|c| c.is_file()))
-        .unwrap_or(rel)
+    nst_weights::locate(None)
 }
 
 /// Loads VGG19 from [`weights_path`] onto `backend`, with an error saying how to get the

@@ -166,8 +166,13 @@ fn load_rgb(name: &str) -> Result<nst_style::Image> {
 }
 
 fn model<B: nst_tensor::Backend>(be: &B) -> Result<nst_vgg::Vgg<B>> {
-    let path = std::env::var_os("NST_WEIGHTS").context("NST_WEIGHTS is not set")?;
-    let bytes = std::fs::read(&path).context("reading the weights (cargo xtask fetch-weights)")?;
+    let path = nst_weights::locate(None);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading the weights {} (cargo xtask fetch-weights)",
+            path.display()
+        )
+    })?;
     Ok(nst_vgg::Vgg::from_safetensors(be, &bytes)?)
 }
 
@@ -440,7 +445,7 @@ fn pytorch(
         "style.f32",
         &load_rgb("starry_night.jpg")?.resize(size, size),
     )?;
-    let weights = std::env::var("NST_WEIGHTS").context("NST_WEIGHTS is not set")?;
+    let weights = nst_weights::locate(None);
     let py = std::env::var("NST_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = std::process::Command::new(&py);
     cmd.arg(&script)

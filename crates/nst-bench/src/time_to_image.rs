@@ -290,7 +290,10 @@ pub(crate) fn bench(o: &Options) -> Result<()> {
         script: Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("pytorch")
             .join("classic.py"),
-        weights: std::env::var("NST_WEIGHTS").context("NST_WEIGHTS is not set")?,
+        weights: nst_weights::locate(None)
+            .to_str()
+            .context("the weights' path is not UTF-8")?
+            .to_string(),
         threads: o.threads,
     };
     let work = std::env::var_os("NST_BENCH_DIR").map_or_else(

@@ -85,51 +85,21 @@ pub(crate) fn save_image_with(img: &Image, path: &Path, opts: &SaveOptions) -> R
     })
 }
 
-/// Writes named f32 tensors as a safetensors file, atomically.
-pub(crate) fn save_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            (
-                n.clone(),
-                s.clone(),
-                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(n, s, d)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| anyhow::anyhow!("{e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+/// Writes named f32 tensors as a safetensors file, atomically, with the workspace's one
+/// writer (`nst_vgg::write_safetensors`: sorted header, the tensors in the order given).
+pub(crate) fn save_tensors(path: &Path, tensors: &[nst_vgg::NamedTensor]) -> Result<()> {
+    let data = nst_vgg::try_safetensors_bytes(&Default::default(), tensors)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     write_atomic(path, |tmp| {
         std::fs::write(tmp, &data).with_context(|| format!("cannot write {}", path.display()))
     })
 }
 
-/// Finds the weights: `--weights`, else `$NST_WEIGHTS`, else `weights/vgg19.safetensors` in
-/// the current folder or above the executable.
-pub(crate) fn weights_path(given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("NST_WEIGHTS") {
-        return Ok(PathBuf::from(p));
-    }
-    let rel = Path::new("weights").join("vgg19.safetensors");
-    let mut candidates = vec![rel.clone()];
-    if let Ok(exe) = std::env::current_exe() {
-        candidates.extend(exe.ancestors().skip(1).map(|a| a.join(&rel)));
-    }
-    Ok(candidates
-        .iter()
-        .find(|c| c.is_file())
-        .cloned()
-        .unwrap_or(rel))
+/// Finds the weights by the one rule of [`nst_weights::locate`]: `--weights`, else
+/// `$NST_WEIGHTS`, else `weights/vgg19.safetensors` in the current folder or above it, or
+/// above the executable.
+pub(crate) fn weights_path(given: Option<&Path>) -> PathBuf {
+    nst_weights::locate(given)
 }
 
 /// The SHA-256 of the weights file at `path` (hex), which identifies the weights in a
@@ -174,7 +144,7 @@ pub(crate) fn load_model<B: nst_tensor::Backend>(
     backend: &B,
     given: Option<&Path>,
 ) -> Result<nst_vgg::Vgg<B>> {
-    let path = weights_path(given)?;
+    let path = weights_path(given);
     let bytes = std::fs::read(&path).map_err(|e| {
         anyhow::anyhow!(
             "cannot read weights {}: {e}; run `cargo xtask fetch-weights` (or pass --weights)",

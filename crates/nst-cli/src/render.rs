@@ -1019,7 +1019,7 @@ fn describe<B: nst_tensor::Backend>(
             common::Pooling::Avg => "avg",
         },
     );
-    let path = io::weights_path(o.model.weights.as_deref())?;
+    let path = io::weights_path(o.model.weights.as_deref());
     s.describe("weights", &format!("sha256 {}", io::weights_digest(&path)?));
     // A JSON object, its keys sorted (a BTreeMap's order): one text for one metadata.
     s.describe(

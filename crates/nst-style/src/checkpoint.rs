@@ -12,7 +12,8 @@
 
 use crate::{Error, Result};
 use nst_optim::{AdamState, LbfgsState};
-use std::collections::HashMap;
+use nst_vgg::write::Entry as Out;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
@@ -95,17 +96,24 @@ pub(crate) enum HeadOptimizer {
 /// downloaded one at a time, never all at once).
 pub(crate) type Source<'s> = (String, Box<dyn Fn() -> Result<Vec<f32>> + 's>);
 
-/// A JSON string literal (serde_json's escaping, the same the safetensors reader parses).
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string always serialises")
+/// Why writing a checkpoint failed: the output, or a tensor's source (a download).
+enum WriteError {
+    Io(std::io::Error),
+    Source(Error),
 }
 
-/// Writes a checkpoint as a safetensors file: the header (every tensor's shape and offsets,
-/// the metadata), then each tensor's bytes as its source produces them.
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+/// Writes a checkpoint as a safetensors file with the workspace's one writer
+/// ([`nst_vgg::write_safetensors`]): the header (every tensor's shape and offsets, the
+/// metadata), then each tensor's bytes as its source produces them.
 pub(crate) fn write(w: &mut dyn Write, head: &Head<'_>, images: &[Source<'_>]) -> Result<()> {
     let (width, height) = head.size;
-    let image_bytes = 3 * width * height * 4;
-    let mut meta: Vec<(String, String)> = vec![
+    let mut meta: BTreeMap<String, String> = BTreeMap::from([
         ("format".into(), FORMAT.into()),
         ("version".into(), VERSION.into()),
         ("scale".into(), head.scale.to_string()),
@@ -113,7 +121,7 @@ pub(crate) fn write(w: &mut dyn Write, head: &Head<'_>, images: &[Source<'_>]) -
         ("width".into(), width.to_string()),
         ("height".into(), height.to_string()),
         ("elapsed_ns".into(), head.elapsed.as_nanos().to_string()),
-    ];
+    ]);
     if !head.recent_losses.is_empty() {
         // Bit patterns, so that a resumed convergence test sees exactly the same numbers.
         let bits: Vec<String> = head
@@ -121,70 +129,41 @@ pub(crate) fn write(w: &mut dyn Write, head: &Head<'_>, images: &[Source<'_>]) -
             .iter()
             .map(|l| format!("{:016x}", l.to_bits()))
             .collect();
-        meta.push(("recent_losses".into(), bits.join(",")));
+        meta.insert("recent_losses".into(), bits.join(","));
     }
-    let mut rho_bytes: Vec<u8> = Vec::new();
+    let mut entries: Vec<Out<'_, WriteError>> = Vec::new();
     match &head.optimizer {
-        HeadOptimizer::Stateless => meta.push(("optimizer".into(), "none".into())),
+        HeadOptimizer::Stateless => {
+            meta.insert("optimizer".into(), "none".into());
+        }
         HeadOptimizer::Lbfgs { rho, h_diag, last } => {
-            meta.push(("optimizer".into(), "lbfgs".into()));
-            meta.push(("lbfgs.pairs".into(), rho.len().to_string()));
-            meta.push(("lbfgs.h_diag".into(), format!("{:016x}", h_diag.to_bits())));
-            meta.push(("lbfgs.last".into(), last.to_string()));
-            rho_bytes = rho.iter().flat_map(|r| r.to_le_bytes()).collect();
+            meta.insert("optimizer".into(), "lbfgs".into());
+            meta.insert("lbfgs.pairs".into(), rho.len().to_string());
+            meta.insert("lbfgs.h_diag".into(), format!("{:016x}", h_diag.to_bits()));
+            meta.insert("lbfgs.last".into(), last.to_string());
+            if !rho.is_empty() {
+                entries.push(Out::f64("lbfgs.rho", rho));
+            }
         }
         HeadOptimizer::Adam { steps } => {
-            meta.push(("optimizer".into(), "adam".into()));
-            meta.push(("adam.steps".into(), steps.to_string()));
+            meta.insert("optimizer".into(), "adam".into());
+            meta.insert("adam.steps".into(), steps.to_string());
         }
     }
     for (k, v) in head.fingerprint {
-        meta.push((format!("fp.{k}"), v.clone()));
+        meta.insert(format!("fp.{k}"), v.clone());
     }
-    let mut header = String::from("{\"__metadata__\":{");
-    header.push_str(
-        &meta
-            .iter()
-            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    header.push('}');
-    let mut offset = 0usize;
-    if !rho_bytes.is_empty() {
-        header.push_str(&format!(
-            ",\"lbfgs.rho\":{{\"dtype\":\"F64\",\"shape\":[{}],\"data_offsets\":[0,{}]}}",
-            rho_bytes.len() / 8,
-            rho_bytes.len()
-        ));
-        offset = rho_bytes.len();
-    }
-    for (name, _) in images {
-        header.push_str(&format!(
-            ",{}:{{\"dtype\":\"F32\",\"shape\":[1,3,{height},{width}],\"data_offsets\":[{offset},{}]}}",
-            json_str(name),
-            offset + image_bytes
-        ));
-        offset += image_bytes;
-    }
-    header.push('}');
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let io = |e: std::io::Error| bad(format!("cannot write the checkpoint: {e}"));
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(header.as_bytes()).map_err(io)?;
-    w.write_all(&rho_bytes).map_err(io)?;
     for (name, source) in images {
-        let data = source()?;
-        if data.len() * 4 != image_bytes {
-            return Err(bad(format!("tensor {name} does not have the image's size")));
-        }
-        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.write_all(&bytes).map_err(io)?;
+        entries.push(Out::f32(
+            name.clone(),
+            vec![1, 3, height, width],
+            move || source().map_err(WriteError::Source),
+        ));
     }
-    Ok(())
+    nst_vgg::write_safetensors(w, &meta, entries).map_err(|e| match e {
+        WriteError::Io(e) => bad(format!("cannot write the checkpoint: {e}")),
+        WriteError::Source(e) => e,
+    })
 }
 
 impl Checkpoint {

@@ -7,7 +7,7 @@
 mod arch;
 pub mod convention;
 mod model;
-mod write;
+pub mod write;
 
 pub use arch::{Arch, Layer, LayerOp, Span};
 pub use convention::InputConvention;
@@ -15,7 +15,7 @@ pub use model::{Vgg, WIDTH_DIVISOR_KEY};
 /// What the network runs on (defined in `nst-tensor`, implemented there for tensors and in
 /// `nst-autodiff` for tape variables).
 pub use nst_tensor::Activation;
-pub use write::{safetensors_bytes, NamedTensor};
+pub use write::{safetensors_bytes, try_safetensors_bytes, write_safetensors, NamedTensor};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

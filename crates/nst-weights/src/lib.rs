@@ -21,8 +21,11 @@
 
 #![warn(missing_docs)]
 
+mod locate;
 pub mod pickle;
 pub mod torch;
+
+pub use locate::{locate, DEFAULT_FILE, ENV};
 
 use nst_vgg::{Arch, InputConvention};
 use std::collections::BTreeMap;
