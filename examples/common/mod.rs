@@ -51,12 +51,7 @@ impl Args {
     }
 }
 
-/// The shared paintings and photos: `$NST_IMAGES`, else `../shared/images`.
-pub(crate) fn images() -> PathBuf {
-    std::env::var_os("NST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/images"))
-}
+pub(crate) use nst_testkit::images;
 
 /// An image file (a bare name is looked up in [`images`]), its longer side scaled to `size`.
 pub(crate) fn load(name: &str, size: usize) -> Res<Image> {

@@ -1,17 +1,20 @@
 //! A backend that implements only the core ops (`BackendCore`, and an empty `BackendExt`
 //! impl: every extension at its default) renders like the CPU backend it wraps: the same
 //! losses, tiled and untiled, to float rounding. What a new backend must implement is the
-//! core; the extensions are speed.
+//! core; the extensions are speed. And a memory plan reaches the backend's cache through the
+//! backend (`BackendExt::limit_cached`), never through a process global.
 
 use nst_cpu::Cpu;
 use nst_style::{Image, RenderConfig, RenderSession, TileChoice};
 use nst_tensor::{BackendCore, BackendExt, Conv2dParams, Result};
 use nst_vgg::{Arch, Vgg};
+use std::sync::{Arc, Mutex};
 
-/// The CPU backend seen through its core ops only.
+/// The CPU backend seen through its core ops only (and the cache limits it was given).
 #[derive(Clone, Debug)]
 struct CoreOnly {
     inner: Cpu,
+    limits: Arc<Mutex<Vec<u64>>>,
 }
 
 impl BackendCore for CoreOnly {
@@ -44,11 +47,16 @@ impl BackendCore for CoreOnly {
     }
 }
 
-/// Nothing overridden: every extension runs its default, made of the core ops.
-impl BackendExt for CoreOnly {}
+/// Nothing overridden that computes: every op runs its default, made of the core ops. The
+/// cache limit (whose default does nothing) is recorded.
+impl BackendExt for CoreOnly {
+    fn limit_cached(&self, bytes: u64) {
+        self.limits.lock().unwrap().push(bytes);
+    }
+}
 
-/// The losses of `iterations` iterations of a small render on `be`.
-fn losses<B: nst_tensor::Backend>(be: &B, tile: TileChoice) -> Vec<f64> {
+/// The losses of `iterations` iterations of a small render on `be`, and its plans' pool limits.
+fn losses<B: nst_tensor::Backend>(be: &B, tile: TileChoice) -> (Vec<f64>, Vec<u64>) {
     let vgg = Vgg::random_narrow_for_tests(be, Arch::Vgg19, 4, 9).unwrap();
     let px = |w: usize, h: usize, k: usize| -> Image {
         let data = (0..w * h * 3).map(|i| ((i * k) % 251) as f32).collect();
@@ -57,25 +65,35 @@ fn losses<B: nst_tensor::Backend>(be: &B, tile: TileChoice) -> Vec<f64> {
     let (content, styles) = (px(48, 32, 7), [px(32, 32, 13)]);
     let cfg = RenderConfig {
         iterations: 4,
+        scales: vec![24, 48],
         tile,
+        memory_budget: Some(3_000_000_000),
         ..Default::default()
     };
     let mut s = RenderSession::new(be, &vgg, &content, &styles, &cfg).unwrap();
+    let limits = s.plans().iter().map(|p| p.pool_limit).collect();
     let mut out = Vec::new();
     while let Some(p) = s.step().unwrap() {
         out.push(p.total);
     }
-    out
+    (out, limits)
 }
 
 #[test]
 fn a_backend_with_only_the_core_renders_like_the_full_one() {
     let cpu = Cpu::new(2);
-    let core = CoreOnly { inner: cpu.clone() };
+    let core = CoreOnly {
+        inner: cpu.clone(),
+        limits: Arc::default(),
+    };
     assert!(!core.batches_reductions());
     for tile in [TileChoice::Off, TileChoice::Size(16)] {
-        let (a, b) = (losses(&cpu, tile), losses(&core, tile));
-        assert_eq!(a.len(), 4);
+        core.limits.lock().unwrap().clear();
+        let ((a, _), (b, planned)) = (losses(&cpu, tile), losses(&core, tile));
+        assert_eq!(a.len(), 8);
+        // Each scale's plan set its pool limit on the backend the session runs on.
+        assert_eq!(*core.limits.lock().unwrap(), planned, "{tile:?}");
+        assert_eq!(planned.len(), 2);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-4 * x.abs(), "{tile:?}: {a:?} vs {b:?}");
         }

@@ -25,26 +25,7 @@ pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The shared images: `$NST_IMAGES`, else `../shared/images` beside the checkout.
-pub(crate) fn images() -> PathBuf {
-    std::env::var_os("NST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("..").join("shared").join("images"))
-}
-
-/// The weights' path; a test that needs them fails when they are missing (`cargo xtask test`
-/// fetches them).
-pub(crate) fn weights() -> PathBuf {
-    let path = std::env::var_os("NST_WEIGHTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("weights").join("vgg19.safetensors"));
-    assert!(
-        path.is_file(),
-        "weights not found at {} (run `cargo xtask fetch-weights`; `cargo xtask test` does)",
-        path.display()
-    );
-    path
-}
+pub(crate) use nst_testkit::{images, real_weights as weights};
 
 /// An image from the shared folder as interleaved RGB 0-255, cropped to `w x h` at (x0, y0).
 pub(crate) fn image_crop(name: &str, x0: u32, y0: u32, w: u32, h: u32) -> Vec<f32> {

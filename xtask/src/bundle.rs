@@ -74,9 +74,7 @@ pub(crate) fn gpu_bundle(root: &Path) -> Result<()> {
             .and_then(|n| n.to_str())
             .context("wheel name")?,
     )?;
-    let images = std::env::var_os("NST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("..").join("shared").join("images"));
+    let images = nst_testkit::images();
     for name in ["tubingen.jpg", "starry_night.jpg"] {
         copy(&images.join(name), &format!("images/{name}"))?;
     }

@@ -5,7 +5,7 @@
 //! where it stopped (`--force` renders everything again).
 
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -40,9 +40,7 @@ pub(crate) fn gallery(root: &Path, args: &[String]) -> Result<()> {
     if let Some(a) = args.iter().find(|a| *a != "--force") {
         bail!("gallery takes only --force, got {a:?}");
     }
-    let images = std::env::var_os("NST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("..").join("shared").join("images"));
+    let images = nst_testkit::images();
     let out = root.join("docs").join("images").join("gallery");
     std::fs::create_dir_all(out.join("thumbs"))?;
     crate::weights::fetch(root, &[])?;

@@ -480,11 +480,6 @@ fn bench(args: &[String]) -> Result<()> {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target").join("time-to-image")),
         )
-        .env(
-            "NST_IMAGES",
-            std::env::var_os("NST_IMAGES")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("..").join("shared").join("images")),
-        );
+        .env("NST_IMAGES", nst_testkit::images());
     status(c)
 }

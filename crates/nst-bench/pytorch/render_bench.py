@@ -127,9 +127,9 @@ def main():
     sync()
     secs = (time.perf_counter() - t) / iters
     if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        peak = torch.cuda.max_memory_allocated() / 1e6
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
     print(f"{secs} {peak} {first[0]}")
 
 

@@ -12,15 +12,7 @@ mod time_to_image;
 
 /// The machine's memory in bytes (`MemTotal`).
 pub(crate) fn total_memory() -> Option<f64> {
-    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: f64 = m
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024.0)
+    nst_cpu::host::total_memory().map(|b| b as f64)
 }
 
 /// The CPU's model name and whether it has AVX-512 (`/proc/cpuinfo`).
@@ -146,17 +138,14 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
     Ok(())
 }
 
-/// The peak resident set size of this process, in MB (Linux `VmHWM`).
+/// The peak resident set size of this process, in MB of 10⁶ bytes (as `nst estimate`, the JSON
+/// log and the PyTorch scripts count them; this benchmark and the scripts used MiB before).
 fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    nst_cpu::host::peak_rss().map(|b| b as f64 / 1e6)
 }
 
 fn load_rgb(name: &str) -> Result<nst_style::Image> {
-    let dir = std::env::var_os("NST_IMAGES").context("NST_IMAGES is not set")?;
-    let path = std::path::Path::new(&dir).join(name);
+    let path = nst_testkit::image(name);
     let img = image::open(&path)
         .with_context(|| format!("opening {}", path.display()))?
         .into_rgb8();
@@ -616,7 +605,7 @@ fn main() -> Result<()> {
             let size = sizes.as_ref().and_then(|s| s.first().copied()).unwrap_or(512);
             quality::bench(
                 &env("NST_BIN")?,
-                &env("NST_IMAGES")?,
+                &nst_testkit::images(),
                 &env("NST_BENCH_DIR")?.join("quality"),
                 &pairs,
                 &losses,

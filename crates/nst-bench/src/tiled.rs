@@ -20,11 +20,9 @@ struct Predicted {
     history: usize,
 }
 
-fn field(json: &str, key: &str) -> Option<f64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &json[at..];
-    let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
+/// A number of a JSON object printed by `nst`.
+fn field(json: &serde_json::Value, key: &str) -> Option<f64> {
+    json.get(key)?.as_f64()
 }
 
 fn nst(bin: &Path, args: &[String]) -> Result<String> {
@@ -41,8 +39,9 @@ fn nst(bin: &Path, args: &[String]) -> Result<String> {
 fn estimate(bin: &Path, common: &[String]) -> Result<Predicted> {
     let mut args = vec!["estimate".to_string(), "--json".into()];
     args.extend_from_slice(common);
-    let json = nst(bin, &args)?;
-    let scale = &json[json.find("\"scales\"").context("no scales")?..];
+    let json: serde_json::Value =
+        serde_json::from_str(&nst(bin, &args)?).context("nst estimate --json")?;
+    let scale = &json["scales"][0];
     Ok(Predicted {
         peak_mb: field(&json, "peak_bytes").context("no peak")? / 1e6,
         tiles: field(scale, "tiles").context("no tiles")? as usize,
@@ -64,16 +63,23 @@ fn render(bin: &Path, common: &[String], dir: &Path) -> Result<Row> {
     ]);
     nst(bin, &args)?;
     let text = std::fs::read_to_string(&log)?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.contains("\"event\"")).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<Vec<serde_json::Value>, _>>()
+        .context("the JSON log")?
+        .into_iter()
+        .filter(|v| v.get("event").is_none())
+        .collect();
     if lines.len() < 2 {
         bail!("a timing needs two iterations at least");
     }
-    let t = |l: &str| field(l, "elapsed_s").context("no elapsed_s");
-    let first = t(lines[0])?;
-    let last = t(lines[lines.len() - 1])?;
+    let t = |l: &serde_json::Value| field(l, "elapsed_s").context("no elapsed_s");
+    let first = t(&lines[0])?;
+    let last = t(&lines[lines.len() - 1])?;
     Ok(Row {
         secs: (last - first) / (lines.len() - 1) as f64,
-        peak_mb: field(lines[lines.len() - 1], "peak_rss_mb").context("no peak")?,
+        peak_mb: field(&lines[lines.len() - 1], "peak_rss_mb").context("no peak")?,
     })
 }
 

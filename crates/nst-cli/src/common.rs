@@ -253,26 +253,6 @@ pub(crate) fn load_styles(paths: &[PathBuf], max_pixels: u64) -> Result<Vec<Imag
         .collect()
 }
 
-/// A JSON number (`null` when not finite).
-pub(crate) fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
-}
-
-/// A JSON object of `(key, number)` pairs plus preformatted leading fields.
-pub(crate) fn json_object(lead: &[(&str, String)], terms: &[(String, f64)]) -> String {
-    let mut parts: Vec<String> = lead.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-    parts.extend(
-        terms
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{}", json_num(*v))),
-    );
-    format!("{{{}}}", parts.join(","))
-}
-
 /// The content and style images of a render or an evaluation.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct InputArgs {
@@ -377,11 +357,6 @@ impl MemoryArgs {
             None => crate::system::default_budget_for(memory),
         }
     }
-}
-
-/// Applies a plan to the process: the CPU backend pools at most what the plan leaves over.
-pub(crate) fn apply_plan(plan: &nst_style::MemoryPlan) {
-    nst_cpu::set_pool_limit(usize::try_from(plan.pool_limit).unwrap_or(usize::MAX));
 }
 
 /// One line about a scale's plan when it is tiled or its history was lowered.

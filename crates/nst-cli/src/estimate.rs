@@ -78,24 +78,39 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
         lines.push((w, h, p, secs, iterations));
     }
     if a.json {
-        let scales: Vec<String> = lines
+        let round = |v: f64, digits: i32| (v * 10f64.powi(digits)).round() / 10f64.powi(digits);
+        let scales = lines
             .iter()
-            .map(|(w, h, p, secs, it)| {
-                format!(
-                    "{{\"width\":{w},\"height\":{h},\"iterations\":{it},\"tiles\":{},\"tile\":{},\"halo\":{},\"kept\":{},\"history\":{},\"peak_bytes\":{},\"work\":{:.4},\"seconds_per_iteration\":{secs:.4}}}",
-                    p.tiles, p.tile, p.halo, p.kept, p.history, p.peak_bytes, p.work
-                )
-            })
+            .map(
+                |&(width, height, p, secs, iterations)| crate::record::EstimateScale {
+                    width,
+                    height,
+                    iterations,
+                    tiles: p.tiles,
+                    tile: p.tile,
+                    halo: p.halo,
+                    kept: p.kept,
+                    history: p.history,
+                    peak_bytes: p.peak_bytes,
+                    work: round(p.work, 4),
+                    seconds_per_iteration: round(secs, 4),
+                },
+            )
             .collect();
-        let total: f64 = lines.iter().map(|l| l.3 * l.4 as f64).sum();
-        let memory_kind = match memory {
-            nst_tensor::MemoryKind::Host => "host",
-            nst_tensor::MemoryKind::Device { .. } => "device",
+        let report = crate::record::Estimate {
+            peak_bytes: peak,
+            budget_bytes: budget,
+            budget_source: source.clone(),
+            memory: match memory {
+                nst_tensor::MemoryKind::Host => "host",
+                nst_tensor::MemoryKind::Device { .. } => "device",
+            },
+            seconds: round(lines.iter().map(|l| l.3 * l.4 as f64).sum(), 1),
+            scales,
         };
         println!(
-            "{{\"peak_bytes\":{peak},\"budget_bytes\":{budget},\"budget_source\":{},\"memory\":\"{memory_kind}\",\"seconds\":{total:.1},\"scales\":[{}]}}",
-            serde_json::Value::String(source.clone()),
-            scales.join(",")
+            "{}",
+            serde_json::to_string(&report).expect("a record always serialises")
         );
     } else {
         println!(

@@ -86,7 +86,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         memory: cpu.memory(),
     };
     let plan = nst_style::memory::plan(&model, &cfg, &req)?;
-    common::apply_plan(&plan);
+    cpu.limit_cached(plan.pool_limit);
     let objective = Objective::with_tiling(
         &model,
         &cfg,
@@ -128,9 +128,13 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
             g,
         )],
     )?;
+    let report = crate::record::Evaluation {
+        total: crate::record::finite(e.total),
+        terms: crate::record::Terms::from_values(&e.terms),
+    };
     println!(
         "{}",
-        common::json_object(&[("total", common::json_num(e.total))], &e.terms)
+        serde_json::to_string(&report).expect("a record always serialises")
     );
     Ok(())
 }

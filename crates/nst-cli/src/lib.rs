@@ -14,6 +14,7 @@ pub mod fuzz;
 mod grace;
 mod io;
 mod plot;
+mod record;
 mod render;
 mod signals;
 mod system;

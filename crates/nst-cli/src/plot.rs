@@ -1,6 +1,7 @@
 //! `nst plot`: every loss term of one or more `--json-log` files over iterations (or
 //! seconds), on a log scale, as SVG or PNG (plotters, with an embedded font).
 
+use crate::record::Line;
 use anyhow::{bail, ensure, Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -50,16 +51,6 @@ fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
     Ok((w, h))
 }
 
-/// The fields of an iteration record that are not loss terms.
-const NOT_TERMS: [&str; 6] = [
-    "scale",
-    "width",
-    "height",
-    "iteration",
-    "elapsed_s",
-    "peak_rss_mb",
-];
-
 /// One run: per series name, the points (x, value).
 struct Run {
     name: String,
@@ -79,34 +70,25 @@ fn read_log(path: &Path, axis: Axis, which: Series) -> Result<Run> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))?;
-        let Some(obj) = v.as_object() else {
-            bail!("{}: line {} is not a JSON object", path.display(), i + 1);
+        let r = match crate::record::parse_line(line) {
+            Ok(Line::Iteration(r)) => r,
+            Ok(Line::Event) => continue,
+            Err(why) => bail!("{}: line {} {why}", path.display(), i + 1),
         };
-        if obj.contains_key("event") {
-            continue;
+        let total = std::iter::once(("total".to_string(), r.total));
+        let terms: Vec<(String, f64)> = match which {
+            Series::All => total.chain(r.terms.0).collect::<Vec<_>>(),
+            Series::Total => total.collect(),
         }
-        let num = |k: &str| obj.get(k).and_then(|x| x.as_f64());
-        let (Some(scale), Some(it)) = (num("scale"), num("iteration")) else {
-            bail!(
-                "{}: line {} is not an nst iteration record (no scale or iteration)",
-                path.display(),
-                i + 1
-            );
-        };
-        let terms: Vec<(String, f64)> = obj
-            .iter()
-            .filter(|(k, _)| !NOT_TERMS.contains(&k.as_str()))
-            .filter(|(k, _)| which == Series::All || k.as_str() == "total")
-            .filter_map(|(k, x)| x.as_f64().map(|f| (k.clone(), f)))
-            .collect();
-        let (scale, it) = (scale as u64, it as u64);
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|f| (k, f)))
+        .collect();
+        let (scale, it) = (r.scale as u64, r.iteration as u64);
         // A resumed render starts again at its checkpoint.
         while records.last().is_some_and(|r| (r.0, r.1) >= (scale, it)) {
             records.pop();
         }
-        records.push((scale, it, num("elapsed_s").unwrap_or(0.0), terms));
+        records.push((scale, it, r.elapsed_s, terms));
     }
     ensure!(
         !records.is_empty(),

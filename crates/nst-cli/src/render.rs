@@ -2,6 +2,7 @@
 
 use crate::common::{self, ModelArgs, ObjectiveArgs};
 use crate::io;
+use crate::record;
 use anyhow::{bail, ensure, Context, Result};
 use nst_style::{Image, Init, Observer, OptimizerKind, Progress, RenderConfig};
 use std::io::{IsTerminal, Write};
@@ -383,27 +384,8 @@ impl Observer for Reporter {
         }
         self.last_report = Instant::now();
         if self.json.is_some() {
-            let lead = [
-                ("scale", format!("{}", p.scale.0)),
-                ("width", format!("{}", p.size.0)),
-                ("height", format!("{}", p.size.1)),
-                ("iteration", format!("{}", p.iteration.0)),
-                ("elapsed_s", format!("{:.6}", p.elapsed.as_secs_f64())),
-                (
-                    "peak_rss_mb",
-                    common::json_num(
-                        crate::system::peak_rss().map_or(f64::NAN, |b| b as f64 / 1e6),
-                    ),
-                ),
-                ("total", common::json_num(p.total)),
-            ];
-            let converged = [("converged", "true".to_string())];
-            let lead: Vec<(&str, String)> = if p.converged {
-                lead.into_iter().chain(converged).collect()
-            } else {
-                lead.to_vec()
-            };
-            let line = common::json_object(&lead, &p.terms);
+            let line = serde_json::to_string(&record::Iteration::new(p))
+                .expect("a record always serialises");
             self.log(&line);
         }
         if self.quiet {
@@ -434,19 +416,18 @@ impl Observer for Reporter {
     }
 
     fn plan(&mut self, scale: usize, size: (usize, usize), plan: &nst_style::MemoryPlan) {
-        common::apply_plan(plan);
         if self.json.is_some() {
-            let line = serde_json::json!({
-                "event": "scale",
-                "scale": scale,
-                "width": size.0,
-                "height": size.1,
-                "tiling": format!("{:?}", plan.tiling),
-                "lbfgs_history": plan.history,
-                "predicted_peak_mb": plan.peak_bytes as f64 / 1e6,
-                "peak_rss_mb": crate::system::peak_rss().map(|b| b as f64 / 1e6),
+            let line = serde_json::to_string(&record::Scale {
+                event: record::Event::Scale,
+                scale,
+                width: size.0,
+                height: size.1,
+                tiling: format!("{:?}", plan.tiling),
+                lbfgs_history: plan.history,
+                predicted_peak_mb: plan.peak_bytes as f64 / 1e6,
+                peak_rss_mb: crate::system::peak_rss().map(|b| b as f64 / 1e6),
             })
-            .to_string();
+            .expect("a record always serialises");
             self.log(&line);
         }
         if !self.quiet_plans {
@@ -737,9 +718,6 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
             s
         }
     };
-    if let Some(first) = session.plans().first() {
-        common::apply_plan(first);
-    }
     let json = match &a.json_log {
         Some(p) => {
             // A resumed render appends to its log.
@@ -832,7 +810,13 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
                 w.image(session.image()?);
             }
             let step: usize = (0..p.scale.0).map(iterations_of).sum::<usize>() + it;
-            w.progress(web_record(&p, step, reporter.rate_eta(&p), "running", w));
+            w.progress(web_record(
+                &p,
+                step,
+                reporter.rate_eta(&p),
+                record::State::Running,
+                w,
+            ));
             if w.stop_requested() {
                 web_stop = true;
             }
@@ -887,10 +871,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
         ));
         if let Some(w) = &mut web {
             w.final_image(image);
-            w.progress(format!(
-                "{{\"state\":\"stopped\",\"image\":{}}}",
-                w.image_version()
-            ));
+            w.progress(web_done(record::State::Stopped, w));
             w.linger();
         }
         match (&checkpoint_path, saved_checkpoint) {
@@ -912,10 +893,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
     io::save_image_with(&rendered.image, &a.out, &save)?;
     if let Some(w) = &mut web {
         w.final_image(rendered.image.clone());
-        w.progress(format!(
-            "{{\"state\":\"done\",\"image\":{}}}",
-            w.image_version()
-        ));
+        w.progress(web_done(record::State::Done, w));
         w.linger();
     }
     if let Some(why) = rendered.stopped_early {
@@ -942,7 +920,7 @@ fn settings_json(a: &Args, cfg: &RenderConfig, device: &str) -> String {
     let paths =
         |v: &[PathBuf]| -> Vec<String> { v.iter().map(|p| p.display().to_string()).collect() };
     serde_json::json!({
-        "event": "start",
+        "event": record::Event::Start,
         "version": env!("CARGO_PKG_VERSION"),
         "device": device,
         "content": o.inputs.content.display().to_string(),
@@ -971,36 +949,37 @@ fn settings_json(a: &Args, cfg: &RenderConfig, device: &str) -> String {
     .to_string()
 }
 
-/// One progress record of the web view.
+/// One progress record of the web view: the log's iteration record with the view's fields.
 fn web_record(
     p: &Progress,
     step: usize,
     (rate, eta): (f64, f64),
-    state: &str,
+    state: record::State,
     w: &crate::web::WebView,
 ) -> String {
-    let terms: serde_json::Map<String, serde_json::Value> = p
-        .terms
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::json!(v.is_finite().then_some(*v))))
-        .collect();
-    serde_json::json!({
-        "state": state,
-        "step": step,
-        "iteration": p.iteration.0,
-        "iterations": p.iteration.1,
-        "scale": p.scale.0,
-        "scales": p.scale.1,
-        "width": p.size.0,
-        "height": p.size.1,
-        "elapsed_s": p.elapsed.as_secs_f64(),
-        "eta_s": eta,
-        "it_per_s": rate,
-        "total": p.total.is_finite().then_some(p.total),
-        "terms": terms,
-        "image": w.image_version(),
-    })
-    .to_string()
+    record::WebEvent {
+        state,
+        image: w.image_version(),
+        running: Some(record::Running {
+            step,
+            iterations: p.iteration.1,
+            scales: p.scale.1,
+            eta_s: eta,
+            it_per_s: rate,
+            record: record::Iteration::new(p),
+        }),
+    }
+    .to_json()
+}
+
+/// The web view's last record: how the render ended, and its final image's version.
+fn web_done(state: record::State, w: &crate::web::WebView) -> String {
+    record::WebEvent {
+        state,
+        image: w.image_version(),
+        running: None,
+    }
+    .to_json()
 }
 
 /// What the render's bytes depend on besides the crates' settings: the network's pooling, its

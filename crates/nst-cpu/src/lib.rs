@@ -31,11 +31,12 @@
 #![warn(missing_docs)]
 
 mod element;
+pub mod host;
 mod ops;
 mod pool;
 
 pub use element::Element;
-pub use pool::{set_pool_limit, BufPool};
+pub use pool::BufPool;
 
 use ndarray::{Array1, ArrayD, IxDyn};
 use nst_tensor::{
@@ -541,6 +542,10 @@ macro_rules! impl_backend {
 
             fn release_cached(&self) {
                 <$E as Element>::pool().clear();
+            }
+
+            fn limit_cached(&self, bytes: u64) {
+                <$E as Element>::pool().set_limit(usize::try_from(bytes).unwrap_or(usize::MAX));
             }
 
             fn norms(&self, x: &Self::Buffer) -> Result<(f64, f64)> {

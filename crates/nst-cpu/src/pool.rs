@@ -5,22 +5,15 @@
 //! fits, pooled buffers too small for it are freed, oldest first, up to its size, so the
 //! pool trades page faults for memory only up to the footprint the work already has.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Buffers smaller than this many elements are not pooled.
 const MIN_POOLED: usize = 4096;
 /// The most buffers kept.
 const MAX_KEPT: usize = 64;
-/// The most bytes kept, unless [`set_pool_limit`] says otherwise.
+/// The most bytes kept, unless [`BufPool::set_limit`] says otherwise.
 const MAX_BYTES: usize = 4 << 30;
-
-static LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(MAX_BYTES);
-
-/// Sets the most bytes of freed buffers the CPU backend keeps for reuse (per element type;
-/// 4 GiB by default). A memory budget sets it to a share of itself.
-pub fn set_pool_limit(bytes: usize) {
-    LIMIT.store(bytes, std::sync::atomic::Ordering::Relaxed);
-}
 
 /// Buffers of at least this many bytes are backed by transparent huge pages where the
 /// kernel offers them on request (Linux `madvise`).
@@ -53,10 +46,17 @@ fn fresh<E>(len: usize) -> Vec<E> {
     v
 }
 
-/// Freed vectors, waiting to be reused.
-#[derive(Default)]
+/// Freed vectors, waiting to be reused, up to a limit in bytes (4 GiB unless the backend is
+/// told otherwise: `BackendExt::limit_cached`, which a memory plan sets).
 pub struct BufPool<E> {
     free: Mutex<Vec<Vec<E>>>,
+    limit: AtomicUsize,
+}
+
+impl<E: Copy + Default> Default for BufPool<E> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Over any plain element (`Default` is its zero: 0.0 for the floats).
@@ -65,6 +65,17 @@ impl<E: Copy + Default> BufPool<E> {
     pub const fn new() -> Self {
         BufPool {
             free: Mutex::new(Vec::new()),
+            limit: AtomicUsize::new(MAX_BYTES),
+        }
+    }
+
+    /// Keeps at most `bytes` of freed vectors from now on (frees the oldest beyond it).
+    pub fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: usize = free.iter().map(|v| v.capacity() * size_of::<E>()).sum();
+        while kept > bytes && !free.is_empty() {
+            kept -= free.remove(0).capacity() * size_of::<E>();
         }
     }
 
@@ -128,8 +139,7 @@ impl<E: Copy + Default> BufPool<E> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let bytes: usize = free.iter().map(|v| v.capacity()).sum::<usize>() * size_of::<E>();
         if free.len() < MAX_KEPT
-            && bytes + v.capacity() * size_of::<E>()
-                <= LIMIT.load(std::sync::atomic::Ordering::Relaxed)
+            && bytes + v.capacity() * size_of::<E>() <= self.limit.load(Ordering::Relaxed)
         {
             free.push(v);
         }
@@ -176,5 +186,19 @@ mod tests {
         // Tiny buffers are never pooled.
         p.put(vec![0.0; 100]);
         assert_eq!(pooled(&p), [5_000]);
+    }
+
+    #[test]
+    fn the_limit_frees_the_oldest_beyond_it_and_bounds_what_is_kept() {
+        let p = BufPool::<f32>::new();
+        p.put(vec![0.0; 10_000]);
+        p.put(vec![0.0; 20_000]);
+        p.set_limit(100_000);
+        assert_eq!(pooled(&p), [20_000]);
+        p.put(vec![0.0; 10_000]);
+        assert_eq!(pooled(&p), [20_000], "over the limit: freed, not kept");
+        p.set_limit(1 << 30);
+        p.put(vec![0.0; 10_000]);
+        assert_eq!(pooled(&p), [20_000, 10_000]);
     }
 }

@@ -130,8 +130,8 @@ pub struct MemoryPlan {
     pub work: f64,
     /// The history asked for, when the budget lowered it.
     pub lowered_from: Option<usize>,
-    /// The most bytes of freed buffers the CPU backend may keep for reuse in this plan
-    /// (`nst_cpu::set_pool_limit`): what the budget leaves over, between a tenth of the
+    /// The most bytes of freed buffers the backend may keep for reuse in this plan (the
+    /// session sets it on its backend at each scale, `BackendExt::limit_cached`): what the budget leaves over, between a tenth of the
     /// budget and 4 GiB. A larger pool saves page faults: about a fifth of the time of an
     /// iteration at 1024 px.
     pub pool_limit: u64,
@@ -777,8 +777,8 @@ fn lower_history(
 }
 
 /// The least bytes of freed buffers the CPU backend pools under a budget: a twentieth of
-/// it (4 GiB, the backend's default, without one); plans raise it with what they leave over. `nst render` applies it with
-/// `nst_cpu::set_pool_limit`.
+/// it (4 GiB, the backend's default, without one); plans raise it with what they leave over.
+/// A render session sets it on its backend with `BackendExt::limit_cached`.
 pub fn pool_limit(budget: Option<u64>) -> u64 {
     budget.map_or(4 << 30, |b| b / 20)
 }

@@ -1041,8 +1041,10 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let conv = self.model.convention();
         let backend = self.backend;
         let cfg = self.cfg;
-        // The previous scale's buffers are all of other sizes.
+        // The previous scale's buffers are all of other sizes; this scale's plan says how
+        // much the backend may keep for reuse.
         backend.release_cached();
+        backend.limit_cached(self.plans[si].pool_limit);
         let content = self.content_eff.resize(w, h);
         let long = style_long_side(w, h, cfg.style_scale);
         let style_t = self

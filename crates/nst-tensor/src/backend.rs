@@ -248,6 +248,12 @@ pub trait BackendExt: BackendCore {
     /// scales of a render, whose buffers differ in size. The default does nothing.
     fn release_cached(&self) {}
 
+    /// The most bytes of freed buffers this backend may keep for reuse. A memory plan sets it
+    /// to what its budget leaves over (`MemoryPlan::pool_limit`), on the backend it runs on:
+    /// the setting and [`BackendExt::release_cached`] are the one way to the backend's cache.
+    /// The default does nothing (a backend without a cache, or one that manages its own).
+    fn limit_cached(&self, _bytes: u64) {}
+
     /// Where this backend keeps its buffers and, on a device, how much of the device's memory
     /// is free now: memory plans take their default budget and their constants from it. The
     /// default: the process's own memory.

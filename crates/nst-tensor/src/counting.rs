@@ -126,6 +126,9 @@ impl<B: Backend> BackendExt for Counting<B> {
     fn release_cached(&self) {
         self.inner.release_cached();
     }
+    fn limit_cached(&self, bytes: u64) {
+        self.inner.limit_cached(bytes);
+    }
     fn memory(&self) -> crate::MemoryKind {
         self.inner.memory()
     }

@@ -20,38 +20,10 @@ mod web;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-}
-
-/// The shared images: `$NST_IMAGES`, else `../shared/images` beside the checkout.
-pub(crate) fn images() -> PathBuf {
-    std::env::var_os("NST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("..").join("shared").join("images"))
-}
-
-/// The real VGG19 weights' path: `$NST_WEIGHTS`, else `weights/vgg19.safetensors`.
-pub(crate) fn real_weights_path() -> PathBuf {
-    std::env::var_os("NST_WEIGHTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("weights").join("vgg19.safetensors"))
-}
-
-/// The real weights' path, for the tests whose assertions need a network that has learnt
-/// something (they are named `real_weights_*`); such a test fails when the weights are
-/// missing (`cargo xtask test` fetches them).
-pub(crate) fn real_weights() -> PathBuf {
-    let path = real_weights_path();
-    assert!(
-        path.is_file(),
-        "weights not found at {} (run `cargo xtask fetch-weights`; `cargo xtask test` does)",
-        path.display()
-    );
-    path
-}
+/// The shared images, and the real weights for the tests whose assertions need a network
+/// that has learnt something (they are named `real_weights_*`; such a test fails when the
+/// weights are missing, and `cargo xtask test` fetches them).
+pub(crate) use nst_testkit::{images, real_weights};
 
 /// How many times narrower than VGG19's each convolution of the test model is.
 pub(crate) const MODEL_DIVISOR: usize = 8;

@@ -8,12 +8,9 @@ fn totals(log: &Path) -> Vec<f64> {
     std::fs::read_to_string(log)
         .unwrap()
         .lines()
-        .filter(|l| !l.contains("\"event\""))
-        .map(|l| {
-            let at = l.find("\"total\":").expect("total in every iteration line") + 8;
-            let rest = &l[at..];
-            rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("event").is_none())
+        .map(|v| v["total"].as_f64().expect("total in every iteration line"))
         .collect()
 }
 

@@ -4,13 +4,8 @@
 #![allow(clippy::print_stderr)]
 
 use nst_flow::{consistency, flow, warp, Gray, Params};
-use std::path::PathBuf;
 
-fn images() -> PathBuf {
-    std::env::var_os("NST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/images"))
-}
+use nst_testkit::images;
 
 /// The Tübingen photo in grey, 320 px wide, softened a little (as a video frame is).
 fn photo() -> Gray {
