@@ -25,4 +25,4 @@ pub mod gradcheck;
 mod ops;
 mod tape;
 
-pub use tape::{Gradients, Tape, Var};
+pub use tape::{no_grad, Gradients, Tape, Var};

@@ -74,6 +74,30 @@ impl<B: Backend> std::fmt::Debug for Var<'_, B> {
     }
 }
 
+/// Runs tape code on plain tensors, recording nothing: every input enters as a constant, so
+/// no op keeps a backward closure and the result is just a tensor. One function written on
+/// [`Var`] thus serves both the objective (on the tape) and its targets (on plain tensors).
+///
+/// ```
+/// use nst_autodiff::{no_grad, Var};
+/// use nst_tensor::{Backend, Result, Tensor};
+/// fn sum_sq<'t, B: Backend>(x: &Var<'t, B>) -> Result<Var<'t, B>> {
+///     x.square()?.sum()
+/// }
+/// let cpu = nst_cpu::Cpu::new(1);
+/// let x = Tensor::from_f32(&cpu, &[1.0, 2.0], [2]).unwrap();
+/// let y = no_grad(&[x], |v| sum_sq(&v[0])).unwrap();
+/// assert_eq!(y.to_f32().unwrap(), vec![5.0]);
+/// ```
+pub fn no_grad<B: Backend>(
+    inputs: &[Tensor<B>],
+    f: impl for<'t> FnOnce(&[Var<'t, B>]) -> Result<Var<'t, B>>,
+) -> Result<Tensor<B>> {
+    let tape = Tape::new();
+    let vars: Vec<Var<'_, B>> = inputs.iter().map(|t| tape.constant(t.clone())).collect();
+    Ok(f(&vars)?.value().clone())
+}
+
 impl<B: Backend> Tape<B> {
     /// An empty tape.
     pub fn new() -> Self {
@@ -105,7 +129,8 @@ impl<B: Backend> Tape<B> {
     }
 
     /// A leaf that never gets a gradient (frozen weights, targets): nothing is computed or
-    /// stored for it.
+    /// stored for it, nor for any op whose inputs are all constants (the no-grad path that
+    /// [`no_grad`] packages).
     pub fn constant(&self, value: Tensor<B>) -> Var<'_, B> {
         let id = self.push(false, None);
         Var {

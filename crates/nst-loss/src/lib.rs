@@ -61,12 +61,10 @@ pub fn gram<'t, B: Backend>(f: &Var<'t, B>) -> Result<Var<'t, B>> {
         .scale(1.0 / (c * hw).max(1) as f64)
 }
 
-/// The Gram matrix `F̂ F̂ᵀ / N` of a plain tensor (for targets).
+/// The Gram matrix `F̂ F̂ᵀ / N` of a plain tensor (for targets): [`gram`] itself, run off the
+/// tape ([`nst_autodiff::no_grad`]), so the two cannot differ.
 pub fn gram_tensor<B: Backend>(f: &Tensor<B>) -> Result<Tensor<B>> {
-    let (c, hw) = channels_positions(f.dims())?;
-    let flat = f.reshape([c, hw])?;
-    flat.matmul_t(&flat, false, true)?
-        .scale(1.0 / (c * hw).max(1) as f64)
+    nst_autodiff::no_grad(std::slice::from_ref(f), |v| gram(&v[0]))
 }
 
 /// The guided Gram matrix of a region (Gatys et al. 2017, spatial control):

@@ -15,6 +15,13 @@ pub enum LineSearch {
 
 /// How L-BFGS computes its search direction `-H·g`. Both give the same direction in exact
 /// arithmetic (they differ in the last bits).
+///
+/// Why both are kept (measured 2026-12-07, AMD EPYC, 2 threads, history 100, 589,824 values,
+/// the size of a 512x384 image; mean of 20 steps after the history filled): on the CPU
+/// backend the two-loop recursion takes 68–72 ms a step and the compact one 95–105 ms, so
+/// the two-loop is 1.4x faster where a dot product costs no wait; on a GPU each of the
+/// two-loop's 200 dot products is a wait for the device, and the compact form waits three
+/// times.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Recursion {
     /// [`Recursion::Compact`] where the vectors batch their reductions (device tensors on a
