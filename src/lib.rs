@@ -23,7 +23,7 @@
 //! // A Gram matrix of VGG19 activations on a tape, and its gradient w.r.t. the image, with
 //! // random weights (the real ones come from `nst::load_vgg19`).
 //! use nst::{autodiff::Tape, cpu::Cpu, features::FeatureExtractor, tensor::Tensor, vgg};
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> nst::Result<()> {
 //! let cpu = Cpu::new(1);
 //! let net = vgg::Vgg::random_for_tests(&cpu, vgg::Arch::Vgg19, 0)?;
 //! let fx = FeatureExtractor::new(&net, &["relu2_1"])?;
@@ -36,7 +36,28 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! Every crate's error converts into [`Error`], so `?` works across them in a function that
+//! returns [`nst::Result`](Result):
+//!
+//! ```
+//! use nst::{cpu::Cpu, features::FeatureExtractor, tensor::Tensor, vgg};
+//! fn relu1_1_gram(cpu: &Cpu) -> nst::Result<Tensor<Cpu>> {
+//!     let net = vgg::Vgg::random_for_tests(cpu, vgg::Arch::Vgg19, 0)?; // nst_vgg::Error
+//!     let fx = FeatureExtractor::new(&net, &["relu1_1"])?; // nst_vgg::Error
+//!     let x = Tensor::from_f32(cpu, &vec![0.5; 3 * 8 * 8], [1, 3, 8, 8])?; // nst_tensor::Error
+//!     let f = fx.extract(&x)?;
+//!     let g = nst::loss::gram_tensor(f.get("relu1_1").unwrap())?; // nst_tensor::Error
+//!     let _ = nst::linalg::eigh(&[2.0], 1)?; // nst_linalg::Error
+//!     Ok(g)
+//! }
+//! assert_eq!(relu1_1_gram(&Cpu::new(1)).unwrap().dims(), &[64, 64]);
+//! ```
+
 #![warn(missing_docs)]
+
+mod error;
+pub use error::{Error, Result};
 
 pub use nst_autodiff as autodiff;
 pub use nst_cpu as cpu;
@@ -64,15 +85,11 @@ pub fn weights_path() -> PathBuf {
 
 /// Loads VGG19 from [`weights_path`] onto `backend`, with an error saying how to get the
 /// weights when they are missing.
-pub fn load_vgg19<B: tensor::Backend>(
-    backend: &B,
-) -> Result<vgg::Vgg<B>, Box<dyn std::error::Error + Send + Sync>> {
+pub fn load_vgg19<B: tensor::Backend>(backend: &B) -> Result<vgg::Vgg<B>> {
     let path = weights_path();
-    let bytes = std::fs::read(&path).map_err(|e| {
-        format!(
-            "cannot read the weights {}: {e}; run `cargo xtask fetch-weights` or set NST_WEIGHTS",
-            path.display()
-        )
+    let bytes = std::fs::read(&path).map_err(|source| Error::WeightsFile {
+        path: path.clone(),
+        source,
     })?;
     Ok(vgg::Vgg::from_safetensors(backend, &bytes)?)
 }
