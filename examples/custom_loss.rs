@@ -105,17 +105,17 @@ fn run(args: &Args) -> Res<Summary> {
             ..Default::default()
         },
         scales: vec![size / 2, size],
-        iterations: args.num("iterations", 100)?,
         tile: match args.num("tile", 0)? {
             0 => TileChoice::Auto,
             t => TileChoice::Size(t),
         },
         clamp_pixels: true,
         init: Init::Content,
-        ..RenderConfig::default()
+        // Both scales with the same iterations.
+        ..RenderConfig::single_scale(args.num("iterations", 100)?)
     };
     let loss = ChannelStatsLoss(args.num("style-weight", 1e-3)?);
-    let mut session = RenderSession::new(&cpu, &vgg, &content, &styles, &cfg)?.with_terms(&loss)?;
+    let mut session = RenderSession::new(&cpu, &vgg, &content, &styles, &cfg)?.with_terms(loss)?;
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     while let Some(p) = session.step()? {
         if p.iteration.0 == 1 {

@@ -23,9 +23,8 @@ fn render(vgg: &Vgg<Cpu>, be: &Cpu, color_control: ColorControl) -> Image {
     let content = Image::new(40, 32, image_crop("tubingen.jpg", 300, 150, 40, 32)).unwrap();
     let styles = [Image::new(36, 36, image_crop("starry_night.jpg", 100, 80, 36, 36)).unwrap()];
     let cfg = RenderConfig {
-        iterations: 6,
         color_control,
-        ..Default::default()
+        ..RenderConfig::single_scale(6)
     };
     let mut s = RenderSession::new(be, vgg, &content, &styles, &cfg).unwrap();
     while s.step().unwrap().is_some() {}

@@ -64,11 +64,10 @@ fn losses<B: nst_tensor::Backend>(be: &B, tile: TileChoice) -> (Vec<f64>, Vec<u6
     };
     let (content, styles) = (px(48, 32, 7), [px(32, 32, 13)]);
     let cfg = RenderConfig {
-        iterations: 4,
         scales: vec![24, 48],
         tile,
         memory_budget: Some(3_000_000_000),
-        ..Default::default()
+        ..RenderConfig::single_scale(4)
     };
     let mut s = RenderSession::new(be, &vgg, &content, &styles, &cfg).unwrap();
     let limits = s.plans().iter().map(|p| p.pool_limit).collect();

@@ -3,15 +3,16 @@
 
 use crate::image_crop;
 use nst_cpu::Cpu;
-use nst_style::{render, Image, Observer, OptimizerKind, Progress, RenderConfig};
-use nst_tensor::{Counting, Transfers};
+use nst_style::{render, Flow, Image, Observer, OptimizerKind, Progress, RenderConfig};
+use nst_style::{RenderSession, Result};
+use nst_tensor::{Backend, Counting, Transfers};
 use nst_vgg::Vgg;
 
 struct Quiet;
 
-impl Observer for Quiet {
-    fn iteration(&mut self, _: &Progress) -> bool {
-        true
+impl<B: Backend> Observer<B> for Quiet {
+    fn iteration(&mut self, _: &RenderSession<B>, _: &Progress) -> Result<Flow> {
+        Ok(Flow::Continue)
     }
 }
 
@@ -29,10 +30,9 @@ fn render_transfers(
     let content = Image::new(40, 32, image_crop("tubingen.jpg", 300, 150, 40, 32)).unwrap();
     let style = Image::new(36, 36, image_crop("starry_night.jpg", 100, 80, 36, 36)).unwrap();
     let cfg = RenderConfig {
-        iterations,
         optimizer,
         clamp_pixels,
-        ..Default::default()
+        ..RenderConfig::single_scale(iterations)
     };
     let out = render(&be, &vgg, &content, &[style], &cfg, &mut Quiet).unwrap();
     assert!(out.stopped_early.is_none());

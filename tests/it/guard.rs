@@ -134,7 +134,7 @@ fn poisoned(bytes: &[u8]) -> (Poison, Vgg<Poison>) {
     let be = Poison {
         inner: Cpu::new(2),
         left: Arc::default(),
-        memory: MemoryKind::Host,
+        memory: MemoryKind::Host { available: 0 },
         raise_left: Arc::default(),
         flag: Arc::default(),
     };
@@ -145,10 +145,7 @@ fn poisoned(bytes: &[u8]) -> (Poison, Vgg<Poison>) {
 #[test]
 fn a_non_finite_loss_keeps_the_last_good_image() {
     let bytes = crate::model_bytes().to_vec();
-    let cfg = RenderConfig {
-        iterations: 10,
-        ..Default::default()
-    };
+    let cfg = RenderConfig::single_scale(10);
     let (be, vgg) = poisoned(&bytes);
     let (content, style) = inputs();
     let styles = [style];
@@ -181,9 +178,8 @@ fn a_non_finite_loss_keeps_the_last_good_image() {
 fn real_weights_non_finite_line_search_trial_shrinks_the_step_and_the_render_goes_on() {
     let bytes = std::fs::read(crate::weights()).unwrap();
     let cfg = RenderConfig {
-        iterations: 8,
         optimizer: nst_style::OptimizerKind::LbfgsWolfe,
-        ..Default::default()
+        ..RenderConfig::single_scale(8)
     };
     let (be, vgg) = poisoned(&bytes);
     let (content, style) = inputs();
@@ -230,7 +226,7 @@ fn plans_take_their_constants_from_the_backends_memory() {
         let cfg = RenderConfig {
             scales: vec![1024, 2048],
             memory_budget: Some(2_500_000_000),
-            ..Default::default()
+            ..RenderConfig::single_scale(500)
         };
         let plans = nst_style::plan_scales(&vgg, &content, &[style], &cfg).unwrap();
         // What the planner makes of the finest scale for this memory, asked directly.
@@ -249,7 +245,7 @@ fn plans_take_their_constants_from_the_backends_memory() {
         assert_eq!(plans[1], direct, "{memory:?}");
         plans
     };
-    let (host, device) = (plans(MemoryKind::Host), plans(gpu));
+    let (host, device) = (plans(MemoryKind::Host { available: 0 }), plans(gpu));
     for p in host.iter().chain(&device) {
         assert!(p.peak_bytes as f64 <= 0.85 * 2.5e9, "{p:?}");
     }
@@ -292,11 +288,10 @@ fn a_cancelled_iteration_goes_back_to_the_last_completed_one() {
     ];
     for (optimizer, objective, before, raise_at) in cases {
         let cfg = RenderConfig {
-            iterations: 4,
             optimizer,
             objective,
             tile: TileChoice::Size(16),
-            ..Default::default()
+            ..RenderConfig::single_scale(4)
         };
         let session = || RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
         let mut whole = session();

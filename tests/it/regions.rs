@@ -110,9 +110,8 @@ fn complementary_masks_paint_each_half_in_its_own_style() {
         Image::new(w, h, data).unwrap()
     };
     let cfg = RenderConfig {
-        iterations: 40,
         content_masks: vec![half(true), half(false)],
-        ..Default::default()
+        ..RenderConfig::single_scale(40)
     };
     let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
     while s.step().unwrap().is_some() {}

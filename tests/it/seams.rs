@@ -243,3 +243,28 @@ fn the_io_and_the_network_do_not_pull_in_the_render_stack() {
     // The reader sees a dependency when there is one.
     assert!(closure(root, "nst-style").contains("nst-autodiff"));
 }
+
+/// The handles a program keeps own what they use: `Send` and `Sync` (with the CPU backend,
+/// and with any backend, since every backend is), `'static`, storable in a struct.
+#[test]
+fn the_handles_are_owned_send_and_sync() {
+    fn owned<T: Send + Sync + 'static>() {}
+    fn sendable<T: Send + 'static>() {}
+    fn any_backend<B: nst_tensor::Backend>() {
+        owned::<nst_vgg::Vgg<B>>();
+        owned::<nst_features::FeatureExtractor<B>>();
+        owned::<nst_style::Objective<B>>();
+        sendable::<nst_style::RenderSession<B>>();
+    }
+    any_backend::<nst_cpu::Cpu>();
+    any_backend::<nst_cpu::Cpu64>();
+    // A handle is a clone of an `Arc`: the weights are shared, not copied.
+    let cpu = nst_cpu::Cpu::new(1);
+    let vgg = nst_vgg::Vgg::random_narrow_for_tests(&cpu, nst_vgg::Arch::Vgg19, 8, 1).unwrap();
+    let other = vgg.clone();
+    let (a, b) = (
+        &vgg.conv_params(0).unwrap().0,
+        &other.conv_params(0).unwrap().0,
+    );
+    assert!(a.same_buffer(b));
+}

@@ -77,12 +77,11 @@ fn a_resumed_session_ends_on_the_uninterrupted_image() {
     ];
     for (optimizer, learning_rate, scales, scale_iterations) in configs {
         let cfg = RenderConfig {
-            iterations: 8,
             optimizer,
             learning_rate,
             scales: scales.clone(),
             scale_iterations,
-            ..Default::default()
+            ..RenderConfig::single_scale(8)
         };
         let whole = run(&vgg, &be, &cfg, None);
         let stops: &[usize] = if scales.is_empty() { &[1, 5] } else { &[4, 6] };
@@ -101,10 +100,7 @@ fn a_checkpoint_of_another_render_is_refused() {
     let be = Cpu::new(2);
     let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
-    let cfg = RenderConfig {
-        iterations: 4,
-        ..Default::default()
-    };
+    let cfg = RenderConfig::single_scale(4);
     let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
     s.step().unwrap();
     let c = s.checkpoint().unwrap();
@@ -154,9 +150,8 @@ fn clamped_pixels_stay_in_range_and_resume_exactly() {
     let mut widest = (0.0f32, 255.0f32);
     for clamp_pixels in [false, true] {
         let cfg = RenderConfig {
-            iterations: 30,
             clamp_pixels,
-            ..Default::default()
+            ..RenderConfig::single_scale(30)
         };
         let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
         let mut losses = Vec::new();
@@ -186,11 +181,10 @@ fn clamped_pixels_stay_in_range_and_resume_exactly() {
     );
     // Resumed mid-scale, the projected render ends on the uninterrupted image.
     let cfg = RenderConfig {
-        iterations: 8,
         clamp_pixels: true,
         scales: vec![20, 40],
         scale_iterations: vec![4, 4],
-        ..Default::default()
+        ..RenderConfig::single_scale(8)
     };
     let whole = run(&vgg, &be, &cfg, None);
     for stop in [2, 6] {
@@ -207,12 +201,11 @@ fn a_converged_scale_ends_early_and_resumes_exactly() {
     let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
     let cfg = RenderConfig {
-        iterations: 60,
         scales: vec![20, 40],
         scale_iterations: vec![60, 60],
         // 2% a iteration: met within the first scale's 60 iterations at this size.
         tolerance: 2e-2,
-        ..Default::default()
+        ..RenderConfig::single_scale(60)
     };
     let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
     let mut ends = Vec::new();
@@ -265,11 +258,10 @@ fn real_weights_lbfgs_wolfe_reports_its_iterates_and_resumes_exactly_with_a_tole
     let be = Cpu::new(2);
     let vgg = Vgg::from_safetensors(&be, &std::fs::read(crate::weights()).unwrap()).unwrap();
     let full = RenderConfig {
-        iterations: 40,
         optimizer: OptimizerKind::LbfgsWolfe,
         scales: vec![20, 40],
         scale_iterations: vec![40, 12],
-        ..Default::default()
+        ..RenderConfig::single_scale(40)
     };
     // A tolerance the first scale meets by its 25th iteration: the rate there, from a run
     // without one (the same iterates up to the early end).
@@ -354,15 +346,13 @@ fn a_user_term_renders_tiled_resumes_exactly_and_enters_the_fingerprint() {
     let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let (content, styles) = inputs();
     let cfg = RenderConfig {
-        iterations: 4,
         tile: nst_style::TileChoice::Size(16),
-        ..RenderConfig::default()
+        ..RenderConfig::single_scale(4)
     };
-    let term = Energy(1e-3);
     let session = || {
         RenderSession::new(&be, &vgg, &content, &styles, &cfg)
             .unwrap()
-            .with_terms(&term)
+            .with_terms(Energy(1e-3))
             .unwrap()
     };
     let mut whole = session();
@@ -392,10 +382,9 @@ fn a_user_term_renders_tiled_resumes_exactly_and_enters_the_fingerprint() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("terms"), "{err}");
-    let other = Energy(2e-3);
     let s = RenderSession::new(&be, &vgg, &content, &styles, &cfg)
         .unwrap()
-        .with_terms(&other)
+        .with_terms(Energy(2e-3))
         .unwrap();
     assert!(s
         .resume_from(Checkpoint::from_bytes(&bytes).unwrap())
@@ -411,9 +400,8 @@ fn a_resumed_nearest_neighbour_render_ends_on_the_uninterrupted_image() {
     let be = Cpu::new(2);
     let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
     let cfg = |refresh: usize| RenderConfig {
-        iterations: 7,
         objective: crate::terms::nn_config(refresh, true),
-        ..Default::default()
+        ..RenderConfig::single_scale(7)
     };
     let every3 = cfg(3);
     let whole = run(&vgg, &be, &every3, None);
@@ -423,4 +411,69 @@ fn a_resumed_nearest_neighbour_render_ends_on_the_uninterrupted_image() {
     }
     let never = run(&vgg, &be, &cfg(100), None);
     assert!(never != whole, "refreshing the targets changed nothing");
+}
+
+/// The one driver: every iteration reported with the session, every scale's plan, snapshots
+/// on their schedule; a stop asked by the observer leaves the session where it is, and
+/// driving it again goes on from there to the uninterrupted image.
+#[test]
+fn the_driver_reports_snapshots_and_stops_when_asked() {
+    use nst_style::{drive, Ended, Flow, Observer, Progress};
+    #[derive(Default)]
+    struct Log {
+        seen: Vec<(usize, usize)>,
+        snapshots: Vec<(usize, usize)>,
+        plans: Vec<(usize, (usize, usize))>,
+        stop_at: Option<(usize, usize)>,
+    }
+    impl Observer<Cpu> for Log {
+        fn plan(&mut self, scale: usize, size: (usize, usize), _: &nst_style::MemoryPlan) {
+            self.plans.push((scale, size));
+        }
+        fn snapshot(&mut self, p: &Progress, image: &Image) {
+            assert_eq!((image.width(), image.height()), p.size);
+            self.snapshots.push((p.scale.0, p.iteration.0));
+        }
+        fn iteration(&mut self, s: &RenderSession<Cpu>, p: &Progress) -> nst_style::Result<Flow> {
+            let at = (p.scale.0, p.iteration.0);
+            assert_eq!(s.last_progress().map(|l| l.iteration), Some(p.iteration));
+            self.seen.push(at);
+            Ok(if self.stop_at == Some(at) {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        }
+    }
+    let be = Cpu::new(2);
+    let vgg = Vgg::from_safetensors(&be, crate::model_bytes()).unwrap();
+    let (content, styles) = inputs();
+    let cfg = RenderConfig {
+        scales: vec![20, 40],
+        scale_iterations: vec![3, 3],
+        save_every: 2,
+        ..RenderConfig::single_scale(3)
+    };
+    let mut whole = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+    let mut log = Log::default();
+    assert_eq!(drive(&mut whole, &mut log).unwrap(), Ended::Over);
+    assert_eq!(log.seen, [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]);
+    assert_eq!(log.snapshots, [(0, 2), (1, 2)]);
+    assert_eq!(log.plans.len(), 2);
+    assert_eq!(log.plans[1].0, 1);
+    let whole = whole.finish().unwrap().image;
+    let mut s = RenderSession::new(&be, &vgg, &content, &styles, &cfg).unwrap();
+    let mut log = Log {
+        stop_at: Some((0, 2)),
+        ..Log::default()
+    };
+    assert_eq!(drive(&mut s, &mut log).unwrap(), Ended::Stopped);
+    assert_eq!(log.seen, [(0, 1), (0, 2)]);
+    log.stop_at = None;
+    assert_eq!(drive(&mut s, &mut log).unwrap(), Ended::Over);
+    assert_eq!(log.seen.len(), 6);
+    assert!(
+        s.finish().unwrap().image == whole,
+        "a stopped drive went on elsewhere"
+    );
 }

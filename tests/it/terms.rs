@@ -14,8 +14,8 @@ use nst_vgg::Vgg;
 /// Largest relative difference of the terms and the total, and the relative L2 difference of
 /// the gradients, of two objectives at `x`; every term must be non-zero.
 pub(crate) fn differences<B: Backend>(
-    a: &Objective<'_, B>,
-    b: &Objective<'_, B>,
+    a: &Objective<B>,
+    b: &Objective<B>,
     x: &Tensor<B>,
 ) -> (f64, f64) {
     let (a, b) = (a.evaluate(x).unwrap(), b.evaluate(x).unwrap());
@@ -76,13 +76,13 @@ fn case<B: Backend>(vgg: &Vgg<B>, be: &B, w: u32, h: u32) -> Case<B> {
 }
 
 /// The classic objective with the case's two masks and style masks, and a temporal term.
-fn masked_temporal<'m, B: Backend>(
-    vgg: &'m Vgg<B>,
+fn masked_temporal<B: Backend>(
+    vgg: &Vgg<B>,
     c: &Case<B>,
     target: &Tensor<B>,
     weights: &Tensor<B>,
     tiling: Tiling,
-) -> Objective<'m, B> {
+) -> Objective<B> {
     Objective::with_tiling(
         vgg,
         &ObjectiveConfig::default(),

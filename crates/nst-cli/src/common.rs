@@ -342,7 +342,7 @@ impl MemoryArgs {
 
     /// The budget in bytes of the host's memory (for decoding images).
     pub(crate) fn budget(&self) -> Result<u64> {
-        Ok(self.budget_for(nst_tensor::MemoryKind::Host)?.0)
+        Ok(self.budget_for(nst_cpu::host::memory())?.0)
     }
 
     /// The budget in bytes of a backend that keeps its buffers in `memory`, and where it

@@ -53,7 +53,7 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
     let (budget, source) = a.options.memory.budget_for(memory)?;
     cfg.memory_budget = Some(budget);
     let model_name = match memory {
-        nst_tensor::MemoryKind::Host => "host memory, measured on the CPU backend",
+        nst_tensor::MemoryKind::Host { .. } => "host memory, measured on the CPU backend",
         nst_tensor::MemoryKind::Device { .. } => "GPU memory, estimated",
     };
     let plans = nst_style::plan_scales(&model, &content, &styles, &cfg)?;
@@ -102,7 +102,7 @@ fn run_on<B: nst_tensor::Backend>(backend: &B, a: &Args) -> Result<()> {
             budget_bytes: budget,
             budget_source: source.clone(),
             memory: match memory {
-                nst_tensor::MemoryKind::Host => "host",
+                nst_tensor::MemoryKind::Host { .. } => "host",
                 nst_tensor::MemoryKind::Device { .. } => "device",
             },
             seconds: round(lines.iter().map(|l| l.3 * l.4 as f64).sum(), 1),

@@ -14,7 +14,8 @@ pub(crate) use nst_io::{Limits, Loaded, SaveOptions};
 pub(crate) fn limits(max_pixels: u64) -> Limits {
     Limits {
         max_pixels,
-        max_bytes: crate::system::default_budget(),
+        max_bytes: nst_style::memory::default_budget(nst_cpu::host::memory())
+            .map_or(8_000_000_000, |(b, _)| b),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::common::{self, ModelArgs, ObjectiveArgs};
 use crate::io;
 use crate::record;
 use anyhow::{bail, ensure, Context, Result};
-use nst_style::{Image, Init, Observer, OptimizerKind, Progress, RenderConfig};
+use nst_style::{Flow, Image, Init, OptimizerKind, Progress, RenderConfig};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -376,8 +376,9 @@ fn term_groups(terms: &[(String, f64)]) -> Vec<(String, f64)> {
     groups
 }
 
-impl Observer for Reporter {
-    fn iteration(&mut self, p: &Progress) -> bool {
+impl Reporter {
+    /// Reports an iteration: the JSON log's record, the progress line.
+    fn iteration(&mut self, p: &Progress) {
         if p.scale.0 != self.scale_index {
             self.scale_index = p.scale.0;
             self.scale_start = self.last_report;
@@ -389,7 +390,7 @@ impl Observer for Reporter {
             self.log(&line);
         }
         if self.quiet {
-            return true;
+            return;
         }
         let (it, n) = p.iteration;
         if self.terminal {
@@ -412,9 +413,9 @@ impl Observer for Reporter {
                 p.size.0, p.size.1
             ));
         }
-        true
     }
 
+    /// Reports a scale's plan: the JSON log's line, a note when it is tiled.
     fn plan(&mut self, scale: usize, size: (usize, usize), plan: &nst_style::MemoryPlan) {
         if self.json.is_some() {
             let line = serde_json::to_string(&record::Scale {
@@ -440,6 +441,7 @@ impl Observer for Reporter {
         }
     }
 
+    /// Writes a snapshot beside the output (a failure is a warning).
     fn snapshot(&mut self, p: &Progress, image: &Image) {
         let path = snapshot_path(&self.out, p.scale.0, p.scale.1, p.iteration.0);
         // A snapshot is a convenience: failing to write one must not cost the render.
@@ -645,7 +647,7 @@ fn resume_command(checkpoint: &Path) -> String {
 
 /// Writes the session's checkpoint atomically.
 fn write_checkpoint<B: nst_tensor::Backend>(
-    session: &nst_style::RenderSession<'_, B>,
+    session: &nst_style::RenderSession<B>,
     path: &Path,
 ) -> Result<()> {
     io::write_atomic(path, |tmp| {
@@ -671,7 +673,27 @@ fn read_checkpoint(path: &Path) -> Result<nst_style::Checkpoint> {
         .with_context(|| format!("cannot resume from {}", path.display()))
 }
 
-fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>) -> Result<()> {
+/// A render on `backend`: the session made (or resumed), driven to its end by
+/// `nst_style::drive` with the CLI as its observer, and the outcome written.
+fn run_on<B: nst_tensor::Backend>(
+    backend: &B,
+    a: &Args,
+    extras: Option<FrameExtras>,
+) -> Result<()> {
+    let (mut session, cfg, save) = start_session(backend, a, extras)?;
+    let mut cli = Cli::start(backend, a, &mut session, &cfg, save)?;
+    let start = Instant::now();
+    let ended = nst_style::drive(&mut session, &mut cli)?;
+    cli.end(session, ended, start)
+}
+
+/// Checks that the outputs can be written, loads the inputs and makes the session: fresh, or
+/// resumed from `--resume`.
+fn start_session<B: nst_tensor::Backend>(
+    backend: &B,
+    a: &Args,
+    extras: Option<FrameExtras>,
+) -> Result<(nst_style::RenderSession<B>, RenderConfig, io::SaveOptions)> {
     let save = io::SaveOptions {
         bit_depth: a.bit_depth,
         jpeg_quality: a.jpeg_quality,
@@ -681,8 +703,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
     // holds what was asked.
     io::check_writable(&a.out)?;
     io::check_save_options(&a.out, &save)?;
-    let checkpoint_path = a.checkpoint.clone().or_else(|| a.resume.clone());
-    if let Some(c) = &checkpoint_path {
+    if let Some(c) = a.checkpoint.as_ref().or(a.resume.as_ref()) {
         io::check_writable(c)?;
     }
     let resumed = a.resume.as_deref().map(read_checkpoint).transpose()?;
@@ -698,183 +719,256 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
     }
     let save = io::SaveOptions { icc, ..save };
     cfg.save_every = a.save_every;
-    let model = a.options.model.model(cpu)?;
+    let model = a.options.model.model(backend)?;
     // The plan's budget is of the memory the backend keeps its buffers in.
-    cfg.memory_budget = Some(a.options.memory.budget_for(cpu.memory())?.0);
-    let mut session = match resumed {
-        Some(c) => {
-            let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;
-            describe(&mut s, &a.options, &model)?;
-            s.resume_from(c).with_context(|| {
-                format!(
-                    "cannot resume from {}",
-                    a.resume.as_ref().expect("given").display()
-                )
-            })?
-        }
-        None => {
-            let mut s = nst_style::RenderSession::new(cpu, &model, &content, &styles, &cfg)?;
-            describe(&mut s, &a.options, &model)?;
-            s
-        }
-    };
-    let json = match &a.json_log {
-        Some(p) => {
-            // A resumed render appends to its log.
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(a.resume.is_some())
-                .write(true)
-                .truncate(a.resume.is_none())
-                .open(p)
-                .with_context(|| format!("cannot write {}", p.display()))?;
-            Some(std::io::BufWriter::new(file))
-        }
-        None => None,
-    };
-    let (scale0, _) = session.position();
-    let mut reporter = Reporter {
-        save: save.clone(),
-        print_every: a.print_every as usize,
-        quiet: a.quiet,
-        quiet_plans: a.quiet,
-        terminal: std::io::stderr().is_terminal(),
-        json,
-        out: a.out.clone(),
-        last_draw: None,
-        scale_start: Instant::now(),
-        scale_index: scale0,
-        last_report: Instant::now(),
-    };
-    let settings = settings_json(a, &cfg, &cpu.name());
-    reporter.log(&settings);
-    let mut web = match a.web {
-        Some(addr) => {
-            let w = crate::web::WebView::start(addr, settings.clone())?;
-            if !addr.ip().is_loopback() {
-                reporter.warn(&format!(
-                    "warning: the web view listens on {addr}, beyond this machine: anyone who can reach it can watch (stopping needs the token)"
-                ));
+    cfg.memory_budget = Some(a.options.memory.budget_for(backend.memory())?.0);
+    let mut session = nst_style::RenderSession::new(backend, &model, &content, &styles, &cfg)?;
+    describe(&mut session, &a.options, &model)?;
+    if let Some(c) = resumed {
+        session = session.resume_from(c).with_context(|| {
+            format!(
+                "cannot resume from {}",
+                a.resume.as_ref().expect("given").display()
+            )
+        })?;
+    }
+    Ok((session, cfg, save))
+}
+
+/// The CLI as the render's observer: the progress line and JSON log, snapshots, the web
+/// view, checkpoints on their clock, the signals and the grace watch.
+struct Cli<'a> {
+    a: &'a Args,
+    save: io::SaveOptions,
+    reporter: Reporter,
+    web: Option<crate::web::WebView>,
+    /// Taken (so stopped) when the drive ends.
+    watch: Option<crate::grace::Watch>,
+    clock: CheckpointClock,
+    checkpoint_path: Option<PathBuf>,
+    /// The position of the last checkpoint written.
+    checkpointed_at: Option<(usize, usize)>,
+    interrupted: Option<i32>,
+    web_stop: bool,
+    /// The scale whose preview the web view shows.
+    shown_scale: Option<usize>,
+    /// Iterations of each scale, for the web view's step count.
+    scale_iterations: Vec<usize>,
+}
+
+impl<'a> Cli<'a> {
+    /// Opens the JSON log (appended to when resuming), writes its settings line, starts the
+    /// web view, installs the signal handlers and the grace watch.
+    fn start<B: nst_tensor::Backend>(
+        backend: &B,
+        a: &'a Args,
+        session: &mut nst_style::RenderSession<B>,
+        cfg: &RenderConfig,
+        save: io::SaveOptions,
+    ) -> Result<Self> {
+        let json = match &a.json_log {
+            Some(p) => {
+                // A resumed render appends to its log.
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(a.resume.is_some())
+                    .write(true)
+                    .truncate(a.resume.is_none())
+                    .open(p)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                Some(std::io::BufWriter::new(file))
             }
-            eprintln!("web view: {}", w.url());
-            Some(w)
-        }
-        None => None,
-    };
-    crate::signals::install();
-    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    session.set_cancel(cancel.clone());
-    let watch = crate::grace::Watch::start(a.grace, cancel);
-    let start = Instant::now();
-    let mut clock = CheckpointClock::new(a.checkpoint_every, Instant::now());
-    let mut checkpointed_at = None;
-    let mut interrupted = None;
-    let mut web_stop = false;
-    let iterations_of = |si: usize| {
-        cfg.scale_iterations
-            .get(si)
-            .copied()
-            .unwrap_or(cfg.iterations)
-    };
-    let mut shown_scale = None;
-    loop {
-        if let Some((si, size, plan)) = session.starting_scale() {
-            reporter.plan(si, size, plan);
-        }
-        watch.starting();
-        let p = match session.step() {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            Err(nst_style::Error::Cancelled) => {
-                // Abandoned for a signal (--grace): the session is at its last completed
-                // iteration.
-                interrupted = crate::signals::received();
-                reporter.warn(&format!(
-                    "abandoned the iteration in flight: it would not have ended within --grace {:.0?}",
-                    a.grace
-                ));
-                break;
-            }
-            Err(e) => return Err(e.into()),
+            None => None,
         };
-        watch.completed();
-        let (it, n) = p.iteration;
-        if a.save_every > 0 && it % a.save_every == 0 {
-            reporter.snapshot(&p, &session.image()?);
-        }
-        let keep_going = reporter.iteration(&p);
-        if let Some(w) = &web {
-            // The preview every few iterations and at every scale's first and last.
-            if it == 1 || it % 5 == 0 || it == n || shown_scale != Some(p.scale.0) {
-                shown_scale = Some(p.scale.0);
-                w.image(session.image()?);
-            }
-            let step: usize = (0..p.scale.0).map(iterations_of).sum::<usize>() + it;
-            w.progress(web_record(
-                &p,
-                step,
-                reporter.rate_eta(&p),
-                record::State::Running,
-                w,
-            ));
-            if w.stop_requested() {
-                web_stop = true;
-            }
-        }
-        if let Some(c) = &checkpoint_path {
-            let now = Instant::now();
-            if clock.due(it, n, now) {
-                match write_checkpoint(&session, c) {
-                    Ok(()) => checkpointed_at = Some(session.position()),
-                    Err(e) => reporter.warn(&format!("warning: {e:#}")),
+        let (scale0, _) = session.position();
+        let mut reporter = Reporter {
+            save: save.clone(),
+            print_every: a.print_every as usize,
+            quiet: a.quiet,
+            quiet_plans: a.quiet,
+            terminal: std::io::stderr().is_terminal(),
+            json,
+            out: a.out.clone(),
+            last_draw: None,
+            scale_start: Instant::now(),
+            scale_index: scale0,
+            last_report: Instant::now(),
+        };
+        let settings = settings_json(a, cfg, &backend.name());
+        reporter.log(&settings);
+        let web = match a.web {
+            Some(addr) => {
+                let w = crate::web::WebView::start(addr, settings.clone())?;
+                if !addr.ip().is_loopback() {
+                    reporter.warn(&format!(
+                        "warning: the web view listens on {addr}, beyond this machine: anyone who can reach it can watch (stopping needs the token)"
+                    ));
                 }
-                clock.written(now, Instant::now());
-                watch.wrote(now.elapsed());
+                eprintln!("web view: {}", w.url());
+                Some(w)
+            }
+            None => None,
+        };
+        crate::signals::install();
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        session.set_cancel(cancel.clone());
+        let scale_iterations = (0..cfg.scales.len().max(1))
+            .map(|si| {
+                cfg.scale_iterations
+                    .get(si)
+                    .copied()
+                    .unwrap_or(cfg.iterations)
+            })
+            .collect();
+        Ok(Cli {
+            a,
+            save,
+            reporter,
+            web,
+            watch: Some(crate::grace::Watch::start(a.grace, cancel)),
+            clock: CheckpointClock::new(a.checkpoint_every, Instant::now()),
+            checkpoint_path: a.checkpoint.clone().or_else(|| a.resume.clone()),
+            checkpointed_at: None,
+            interrupted: None,
+            web_stop: false,
+            shown_scale: None,
+            scale_iterations,
+        })
+    }
+
+    /// The web view's preview and progress record of an iteration.
+    fn show<B: nst_tensor::Backend>(
+        &mut self,
+        session: &nst_style::RenderSession<B>,
+        p: &Progress,
+    ) -> nst_style::Result<()> {
+        let Some(w) = &self.web else {
+            return Ok(());
+        };
+        let (it, n) = p.iteration;
+        // The preview every few iterations and at every scale's first and last.
+        if it == 1 || it % 5 == 0 || it == n || self.shown_scale != Some(p.scale.0) {
+            self.shown_scale = Some(p.scale.0);
+            w.image(session.image()?);
+        }
+        let step = self.scale_iterations[..p.scale.0].iter().sum::<usize>() + it;
+        let rate_eta = self.reporter.rate_eta(p);
+        w.progress(web_record(p, step, rate_eta, record::State::Running, w));
+        if w.stop_requested() {
+            self.web_stop = true;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint when its clock says so (a failure is a warning).
+    fn checkpoint<B: nst_tensor::Backend>(
+        &mut self,
+        session: &nst_style::RenderSession<B>,
+        (it, n): (usize, usize),
+    ) {
+        let Some(c) = &self.checkpoint_path else {
+            return;
+        };
+        let now = Instant::now();
+        if self.clock.due(it, n, now) {
+            match write_checkpoint(session, c) {
+                Ok(()) => self.checkpointed_at = Some(session.position()),
+                Err(e) => self.reporter.warn(&format!("warning: {e:#}")),
+            }
+            self.clock.written(now, Instant::now());
+            if let Some(w) = &self.watch {
+                w.wrote(now.elapsed());
             }
         }
-        if let Some(sig) = crate::signals::received() {
-            interrupted = Some(sig);
-            break;
-        }
-        if !keep_going || web_stop {
-            break;
-        }
     }
-    drop(watch);
-    let peak = crate::system::peak_rss();
-    if let Some(j) = &mut reporter.json {
-        if let Err(e) = j.flush() {
-            reporter.warn(&format!("warning: cannot write the JSON log ({e})"));
+
+    /// After the drive: the output written, and on a signal or a stop from the web view the
+    /// checkpoint too, with how to resume.
+    fn end<B: nst_tensor::Backend>(
+        mut self,
+        session: nst_style::RenderSession<B>,
+        ended: nst_style::Ended,
+        start: Instant,
+    ) -> Result<()> {
+        let a = self.a;
+        drop(self.watch.take());
+        if ended == nst_style::Ended::Cancelled {
+            // Abandoned for a signal (--grace): the session is at its last completed
+            // iteration.
+            self.interrupted = crate::signals::received();
+            self.reporter.warn(&format!(
+                "abandoned the iteration in flight: it would not have ended within --grace {:.0?}",
+                a.grace
+            ));
         }
+        let peak = crate::system::peak_rss();
+        if let Some(j) = &mut self.reporter.json {
+            if let Err(e) = j.flush() {
+                self.reporter
+                    .warn(&format!("warning: cannot write the JSON log ({e})"));
+            }
+        }
+        if self.interrupted.is_some() || self.web_stop {
+            return self.end_early(&session);
+        }
+        let rendered = session.finish()?;
+        io::save_image_with(&rendered.image, &a.out, &self.save)?;
+        if let Some(w) = &mut self.web {
+            w.final_image(rendered.image.clone());
+            w.progress(web_done(record::State::Done, w));
+            w.linger();
+        }
+        if let Some(why) = rendered.stopped_early {
+            bail!("{why}; wrote it to {}", a.out.display());
+        }
+        if !a.quiet {
+            eprintln!(
+                "wrote {} ({}x{}) in {:.1}s{}",
+                a.out.display(),
+                rendered.image.width(),
+                rendered.image.height(),
+                start.elapsed().as_secs_f64(),
+                peak.map(|b| format!(", peak memory {}", nst_style::memory::format_bytes(b)))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
     }
-    if interrupted.is_some() || web_stop {
+
+    /// A render stopped by a signal or the web view: the current image and a checkpoint
+    /// (unless the last one is of this very position), and the command that resumes.
+    fn end_early<B: nst_tensor::Backend>(
+        mut self,
+        session: &nst_style::RenderSession<B>,
+    ) -> Result<()> {
+        let a = self.a;
         let mut saved_checkpoint = false;
-        if let Some(c) = &checkpoint_path {
-            if checkpointed_at == Some(session.position()) {
+        if let Some(c) = &self.checkpoint_path {
+            if self.checkpointed_at == Some(session.position()) {
                 saved_checkpoint = true;
             } else {
-                match write_checkpoint(&session, c) {
+                match write_checkpoint(session, c) {
                     Ok(()) => saved_checkpoint = true,
-                    Err(e) => reporter.warn(&format!("warning: {e:#}")),
+                    Err(e) => self.reporter.warn(&format!("warning: {e:#}")),
                 }
             }
         }
         let image = session.image()?;
-        io::save_image_with(&image, &a.out, &save)?;
-        let why = match interrupted {
+        io::save_image_with(&image, &a.out, &self.save)?;
+        let why = match self.interrupted {
             Some(sig) => format!("interrupted by {}", crate::signals::name(sig)),
             None => "stopped from the web view".to_string(),
         };
-        reporter.warn(&format!(
+        self.reporter.warn(&format!(
             "{why}: wrote the current image to {}",
             a.out.display()
         ));
-        if let Some(w) = &mut web {
+        if let Some(w) = &mut self.web {
             w.final_image(image);
             w.progress(web_done(record::State::Stopped, w));
             w.linger();
         }
-        match (&checkpoint_path, saved_checkpoint) {
+        match (&self.checkpoint_path, saved_checkpoint) {
             (Some(c), true) => eprintln!(
                 "checkpoint in {}; resume with:\n  {}",
                 c.display(),
@@ -884,33 +978,49 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args, extras: Option<FrameExtras>
                 "no checkpoint was written (pass --checkpoint FILE to make a render resumable)"
             ),
         }
-        return match interrupted {
+        match self.interrupted {
             Some(sig) => Err(Interrupted(sig).into()),
             None => Ok(()),
-        };
+        }
     }
-    let rendered = session.finish()?;
-    io::save_image_with(&rendered.image, &a.out, &save)?;
-    if let Some(w) = &mut web {
-        w.final_image(rendered.image.clone());
-        w.progress(web_done(record::State::Done, w));
-        w.linger();
+}
+
+impl<B: nst_tensor::Backend> nst_style::Observer<B> for Cli<'_> {
+    fn plan(&mut self, scale: usize, size: (usize, usize), plan: &nst_style::MemoryPlan) {
+        self.reporter.plan(scale, size, plan);
     }
-    if let Some(why) = rendered.stopped_early {
-        bail!("{why}; wrote it to {}", a.out.display());
+
+    fn starting(&mut self) {
+        if let Some(w) = &self.watch {
+            w.starting();
+        }
     }
-    if !a.quiet {
-        eprintln!(
-            "wrote {} ({}x{}) in {:.1}s{}",
-            a.out.display(),
-            rendered.image.width(),
-            rendered.image.height(),
-            start.elapsed().as_secs_f64(),
-            peak.map(|b| format!(", peak memory {}", nst_style::memory::format_bytes(b)))
-                .unwrap_or_default()
-        );
+
+    fn snapshot(&mut self, p: &Progress, image: &Image) {
+        self.reporter.snapshot(p, image);
     }
-    Ok(())
+
+    fn iteration(
+        &mut self,
+        session: &nst_style::RenderSession<B>,
+        p: &Progress,
+    ) -> nst_style::Result<Flow> {
+        if let Some(w) = &self.watch {
+            w.completed();
+        }
+        self.reporter.iteration(p);
+        self.show(session, p)?;
+        self.checkpoint(session, p.iteration);
+        if let Some(sig) = crate::signals::received() {
+            self.interrupted = Some(sig);
+            return Ok(Flow::Stop);
+        }
+        Ok(if self.web_stop {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
 }
 
 /// The settings of a render as one JSON object (the first line of `--json-log`, and the web
@@ -987,7 +1097,7 @@ fn web_done(state: record::State, w: &crate::web::WebView) -> String {
 /// input convention. (Not the thread count: the CPU backend gives the same bytes with any, so
 /// a render can resume on a machine with more or fewer cores.)
 fn describe<B: nst_tensor::Backend>(
-    s: &mut nst_style::RenderSession<'_, B>,
+    s: &mut nst_style::RenderSession<B>,
     o: &Options,
     model: &nst_vgg::Vgg<B>,
 ) -> Result<()> {
@@ -1019,6 +1129,37 @@ fn describe<B: nst_tensor::Backend>(
 mod tests {
     use super::{parse_every, CheckpointClock, Every, AUTO_ITERATIONS};
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_library_default_is_what_nst_render_does_by_default() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::Args,
+        }
+        let image = |n: &str| nst_testkit::image(n).display().to_string();
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "nst".to_string(),
+            "--content".into(),
+            image("tubingen.jpg"),
+            "--style".into(),
+            image("starry_night.jpg"),
+            "--out".into(),
+            "unused.png".into(),
+        ])
+        .unwrap();
+        let mut cli_cfg = cli.args.options.prepare().unwrap().cfg;
+        let lib = nst_style::RenderConfig::default();
+        // The CLI resolves the backend's default budget before planning; the library's
+        // `None` is the same rule, applied by the session.
+        let (budget, _) = nst_style::memory::default_budget(nst_cpu::host::memory()).unwrap();
+        let slack = budget / 20;
+        assert!(cli_cfg.memory_budget.unwrap().abs_diff(budget) <= slack);
+        assert_eq!(lib.memory_budget, None);
+        cli_cfg.memory_budget = None;
+        assert_eq!(format!("{cli_cfg:?}"), format!("{lib:?}"));
+        assert!(lib.clamp_pixels && lib.scales == [128, 256, 512]);
+    }
 
     #[test]
     fn checkpoint_intervals_parse_as_iterations_times_or_auto() {

@@ -7,6 +7,14 @@ pub fn available_memory() -> Option<u64> {
     kib_field(&meminfo, "MemAvailable:")
 }
 
+/// The host's memory as a backend reports it: what is available now (0 where it cannot be
+/// read).
+pub fn memory() -> nst_tensor::MemoryKind {
+    nst_tensor::MemoryKind::Host {
+        available: available_memory().unwrap_or(0),
+    }
+}
+
 /// The machine's memory (`MemTotal`), in bytes; `None` where it cannot be read.
 pub fn total_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -544,6 +544,10 @@ macro_rules! impl_backend {
                 <$E as Element>::pool().clear();
             }
 
+            fn memory(&self) -> nst_tensor::MemoryKind {
+                host::memory()
+            }
+
             fn limit_cached(&self, bytes: u64) {
                 <$E as Element>::pool().set_limit(usize::try_from(bytes).unwrap_or(usize::MAX));
             }

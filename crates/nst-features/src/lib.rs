@@ -64,18 +64,21 @@ impl<A> Features<A> {
     }
 }
 
-/// Extracts the activations of `model` at a fixed set of named layers.
-pub struct FeatureExtractor<'m, B: Backend> {
-    model: &'m Vgg<B>,
+/// Extracts the activations of `model` at a fixed set of named layers. It keeps a handle to
+/// the network (a clone of the [`Vgg`] handle: nothing copied), so it owns what it uses: no
+/// lifetime, `Send` and `Sync`, storable in a struct or moved to another thread.
+#[derive(Clone)]
+pub struct FeatureExtractor<B: Backend> {
+    model: Vgg<B>,
     /// (name, layer index) in the order asked for.
     layers: Vec<(String, usize)>,
     deepest: usize,
 }
 
-impl<'m, B: Backend> FeatureExtractor<'m, B> {
+impl<B: Backend> FeatureExtractor<B> {
     /// An extractor for the named layers (e.g. `relu1_1`, `relu4_2`, `pool3`); an unknown
     /// name is an error listing the valid ones. Duplicates are kept once.
-    pub fn new<S: AsRef<str>>(model: &'m Vgg<B>, layers: &[S]) -> Result<Self> {
+    pub fn new<S: AsRef<str>>(model: &Vgg<B>, layers: &[S]) -> Result<Self> {
         let mut out: Vec<(String, usize)> = Vec::new();
         for name in layers {
             let name = name.as_ref().trim();
@@ -86,15 +89,15 @@ impl<'m, B: Backend> FeatureExtractor<'m, B> {
         }
         let deepest = out.iter().map(|(_, i)| *i).max().unwrap_or(0);
         Ok(FeatureExtractor {
-            model,
+            model: model.clone(),
             layers: out,
             deepest,
         })
     }
 
     /// The model.
-    pub fn model(&self) -> &'m Vgg<B> {
-        self.model
+    pub fn model(&self) -> &Vgg<B> {
+        &self.model
     }
 
     /// The layer names, in the order asked for.

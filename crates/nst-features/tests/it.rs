@@ -100,7 +100,7 @@ fn the_predicted_memory_counts_parameters_activations_and_kept_copies() {
     let floats = 2 * c * (3 * 9 + 1) + 3 * px + 3 * (c * px);
     assert_eq!(fx.predicted_bytes(w, h), 4 * floats as u64 + (64 << 20));
     // Four times the pixels: nearly four times the activations.
-    let grow = |fx: &FeatureExtractor<'_, Cpu64>| {
+    let grow = |fx: &FeatureExtractor<Cpu64>| {
         (fx.predicted_bytes(2 * w, 2 * h) - (64 << 20)) as f64
             / (fx.predicted_bytes(w, h) - (64 << 20)) as f64
     };

@@ -150,7 +150,7 @@ pub fn cut_var<'t, B: Backend>(f: &Var<'t, B>, w: &Window) -> Result<Var<'t, B>>
 }
 
 /// A local term: a sum over positions.
-pub trait Local<B: Backend> {
+pub trait Local<B: Backend>: Send + Sync {
     /// The term, unweighted, summed over the positions `sites` own. `inputs[i]` is the
     /// activation of the term's `i`-th layer (the whole layer, or a tile's crop of it) and
     /// `sites[i]` says where it lies. The first layer is the term's working resolution: a
@@ -161,7 +161,7 @@ pub trait Local<B: Backend> {
 }
 
 /// The per-position part of a statistic: its sum over the positions `sites` own.
-pub trait Contribution<B: Backend> {
+pub trait Contribution<B: Backend>: Send + Sync {
     /// The contribution of the owned positions, one tensor per part of the statistic (e.g.
     /// `Σ f` and `Σ f fᵀ`). Every tile of an image returns parts of the same shapes; their
     /// sum over the tiles is the statistic of the whole image.
@@ -389,7 +389,7 @@ pub fn statistic_fn<B, C, F>(contribution: C, loss: F) -> impl Statistic<B>
 where
     B: Backend,
     C: Contribution<B>,
-    F: for<'t> Fn(&[Var<'t, B>], &[usize]) -> Result<Var<'t, B>>,
+    F: for<'t> Fn(&[Var<'t, B>], &[usize]) -> Result<Var<'t, B>> + Send + Sync,
 {
     StatisticFn { contribution, loss }
 }
@@ -403,6 +403,7 @@ impl<B, C, F> Contribution<B> for StatisticFn<C, F>
 where
     B: Backend,
     C: Contribution<B>,
+    F: Send + Sync,
 {
     fn contribution<'t>(&self, inputs: &[Var<'t, B>], sites: &[Site]) -> Result<Vec<Var<'t, B>>> {
         self.contribution.contribution(inputs, sites)
@@ -413,7 +414,7 @@ impl<B, C, F> Statistic<B> for StatisticFn<C, F>
 where
     B: Backend,
     C: Contribution<B>,
-    F: for<'t> Fn(&[Var<'t, B>], &[usize]) -> Result<Var<'t, B>>,
+    F: for<'t> Fn(&[Var<'t, B>], &[usize]) -> Result<Var<'t, B>> + Send + Sync,
 {
     fn loss<'t>(&self, statistic: &[Var<'t, B>], positions: &[usize]) -> Result<Var<'t, B>> {
         (self.loss)(statistic, positions)

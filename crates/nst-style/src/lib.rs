@@ -10,6 +10,7 @@
 
 mod checkpoint;
 pub mod color;
+mod driver;
 pub mod memory;
 pub mod nn;
 mod objective;
@@ -21,6 +22,7 @@ pub mod tiled;
 
 pub use checkpoint::{Checkpoint, OptimizerState};
 pub use color::{ColorControl, MatrixRoot};
+pub use driver::{drive, render, Ended, Flow, Observer};
 pub use memory::{MemoryPlan, PlanRequest, TileChoice};
 pub use nn::{NnConfig, NN_LAYERS};
 pub use nst_image::Image;
@@ -30,9 +32,9 @@ pub use objective::{
     NN_DEFAULT_STYLE_WEIGHT, W2_DEFAULT_STYLE_WEIGHT,
 };
 pub use render::{
-    auto_scales, plan_scales, quality_schedule, region_mask, render, Init, Observer, OptimizerKind,
-    Progress, Quality, RenderConfig, RenderSession, Rendered, Scale, SessionStatus, Temporal,
-    TermSource, TOLERANCE_WINDOW,
+    auto_scales, plan_scales, quality_schedule, region_mask, Init, OptimizerKind, Progress,
+    Quality, RenderConfig, RenderSession, Rendered, Scale, SessionStatus, Temporal, TermSource,
+    DEFAULT_SIZE, TOLERANCE_WINDOW,
 };
 pub use tiled::{Geometry, TilePlan, Tiling};
 

@@ -60,7 +60,7 @@ impl MemoryModel {
     /// The model for buffers kept in `memory`.
     pub fn of(memory: MemoryKind) -> MemoryModel {
         match memory {
-            MemoryKind::Host => MemoryModel::HOST,
+            MemoryKind::Host { .. } => MemoryModel::HOST,
             MemoryKind::Device { .. } => MemoryModel::DEVICE,
         }
     }
@@ -544,7 +544,7 @@ pub fn plan<B: Backend>(
     // What the budget leaves over goes to the pool of freed buffers.
     let least = pool_limit(req.budget);
     let k = MemoryModel::of(req.memory);
-    if let (Some(b), MemoryKind::Host) = (req.budget, req.memory) {
+    if let (Some(b), MemoryKind::Host { .. }) = (req.budget, req.memory) {
         let (eval, widest) = (p.eval_bytes as f64, p.widest_bytes as f64);
         let without = p.peak_bytes as f64 - pooled(&k, eval, widest, least);
         // Half of what is left: what the pool holds is the least certain part of the model.
@@ -776,6 +776,36 @@ fn lower_history(
     Ok(None)
 }
 
+/// The default memory budget of a backend that keeps its buffers in `memory` (what it reports
+/// through `BackendExt::memory`), and where it comes from: 80% of the host's memory available
+/// now (8 GB when the backend cannot say), or 90% of a GPU's free memory. A GPU that cannot
+/// say is an error: the budget must then be given. `nst render` and
+/// [`RenderConfig::default`](crate::RenderConfig) (a budget of `None`) use this rule.
+pub fn default_budget(memory: MemoryKind) -> Result<(u64, String)> {
+    match memory {
+        MemoryKind::Host { available: 0 } => Ok((
+            8_000_000_000,
+            "8 GB: the host's available memory could not be read".to_string(),
+        )),
+        MemoryKind::Host { available } => Ok((
+            available / 10 * 8,
+            "80% of the memory available now".to_string(),
+        )),
+        MemoryKind::Device { free: 0, .. } => Err(Error::Config(
+            "the GPU did not say how much of its memory is free: give a budget with --max-memory"
+                .into(),
+        )),
+        MemoryKind::Device { total, free } => Ok((
+            free / 10 * 9,
+            format!(
+                "90% of the GPU's free memory ({} free of {})",
+                format_bytes(free),
+                format_bytes(total)
+            ),
+        )),
+    }
+}
+
 /// The least bytes of freed buffers the CPU backend pools under a budget: a twentieth of
 /// it (4 GiB, the backend's default, without one); plans raise it with what they leave over.
 /// A render session sets it on its backend with `BackendExt::limit_cached`.
@@ -851,8 +881,9 @@ mod tests {
     fn the_nearest_neighbour_loss_is_counted() {
         let be = nst_cpu::Cpu::new(1);
         let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 1).unwrap();
-        let req =
-            |size: usize, budget: Option<u64>| request(size, 100, 200, budget, MemoryKind::Host);
+        let req = |size: usize, budget: Option<u64>| {
+            request(size, 100, 200, budget, MemoryKind::Host { available: 0 })
+        };
         let nn = |augment: bool| ObjectiveConfig {
             style_loss: crate::StyleLoss::Nn,
             style_layers: crate::StyleLoss::Nn.default_style_layers(),
@@ -888,7 +919,12 @@ mod tests {
             request(size, 10, 100, budget, memory)
         };
         let cfg = ObjectiveConfig::default();
-        let host = plan(&vgg, &cfg, &req(1024, None, MemoryKind::Host)).unwrap();
+        let host = plan(
+            &vgg,
+            &cfg,
+            &req(1024, None, MemoryKind::Host { available: 0 }),
+        )
+        .unwrap();
         let device = plan(&vgg, &cfg, &req(1024, None, gpu)).unwrap();
         // Untiled both: the difference is the model's constants, term by term.
         let (w, h) = (1024.0, 768.0);
@@ -921,5 +957,31 @@ mod tests {
         for bad in ["", "G", "-1G", "3X", "nanG", "0"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_budget_is_of_the_memory_the_backend_uses() {
+        let host = MemoryKind::Host {
+            available: 10_000_000_000,
+        };
+        let (b, why) = default_budget(host).unwrap();
+        assert_eq!(b, 8_000_000_000);
+        assert!(why.contains("available"), "{why}");
+        let (b, why) = default_budget(MemoryKind::Host { available: 0 }).unwrap();
+        assert_eq!(b, 8_000_000_000);
+        assert!(why.contains("could not be read"), "{why}");
+        let gpu = MemoryKind::Device {
+            total: 80_000_000_000,
+            free: 10_000_000_000,
+        };
+        let (b, why) = default_budget(gpu).unwrap();
+        assert_eq!(b, 9_000_000_000);
+        assert!(
+            why.contains("GPU") && why.contains("10.0 GB free of 80.0 GB"),
+            "{why}"
+        );
+        let unknown = MemoryKind::Device { total: 0, free: 0 };
+        let e = default_budget(unknown).unwrap_err().to_string();
+        assert!(e.contains("--max-memory"), "{e}");
     }
 }

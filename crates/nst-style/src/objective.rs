@@ -164,8 +164,8 @@ pub fn normalize_blend(blend: &[f64], styles: usize) -> Result<Vec<f64>> {
 ///
 /// [`Objective::new`] builds the classic objective of an [`ObjectiveConfig`];
 /// [`Objective::from_terms`] any list of terms; [`Objective::with_term`] adds one.
-pub struct Objective<'m, B: Backend> {
-    model: &'m Vgg<B>,
+pub struct Objective<B: Backend> {
+    model: Vgg<B>,
     terms: Vec<Term<B>>,
     /// Each term's layers as model layer indices ([`IMAGE`] for the image).
     keys: Vec<Vec<usize>>,
@@ -250,13 +250,13 @@ struct Kept<'t, B: Backend> {
     full: bool,
 }
 
-impl<'m, B: Backend> Objective<'m, B> {
+impl<B: Backend> Objective<B> {
     /// The classic objective: the content image's activations at the content layers as
     /// targets and, at each style layer, `Σ β_k G(s_k)` over the style images (`β` normalised
     /// to sum 1), or the W2 loss against their blended moments, and total variation. Images
     /// are `[1, 3, H, W]` in model space. Evaluated untiled.
     pub fn new(
-        model: &'m Vgg<B>,
+        model: &Vgg<B>,
         cfg: &ObjectiveConfig,
         content: &Tensor<B>,
         styles: &[Tensor<B>],
@@ -269,7 +269,7 @@ impl<'m, B: Backend> Objective<'m, B> {
     /// by tile too (each image gets its own plan with the same tile size), so no image's
     /// whole network pass is ever held.
     pub fn with_tiling(
-        model: &'m Vgg<B>,
+        model: &Vgg<B>,
         cfg: &ObjectiveConfig,
         content: &Tensor<B>,
         styles: &[Tensor<B>],
@@ -378,7 +378,7 @@ impl<'m, B: Backend> Objective<'m, B> {
     /// `tiling` says. Every term must name layers of `model` (or [`INPUT`]) and have a
     /// non-negative weight; terms that cannot tile ([`Term::tiles`]) need `Tiling::Off`.
     pub fn from_terms(
-        model: &'m Vgg<B>,
+        model: &Vgg<B>,
         terms: Vec<Term<B>>,
         size: (usize, usize),
         tiling: Tiling,
@@ -388,7 +388,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             return Err(Error::Config("the image is empty".into()));
         }
         let mut o = Objective {
-            model,
+            model: model.clone(),
             terms: Vec::new(),
             keys: Vec::new(),
             size: (h, w),
@@ -440,7 +440,7 @@ impl<'m, B: Backend> Objective<'m, B> {
         let keys = term
             .layers()
             .iter()
-            .map(|n| key_of(self.model, n))
+            .map(|n| key_of(&self.model, n))
             .collect::<Result<Vec<_>>>()?;
         self.keys.push(keys);
         self.terms.push(term);
@@ -485,7 +485,7 @@ impl<'m, B: Backend> Objective<'m, B> {
             uses.retain(|&(k, _)| shallow(sp, k));
             uses.push((sp, 0));
         }
-        let geometry = Geometry::with_reach(self.model, &uses)?;
+        let geometry = Geometry::with_reach(&self.model, &uses)?;
         let (h, w) = self.size;
         self.tiled = match plan_of(&geometry, h, w, self.tiling)? {
             None => None,
@@ -566,7 +566,7 @@ impl<'m, B: Backend> Objective<'m, B> {
                 )));
             }
         }
-        let model = self.model;
+        let model = &self.model;
         let names: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
         // Average pooling at every pooling layer before a layer: its positions.
         let propagate = |m: &Tensor<B>, name: &str| -> Result<Tensor<B>> {
@@ -699,7 +699,7 @@ impl<'m, B: Backend> Objective<'m, B> {
         if host == r.last {
             return Ok(false);
         }
-        let targets = nn::nn_targets(self.model, &r.layout, r.style.clone(), &matched, r.tiling)?;
+        let targets = nn::nn_targets(&self.model, &r.layout, r.style.clone(), &matched, r.tiling)?;
         self.terms[r.index] = nst_loss::nn_term(r.layout.clone(), targets, r.weight)?;
         r.last = host;
         Ok(true)
@@ -764,7 +764,7 @@ impl<'m, B: Backend> Objective<'m, B> {
         let feats = if net.is_empty() {
             None
         } else {
-            Some(FeatureExtractor::new(self.model, &net)?.extract_var(&xv)?)
+            Some(FeatureExtractor::new(&self.model, &net)?.extract_var(&xv)?)
         };
         // The terms' values stay on the device until the backward pass is queued, then come
         // back together in one transfer.
@@ -981,7 +981,7 @@ impl<'m, B: Backend> Objective<'m, B> {
     /// recomputes only the shallow part for them; the other tiles are run again in full.
     fn evaluate_tiled(&self, x: &Tensor<B>, t: &Tiled) -> Result<Evaluation<B>> {
         let plan = &t.plan;
-        let model = self.model;
+        let model = &self.model;
         let (h, w) = (plan.height, plan.width);
         let n = plan.tiles.len();
         let keep = t.keep.min(n);
@@ -1201,7 +1201,7 @@ impl<'m, B: Backend> Objective<'m, B> {
     /// crop's image gradient into the whole.
     fn evaluate_split(&self, x: &Tensor<B>, t: &Tiled, sp: usize) -> Result<Evaluation<B>> {
         let plan = &t.plan;
-        let model = self.model;
+        let model = &self.model;
         let (h, w) = (plan.height, plan.width);
         let nterms = self.terms.len();
         let used: Vec<usize> = self.keys.iter().flatten().copied().collect();

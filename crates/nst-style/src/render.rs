@@ -12,6 +12,7 @@ use nst_vgg::Vgg;
 use rand::SeedableRng;
 use rand_distr::Distribution;
 use sha2::Digest;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the image starts.
@@ -91,8 +92,9 @@ pub struct RenderConfig {
     pub scale_iterations: Vec<usize>,
     /// Tiling of the objective (chosen per scale against `memory_budget`).
     pub tile: TileChoice,
-    /// The memory budget in bytes that tiling and the L-BFGS history must fit (`None`:
-    /// unlimited, so `TileChoice::Auto` never tiles).
+    /// The memory budget in bytes that tiling and the L-BFGS history must fit (`None`: the
+    /// default budget of the backend the render runs on, [`crate::memory::default_budget`]:
+    /// 80% of the host's available memory, 90% of a GPU's free memory, as `nst render`).
     pub memory_budget: Option<u64>,
     /// L-BFGS correction pairs kept (100, the classic value; the budget may lower it).
     pub lbfgs_history: usize,
@@ -126,11 +128,38 @@ pub struct Temporal {
     pub weight: f64,
 }
 
+/// The longer side of a render's output by default (`nst render --size`).
+pub const DEFAULT_SIZE: usize = 512;
+
+/// What `nst render` does by default: the Gram loss's objective and starting image, the
+/// [`Quality::Default`] schedule to a longer side of [`DEFAULT_SIZE`] (300 iterations at 128
+/// px, 100 at 256, 200 at 512), L-BFGS with 100 pairs, pixels kept in 0-255 (the projection),
+/// and the backend's default memory budget. A render that wants one scale at the content's
+/// own size starts from [`RenderConfig::single_scale`].
 impl Default for RenderConfig {
     fn default() -> Self {
+        let (scales, scale_iterations): (Vec<usize>, Vec<usize>) =
+            quality_schedule(Quality::Default, DEFAULT_SIZE)
+                .into_iter()
+                .unzip();
+        RenderConfig {
+            iterations: *scale_iterations.last().expect("a schedule has a scale"),
+            scales,
+            scale_iterations,
+            clamp_pixels: true,
+            ..RenderConfig::single_scale(500)
+        }
+    }
+}
+
+impl RenderConfig {
+    /// One scale at the content's own size with `iterations` iterations, everything else as
+    /// [`RenderConfig::default`] but the pixel projection, which is off (the classic recipe's
+    /// unconstrained optimisation).
+    pub fn single_scale(iterations: usize) -> Self {
         RenderConfig {
             objective: ObjectiveConfig::default(),
-            iterations: 500,
+            iterations,
             optimizer: OptimizerKind::Lbfgs,
             learning_rate: None,
             init: Init::Noise,
@@ -171,16 +200,6 @@ pub struct Progress {
     /// This iteration ended its scale before its count: the loss had stopped falling
     /// ([`RenderConfig::tolerance`]).
     pub converged: bool,
-}
-
-/// Receives progress; returning `false` from [`Observer::iteration`] stops the render.
-pub trait Observer {
-    /// Called after every iteration.
-    fn iteration(&mut self, progress: &Progress) -> bool;
-    /// Called every `save_every` iterations with the current image.
-    fn snapshot(&mut self, _progress: &Progress, _image: &Image) {}
-    /// Called at the start of each scale with the memory plan chosen for it.
-    fn plan(&mut self, _scale: usize, _size: (usize, usize), _plan: &MemoryPlan) {}
 }
 
 /// The coarse-to-fine schedule `--scales auto` uses for an output whose longer side is
@@ -295,7 +314,7 @@ fn model_range(conv: nst_vgg::InputConvention) -> f64 {
 /// into what 0 and 255 map to), on the model's device, telling the optimizer how far it
 /// moved. Entries in range keep their exact values; one scalar comes back.
 fn project_into_range<B: Backend>(
-    active: &mut Active<'_, B>,
+    active: &mut Active<B>,
     conv: nst_vgg::InputConvention,
 ) -> Result<()> {
     let clamped = active.x.clamp_channels(&conv.model_range())?;
@@ -418,6 +437,11 @@ fn plan_scales_with<B: Backend>(
 ) -> Result<Vec<MemoryPlan>> {
     // Finest first, so that a budget too small for the render names what the largest
     // scale needs.
+    let memory = model.backend().memory();
+    let budget = match cfg.memory_budget {
+        Some(b) => b,
+        None => crate::memory::default_budget(memory)?.0,
+    };
     let mut plans = scale_sizes(content, cfg)
         .into_iter()
         .enumerate()
@@ -436,9 +460,9 @@ fn plan_scales_with<B: Backend>(
                 } else {
                     cfg.tile
                 },
-                budget: cfg.memory_budget,
+                budget: Some(budget),
                 extra_layers: extra_layers.to_vec(),
-                memory: model.backend().memory(),
+                memory,
             };
             crate::memory::plan(model, &cfg.objective, &req)
         })
@@ -653,8 +677,8 @@ fn fingerprint<B: Backend>(
 }
 
 /// The state of the scale being optimised.
-struct Active<'m, B: Backend> {
-    objective: Objective<'m, B>,
+struct Active<B: Backend> {
+    objective: Objective<B>,
     /// The content at this scale (for the original colours).
     content: Image,
     x: Tensor<B>,
@@ -672,6 +696,39 @@ struct Active<'m, B: Backend> {
 /// A restored mid-scale state: the previous image, the optimizer's state, and the image the
 /// targets that follow the image were made for.
 type Restored = (Option<Vec<f32>>, OptimizerState, Option<Vec<f32>>);
+
+/// Where a session stands between two steps. The position (scale, iterations done) is kept
+/// beside it; the phase says what the next step starts from, what [`RenderSession::image`]
+/// shows and what [`RenderSession::checkpoint`] saves.
+enum Phase<B: Backend> {
+    /// A fresh render, before its first iteration: the first scale starts from the configured
+    /// starting image.
+    Fresh,
+    /// A scale has ended (the one before the current position): the next starts from its
+    /// image (model space), upsampled. A finished render stays here.
+    Between { image: Vec<f32> },
+    /// Resumed from a checkpoint in the middle of the current scale: the scale is rebuilt
+    /// from this image and the restored state.
+    Restored { image: Vec<f32>, state: Restored },
+    /// A scale in progress.
+    Active(Box<Active<B>>),
+}
+
+impl<B: Backend> Phase<B> {
+    fn active(&self) -> Option<&Active<B>> {
+        match self {
+            Phase::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn active_mut(&mut self) -> Option<&mut Active<B>> {
+        match self {
+            Phase::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+}
 
 /// What a render session is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -700,7 +757,7 @@ pub enum SessionStatus {
 /// let vgg = Vgg::random_for_tests(&cpu, Arch::Vgg19, 3)?;
 /// let content = Image::new(24, 16, vec![120.0; 24 * 16 * 3]).unwrap();
 /// let styles = [Image::new(16, 16, (0..16 * 16 * 3).map(|i| (i % 256) as f32).collect()).unwrap()];
-/// let cfg = RenderConfig { iterations: 4, ..RenderConfig::default() };
+/// let cfg = RenderConfig::single_scale(4);
 ///
 /// // Two iterations, then a checkpoint (to bytes: a file in real use)...
 /// let mut session = RenderSession::new(&cpu, &vgg, &content, &styles, &cfg)?;
@@ -719,16 +776,40 @@ pub enum SessionStatus {
 /// assert!(resumed.finish()?.image == whole);
 /// # Ok(()) }
 /// ```
-pub struct RenderSession<'a, B: Backend> {
-    backend: &'a B,
-    model: &'a Vgg<B>,
-    content: &'a Image,
-    styles: &'a [Image],
+///
+/// A session owns what it uses (handles to the network and the backend, its own copies of
+/// the images and settings): it borrows nothing, so it can be kept in a struct, or moved to
+/// another thread (it is `Send` when the backend is), e.g. by a server that renders while it
+/// answers requests:
+///
+/// ```
+/// use nst_style::{Image, RenderConfig, RenderSession};
+/// use nst_vgg::{Arch, Vgg};
+/// let cpu = nst_cpu::Cpu::new(1);
+/// let vgg = Vgg::random_for_tests(&cpu, Arch::Vgg19, 3).unwrap();
+/// let content = Image::new(24, 16, vec![120.0; 24 * 16 * 3]).unwrap();
+/// let styles = [Image::new(16, 16, vec![60.0; 16 * 16 * 3]).unwrap()];
+/// let cfg = RenderConfig::single_scale(3);
+/// let mut session = RenderSession::new(&cpu, &vgg, &content, &styles, &cfg).unwrap();
+/// drop((vgg, content, styles, cfg)); // nothing is borrowed
+/// let worker = std::thread::spawn(move || -> nst_style::Result<_> {
+///     while session.step()?.is_some() {}
+///     session.finish()
+/// });
+/// let rendered = worker.join().unwrap().unwrap();
+/// assert_eq!((rendered.image.width(), rendered.image.height()), (24, 16));
+/// ```
+pub struct RenderSession<B: Backend> {
+    backend: B,
+    model: Vgg<B>,
+    content: Image,
+    styles: Vec<Image>,
     /// The content and styles the objective sees: as given, or as colour control makes them
     /// (grey for luminance-only transfer, colour-matched styles).
-    content_eff: Image,
-    styles_eff: Vec<Image>,
-    cfg: &'a RenderConfig,
+    /// (`None`: as given.)
+    content_eff: Option<Image>,
+    styles_eff: Option<Vec<Image>>,
+    cfg: Arc<RenderConfig>,
     lr: f64,
     plans: Vec<MemoryPlan>,
     scales: Vec<(usize, usize)>,
@@ -736,13 +817,7 @@ pub struct RenderSession<'a, B: Backend> {
     /// The current scale, and the iterations completed in it.
     scale: usize,
     done: usize,
-    active: Option<Active<'a, B>>,
-    /// The model-space image that starts the current scale when no scale is active: the
-    /// previous scale's result, or the state restored from a checkpoint.
-    carried: Option<Vec<f32>>,
-    /// A restored mid-scale state, applied when the scale is built.
-    /// (previous image, optimizer state, image the targets were refreshed for).
-    restored: Option<Restored>,
+    phase: Phase<B>,
     elapsed_before: Duration,
     started: Instant,
     status: SessionStatus,
@@ -751,7 +826,7 @@ pub struct RenderSession<'a, B: Backend> {
     /// convergence test.
     recent: std::collections::VecDeque<f64>,
     /// Terms of the caller's own, added at every scale.
-    sources: Vec<&'a dyn TermSource<B>>,
+    sources: Vec<Arc<dyn TermSource<B>>>,
     /// Set from elsewhere to abandon the iteration in flight ([`RenderSession::set_cancel`]).
     cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -761,7 +836,7 @@ pub struct RenderSession<'a, B: Backend> {
 /// render's configuration makes. They get everything the render loop gives the built-in
 /// terms: coarse-to-fine scales, exact tiles, the pixel projection, checkpoints and resume,
 /// the progress line, the JSON log and the web view.
-pub trait TermSource<B: Backend> {
+pub trait TermSource<B: Backend>: Send + Sync {
     /// The settings that change the terms, recorded in the fingerprint checkpoints compare
     /// (a resume with other settings is refused).
     fn describe(&self) -> String;
@@ -788,37 +863,45 @@ pub struct Scale<'a, B: Backend> {
     pub tiling: crate::Tiling,
 }
 
-impl<'a, B: Backend> RenderSession<'a, B> {
+impl<B: Backend> RenderSession<B> {
     /// A session at the start of a render, its settings checked and every scale's memory
     /// plan made (so a budget that cannot be met is an error before any work).
     pub fn new(
-        backend: &'a B,
-        model: &'a Vgg<B>,
-        content: &'a Image,
-        styles: &'a [Image],
-        cfg: &'a RenderConfig,
+        backend: &B,
+        model: &Vgg<B>,
+        content: &Image,
+        styles: &[Image],
+        cfg: &RenderConfig,
     ) -> Result<Self> {
         let lr = check_config(cfg, styles.len())?;
         let plans = plan_scales(model, content, styles, cfg)?;
         let fingerprint = fingerprint(backend, content, styles, cfg, &plans);
-        let (content_eff, styles_eff) = cfg.color_control.prepare(content, styles);
+        // What colour control changes, kept beside the images as given.
+        let (content_eff, styles_eff) = match cfg.color_control {
+            crate::ColorControl::None | crate::ColorControl::Palette(_) => (None, None),
+            crate::ColorControl::Match(_) => {
+                (None, Some(cfg.color_control.prepare(content, styles).1))
+            }
+            crate::ColorControl::Luminance => {
+                let (c, s) = cfg.color_control.prepare(content, styles);
+                (Some(c), Some(s))
+            }
+        };
         Ok(RenderSession {
-            backend,
-            model,
-            content,
-            styles,
+            backend: backend.clone(),
+            model: model.clone(),
+            content: content.clone(),
+            styles: styles.to_vec(),
             content_eff,
             styles_eff,
-            cfg,
+            cfg: Arc::new(cfg.clone()),
             lr,
             plans,
             scales: scale_sizes(content, cfg),
             fingerprint,
             scale: 0,
             done: 0,
-            active: None,
-            carried: None,
-            restored: None,
+            phase: Phase::Fresh,
             elapsed_before: Duration::ZERO,
             started: Instant::now(),
             status: SessionStatus::Running,
@@ -832,20 +915,21 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// Adds terms of the caller's own to every scale's objective (before the first step, and
     /// before [`RenderSession::resume_from`]). The memory plans are made again with their
     /// layers, and their description enters the fingerprint.
-    pub fn with_terms(mut self, source: &'a dyn TermSource<B>) -> Result<Self> {
-        if self.scale != 0 || self.done != 0 || self.active.is_some() || self.carried.is_some() {
+    pub fn with_terms(mut self, source: impl TermSource<B> + 'static) -> Result<Self> {
+        if !matches!(self.phase, Phase::Fresh) {
             return Err(Error::Config(
                 "terms can only be added before the first iteration".into(),
             ));
         }
-        self.sources.push(source);
+        self.sources.push(Arc::new(source));
         let layers: Vec<String> = self.sources.iter().flat_map(|s| s.layers()).collect();
-        self.plans = plan_scales_with(self.model, self.content, self.styles, self.cfg, &layers)?;
+        self.plans =
+            plan_scales_with(&self.model, &self.content, &self.styles, &self.cfg, &layers)?;
         let plan = fingerprint(
-            self.backend,
-            self.content,
-            self.styles,
-            self.cfg,
+            &self.backend,
+            &self.content,
+            &self.styles,
+            &self.cfg,
             &self.plans,
         )
         .into_iter()
@@ -867,11 +951,11 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// checkpoint was made from other inputs or settings. Continuing gives exactly the bytes
     /// the uninterrupted render would have.
     pub fn resume(
-        backend: &'a B,
-        model: &'a Vgg<B>,
-        content: &'a Image,
-        styles: &'a [Image],
-        cfg: &'a RenderConfig,
+        backend: &B,
+        model: &Vgg<B>,
+        content: &Image,
+        styles: &[Image],
+        cfg: &RenderConfig,
         checkpoint: Checkpoint,
     ) -> Result<Self> {
         Self::new(backend, model, content, styles, cfg)?.resume_from(checkpoint)
@@ -881,8 +965,8 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// stopped; refused, naming what differs, when the checkpoint is of another render.
     pub fn resume_from(self, checkpoint: Checkpoint) -> Result<Self> {
         let mut s = self;
-        let cfg = s.cfg;
-        if s.scale != 0 || s.done != 0 || s.active.is_some() || s.carried.is_some() {
+        let cfg = Arc::clone(&s.cfg);
+        if !matches!(s.phase, Phase::Fresh) {
             return Err(Error::Checkpoint(
                 "a session can only resume before its first iteration".into(),
             ));
@@ -907,7 +991,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             ..
         } = checkpoint;
         if scale >= s.scales.len()
-            || iteration > iterations_of(cfg, scale)
+            || iteration > iterations_of(&cfg, scale)
             || size != s.scales[scale]
             || image.len() != 3 * size.0 * size.1
             || previous.as_ref().is_some_and(|p| p.len() != image.len())
@@ -933,19 +1017,21 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             ));
         }
         s.elapsed_before = elapsed;
-        if iteration == iterations_of(cfg, scale) {
+        if iteration == iterations_of(&cfg, scale) {
             // At a scale's end: the next scale starts from this image.
             s.scale = scale + 1;
             s.done = 0;
-            s.carried = Some(image);
+            s.phase = Phase::Between { image };
             if s.scale == s.scales.len() {
                 s.status = SessionStatus::Finished;
             }
         } else {
             s.scale = scale;
             s.done = iteration;
-            s.carried = Some(image);
-            s.restored = Some((previous, optimizer, refreshed));
+            s.phase = Phase::Restored {
+                image,
+                state: (previous, optimizer, refreshed),
+            };
             s.recent = recent_losses.into_iter().collect();
         }
         Ok(s)
@@ -974,6 +1060,11 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         &self.status
     }
 
+    /// The render's settings.
+    pub fn config(&self) -> &RenderConfig {
+        &self.cfg
+    }
+
     /// The progress of the last iteration (`None` before the first one of this session).
     pub fn last_progress(&self) -> Option<&Progress> {
         self.last.as_ref()
@@ -982,7 +1073,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// The scale the next [`RenderSession::step`] starts, with its size and plan, when it
     /// starts one (so a driver can apply the plan, e.g. a memory pool limit, first).
     pub fn starting_scale(&self) -> Option<(usize, (usize, usize), &MemoryPlan)> {
-        (self.status == SessionStatus::Running && self.active.is_none())
+        (self.status == SessionStatus::Running && self.phase.active().is_none())
             .then(|| (self.scale, self.scales[self.scale], &self.plans[self.scale]))
     }
 
@@ -1007,9 +1098,9 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         let pixels = |img: &Image| conv.to_model(img.data(), h, w);
         match &self.cfg.init {
             Init::Noise => noise(w, h, self.cfg.seed),
-            Init::Content => pixels(&self.content_eff.resize(w, h)),
+            Init::Content => pixels(&self.content_eff().resize(w, h)),
             Init::Gray => {
-                let src = self.content_eff.data();
+                let src = self.content_eff().data();
                 let n = (src.len() / 3).max(1) as f64;
                 let mean: Vec<f32> = (0..3)
                     .map(|c| {
@@ -1034,27 +1125,38 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         }
     }
 
+    /// The content as the objective sees it (grey under luminance-only colour control).
+    fn content_eff(&self) -> &Image {
+        self.content_eff.as_ref().unwrap_or(&self.content)
+    }
+
+    /// The styles as the objective sees them (colour-matched under colour control).
+    fn styles_eff(&self) -> &[Image] {
+        self.styles_eff.as_deref().unwrap_or(&self.styles)
+    }
+
     /// Builds the objective and the optimizer of the current scale.
     fn start_scale(&mut self) -> Result<()> {
         let si = self.scale;
         let (w, h) = self.scales[si];
         let conv = self.model.convention();
-        let backend = self.backend;
-        let cfg = self.cfg;
+        let backend = self.backend.clone();
+        let backend = &backend;
+        let cfg = Arc::clone(&self.cfg);
         // The previous scale's buffers are all of other sizes; this scale's plan says how
         // much the backend may keep for reuse.
         backend.release_cached();
         backend.limit_cached(self.plans[si].pool_limit);
-        let content = self.content_eff.resize(w, h);
+        let content = self.content_eff().resize(w, h);
         let long = style_long_side(w, h, cfg.style_scale);
         let style_t = self
-            .styles_eff
+            .styles_eff()
             .iter()
             .map(|s| s.fit(long).to_model(backend, conv))
             .collect::<nst_tensor::Result<Vec<_>>>()?;
         let content_t = content.to_model(backend, conv)?;
         let mut objective = Objective::with_tiling(
-            self.model,
+            &self.model,
             &cfg.objective,
             &content_t,
             &style_t,
@@ -1070,7 +1172,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             let style_masks = cfg
                 .style_masks
                 .iter()
-                .zip(&self.styles_eff)
+                .zip(self.styles_eff())
                 .map(|(m, s)| {
                     let (sw, sh) = s.fitted_size(long);
                     region_mask(backend, m, sw, sh)
@@ -1094,7 +1196,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             objective = objective.with_temporal(&target, &c, t.weight)?;
         }
         let scale = Scale {
-            model: self.model,
+            model: &self.model,
             content: &content_t,
             styles: &style_t,
             size: (w, h),
@@ -1109,23 +1211,25 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         if let Some(flag) = &self.cancel {
             objective.set_cancel(flag.clone());
         }
-        let restored = self.restored.take();
-        let x0: Vec<f32> = match (self.carried.take(), &cfg.init) {
-            (Some(x), _) if restored.is_some() => x,
-            (Some(prev), _) => {
-                // The previous scale's image, upsampled.
-                let (pw, ph) = self.scales[si - 1];
-                conv.to_model(
-                    Image::from_model(&prev, pw, ph, conv)
-                        .ok_or_else(bad_len)?
-                        .resize(w, h)
-                        .data(),
-                    h,
-                    w,
-                )
-            }
-            (None, _) => self.initial(w, h),
-        };
+        let (x0, restored): (Vec<f32>, Option<Restored>) =
+            match std::mem::replace(&mut self.phase, Phase::Fresh) {
+                Phase::Restored { image, state } => (image, Some(state)),
+                Phase::Between { image: prev } => {
+                    // The previous scale's image, upsampled.
+                    let (pw, ph) = self.scales[si - 1];
+                    let up = conv.to_model(
+                        Image::from_model(&prev, pw, ph, conv)
+                            .ok_or_else(bad_len)?
+                            .resize(w, h)
+                            .data(),
+                        h,
+                        w,
+                    );
+                    (up, None)
+                }
+                Phase::Fresh => (self.initial(w, h), None),
+                Phase::Active(_) => unreachable!("a scale is started only when none is active"),
+            };
         let shape = [1, 3, h, w];
         let upload = |v: Vec<f32>| Tensor::from_f32(backend, &v, shape);
         let x = upload(x0)?;
@@ -1149,7 +1253,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         if let Some(r) = &refreshed {
             objective.refresh(r)?;
         }
-        self.active = Some(Active {
+        self.phase = Phase::Active(Box::new(Active {
             objective,
             // The colours to put back (the content as given, not its grey).
             content: self.content.resize(w, h),
@@ -1158,7 +1262,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             opt,
             refreshed,
             accepted: None,
-        });
+        }));
         Ok(())
     }
 
@@ -1207,31 +1311,31 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         if self.status != SessionStatus::Running {
             return Ok(None);
         }
-        if self.active.is_none() {
+        if self.phase.active().is_none() {
             self.start_scale()?;
         }
         let si = self.scale;
         let (w, h) = self.scales[si];
-        let iterations = iterations_of(self.cfg, si);
+        let iterations = iterations_of(&self.cfg, si);
         if let Some(n) = self
-            .active
-            .as_ref()
+            .phase
+            .active()
             .and_then(|a| a.objective.refresh_every())
         {
             if self.done.is_multiple_of(n) {
                 // The targets follow the image: remade at the scale's start and every `n`
                 // iterations; the optimizer's history (of the old objective) starts afresh.
-                let active = self.active.as_mut().expect("the scale was started");
+                let active = self.phase.active_mut().expect("the scale was started");
                 let changed = active.objective.refresh(&active.x)?;
                 active.refreshed = Some(active.x.clone());
                 if changed && self.done > 0 {
                     let fresh = self.fresh_optimizer(si);
-                    self.active.as_mut().expect("the scale was started").opt = fresh;
+                    self.phase.active_mut().expect("the scale was started").opt = fresh;
                     self.recent.clear();
                 }
             }
         }
-        let active = self.active.as_mut().expect("the scale was started");
+        let active = self.phase.active_mut().expect("the scale was started");
         let start = active.x.clone();
         // The state before the step, to go back to when it is cancelled: handles to the same
         // immutable buffers, so it costs no copy.
@@ -1319,9 +1423,8 @@ impl<'a, B: Backend> RenderSession<'a, B> {
         };
         if it == iterations || converged {
             self.recent.clear();
-            let x = active.x.to_f32()?;
-            self.active = None;
-            self.carried = Some(x);
+            let image = active.x.to_f32()?;
+            self.phase = Phase::Between { image };
             self.scale += 1;
             self.done = 0;
             if self.scale == self.scales.len() {
@@ -1344,7 +1447,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// [`checkpoint`]: RenderSession::checkpoint
     /// [`image`]: RenderSession::image
     pub fn set_cancel(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        if let Some(a) = &mut self.active {
+        if let Some(a) = self.phase.active_mut() {
             a.objective.set_cancel(flag.clone());
         }
         self.cancel = Some(flag);
@@ -1361,36 +1464,29 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// palette, when asked): the last good one.
     pub fn image(&self) -> Result<Image> {
         let conv = self.model.convention();
-        let img = match &self.active {
-            Some(a) => {
-                let (w, h) = self.scales[self.scale];
-                Image::from_model(&a.x.to_f32()?, w, h, conv).ok_or_else(bad_len)?
-            }
-            None => {
-                // Between scales (or done): the image of the last finished scale, or the
-                // restored one.
-                let si = if self.restored.is_some() {
-                    self.scale
-                } else {
-                    self.scale.saturating_sub(1)
-                };
-                let (w, h) = self.scales[si];
-                let x = match &self.carried {
-                    Some(x) => x.clone(),
-                    None => self.initial(w, h),
-                };
-                Image::from_model(&x, w, h, conv).ok_or_else(bad_len)?
+        let at = |si: usize, x: &[f32]| {
+            let (w, h) = self.scales[si];
+            Image::from_model(x, w, h, conv).ok_or_else(bad_len)
+        };
+        let img = match &self.phase {
+            Phase::Active(a) => at(self.scale, &a.x.to_f32()?)?,
+            Phase::Restored { image, .. } => at(self.scale, image)?,
+            // Between scales (or done): the image of the last finished scale.
+            Phase::Between { image } => at(self.scale - 1, image)?,
+            Phase::Fresh => {
+                let (w, h) = self.scales[0];
+                at(0, &self.initial(w, h))?
             }
         };
         let (w, h) = (img.width(), img.height());
         Ok(match self.cfg.color_control {
-            crate::ColorControl::Luminance => match &self.active {
+            crate::ColorControl::Luminance => match self.phase.active() {
                 Some(a) => img.with_colors_of(&a.content),
                 None => img.with_colors_of(&self.content.resize(w, h)),
             },
             crate::ColorControl::Palette(root) => {
                 let long = style_long_side(w, h, self.cfg.style_scale);
-                let styles: Vec<Image> = self.styles_eff.iter().map(|s| s.fit(long)).collect();
+                let styles: Vec<Image> = self.styles_eff().iter().map(|s| s.fit(long)).collect();
                 crate::color::match_palette(&img, &styles, &self.cfg.style_blend, root)?
             }
             crate::ColorControl::None | crate::ColorControl::Match(_) => img,
@@ -1399,8 +1495,8 @@ impl<'a, B: Backend> RenderSession<'a, B> {
 
     /// Everything needed to continue this render later ([`RenderSession::resume`]).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let (scale, iteration, image, previous, optimizer, refreshed) = match &self.active {
-            Some(a) => {
+        let (scale, iteration, image, previous, optimizer, refreshed) = match &self.phase {
+            Phase::Active(a) => {
                 let host = |t: Tensor<B>| t.to_f32();
                 let optimizer = match &a.opt {
                     AnyOptimizer::Lbfgs(o) => OptimizerState::Lbfgs(o.state().try_map(host)?),
@@ -1418,26 +1514,27 @@ impl<'a, B: Backend> RenderSession<'a, B> {
                     refreshed,
                 )
             }
-            None => match (&self.carried, &self.restored) {
-                (Some(x), Some((p, o, r))) => (
-                    self.scale,
-                    self.done,
-                    x.clone(),
-                    p.clone(),
-                    o.clone(),
-                    r.clone(),
-                ),
-                (Some(x), None) => {
-                    let si = self.scale - 1;
-                    let n = iterations_of(self.cfg, si);
-                    (si, n, x.clone(), None, OptimizerState::Stateless, None)
-                }
-                (None, _) => {
-                    return Err(Error::Checkpoint(
-                        "nothing to checkpoint before the first iteration".into(),
-                    ))
-                }
-            },
+            Phase::Restored {
+                image,
+                state: (p, o, r),
+            } => (
+                self.scale,
+                self.done,
+                image.clone(),
+                p.clone(),
+                o.clone(),
+                r.clone(),
+            ),
+            Phase::Between { image } => {
+                let si = self.scale - 1;
+                let n = iterations_of(&self.cfg, si);
+                (si, n, image.clone(), None, OptimizerState::Stateless, None)
+            }
+            Phase::Fresh => {
+                return Err(Error::Checkpoint(
+                    "nothing to checkpoint before the first iteration".into(),
+                ))
+            }
         };
         Ok(Checkpoint {
             scale,
@@ -1447,7 +1544,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             previous,
             optimizer,
             elapsed: self.elapsed(),
-            recent_losses: if self.active.is_some() || self.restored.is_some() {
+            recent_losses: if matches!(self.phase, Phase::Active(_) | Phase::Restored { .. }) {
                 self.recent.iter().copied().collect()
             } else {
                 Vec::new()
@@ -1461,7 +1558,7 @@ impl<'a, B: Backend> RenderSession<'a, B> {
     /// time (so it never holds a second copy of the optimizer's state).
     pub fn write_checkpoint(&self, w: &mut dyn std::io::Write) -> Result<()> {
         use crate::checkpoint::{Head, HeadOptimizer, Source};
-        let Some(a) = &self.active else {
+        let Some(a) = self.phase.active() else {
             return self.checkpoint()?.write_to(w);
         };
         fn src<B: Backend>(name: String, t: &Tensor<B>) -> Source<'_> {
@@ -1532,35 +1629,6 @@ impl<'a, B: Backend> RenderSession<'a, B> {
             stopped_early,
         })
     }
-}
-
-/// Runs a render of `content` in the style of `styles` on the model's backend, reporting to
-/// `observer` (a [`RenderSession`] driven to its end).
-pub fn render<B: Backend>(
-    backend: &B,
-    model: &Vgg<B>,
-    content: &Image,
-    styles: &[Image],
-    cfg: &RenderConfig,
-    observer: &mut dyn Observer,
-) -> Result<Rendered> {
-    let mut session = RenderSession::new(backend, model, content, styles, cfg)?;
-    loop {
-        if let Some((si, size, plan)) = session.starting_scale() {
-            observer.plan(si, size, plan);
-        }
-        let Some(progress) = session.step()? else {
-            break;
-        };
-        if cfg.save_every > 0 && progress.iteration.0 % cfg.save_every == 0 {
-            observer.snapshot(&progress, &session.image()?);
-        }
-        if !observer.iteration(&progress) {
-            session.stop(format!("stopped at iteration {}", progress.iteration.0));
-            break;
-        }
-    }
-    session.finish()
 }
 
 #[cfg(test)]

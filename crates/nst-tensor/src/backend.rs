@@ -258,7 +258,7 @@ pub trait BackendExt: BackendCore {
     /// is free now: memory plans take their default budget and their constants from it. The
     /// default: the process's own memory.
     fn memory(&self) -> MemoryKind {
-        MemoryKind::Host
+        MemoryKind::Host { available: 0 }
     }
 }
 
@@ -271,8 +271,12 @@ impl<T: BackendCore + BackendExt> Backend for T {}
 /// Where a backend keeps its buffers ([`BackendExt::memory`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryKind {
-    /// The process's own memory (the host's RAM).
-    Host,
+    /// The process's own memory (the host's RAM), `available` bytes of it available when
+    /// asked (0 when the backend could not say).
+    Host {
+        /// The host's memory available now, in bytes.
+        available: u64,
+    },
     /// A device's own memory: `total` bytes, `free` of them free when asked (0 when the
     /// device could not say).
     Device {

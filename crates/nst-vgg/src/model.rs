@@ -4,14 +4,34 @@
 use crate::{Arch, Error, InputConvention, Layer, LayerOp, Result};
 use nst_tensor::{Activation, Backend, PoolKind, Tensor};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// A VGG network's convolutional part with frozen weights on backend `B`.
+/// A VGG network's convolutional part with frozen weights on backend `B`: a handle, cheap to
+/// clone (the layers and weights are shared behind an `Arc`, never copied), `Send` and
+/// `Sync`, so whatever uses the network (a feature extractor, an objective, a render session)
+/// keeps a handle of its own rather than a borrow.
 pub struct Vgg<B: Backend> {
+    net: Arc<Net<B>>,
+    /// This handle's pooling (max by default): a setting of the handle, so two handles can
+    /// share the weights and pool differently.
+    pooling: PoolKind,
+}
+
+impl<B: Backend> Clone for Vgg<B> {
+    fn clone(&self) -> Self {
+        Vgg {
+            net: Arc::clone(&self.net),
+            pooling: self.pooling,
+        }
+    }
+}
+
+/// What a [`Vgg`] handle shares.
+struct Net<B: Backend> {
     arch: Arch,
     layers: Vec<Layer>,
     /// (weight, bias) per layer index; `None` for ReLU and pooling layers.
     params: Vec<Option<(Tensor<B>, Tensor<B>)>>,
-    pooling: PoolKind,
     convention: InputConvention,
     metadata: BTreeMap<String, String>,
     /// The backend the weights live on.
@@ -73,6 +93,14 @@ fn f32s(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<f3
 }
 
 impl<B: Backend> Vgg<B> {
+    /// A handle to `net`, with max pooling.
+    fn from_net(net: Net<B>) -> Self {
+        Vgg {
+            net: Arc::new(net),
+            pooling: PoolKind::Max,
+        }
+    }
+
     /// Loads the network from safetensors bytes in nst's layout (`convB_I.weight`
     /// `[out, in, 3, 3]` and `convB_I.bias` `[out]`), validating every name and shape. The
     /// architecture is VGG19 when 16 convolutions are present, VGG16 for 13. The input
@@ -131,15 +159,14 @@ impl<B: Backend> Vgg<B> {
             };
             Ok((load("weight", &[cout, cin, 3, 3])?, load("bias", &[cout])?))
         })?;
-        Ok(Vgg {
+        Ok(Vgg::from_net(Net {
             arch,
             layers,
             params,
-            pooling: PoolKind::Max,
             convention,
             metadata,
             backend: backend.clone(),
-        })
+        }))
     }
 
     /// **For tests and documentation only**: the network `arch` with random weights (Kaiming
@@ -200,11 +227,10 @@ impl<B: Backend> Vgg<B> {
                 Tensor::from_f32(backend, &vec![0.01; cout], [cout])?,
             ))
         })?;
-        Ok(Vgg {
+        Ok(Vgg::from_net(Net {
             arch,
             layers,
             params,
-            pooling: PoolKind::Max,
             convention: InputConvention::CaffeBgr,
             metadata: BTreeMap::from([
                 (
@@ -214,7 +240,7 @@ impl<B: Backend> Vgg<B> {
                 (WIDTH_DIVISOR_KEY.to_string(), divisor.to_string()),
             ]),
             backend: backend.clone(),
-        })
+        }))
     }
 
     /// The network as safetensors bytes in nst's layout: what [`Vgg::from_safetensors`]
@@ -230,10 +256,10 @@ impl<B: Backend> Vgg<B> {
     /// ```
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let tensors = self.named_tensors()?;
-        let mut metadata = self.metadata.clone();
+        let mut metadata = self.net.metadata.clone();
         metadata.insert(
             crate::convention::METADATA_KEY.to_string(),
-            self.convention.metadata().to_string(),
+            self.net.convention.metadata().to_string(),
         );
         Ok(crate::safetensors_bytes(&metadata, &tensors))
     }
@@ -241,7 +267,7 @@ impl<B: Backend> Vgg<B> {
     /// Every convolution's weight and bias as `(name, shape, values)`, in layer order.
     fn named_tensors(&self) -> Result<Vec<crate::NamedTensor>> {
         let mut tensors = Vec::new();
-        for (layer, p) in self.layers.iter().zip(&self.params) {
+        for (layer, p) in self.net.layers.iter().zip(&self.net.params) {
             if let Some((w, b)) = p {
                 for (suffix, t) in [("weight", w), ("bias", b)] {
                     let name = format!("{}.{suffix}", layer.name);
@@ -254,7 +280,7 @@ impl<B: Backend> Vgg<B> {
 
     /// The backend the weights live on.
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.net.backend
     }
 
     /// The same network with another pooling (max by default; average as in the paper's
@@ -266,7 +292,7 @@ impl<B: Backend> Vgg<B> {
 
     /// The architecture.
     pub fn arch(&self) -> Arch {
-        self.arch
+        self.net.arch
     }
 
     /// The pooling used.
@@ -276,27 +302,29 @@ impl<B: Backend> Vgg<B> {
 
     /// How the network expects its input.
     pub fn convention(&self) -> InputConvention {
-        self.convention
+        self.net.convention
     }
 
     /// The safetensors metadata of the weights.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.metadata
+        &self.net.metadata
     }
 
     /// The layer table.
     pub fn layers(&self) -> &[Layer] {
-        &self.layers
+        &self.net.layers
     }
 
     /// The index of a layer by name, or an error listing the valid names.
     pub fn layer_index(&self, name: &str) -> Result<usize> {
-        self.layers
+        self.net
+            .layers
             .iter()
             .position(|l| l.name == name)
             .ok_or_else(|| Error::UnknownLayer {
                 name: name.to_string(),
                 valid: self
+                    .net
                     .layers
                     .iter()
                     .map(|l| l.name.as_str())
@@ -308,7 +336,7 @@ impl<B: Backend> Vgg<B> {
     /// The channels of layer `index`'s output: those of the last convolution up to it (3,
     /// the image's, before the first).
     pub fn channels(&self, index: usize) -> usize {
-        self.layers[..=index.min(self.layers.len().saturating_sub(1))]
+        self.net.layers[..=index.min(self.net.layers.len().saturating_sub(1))]
             .iter()
             .rev()
             .find_map(|l| match l.op {
@@ -320,7 +348,7 @@ impl<B: Backend> Vgg<B> {
 
     /// The parameters (weight, bias) of a convolution layer.
     pub fn conv_params(&self, index: usize) -> Option<&(Tensor<B>, Tensor<B>)> {
-        self.params.get(index).and_then(|p| p.as_ref())
+        self.net.params.get(index).and_then(|p| p.as_ref())
     }
 
     /// Runs the layers `0..=last` on `x` (`[N, 3, H, W]` in model space), calling `visit`
@@ -361,12 +389,15 @@ impl<B: Backend> Vgg<B> {
     ) -> Result<A> {
         let mut h = x;
         let mut i = first;
-        while i <= last.min(self.layers.len().saturating_sub(1)) {
-            let layer = &self.layers[i];
+        while i <= last.min(self.net.layers.len().saturating_sub(1)) {
+            let layer = &self.net.layers[i];
             let fuse = i < last
                 && !wanted(i)
-                && matches!(self.layers.get(i + 1).map(|l| &l.op), Some(LayerOp::Relu));
-            h = match (&layer.op, &self.params[i]) {
+                && matches!(
+                    self.net.layers.get(i + 1).map(|l| &l.op),
+                    Some(LayerOp::Relu)
+                );
+            h = match (&layer.op, &self.net.params[i]) {
                 (LayerOp::Conv { .. }, Some((w, b))) if fuse => {
                     i += 1;
                     h.conv_relu(w, b)?
