@@ -2,9 +2,8 @@
 //! sharded for the schedulers people already run (Slurm arrays, Kubernetes Indexed Jobs, AWS
 //! Batch arrays) without a scheduler of its own.
 
+use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
-use clap::Parser;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -114,14 +113,6 @@ const PATH_OPTIONS: [&str; 9] = [
 /// Options a job may not set (the batch decides them).
 const REFUSED: [&str; 2] = ["web", "help"];
 
-/// `nst render`'s arguments, parsed by the same definition as the command line.
-#[derive(Parser)]
-#[command(name = "nst render")]
-struct RenderLine {
-    #[command(flatten)]
-    args: crate::render::Args,
-}
-
 /// One job, checked: its render arguments and what its manifest records.
 struct Job {
     out: PathBuf,
@@ -229,44 +220,9 @@ fn parse_job(line: &str, base: &Path, defaults: &[(&str, String)]) -> Result<Job
     })
 }
 
-fn sha256_file(p: &Path) -> Result<String> {
-    let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
-}
-
-/// The manifest beside an output: `out.png` → `out.png.nst.json`.
-fn manifest_path(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".nst.json");
-    out.with_file_name(name)
-}
-
 /// What the manifest of `job` must say for its output to count as done.
-fn expected_manifest(job: &Job) -> Result<serde_json::Value> {
-    let mut inputs = serde_json::Map::new();
-    for p in &job.inputs {
-        inputs.insert(p.display().to_string(), serde_json::json!(sha256_file(p)?));
-    }
-    Ok(serde_json::json!({
-        "nst": env!("CARGO_PKG_VERSION"),
-        "settings": job.settings,
-        "inputs": inputs,
-    }))
-}
-
-/// Whether the output and a manifest matching `expected` (and the output's bytes) exist.
-fn is_done(job: &Job, expected: &serde_json::Value) -> bool {
-    let Ok(text) = std::fs::read_to_string(manifest_path(&job.out)) else {
-        return false;
-    };
-    let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
-    let same = ["nst", "settings", "inputs"]
-        .iter()
-        .all(|k| m.get(k) == expected.get(k));
-    same && job.out.is_file()
-        && m.get("output").and_then(|o| o.as_str()) == sha256_file(&job.out).ok().as_deref()
+fn manifest(job: &Job) -> Result<Manifest> {
+    Manifest::expect(&job.out, &job.settings, &job.inputs)
 }
 
 enum Outcome {
@@ -276,34 +232,21 @@ enum Outcome {
 }
 
 fn run_job(job: &Job) -> Result<Outcome> {
-    let expected = expected_manifest(job)?;
-    if is_done(job, &expected) {
+    let manifest = manifest(job)?;
+    if manifest.is_done() {
         return Ok(Outcome::Skipped);
     }
-    let line = match RenderLine::try_parse_from(&job.argv) {
-        Ok(l) => l,
-        Err(e) => {
-            let msg = e.to_string();
-            let first = msg
-                .lines()
-                .next()
-                .unwrap_or("bad options")
-                .trim_start_matches("error: ");
-            return Ok(Outcome::Failed(first.to_string()));
-        }
+    let args = match crate::render::parse_argv(&job.argv) {
+        Ok(a) => a,
+        Err(first) => return Ok(Outcome::Failed(first)),
     };
-    if let Err(e) = crate::render::run(line.args) {
+    if let Err(e) = crate::render::run(args) {
         if e.downcast_ref::<crate::render::Interrupted>().is_some() {
             return Err(e);
         }
         return Ok(Outcome::Failed(format!("{e:#}")));
     }
-    let mut manifest = expected;
-    manifest["output"] = serde_json::json!(sha256_file(&job.out)?);
-    let text = serde_json::to_string_pretty(&manifest)? + "\n";
-    crate::io::write_atomic(&manifest_path(&job.out), |tmp| {
-        std::fs::write(tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))
-    })?;
+    manifest.record()?;
     Ok(Outcome::Done)
 }
 

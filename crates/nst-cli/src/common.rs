@@ -296,9 +296,19 @@ impl InputArgs {
         listed(&self.style)
     }
 
+    /// The region masks' paths (`--content-mask`, its lists split).
+    pub(crate) fn content_masks(&self) -> Vec<PathBuf> {
+        listed(&self.content_mask)
+    }
+
+    /// The style masks' paths (`--style-mask`, its lists split).
+    pub(crate) fn style_mask_paths(&self) -> Vec<PathBuf> {
+        listed(&self.style_mask)
+    }
+
     /// The region masks, loaded (empty when none are given).
     pub(crate) fn masks(&self, max_pixels: u64) -> Result<Vec<Image>> {
-        listed(&self.content_mask)
+        self.content_masks()
             .iter()
             .map(|p| io::load_image(p, max_pixels).context("loading a --content-mask"))
             .collect()
@@ -306,7 +316,7 @@ impl InputArgs {
 
     /// The style masks, loaded (empty when none are given).
     pub(crate) fn style_masks(&self, max_pixels: u64) -> Result<Vec<Image>> {
-        listed(&self.style_mask)
+        self.style_mask_paths()
             .iter()
             .map(|p| io::load_image(p, max_pixels).context("loading a --style-mask"))
             .collect()

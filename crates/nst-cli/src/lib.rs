@@ -13,6 +13,7 @@ mod features;
 pub mod fuzz;
 mod grace;
 mod io;
+mod manifest;
 mod plot;
 mod record;
 mod render;

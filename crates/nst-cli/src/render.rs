@@ -156,7 +156,45 @@ pub(crate) struct Args {
     print_every: u32,
 }
 
+/// `nst render`'s arguments, parsed by the same definition as the command line.
+#[derive(clap::Parser)]
+#[command(name = "nst render")]
+struct RenderLine {
+    #[command(flatten)]
+    args: Args,
+}
+
+/// Parses `nst render`'s arguments (`argv[0]` is the program's name), as `nst batch` and
+/// `nst video` give them; an error is the first line of clap's message.
+pub(crate) fn parse_argv(argv: &[String]) -> std::result::Result<Args, String> {
+    <RenderLine as clap::Parser>::try_parse_from(argv)
+        .map(|l| l.args)
+        .map_err(|e| {
+            let msg = e.to_string();
+            msg.lines()
+                .next()
+                .unwrap_or("bad options")
+                .trim_start_matches("error: ")
+                .to_string()
+        })
+}
+
 impl Args {
+    /// The files the render reads: the content, the styles, the masks and an `--init` image.
+    pub(crate) fn input_files(&self) -> Vec<PathBuf> {
+        let i = &self.options.inputs;
+        let mut files = vec![i.content.clone()];
+        files.extend(i.styles());
+        files.extend(i.content_masks());
+        files.extend(i.style_mask_paths());
+        if let Some(init) = self.options.init.as_deref() {
+            if !matches!(init, "noise" | "content" | "gray" | "uniform") {
+                files.push(PathBuf::from(init));
+            }
+        }
+        files
+    }
+
     /// `--max-pixels` (or its default): the most pixels an input or output may have.
     pub(crate) fn max_pixels(&self) -> u64 {
         self.options.model.max_pixels

@@ -4,8 +4,8 @@
 //! Resumable per frame (finished outputs are kept) and mid-frame (a checkpoint per frame).
 
 use crate::io;
+use crate::manifest::Manifest;
 use anyhow::{bail, ensure, Context, Result};
-use clap::Parser;
 use nst_flow::{Flow, Gray, Params};
 use nst_style::{Image, Temporal};
 use sha2::{Digest, Sha256};
@@ -209,25 +209,9 @@ fn cached_flow(cache: &Path, a: &Path, b: &Path, w: usize, h: usize) -> Result<F
     Ok(f)
 }
 
-#[derive(Parser)]
-#[command(name = "nst render")]
-struct RenderLine {
-    #[command(flatten)]
-    args: crate::render::Args,
-}
-
 /// The render options of one frame, parsed (their first line of error).
-fn parse_line(argv: &[String]) -> Result<RenderLine> {
-    RenderLine::try_parse_from(argv).map_err(|e| {
-        let msg = e.to_string();
-        anyhow::anyhow!(
-            "{}",
-            msg.lines()
-                .next()
-                .unwrap_or("bad options")
-                .trim_start_matches("error: ")
-        )
-    })
+fn parse_line(argv: &[String]) -> Result<crate::render::Args> {
+    crate::render::parse_argv(argv).map_err(|first| anyhow::anyhow!("{first}"))
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
@@ -236,7 +220,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let mut probe: Vec<String> = vec!["nst render".into()];
     probe.extend(o.render.iter().cloned());
     probe.extend(["--content", "frame", "--out", "frame.png"].map(String::from));
-    let max_pixels = parse_line(&probe)?.args.max_pixels();
+    let max_pixels = parse_line(&probe)?.max_pixels();
     let (frames, _) = list_frames(&o.frames, max_pixels)?;
     std::fs::create_dir_all(&o.out)
         .with_context(|| format!("cannot create the output folder {}", o.out.display()))?;
@@ -248,15 +232,6 @@ pub(crate) fn run(a: Args) -> Result<()> {
     for (i, frame) in frames.iter().enumerate() {
         let name = frame.file_name().expect("a file").to_owned();
         let out = o.out.join(&name);
-        if out.is_file() {
-            eprintln!(
-                "frame {}/{n} {}: done before, kept",
-                i + 1,
-                name.to_string_lossy()
-            );
-            continue;
-        }
-        eprintln!("frame {}/{n} {}", i + 1, name.to_string_lossy());
         let ckpt = state.join(format!("{}.ckpt", name.to_string_lossy()));
         let iterations = if i == 0 { first } else { o.iterations };
         let mut argv: Vec<String> = vec!["nst render".into()];
@@ -274,7 +249,29 @@ pub(crate) fn run(a: Args) -> Result<()> {
         } else {
             argv.extend(["--checkpoint".into(), ckpt.display().to_string()]);
         }
-        let line = parse_line(&argv)?;
+        let args = parse_line(&argv)?;
+        // Done before: the one rule of `nst batch` too (the manifest beside the output). A
+        // frame depends on the previous stylised frame, so redoing one redoes the rest.
+        let mut inputs = args.input_files();
+        if i > 0 {
+            inputs.push(o.out.join(frames[i - 1].file_name().expect("a file")));
+        }
+        let settings = serde_json::json!({
+            "render": o.render,
+            "iterations": iterations,
+            "temporal_weight": o.temporal_weight,
+        })
+        .to_string();
+        let manifest = Manifest::expect(&out, &settings, &inputs)?;
+        if manifest.is_done() {
+            eprintln!(
+                "frame {}/{n} {}: done before, kept",
+                i + 1,
+                name.to_string_lossy()
+            );
+            continue;
+        }
+        eprintln!("frame {}/{n} {}", i + 1, name.to_string_lossy());
         let extras = if i == 0 {
             None
         } else {
@@ -308,8 +305,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 },
             })
         };
-        crate::render::run_frame(line.args, extras)
+        crate::render::run_frame(args, extras)
             .with_context(|| format!("frame {}", name.to_string_lossy()))?;
+        manifest.record()?;
         let _ = std::fs::remove_file(&ckpt);
     }
     eprintln!("wrote {n} frames to {}", o.out.display());

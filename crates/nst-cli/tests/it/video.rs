@@ -127,6 +127,20 @@ fn temporal_consistency_halves_the_flicker_and_reruns_keep_finished_frames() {
             .count(),
         flows
     );
+    // Done means the manifest's rule (as in `nst batch`): a frame whose bytes are not the
+    // ones its manifest recorded is done again; rendered again to the same bytes, the frames
+    // after it, which read it, are still done.
+    for i in 0..FRAMES {
+        assert!(video.join(format!("f{i:03}.png.nst.json")).is_file());
+    }
+    let before = std::fs::read(video.join("f001.png")).unwrap();
+    std::fs::copy(video.join("f000.png"), video.join("f001.png")).unwrap();
+    let r = nst(&args);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("frame 2/4 f001.png\n"), "{err}");
+    assert_eq!(err.matches("done before, kept").count(), 3, "{err}");
+    assert_eq!(std::fs::read(video.join("f001.png")).unwrap(), before);
     let _ = std::fs::remove_dir_all(&root);
 }
 
