@@ -1,12 +1,11 @@
 //! Symmetric eigendecompositions and the matrix functions built on them, in `f64`.
 //!
 //! Two solvers compute `A = V Λ Vᵀ` for a real symmetric `A`:
-//! - [`eigh_portable`]: Householder reduction to tridiagonal form, then the implicit QL
-//!   algorithm with Wilkinson shifts (pure Rust, always built);
+//! - [`eigh_faer`]: faer's self-adjoint eigendecomposition (pure Rust, always built);
 //! - `eigh_lapack` (feature `lapack`): LAPACK's `dsyev` through ndarray-linalg on the
 //!   system's OpenBLAS.
 //!
-//! [`eigh`] uses LAPACK when the feature is on and the portable solver otherwise;
+//! [`eigh`] uses LAPACK when the feature is on and faer otherwise;
 //! [`solver`] says which. On top of it, [`SymEigen::map`] forms `V f(Λ) Vᵀ` (square roots,
 //! inverse square roots, …) and [`matmul`] multiplies dense row-major matrices.
 //!
@@ -21,14 +20,14 @@
 
 #![warn(missing_docs)]
 
-mod portable;
+mod faer;
 
 #[cfg(feature = "lapack")]
 mod lapack;
 
 #[cfg(feature = "lapack")]
 pub use lapack::eigh_lapack;
-pub use portable::eigh_portable;
+pub use crate::faer::eigh_faer;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -133,9 +132,9 @@ fn check(a: &[f64], n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The eigendecomposition of the symmetric `n x n` matrix `a` (row-major; only its lower
-/// triangle is read by LAPACK, the portable solver reads the average of both), by LAPACK
-/// when the `lapack` feature is on, else by [`eigh_portable`].
+/// The eigendecomposition of the symmetric `n x n` matrix `a` (row-major; both solvers
+/// decompose the average of `a` and `aᵀ`), by LAPACK when the `lapack` feature is on, else
+/// by [`eigh_faer`].
 pub fn eigh(a: &[f64], n: usize) -> Result<SymEigen> {
     #[cfg(feature = "lapack")]
     {
@@ -143,16 +142,16 @@ pub fn eigh(a: &[f64], n: usize) -> Result<SymEigen> {
     }
     #[cfg(not(feature = "lapack"))]
     {
-        eigh_portable(a, n)
+        eigh_faer(a, n)
     }
 }
 
-/// The solver [`eigh`] uses: `"lapack"` or `"portable"`.
+/// The solver [`eigh`] uses: `"lapack"` or `"faer"`.
 pub fn solver() -> &'static str {
     if cfg!(feature = "lapack") {
         "lapack"
     } else {
-        "portable"
+        "faer"
     }
 }
 

@@ -1,7 +1,7 @@
 //! Integration tests of nst-linalg: decompositions reconstruct their matrix, are orthonormal
 //! and sorted, on random, structured and degenerate matrices; the two solvers agree.
 
-use nst_linalg::{eigh, eigh_portable, matmul, SymEigen};
+use nst_linalg::{eigh, eigh_faer, matmul, SymEigen};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -69,7 +69,7 @@ fn random_matrices_of_many_sizes_decompose() {
     for (n, seed) in [(1, 1), (2, 2), (3, 3), (5, 4), (17, 5), (64, 6), (130, 7)] {
         let a = random_symmetric(n, seed);
         assert_decomposes(&a, &eigh(&a, n).unwrap(), 1e-12);
-        assert_decomposes(&a, &eigh_portable(&a, n).unwrap(), 1e-12);
+        assert_decomposes(&a, &eigh_faer(&a, n).unwrap(), 1e-12);
     }
 }
 
@@ -77,7 +77,7 @@ fn random_matrices_of_many_sizes_decompose() {
 fn known_spectra_come_out_exactly() {
     // A diagonal matrix, given unsorted.
     let a = [3.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 2.0];
-    let e = eigh_portable(&a, 3).unwrap();
+    let e = eigh_faer(&a, 3).unwrap();
     assert_eq!(e.values(), &[-1.0, 2.0, 3.0]);
     // The path graph's Laplacian-like tridiagonal: eigenvalues 2 − 2cos(kπ/(n+1)).
     let n = 40;
@@ -89,7 +89,7 @@ fn known_spectra_come_out_exactly() {
             t[(i + 1) * n + i] = -1.0;
         }
     }
-    let e = eigh_portable(&t, n).unwrap();
+    let e = eigh_faer(&t, n).unwrap();
     for (k, v) in e.values().iter().enumerate() {
         let want = 2.0 - 2.0 * ((k + 1) as f64 * std::f64::consts::PI / (n + 1) as f64).cos();
         assert!((v - want).abs() < 1e-13, "eigenvalue {k}: {v} vs {want}");
@@ -102,18 +102,18 @@ fn degenerate_matrices_decompose() {
     // (fewer samples than dimensions, as a Gram matrix over few positions).
     for n in [1, 4, 33] {
         let zero = vec![0.0; n * n];
-        let e = eigh_portable(&zero, n).unwrap();
+        let e = eigh_faer(&zero, n).unwrap();
         assert!(e.values().iter().all(|v| *v == 0.0));
         assert_decomposes(&zero, &e, 1e-12);
         let mut id = vec![0.0; n * n];
         for i in 0..n {
             id[i * n + i] = 1.0;
         }
-        assert_decomposes(&id, &eigh_portable(&id, n).unwrap(), 1e-14);
+        assert_decomposes(&id, &eigh_faer(&id, n).unwrap(), 1e-14);
     }
     let (n, r) = (96, 7);
     let a = low_rank(n, r, 9);
-    let e = eigh_portable(&a, n).unwrap();
+    let e = eigh_faer(&a, n).unwrap();
     assert_decomposes(&a, &e, 1e-12);
     let top = e.values()[n - 1];
     let near_zero = e.values().iter().filter(|v| v.abs() < 1e-12 * top).count();
@@ -134,7 +134,7 @@ fn badly_scaled_matrices_keep_relative_accuracy() {
     // Entries from 1e-150 to 1e150 scale: hypot-based rotations neither overflow nor underflow.
     for scale in [1e-150, 1e150] {
         let a: Vec<f64> = random_symmetric(20, 11).iter().map(|v| v * scale).collect();
-        assert_decomposes(&a, &eigh_portable(&a, 20).unwrap(), 1e-12);
+        assert_decomposes(&a, &eigh_faer(&a, 20).unwrap(), 1e-12);
     }
 }
 
@@ -166,18 +166,18 @@ fn the_solver_is_named() {
     let want = if cfg!(feature = "lapack") {
         "lapack"
     } else {
-        "portable"
+        "faer"
     };
     assert_eq!(nst_linalg::solver(), want);
 }
 
 #[cfg(feature = "lapack")]
 #[test]
-fn lapack_and_portable_agree() {
+fn lapack_and_faer_agree() {
     for (n, seed) in [(3, 1), (64, 2), (257, 3)] {
         // Positive definite (the square root of a null eigenvalue is ill-conditioned).
         let a = low_rank(n, 2 * n, seed);
-        let p = eigh_portable(&a, n).unwrap();
+        let p = eigh_faer(&a, n).unwrap();
         let l = nst_linalg::eigh_lapack(&a, n).unwrap();
         assert_decomposes(&a, &l, 1e-12);
         let top = p.values()[n - 1];
