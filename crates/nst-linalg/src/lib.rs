@@ -25,9 +25,9 @@ mod faer;
 #[cfg(feature = "lapack")]
 mod lapack;
 
+pub use crate::faer::eigh_faer;
 #[cfg(feature = "lapack")]
 pub use lapack::eigh_lapack;
-pub use crate::faer::eigh_faer;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]

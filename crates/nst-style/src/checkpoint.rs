@@ -241,41 +241,31 @@ impl Checkpoint {
     /// bytes beside them.
     pub fn read_from<R: Read + Seek>(reader: R) -> Result<Checkpoint> {
         let mut st = Reader::open(reader)?;
-        let meta = st.metadata.clone();
-        let get = |k: &str| -> Result<&str> {
-            meta.get(k)
-                .map(String::as_str)
-                .ok_or_else(|| bad(format!("the checkpoint has no {k}")))
-        };
-        let num = |k: &str| -> Result<usize> {
-            get(k)?
-                .parse::<usize>()
-                .map_err(|_| bad(format!("the checkpoint's {k} is not a count")))
-        };
-        if get("format")? != FORMAT {
+        let meta = Meta(st.metadata.clone());
+        if meta.get("format")? != FORMAT {
             return Err(bad("not an nst checkpoint"));
         }
-        if get("version")? != VERSION {
+        if meta.get("version")? != VERSION {
             return Err(bad(format!(
                 "checkpoint version {} (this build reads version {VERSION})",
-                get("version")?
+                meta.get("version")?
             )));
         }
-        let (w, h) = (num("width")?, num("height")?);
+        let (w, h) = (meta.num("width")?, meta.num("height")?);
         let len = w
             .checked_mul(h)
             .and_then(|p| p.checked_mul(3))
             .filter(|&n| n > 0)
             .ok_or_else(|| bad(format!("bad image size {w}x{h}")))?;
-        let shape = [1, 3, h, w];
-        let read = |st: &mut Reader<R>, name: &str| st.f32s(name, &shape, len);
-        let need = |st: &mut Reader<R>, name: &str| -> Result<Vec<f32>> {
-            read(st, name)?.ok_or_else(|| bad(format!("the checkpoint has no tensor {name}")))
+        let mut images = Images {
+            st: &mut st,
+            shape: [1, 3, h, w],
+            len,
         };
-        let image = need(&mut st, "image")?;
-        let previous = read(&mut st, "previous")?;
-        let refreshed = read(&mut st, "refreshed")?;
-        let recent_losses = match meta.get("recent_losses") {
+        let image = images.need("image")?;
+        let previous = images.read("previous")?;
+        let refreshed = images.read("refreshed")?;
+        let recent_losses = match meta.0.get("recent_losses") {
             None => Vec::new(),
             Some(v) => v
                 .split(',')
@@ -283,66 +273,20 @@ impl Checkpoint {
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|_| bad("the checkpoint's recent_losses are not numbers"))?,
         };
-        let optimizer = match get("optimizer")? {
-            "none" => OptimizerState::Stateless,
-            "lbfgs" => {
-                let n = num("lbfgs.pairs")?;
-                if n > MAX_PAIRS {
-                    return Err(bad(format!("{n} correction pairs")));
-                }
-                let bits = u64::from_str_radix(get("lbfgs.h_diag")?, 16)
-                    .map_err(|_| bad("the checkpoint's lbfgs.h_diag is not a number"))?;
-                let rho: Vec<f64> = if n == 0 {
-                    Vec::new()
-                } else {
-                    st.f64s("lbfgs.rho", n)?
-                };
-                let pairs = (0..n)
-                    .map(|i| {
-                        Ok((
-                            need(&mut st, &format!("lbfgs.s.{i}"))?,
-                            need(&mut st, &format!("lbfgs.y.{i}"))?,
-                            rho[i],
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let last = match get("lbfgs.last")? {
-                    "true" => Some((
-                        need(&mut st, "lbfgs.last_s")?,
-                        need(&mut st, "lbfgs.last_g")?,
-                    )),
-                    "false" => None,
-                    _ => return Err(bad("the checkpoint's lbfgs.last is not true or false")),
-                };
-                OptimizerState::Lbfgs(LbfgsState {
-                    pairs,
-                    last,
-                    h_diag: f64::from_bits(bits),
-                })
-            }
-            "adam" => {
-                let steps = u32::try_from(num("adam.steps")?)
-                    .map_err(|_| bad("the checkpoint's adam.steps is too large"))?;
-                let moments = match (read(&mut st, "adam.m")?, read(&mut st, "adam.v")?) {
-                    (Some(m), Some(v)) => Some((m, v)),
-                    (None, None) => None,
-                    _ => return Err(bad("the checkpoint has one of Adam's moments only")),
-                };
-                OptimizerState::Adam(AdamState { moments, steps })
-            }
-            other => return Err(bad(format!("unknown optimizer {other:?}"))),
-        };
-        let elapsed_ns: u64 = get("elapsed_ns")?
+        let optimizer = read_optimizer(&mut images, &meta)?;
+        let elapsed_ns: u64 = meta
+            .get("elapsed_ns")?
             .parse()
             .map_err(|_| bad("the checkpoint's elapsed_ns is not a count"))?;
         let mut fingerprint: Vec<(String, String)> = meta
+            .0
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("fp.").map(|k| (k.to_string(), v.clone())))
             .collect();
         fingerprint.sort();
         Ok(Checkpoint {
-            scale: num("scale")?,
-            iteration: num("iteration")?,
+            scale: meta.num("scale")?,
+            iteration: meta.num("iteration")?,
             size: (w, h),
             image,
             previous,
@@ -380,6 +324,96 @@ impl Checkpoint {
             })
             .collect()
     }
+}
+
+/// A checkpoint's metadata, with errors that name what is missing or malformed.
+struct Meta(HashMap<String, String>);
+
+impl Meta {
+    fn get(&self, k: &str) -> Result<&str> {
+        self.0
+            .get(k)
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("the checkpoint has no {k}")))
+    }
+
+    fn num(&self, k: &str) -> Result<usize> {
+        self.get(k)?
+            .parse::<usize>()
+            .map_err(|_| bad(format!("the checkpoint's {k} is not a count")))
+    }
+}
+
+/// The image-shaped tensors of a checkpoint being read.
+struct Images<'a, R> {
+    st: &'a mut Reader<R>,
+    shape: [usize; 4],
+    len: usize,
+}
+
+impl<R: Read + Seek> Images<'_, R> {
+    fn read(&mut self, name: &str) -> Result<Option<Vec<f32>>> {
+        self.st.f32s(name, &self.shape, self.len)
+    }
+
+    fn need(&mut self, name: &str) -> Result<Vec<f32>> {
+        self.read(name)?
+            .ok_or_else(|| bad(format!("the checkpoint has no tensor {name}")))
+    }
+}
+
+/// The optimizer's state a checkpoint holds (its scalars in the metadata, its vectors as
+/// image-shaped tensors).
+fn read_optimizer<R: Read + Seek>(
+    images: &mut Images<'_, R>,
+    meta: &Meta,
+) -> Result<OptimizerState> {
+    Ok(match meta.get("optimizer")? {
+        "none" => OptimizerState::Stateless,
+        "lbfgs" => {
+            let n = meta.num("lbfgs.pairs")?;
+            if n > MAX_PAIRS {
+                return Err(bad(format!("{n} correction pairs")));
+            }
+            let bits = u64::from_str_radix(meta.get("lbfgs.h_diag")?, 16)
+                .map_err(|_| bad("the checkpoint's lbfgs.h_diag is not a number"))?;
+            let rho: Vec<f64> = if n == 0 {
+                Vec::new()
+            } else {
+                images.st.f64s("lbfgs.rho", n)?
+            };
+            let pairs = (0..n)
+                .map(|i| {
+                    Ok((
+                        images.need(&format!("lbfgs.s.{i}"))?,
+                        images.need(&format!("lbfgs.y.{i}"))?,
+                        rho[i],
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let last = match meta.get("lbfgs.last")? {
+                "true" => Some((images.need("lbfgs.last_s")?, images.need("lbfgs.last_g")?)),
+                "false" => None,
+                _ => return Err(bad("the checkpoint's lbfgs.last is not true or false")),
+            };
+            OptimizerState::Lbfgs(LbfgsState {
+                pairs,
+                last,
+                h_diag: f64::from_bits(bits),
+            })
+        }
+        "adam" => {
+            let steps = u32::try_from(meta.num("adam.steps")?)
+                .map_err(|_| bad("the checkpoint's adam.steps is too large"))?;
+            let moments = match (images.read("adam.m")?, images.read("adam.v")?) {
+                (Some(m), Some(v)) => Some((m, v)),
+                (None, None) => None,
+                _ => return Err(bad("the checkpoint has one of Adam's moments only")),
+            };
+            OptimizerState::Adam(AdamState { moments, steps })
+        }
+        other => return Err(bad(format!("unknown optimizer {other:?}"))),
+    })
 }
 
 /// A safetensors file read tensor by tensor: its header parsed and checked (the tensors

@@ -560,45 +560,100 @@ fn choose<B: Backend>(
     cfg: &ObjectiveConfig,
     req: &PlanRequest,
 ) -> Result<MemoryPlan> {
-    let net = Net::new(model, cfg, req)?;
     let (w, h) = req.size;
     if w == 0 || h == 0 {
         return Err(Error::Config("the image is empty".into()));
     }
-    let geo = &net.geometry;
-    let history = req.history.max(1);
-    let budget = req.budget.map(|b| b as f64);
-    let fits = |p: f64| budget.is_none_or(|b| p <= HEADROOM * b);
-    let whole_eval = eval_of(&net, req, &[]);
-    let untiled = |history: usize| MemoryPlan {
-        tiling: Tiling::Off,
-        tiles: 1,
-        tile: w.max(h),
-        halo: 0,
-        history,
-        peak_bytes: peak(&net, req, &[], 0, history) as u64,
-        work: 1.0,
-        kept: 0,
-        lowered_from: None,
-        pool_limit: pool_limit(req.budget),
-        eval_bytes: whole_eval.0 as u64,
-        widest_bytes: whole_eval.1 as u64,
+    let c = Candidates {
+        net: Net::new(model, cfg, req)?,
+        req,
+        size: (w, h),
     };
-    // Tiles of side `t`, keeping as many deep tapes as fit (all when unlimited).
-    let tiled = |t: usize, history: usize| -> Result<MemoryPlan> {
-        let p = geo.plan(h, w, t)?;
+    let history = req.history.max(1);
+    let fits = |p: f64| c.fits(p);
+    match req.tile {
+        TileChoice::Off => {
+            let p = c.untiled(history);
+            if c.fits(p.peak_bytes as f64) {
+                return Ok(p);
+            }
+            let min = c.untiled(1);
+            if c.fits(min.peak_bytes as f64) {
+                return Ok(lower_history(|m| Ok(c.untiled(m)), history, fits)?.expect("fits at 1"));
+            }
+            Err(c.too_big(min.peak_bytes))
+        }
+        TileChoice::Size(t) => {
+            let p = c.tiled(t, history)?;
+            if c.fits(p.peak_bytes as f64) {
+                return Ok(p);
+            }
+            match lower_history(|m| c.tiled(t, m), history, fits)? {
+                Some(p) => Ok(p),
+                None => Err(c.too_big(c.tiled(t, 1)?.peak_bytes)),
+            }
+        }
+        TileChoice::Auto => {
+            let p = c.untiled(history);
+            if c.fits(p.peak_bytes as f64) {
+                return Ok(p);
+            }
+            c.auto(history)
+        }
+    }
+}
+
+/// The plans [`choose`] weighs for one request: untiled, in whole-network tiles, or with only
+/// the shallow part tiled, each at a given L-BFGS history.
+struct Candidates<'r> {
+    net: Net,
+    req: &'r PlanRequest,
+    /// (width, height).
+    size: (usize, usize),
+}
+
+impl Candidates<'_> {
+    /// Whether a peak fits the budget (with its headroom).
+    fn fits(&self, peak: f64) -> bool {
+        self.req.budget.is_none_or(|b| peak <= HEADROOM * b as f64)
+    }
+
+    fn untiled(&self, history: usize) -> MemoryPlan {
+        let (net, req, (w, h)) = (&self.net, self.req, self.size);
+        let whole_eval = eval_of(net, req, &[]);
+        MemoryPlan {
+            tiling: Tiling::Off,
+            tiles: 1,
+            tile: w.max(h),
+            halo: 0,
+            history,
+            peak_bytes: peak(net, req, &[], 0, history) as u64,
+            work: 1.0,
+            kept: 0,
+            lowered_from: None,
+            pool_limit: pool_limit(req.budget),
+            eval_bytes: whole_eval.0 as u64,
+            widest_bytes: whole_eval.1 as u64,
+        }
+    }
+
+    /// Tiles of side `t`, keeping as many deep tapes as fit (all when unlimited).
+    fn tiled(&self, t: usize, history: usize) -> Result<MemoryPlan> {
+        let (net, req, (w, h)) = (&self.net, self.req, self.size);
+        let p = net.geometry.plan(h, w, t)?;
         let crops: Vec<(usize, usize)> = p.tiles.iter().map(|t| (t.crop.h, t.crop.w)).collect();
-        let crop_eval = eval_of(&net, req, &crops);
+        let crop_eval = eval_of(net, req, &crops);
         let n = crops.len();
         let max_keep = if net.deep_convs.is_empty() { 1 } else { n };
-        let kept = if fits(peak(&net, req, &crops, max_keep, history)) {
+        let fits_keeping = |keep: usize| self.fits(peak(net, req, &crops, keep, history));
+        let kept = if fits_keeping(max_keep) {
             max_keep
         } else {
             // The most kept tapes that fit (the peak grows with every one).
             let (mut lo, mut hi) = (0, max_keep);
             while hi - lo > 1 {
                 let mid = (lo + hi) / 2;
-                if fits(peak(&net, req, &crops, mid, history)) {
+                if fits_keeping(mid) {
                     lo = mid;
                 } else {
                     hi = mid;
@@ -620,20 +675,23 @@ fn choose<B: Backend>(
             halo: p.halo,
             kept,
             history,
-            peak_bytes: peak(&net, req, &crops, kept, history) as u64,
+            peak_bytes: peak(net, req, &crops, kept, history) as u64,
             work: work(&p, kept),
             lowered_from: None,
             pool_limit: pool_limit(req.budget),
             eval_bytes: crop_eval.0 as u64,
             widest_bytes: crop_eval.1 as u64,
         })
-    };
-    // The shallow part in tiles of side `t`, the deep part whole.
-    let shallow = |t: usize, history: usize| -> Result<Option<MemoryPlan>> {
+    }
+
+    /// The shallow part in tiles of side `t`, the deep part whole (`None` where the layers
+    /// used do not reach past `pool3`, or `t` is not aligned).
+    fn shallow(&self, t: usize, history: usize) -> Result<Option<MemoryPlan>> {
+        let (net, req, (w, h)) = (&self.net, self.req, self.size);
         let Some(sh) = &net.shallow else {
             return Ok(None);
         };
-        if !t.is_multiple_of(geo.align()) {
+        if !t.is_multiple_of(net.geometry.align()) {
             return Ok(None);
         }
         let p = sh.geometry.plan(h, w, t)?;
@@ -651,113 +709,92 @@ fn choose<B: Backend>(
             halo: p.halo,
             kept: 0,
             history,
-            peak_bytes: peak_shallow(&net, sh, req, &crops, history) as u64,
+            peak_bytes: peak_shallow(net, sh, req, &crops, history) as u64,
             work: work_shallow(sh, &p),
             lowered_from: None,
             pool_limit: pool_limit(req.budget),
             eval_bytes: eval as u64,
             widest_bytes: net.widest_bytes(largest.0, largest.1) as u64,
         }))
-    };
-    let too_big = |need: u64| {
+    }
+
+    /// The error of a budget below `need` (the least peak of any plan).
+    fn too_big(&self, need: u64) -> Error {
         Error::Config(format!(
             "this render needs at least {} of memory but the budget is {} (raise --max-memory{})",
             // The budget that would hold the plan, headroom included.
             format_bytes((need as f64 / HEADROOM).ceil() as u64),
-            format_bytes(req.budget.unwrap_or(0)),
-            if req.tile == TileChoice::Off {
+            format_bytes(self.req.budget.unwrap_or(0)),
+            if self.req.tile == TileChoice::Off {
                 " or allow tiling with --tile auto"
             } else {
                 ""
             }
         ))
-    };
-    match req.tile {
-        TileChoice::Off => {
-            let p = untiled(history);
-            if fits(p.peak_bytes as f64) {
-                return Ok(p);
-            }
-            let min = untiled(1);
-            if fits(min.peak_bytes as f64) {
-                return Ok(lower_history(|m| Ok(untiled(m)), history, fits)?.expect("fits at 1"));
-            }
-            Err(too_big(min.peak_bytes))
-        }
-        TileChoice::Size(t) => {
-            let p = tiled(t, history)?;
-            if fits(p.peak_bytes as f64) {
-                return Ok(p);
-            }
-            match lower_history(|m| tiled(t, m), history, fits)? {
-                Some(p) => Ok(p),
-                None => Err(too_big(tiled(t, 1)?.peak_bytes)),
-            }
-        }
-        TileChoice::Auto => {
-            let p = untiled(history);
-            if fits(p.peak_bytes as f64) {
-                return Ok(p);
-            }
-            let align = geo.align();
-            let longest = w.max(h);
-            // One candidate side per number of tiles along the longer side.
-            let mut sizes: Vec<usize> = (1..=longest.div_ceil(align).min(64))
-                .map(|n| longest.div_ceil(n).div_ceil(align) * align)
-                .collect();
-            sizes.dedup();
-            let best = |m: usize| -> Result<Option<MemoryPlan>> {
-                let mut best: Option<MemoryPlan> = None;
-                for &t in &sizes {
-                    let mut candidates = vec![tiled(t, m)?];
-                    if let Some(p) = shallow(t, m)? {
-                        candidates.push(p);
-                    }
-                    for p in candidates {
-                        if fits(p.peak_bytes as f64)
-                            && best.as_ref().is_none_or(|b| p.work < b.work)
-                        {
-                            best = Some(p);
-                        }
+    }
+
+    /// `--tile auto` when the untiled plan does not fit: the tiling of least work that fits,
+    /// keeping the history while a tiling of at most twice the untiled work allows it.
+    fn auto(&self, history: usize) -> Result<MemoryPlan> {
+        let (w, h) = self.size;
+        let align = self.net.geometry.align();
+        let longest = w.max(h);
+        // One candidate side per number of tiles along the longer side.
+        let mut sizes: Vec<usize> = (1..=longest.div_ceil(align).min(64))
+            .map(|n| longest.div_ceil(n).div_ceil(align) * align)
+            .collect();
+        sizes.dedup();
+        let best = |m: usize| -> Result<Option<MemoryPlan>> {
+            let mut best: Option<MemoryPlan> = None;
+            for &t in &sizes {
+                let mut candidates = vec![self.tiled(t, m)?];
+                if let Some(p) = self.shallow(t, m)? {
+                    candidates.push(p);
+                }
+                for p in candidates {
+                    if self.fits(p.peak_bytes as f64)
+                        && best.as_ref().is_none_or(|b| p.work < b.work)
+                    {
+                        best = Some(p);
                     }
                 }
-                Ok(best)
-            };
-            let good =
-                |m: usize| -> Result<Option<MemoryPlan>> { Ok(best(m)?.filter(|p| p.work <= 2.0)) };
-            // L-BFGS never holds more pairs than iterations: lowering the history to that
-            // costs nothing.
-            let effective = history.min(req.iterations.max(1));
-            if let Some(mut p) = good(effective)? {
-                p.history = history;
-                return Ok(p);
             }
-            // The largest history with a tiling of at most twice the untiled work.
-            let (mut lo, mut hi) = (0, effective);
-            while hi - lo > 1 {
-                let mid = (lo + hi) / 2;
-                if good(mid)?.is_some() {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                }
-            }
-            if lo >= 1 {
-                if let Some(p) = good(lo)? {
-                    return Ok(p);
-                }
-            }
-            if let Some(p) = best(1)? {
-                return Ok(p);
-            }
-            let min = sizes
-                .iter()
-                .filter_map(|&t| tiled(t, 1).ok())
-                .map(|p| p.peak_bytes)
-                .min()
-                .unwrap_or(0);
-            Err(too_big(min))
+            Ok(best)
+        };
+        let good =
+            |m: usize| -> Result<Option<MemoryPlan>> { Ok(best(m)?.filter(|p| p.work <= 2.0)) };
+        // L-BFGS never holds more pairs than iterations: lowering the history to that costs
+        // nothing.
+        let effective = history.min(self.req.iterations.max(1));
+        if let Some(mut p) = good(effective)? {
+            p.history = history;
+            return Ok(p);
         }
+        // The largest history with a tiling of at most twice the untiled work.
+        let (mut lo, mut hi) = (0, effective);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if good(mid)?.is_some() {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo >= 1 {
+            if let Some(p) = good(lo)? {
+                return Ok(p);
+            }
+        }
+        if let Some(p) = best(1)? {
+            return Ok(p);
+        }
+        let min = sizes
+            .iter()
+            .filter_map(|&t| self.tiled(t, 1).ok())
+            .map(|p| p.peak_bytes)
+            .min()
+            .unwrap_or(0);
+        Err(self.too_big(min))
     }
 }
 

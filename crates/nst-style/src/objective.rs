@@ -533,6 +533,50 @@ impl<B: Backend> Objective<B> {
         styles: &[Tensor<B>],
         style_masks: &[Tensor<B>],
     ) -> Result<Self> {
+        let cfg = self.check_regions(masks, styles, style_masks)?;
+        let names: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
+        // Per style image, per layer: its (guided) Gram matrix.
+        let per_style = styles
+            .iter()
+            .enumerate()
+            .map(|(k, s)| self.region_grams(&names, s, style_masks.get(k), k))
+            .collect::<Result<Vec<_>>>()?;
+        let k = masks.len() as f64;
+        for (li, ((name, mult), n)) in cfg.style_layers.iter().zip(&names).enumerate() {
+            let regions = masks
+                .iter()
+                .zip(&per_style)
+                .map(|(m, g)| {
+                    Ok(GramRegion {
+                        mask: Some(self.mask_at(m, n)?),
+                        target: g[li].clone(),
+                        weight: 1.0 / k,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut term = nst_loss::gram_term(name, regions, cfg.style_weight * mult)?;
+            if cfg.normalize_gradients {
+                term = term.normalized();
+            }
+            let slot = self
+                .terms
+                .iter()
+                .position(|t| t.name() == term.name())
+                .ok_or_else(|| Error::Config(format!("no style term at {name}")))?;
+            self.terms[slot] = term;
+        }
+        Ok(self)
+    }
+
+    /// What [`Objective::with_regions`] needs: the classic Gram objective (its settings are
+    /// returned), one content mask per style image at the content's size, and no style masks
+    /// or one per style image.
+    fn check_regions(
+        &self,
+        masks: &[Tensor<B>],
+        styles: &[Tensor<B>],
+        style_masks: &[Tensor<B>],
+    ) -> Result<ObjectiveConfig> {
         let Some(cfg) = self.classic.clone() else {
             return Err(Error::Config(
                 "region masks apply to the classic objective (Objective::new)".into(),
@@ -558,100 +602,80 @@ impl<B: Backend> Objective<B> {
             )));
         }
         let (h, w) = self.size;
-        for m in masks {
-            if m.dims() != [1, 1, h, w] {
-                return Err(Error::Config(format!(
-                    "a mask is {:?}, expected [1, 1, {h}, {w}] (the content's size)",
-                    m.dims()
-                )));
-            }
+        if let Some(m) = masks.iter().find(|m| m.dims() != [1, 1, h, w]) {
+            return Err(Error::Config(format!(
+                "a mask is {:?}, expected [1, 1, {h}, {w}] (the content's size)",
+                m.dims()
+            )));
         }
-        let model = &self.model;
-        let names: Vec<&str> = cfg.style_layers.iter().map(|(n, _)| n.as_str()).collect();
-        // Average pooling at every pooling layer before a layer: its positions.
-        let propagate = |m: &Tensor<B>, name: &str| -> Result<Tensor<B>> {
-            let idx = model.layer_index(name)?;
-            let pools = model.layers()[..idx]
-                .iter()
-                .filter(|l| l.op == nst_vgg::LayerOp::Pool)
-                .count();
-            let mut m = m.clone();
-            for _ in 0..pools {
-                m = m.pool2d(nst_tensor::PoolKind::Avg, 2, 2)?;
+        Ok(cfg)
+    }
+
+    /// A mask at layer `name`'s positions: average-pooled at every pooling layer before it.
+    fn mask_at(&self, m: &Tensor<B>, name: &str) -> Result<Tensor<B>> {
+        let idx = self.model.layer_index(name)?;
+        let pools = self.model.layers()[..idx]
+            .iter()
+            .filter(|l| l.op == nst_vgg::LayerOp::Pool)
+            .count();
+        let mut m = m.clone();
+        for _ in 0..pools {
+            m = m.pool2d(nst_tensor::PoolKind::Avg, 2, 2)?;
+        }
+        Ok(m)
+    }
+
+    /// Style image `k`'s Gram matrix at each of the layers `names`: plain, or guided by its
+    /// style mask when it has one.
+    fn region_grams(
+        &self,
+        names: &[&str],
+        s: &Tensor<B>,
+        style_mask: Option<&Tensor<B>>,
+        k: usize,
+    ) -> Result<Vec<Tensor<B>>> {
+        let (sh, sw) = image_size(s.dims(), "a style image")?;
+        let stats: Vec<GramStatistic<B>> = match style_mask {
+            None => names.iter().map(|_| GramStatistic::plain()).collect(),
+            Some(sm) => {
+                if sm.dims() != [1, 1, sh, sw] {
+                    return Err(Error::Config(format!(
+                        "a style mask is {:?}, expected [1, 1, {sh}, {sw}] (its style's size)",
+                        sm.dims()
+                    )));
+                }
+                names
+                    .iter()
+                    .map(|n| Ok(GramStatistic::masked(vec![self.mask_at(sm, n)?])))
+                    .collect::<Result<Vec<_>>>()?
             }
-            Ok(m)
         };
-        // Per style image, per layer: its (guided) Gram matrix.
-        let mut per_style: Vec<Vec<Tensor<B>>> = Vec::with_capacity(styles.len());
-        for (k, s) in styles.iter().enumerate() {
-            let (sh, sw) = image_size(s.dims(), "a style image")?;
-            let stats: Vec<GramStatistic<B>> = match style_masks.get(k) {
-                None => names.iter().map(|_| GramStatistic::plain()).collect(),
+        let layer_lists: Vec<[&str; 1]> = names.iter().map(|n| [*n]).collect();
+        let parts: Vec<(&[&str], &dyn Contribution<B>)> = layer_lists
+            .iter()
+            .zip(&stats)
+            .map(|(l, s)| (&l[..], s as &dyn Contribution<B>))
+            .collect();
+        let sums = statistics(&self.model, s, &parts, self.tiling)?;
+        let mut grams = Vec::with_capacity(names.len());
+        for ((sum, positions), n) in sums.into_iter().zip(names) {
+            let c = sum[0].dims()[0];
+            let mass = match style_mask {
+                None => positions[0] as f64,
                 Some(sm) => {
-                    if sm.dims() != [1, 1, sh, sw] {
+                    let m2 = self.mask_at(sm, n)?.square()?.sum()?.scalar()?;
+                    if !(m2 > 0.0 && m2.is_finite()) {
                         return Err(Error::Config(format!(
-                            "a style mask is {:?}, expected [1, 1, {sh}, {sw}] (its style's size)",
-                            sm.dims()
+                            "style mask {} is empty at {n}",
+                            k + 1
                         )));
                     }
-                    names
-                        .iter()
-                        .map(|n| Ok(GramStatistic::masked(vec![propagate(sm, n)?])))
-                        .collect::<Result<Vec<_>>>()?
+                    m2
                 }
             };
-            let layer_lists: Vec<[&str; 1]> = names.iter().map(|n| [*n]).collect();
-            let parts: Vec<(&[&str], &dyn Contribution<B>)> = layer_lists
-                .iter()
-                .zip(&stats)
-                .map(|(l, s)| (&l[..], s as &dyn Contribution<B>))
-                .collect();
-            let sums = statistics(model, s, &parts, self.tiling)?;
-            let mut grams = Vec::with_capacity(names.len());
-            for ((sum, positions), n) in sums.into_iter().zip(&names) {
-                let c = sum[0].dims()[0];
-                let mass = match style_masks.get(k) {
-                    None => positions[0] as f64,
-                    Some(sm) => {
-                        let m2 = propagate(sm, n)?.square()?.sum()?.scalar()?;
-                        if !(m2 > 0.0 && m2.is_finite()) {
-                            return Err(Error::Config(format!(
-                                "style mask {} is empty at {n}",
-                                k + 1
-                            )));
-                        }
-                        m2
-                    }
-                };
-                grams.push(sum[0].scale(1.0 / (c as f64 * mass))?);
-            }
-            per_style.push(grams);
+            grams.push(sum[0].scale(1.0 / (c as f64 * mass))?);
         }
-        let k = masks.len() as f64;
-        for (li, ((name, mult), n)) in cfg.style_layers.iter().zip(&names).enumerate() {
-            let regions = masks
-                .iter()
-                .zip(&per_style)
-                .map(|(m, g)| {
-                    Ok(GramRegion {
-                        mask: Some(propagate(m, n)?),
-                        target: g[li].clone(),
-                        weight: 1.0 / k,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut term = nst_loss::gram_term(name, regions, cfg.style_weight * mult)?;
-            if cfg.normalize_gradients {
-                term = term.normalized();
-            }
-            let slot = self
-                .terms
-                .iter()
-                .position(|t| t.name() == term.name())
-                .ok_or_else(|| Error::Config(format!("no style term at {name}")))?;
-            self.terms[slot] = term;
-        }
-        Ok(self)
+        Ok(grams)
     }
 
     /// Temporal consistency (Ruder et al. 2016): adds the term `temporal` =
@@ -981,7 +1005,6 @@ impl<B: Backend> Objective<B> {
     /// recomputes only the shallow part for them; the other tiles are run again in full.
     fn evaluate_tiled(&self, x: &Tensor<B>, t: &Tiled) -> Result<Evaluation<B>> {
         let plan = &t.plan;
-        let model = &self.model;
         let (h, w) = (plan.height, plan.width);
         let n = plan.tiles.len();
         let keep = t.keep.min(n);
@@ -997,63 +1020,118 @@ impl<B: Backend> Objective<B> {
             self.check_cancel()?;
             let crop = window(x, &tile.crop)?;
             if ti + keep < n {
-                let mut feats = vec![(IMAGE, crop.clone())];
-                if let Some(d) = t.deepest {
-                    model.forward_range(crop, 0, d, &wanted, |i, f| {
-                        feats.push((i, f.clone()));
-                        Ok(())
-                    })?;
-                }
+                let feats = self.forward_plain(t, crop, &wanted)?;
                 self.add_contributions(t, tile, &feats, &mut sums)?;
-                continue;
+            } else {
+                kept[ti] = Some(self.forward_kept(&tapes[ti], t, tile, crop, &wanted, &mut sums)?);
             }
-            let tape = &tapes[ti];
-            let mut feats: Vec<(usize, Var<'_, B>)> = Vec::new();
-            let (leaf, full) = match (t.split, t.deepest) {
-                (Some(sp), Some(d)) => {
-                    let a = self.shallow_pass(t, tile, crop, sp, &wanted, &mut sums)?;
-                    let leaf = tape.var(a);
-                    model.forward_range(leaf.clone(), sp + 1, d, &wanted, |i, v| {
-                        feats.push((i, v.clone()));
-                        Ok(())
-                    })?;
-                    (leaf, false)
-                }
-                (_, deepest) => {
-                    let leaf = tape.var(crop);
-                    feats.push((IMAGE, leaf.clone()));
-                    if let Some(d) = deepest {
-                        model.forward_range(leaf.clone(), 0, d, &wanted, |i, v| {
-                            feats.push((i, v.clone()));
-                            Ok(())
-                        })?;
-                    }
-                    (leaf, true)
-                }
-            };
-            let mut contributions = Vec::with_capacity(nterms);
-            for (k, sum) in sums.iter_mut().enumerate() {
-                let c = self.contribution_on(t, tile, k, &feats)?;
-                if let Some(c) = &c {
-                    add_all(sum, c.iter().map(|v| v.value().clone()).collect())?;
-                }
-                contributions.push(c);
-            }
-            kept[ti] = Some(Kept {
-                leaf,
-                feats,
-                contributions,
-                full,
-            });
         }
 
         // The statistic terms' losses, and their gradients w.r.t. the statistics.
+        let (stat_values, d_stat) = self.statistic_losses(t, &mut sums)?;
+
+        // Pass 2: the backward pass, tile by tile; the kept tiles first, latest first.
+        let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
+        let mut grad: Option<Tensor<B>> = None;
+        let order = (n - keep..n).rev().chain(0..n - keep);
+        for ti in order {
+            self.check_cancel()?;
+            let tile = &plan.tiles[ti];
+            let g =
+                self.backward_tile(x, t, tile, kept[ti].take(), &wanted, &d_stat, &mut locals)?;
+            if let Some(g) = g {
+                grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
+            }
+        }
+        self.finish_tiled(x, locals, stat_values, grad)
+    }
+
+    /// The activations of a crop at the used layers as plain tensors (a tile whose tape is
+    /// not kept: its backward pass runs the network again).
+    fn forward_plain(
+        &self,
+        t: &Tiled,
+        crop: Tensor<B>,
+        wanted: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<(usize, Tensor<B>)>> {
+        let mut feats = vec![(IMAGE, crop.clone())];
+        if let Some(d) = t.deepest {
+            self.model.forward_range(crop, 0, d, wanted, |i, f| {
+                feats.push((i, f.clone()));
+                Ok(())
+            })?;
+        }
+        Ok(feats)
+    }
+
+    /// Pass 1 on a tile whose tape is kept: the network on `tape` (the deep part only, from
+    /// the shallow pass's output, when the plan splits), the statistic contributions added to
+    /// `sums` and kept on the tape for pass 2.
+    fn forward_kept<'t>(
+        &self,
+        tape: &'t Tape<B>,
+        t: &Tiled,
+        tile: &Tile,
+        crop: Tensor<B>,
+        wanted: &dyn Fn(usize) -> bool,
+        sums: &mut [Option<Vec<Tensor<B>>>],
+    ) -> Result<Kept<'t, B>> {
+        let mut feats: Vec<(usize, Var<'t, B>)> = Vec::new();
+        let (leaf, full) = match (t.split, t.deepest) {
+            (Some(sp), Some(d)) => {
+                let a = self.shallow_pass(t, tile, crop, sp, wanted, sums)?;
+                let leaf = tape.var(a);
+                self.model
+                    .forward_range(leaf.clone(), sp + 1, d, wanted, |i, v| {
+                        feats.push((i, v.clone()));
+                        Ok(())
+                    })?;
+                (leaf, false)
+            }
+            (_, deepest) => {
+                let leaf = tape.var(crop);
+                feats.push((IMAGE, leaf.clone()));
+                if let Some(d) = deepest {
+                    self.model
+                        .forward_range(leaf.clone(), 0, d, wanted, |i, v| {
+                            feats.push((i, v.clone()));
+                            Ok(())
+                        })?;
+                }
+                (leaf, true)
+            }
+        };
+        let mut contributions = Vec::with_capacity(self.terms.len());
+        for (k, sum) in sums.iter_mut().enumerate() {
+            let c = self.contribution_on(t, tile, k, &feats)?;
+            if let Some(c) = &c {
+                add_all(sum, c.iter().map(|v| v.value().clone()).collect())?;
+            }
+            contributions.push(c);
+        }
+        Ok(Kept {
+            leaf,
+            feats,
+            contributions,
+            full,
+        })
+    }
+
+    /// Between the passes: each statistic term's weighted loss from its sum over the tiles,
+    /// and its gradient w.r.t. the statistic (what pass 2 seeds the contributions with).
+    #[allow(clippy::type_complexity)]
+    fn statistic_losses(
+        &self,
+        t: &Tiled,
+        sums: &mut [Option<Vec<Tensor<B>>>],
+    ) -> Result<(Vec<Option<Tensor<B>>>, Vec<Option<Vec<Tensor<B>>>>)> {
+        let nterms = self.terms.len();
         let top = Tape::new();
         let mut stat_values: Vec<Option<Tensor<B>>> = vec![None; nterms];
         let mut vars: Vec<Option<Vec<Var<'_, B>>>> = (0..nterms).map(|_| None).collect();
         let mut total: Option<Var<'_, B>> = None;
         for ti in 0..nterms {
-            if let Some((loss, v)) = self.statistic_loss(&top, t, ti, &mut sums)? {
+            if let Some((loss, v)) = self.statistic_loss(&top, t, ti, sums)? {
                 stat_values[ti] = Some(loss.value().clone());
                 total = Some(match total {
                     None => loss,
@@ -1066,33 +1144,41 @@ impl<B: Backend> Objective<B> {
             Some(total) => statistic_gradients(&mut top.backward(&total)?, &vars)?,
             None => vec![None; nterms],
         };
-        drop(vars);
+        Ok((stat_values, d_stat))
+    }
 
-        // Pass 2: the backward pass, tile by tile; the kept tiles first, latest first.
-        let mut locals: Vec<Option<Tensor<B>>> = vec![None; nterms];
-        let mut grad: Option<Tensor<B>> = None;
-        let order = (n - keep..n).rev().chain(0..n - keep);
-        for ti in order {
-            self.check_cancel()?;
-            let tile = &plan.tiles[ti];
-            let tape = Tape::new();
-            // A kept tile's seeds on its own tape first (its contributions are there).
-            let kept_seeds = match kept[ti].as_mut() {
-                Some(k) => Some(self.seeds(
+    /// Pass 2 on one tile: its seeds (the local terms' gradients, the statistics' gradients
+    /// through the contributions), the backward pass (on the kept tape, or on the network run
+    /// again) and the gradient w.r.t. the crop.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_tile(
+        &self,
+        x: &Tensor<B>,
+        t: &Tiled,
+        tile: &Tile,
+        kept: Option<Kept<'_, B>>,
+        wanted: &dyn Fn(usize) -> bool,
+        d_stat: &[Option<Vec<Tensor<B>>>],
+        locals: &mut [Option<Tensor<B>>],
+    ) -> Result<Option<Tensor<B>>> {
+        let tape = Tape::new();
+        let (xv, mut seeds) = match kept {
+            Some(mut k) => {
+                // A kept tile's seeds on its own tape first (its contributions are there).
+                let seeds = self.seeds(
                     t,
                     tile,
                     &k.feats,
                     Some(&mut k.contributions),
-                    &d_stat,
-                    &mut locals,
-                )?),
-                None => None,
-            };
-            let (xv, mut seeds) = match (kept[ti].take(), kept_seeds) {
-                (Some(k), Some(seeds)) if k.full => (k.leaf, seeds),
-                (Some(k), Some(deep)) => {
+                    d_stat,
+                    locals,
+                )?;
+                if k.full {
+                    (k.leaf, seeds)
+                } else {
                     // `into` carries the gradient w.r.t. the kept deep part's input into the
                     // shallow pass.
+                    let deep = seeds;
                     let into = if deep.is_empty() {
                         None
                     } else {
@@ -1102,32 +1188,29 @@ impl<B: Backend> Objective<B> {
                     drop(k);
                     let sp = t.split.expect("a kept deep part has a split");
                     let (xv, a, mut seeds) =
-                        self.shallow_seeds(&tape, x, t, tile, sp, &wanted, &d_stat, &mut locals)?;
+                        self.shallow_seeds(&tape, x, t, tile, sp, wanted, d_stat, locals)?;
                     if let Some(g) = into {
                         seeds.push((a, g));
                     }
                     (xv, seeds)
                 }
-                _ => {
-                    let xv = tape.var(window(x, &tile.crop)?);
-                    let mut feats = vec![(IMAGE, xv.clone())];
-                    if let Some(d) = t.deepest {
-                        model.forward_range(xv.clone(), 0, d, &wanted, |i, v| {
-                            feats.push((i, v.clone()));
-                            Ok(())
-                        })?;
-                    }
-                    let seeds = self.seeds(t, tile, &feats, None, &d_stat, &mut locals)?;
-                    (xv, seeds)
-                }
-            };
-            let mut grads = xv.tape().backward_seeded(&seeds)?;
-            seeds.clear();
-            if let Some(g) = grads.take(&xv) {
-                grad = Some(add_window(grad, &g, &tile.crop, (h, w))?);
             }
-        }
-        self.finish_tiled(x, locals, stat_values, grad)
+            None => {
+                let xv = tape.var(window(x, &tile.crop)?);
+                let mut feats = vec![(IMAGE, xv.clone())];
+                if let Some(d) = t.deepest {
+                    self.model.forward_range(xv.clone(), 0, d, wanted, |i, v| {
+                        feats.push((i, v.clone()));
+                        Ok(())
+                    })?;
+                }
+                let seeds = self.seeds(t, tile, &feats, None, d_stat, locals)?;
+                (xv, seeds)
+            }
+        };
+        let mut grads = xv.tape().backward_seeded(&seeds)?;
+        seeds.clear();
+        Ok(grads.take(&xv))
     }
 
     /// The weighted loss of statistic term `ti` from its sum over the tiles (taken out of

@@ -1135,18 +1135,14 @@ impl<B: Backend> RenderSession<B> {
         self.styles_eff.as_deref().unwrap_or(&self.styles)
     }
 
-    /// Builds the objective and the optimizer of the current scale.
-    fn start_scale(&mut self) -> Result<()> {
-        let si = self.scale;
+    /// The objective of scale `si`: the configured terms on the scale's content and styles
+    /// (with masks and the temporal term when asked), and the caller's own terms.
+    fn scale_objective(&self, si: usize) -> Result<Objective<B>> {
         let (w, h) = self.scales[si];
         let conv = self.model.convention();
         let backend = self.backend.clone();
         let backend = &backend;
         let cfg = Arc::clone(&self.cfg);
-        // The previous scale's buffers are all of other sizes; this scale's plan says how
-        // much the backend may keep for reuse.
-        backend.release_cached();
-        backend.limit_cached(self.plans[si].pool_limit);
         let content = self.content_eff().resize(w, h);
         let long = style_long_side(w, h, cfg.style_scale);
         let style_t = self
@@ -1207,7 +1203,22 @@ impl<B: Backend> RenderSession<B> {
                 objective = objective.with_term(term)?;
             }
         }
-        drop(style_t);
+        Ok(objective)
+    }
+
+    /// Builds the objective and the optimizer of the current scale.
+    fn start_scale(&mut self) -> Result<()> {
+        let si = self.scale;
+        let (w, h) = self.scales[si];
+        let conv = self.model.convention();
+        let backend = self.backend.clone();
+        let backend = &backend;
+        let cfg = Arc::clone(&self.cfg);
+        // The previous scale's buffers are all of other sizes; this scale's plan says how
+        // much the backend may keep for reuse.
+        backend.release_cached();
+        backend.limit_cached(self.plans[si].pool_limit);
+        let mut objective = self.scale_objective(si)?;
         if let Some(flag) = &self.cancel {
             objective.set_cancel(flag.clone());
         }
@@ -1317,24 +1328,7 @@ impl<B: Backend> RenderSession<B> {
         let si = self.scale;
         let (w, h) = self.scales[si];
         let iterations = iterations_of(&self.cfg, si);
-        if let Some(n) = self
-            .phase
-            .active()
-            .and_then(|a| a.objective.refresh_every())
-        {
-            if self.done.is_multiple_of(n) {
-                // The targets follow the image: remade at the scale's start and every `n`
-                // iterations; the optimizer's history (of the old objective) starts afresh.
-                let active = self.phase.active_mut().expect("the scale was started");
-                let changed = active.objective.refresh(&active.x)?;
-                active.refreshed = Some(active.x.clone());
-                if changed && self.done > 0 {
-                    let fresh = self.fresh_optimizer(si);
-                    self.phase.active_mut().expect("the scale was started").opt = fresh;
-                    self.recent.clear();
-                }
-            }
-        }
+        self.refresh_targets(si)?;
         let active = self.phase.active_mut().expect("the scale was started");
         let start = active.x.clone();
         // The state before the step, to go back to when it is cancelled: handles to the same
@@ -1422,17 +1416,51 @@ impl<B: Backend> RenderSession<B> {
             converged,
         };
         if it == iterations || converged {
-            self.recent.clear();
-            let image = active.x.to_f32()?;
-            self.phase = Phase::Between { image };
-            self.scale += 1;
-            self.done = 0;
-            if self.scale == self.scales.len() {
-                self.status = SessionStatus::Finished;
-            }
+            self.end_scale()?;
         }
         self.last = Some(progress.clone());
         Ok(Some(progress))
+    }
+
+    /// Remakes the targets that follow the image when they are due: at the scale's start and
+    /// every `n` iterations. When they changed, the optimizer's history (of the old
+    /// objective) starts afresh.
+    fn refresh_targets(&mut self, si: usize) -> Result<()> {
+        let Some(n) = self
+            .phase
+            .active()
+            .and_then(|a| a.objective.refresh_every())
+        else {
+            return Ok(());
+        };
+        if !self.done.is_multiple_of(n) {
+            return Ok(());
+        }
+        let active = self.phase.active_mut().expect("the scale was started");
+        let changed = active.objective.refresh(&active.x)?;
+        active.refreshed = Some(active.x.clone());
+        if changed && self.done > 0 {
+            let fresh = self.fresh_optimizer(si);
+            self.phase.active_mut().expect("the scale was started").opt = fresh;
+            self.recent.clear();
+        }
+        Ok(())
+    }
+
+    /// The current scale is done: its image carried to the next, or the render finished.
+    fn end_scale(&mut self) -> Result<()> {
+        self.recent.clear();
+        let image = match self.phase.active() {
+            Some(a) => a.x.to_f32()?,
+            None => return Ok(()),
+        };
+        self.phase = Phase::Between { image };
+        self.scale += 1;
+        self.done = 0;
+        if self.scale == self.scales.len() {
+            self.status = SessionStatus::Finished;
+        }
+        Ok(())
     }
 
     /// Lets another thread abandon the iteration in flight: once `flag` is set, [`step`]
