@@ -268,3 +268,71 @@ fn the_handles_are_owned_send_and_sync() {
     );
     assert!(a.same_buffer(b));
 }
+
+/// The workspace crates a manifest names in `[dependencies]` (its dev- and
+/// build-dependencies aside), an optional one marked `?`.
+fn direct_dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut section = String::new();
+    let mut out = BTreeSet::new();
+    for line in manifest.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            section = l.to_string();
+        } else if section == "[dependencies]" && l.starts_with("nst-") {
+            let name = l.split(['.', ' ', '=']).next().unwrap_or("").to_string();
+            let optional = l.contains("optional = true");
+            out.insert(if optional { format!("{name}?") } else { name });
+        }
+    }
+    out
+}
+
+/// docs/architecture.md's crate graph is the manifests' (every crate, the facade and xtask):
+/// the block under "## Crate graph" lists each package and the workspace crates it depends
+/// on, and this test reads both.
+#[test]
+fn the_documented_crate_graph_is_the_manifests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut manifests: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut add = |name: &str, path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        manifests.insert(name.to_string(), direct_dependencies(&text));
+    };
+    add("nst", &root.join("Cargo.toml"));
+    add("xtask", &root.join("xtask").join("Cargo.toml"));
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        add(&name, &dir.join("Cargo.toml"));
+    }
+    let doc = std::fs::read_to_string(root.join("docs").join("architecture.md")).unwrap();
+    let block: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| *l != "## Crate graph")
+        .skip_while(|l| *l != "```text")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .collect();
+    let documented: BTreeMap<String, BTreeSet<String>> = block
+        .iter()
+        .map(|l| {
+            let (name, deps) = l.split_once("->").expect("`name -> deps` lines");
+            let deps = deps
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect();
+            (name.trim().to_string(), deps)
+        })
+        .collect();
+    assert!(!documented.is_empty(), "no crate graph in docs/architecture.md");
+    for (name, deps) in &manifests {
+        assert_eq!(
+            documented.get(name),
+            Some(deps),
+            "docs/architecture.md's crate graph: {name} -> {deps:?}"
+        );
+    }
+    assert_eq!(documented.len(), manifests.len(), "{documented:?}");
+}
