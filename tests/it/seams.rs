@@ -326,7 +326,10 @@ fn the_documented_crate_graph_is_the_manifests() {
             (name.trim().to_string(), deps)
         })
         .collect();
-    assert!(!documented.is_empty(), "no crate graph in docs/architecture.md");
+    assert!(
+        !documented.is_empty(),
+        "no crate graph in docs/architecture.md"
+    );
     for (name, deps) in &manifests {
         assert_eq!(
             documented.get(name),

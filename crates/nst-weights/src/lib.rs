@@ -52,7 +52,7 @@ pub struct Converted {
     /// The network.
     pub arch: Arch,
     /// `(name, shape, values)` in layer order.
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub tensors: Vec<nst_vgg::NamedTensor>,
     /// String metadata (sorted, so the output is deterministic).
     pub metadata: BTreeMap<String, String>,
 }
