@@ -193,17 +193,10 @@ fn closure(root: &Path, krate: &str) -> BTreeSet<String> {
     let direct = |name: &str| -> Vec<String> {
         let manifest = std::fs::read_to_string(root.join("crates").join(name).join("Cargo.toml"))
             .unwrap_or_default();
-        let mut section = String::new();
-        let mut out = Vec::new();
-        for line in manifest.lines() {
-            let l = line.trim();
-            if l.starts_with('[') {
-                section = l.to_string();
-            } else if section == "[dependencies]" && l.starts_with("nst-") {
-                out.push(l.split(['.', ' ', '=']).next().unwrap_or("").to_string());
-            }
-        }
-        out
+        direct_dependencies(&manifest)
+            .into_iter()
+            .map(|d| d.trim_end_matches('?').to_string())
+            .collect()
     };
     let mut seen = BTreeSet::new();
     let mut todo = vec![krate.to_string()];

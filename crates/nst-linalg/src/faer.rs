@@ -1,17 +1,14 @@
 //! The default eigensolver: faer's self-adjoint eigendecomposition (pure Rust, maintained;
 //! sequential here, so the result does not depend on the thread count).
 
-use crate::{check, symmetrize, Error, Result, SymEigen};
+use crate::{prepared, Error, Result, SymEigen};
 
 /// The eigendecomposition of the symmetric `n x n` matrix `a` (row-major; the average of `a`
 /// and `aᵀ` is decomposed) by faer.
 pub fn eigh_faer(a: &[f64], n: usize) -> Result<SymEigen> {
-    check(a, n)?;
-    if n == 0 {
+    let Some(w) = prepared(a, n)? else {
         return Ok(SymEigen::sorted(0, Vec::new(), Vec::new()));
-    }
-    let mut w = a.to_vec();
-    symmetrize(&mut w, n);
+    };
     let m = faer::Mat::<f64>::from_fn(n, n, |i, j| w[i * n + j]);
     let e = m
         .self_adjoint_eigen(faer::Side::Lower)

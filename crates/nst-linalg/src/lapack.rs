@@ -1,18 +1,15 @@
 //! The LAPACK eigensolver (`dsyev` through ndarray-linalg), behind the `lapack` feature.
 
-use crate::{check, symmetrize, Error, Result, SymEigen};
+use crate::{prepared, Error, Result, SymEigen};
 use ndarray::Array2;
 use ndarray_linalg::{Eigh, UPLO};
 
 /// The eigendecomposition of the symmetric `n x n` matrix `a` (row-major; the average of
 /// `a` and `aᵀ` is decomposed) by LAPACK's `dsyev` on the system's OpenBLAS.
 pub fn eigh_lapack(a: &[f64], n: usize) -> Result<SymEigen> {
-    check(a, n)?;
-    if n == 0 {
+    let Some(w) = prepared(a, n)? else {
         return Ok(SymEigen::sorted(0, Vec::new(), Vec::new()));
-    }
-    let mut w = a.to_vec();
-    symmetrize(&mut w, n);
+    };
     let m = Array2::from_shape_vec((n, n), w).map_err(|e| Error::Input(e.to_string()))?;
     let (values, vectors) = m
         .eigh(UPLO::Lower)

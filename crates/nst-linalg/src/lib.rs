@@ -113,6 +113,18 @@ fn symmetrize(a: &mut [f64], n: usize) {
     }
 }
 
+/// What both solvers decompose: `a` checked, and averaged with its transpose (`None` for
+/// the empty matrix, whose decomposition is empty).
+fn prepared(a: &[f64], n: usize) -> Result<Option<Vec<f64>>> {
+    check(a, n)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut w = a.to_vec();
+    symmetrize(&mut w, n);
+    Ok(Some(w))
+}
+
 /// Checks that `a` holds an `n x n` matrix of finite numbers.
 fn check(a: &[f64], n: usize) -> Result<()> {
     if n.checked_mul(n) != Some(a.len()) {
