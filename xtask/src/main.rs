@@ -43,6 +43,10 @@ commands:
                        `nst render` untiled and with --tile auto under each budget: seconds
                        per iteration and peak RSS next to `nst estimate`'s prediction
                        (default sizes 1024², 2048², 3072x2048, 4096²)
+  bench phases [--sizes 128,256,512] [--iterations N] [--threads N]
+                       where a CPU render iteration's time goes at each size: the objective's
+                       evaluation, the optimizer, and the evaluation by hand (forward, losses,
+                       backward), with ms per megapixel
   bench gradient [same options as render]
                        the same without the optimizer: objective and gradient only
                        (render and gradient take --precision fast: nst's fast mode against

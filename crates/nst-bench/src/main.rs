@@ -6,6 +6,7 @@ use nst_cpu::Cpu;
 use nst_tensor::Tensor;
 use std::time::Instant;
 
+mod phases;
 mod quality;
 mod tiled;
 mod time_to_image;
@@ -200,7 +201,7 @@ fn measure(
                 },
             )?;
             measure_on(&g, kind, size, reps, &|| Ok(g.synchronize()?), &|| {
-                Ok(g.peak_memory()? as f64 / (1u64 << 20) as f64)
+                Ok(g.peak_memory()? as f64 / 1e6)
             })?;
             // What ran the convolutions, for the table's notes.
             println!("# {:?}", g.convolutions());
@@ -576,6 +577,10 @@ fn main() -> Result<()> {
     }
     match what.as_deref() {
         Some("conv") => bench_conv(threads, size),
+        Some("phases") => {
+            let sizes = sizes.as_deref().unwrap_or(&[128, 256, 512]);
+            phases::bench_phases(threads, sizes, iterations.max(5))
+        }
         Some("features") => {
             let sizes = sizes.as_deref().unwrap_or(&[512, 1024]);
             bench_sized("features", &device, threads, sizes, false, fast)
@@ -621,6 +626,6 @@ fn main() -> Result<()> {
             anyhow::ensure!(ttl.every > 0, "--every must be positive");
             time_to_image::bench(&ttl)
         }
-        _ => bail!("usage: nst-bench conv|features|render|gradient|tiled|time-to-image|quality [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
+        _ => bail!("usage: nst-bench conv|features|phases|render|gradient|tiled|time-to-image|quality [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
     }
 }
