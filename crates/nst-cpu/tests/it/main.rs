@@ -354,12 +354,20 @@ fn same_inputs_same_bytes_across_runs_and_threads() {
     }
 }
 
-/// Winograd (several tile-row blocks at 50x50) forward, fused ReLU and input gradient, and a
-/// sum, at `precision`.
+/// Winograd forward, fused ReLU and input gradient, and a sum, at `precision`: at 50x50
+/// (several tile-row blocks) and at 6x6 (one block, fewer than the threads, whose products
+/// then run in parallel).
 fn same_bytes_at(precision: Precision) {
+    for side in [50, 6] {
+        same_bytes_at_side(precision, side);
+    }
+}
+
+fn same_bytes_at_side(precision: Precision, side: usize) {
     let run = |threads: usize| {
         let be = Cpu::new(threads).with_precision(precision);
-        let x = Tensor::from_f64(&be, &rand_vec(64 * 50 * 50, 1), [1, 64, 50, 50]).unwrap();
+        let dims = [1, 64, side, side];
+        let x = Tensor::from_f64(&be, &rand_vec(64 * side * side, 1), dims).unwrap();
         let w = Tensor::from_f64(&be, &rand_vec(64 * 64 * 9, 2), [64, 64, 3, 3]).unwrap();
         let y = x.conv2d(&w, None, 1, 1).unwrap();
         let p = x.conv2d_params(&w, 1, 1).unwrap();
@@ -374,9 +382,16 @@ fn same_bytes_at(precision: Precision) {
     let a = run(2);
     assert!(
         a == run(2),
-        "two runs with 2 threads differ ({precision:?})"
+        "two runs with 2 threads differ ({precision:?}, {side} px)"
     );
-    assert!(a == run(1), "1 and 2 threads differ ({precision:?})");
+    assert!(
+        a == run(1),
+        "1 and 2 threads differ ({precision:?}, {side} px)"
+    );
+    assert!(
+        a == run(4),
+        "2 and 4 threads differ ({precision:?}, {side} px)"
+    );
 }
 
 #[test]
