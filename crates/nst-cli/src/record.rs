@@ -158,6 +158,8 @@ pub(crate) enum Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum State {
+    /// Before the first iteration.
+    Starting,
     Running,
     Done,
     Stopped,

@@ -93,7 +93,12 @@ impl WebView {
             .context("--web: cannot configure the socket")?;
         let local = listener.local_addr().context("--web: no local address")?;
         let token = random_token();
-        let (tx, _) = watch::channel(Arc::new(String::from("{\"state\":\"starting\"}")));
+        let starting = crate::record::WebEvent {
+            state: crate::record::State::Starting,
+            image: 0,
+            running: None,
+        };
+        let (tx, _) = watch::channel(Arc::new(starting.to_json()));
         let shared = Arc::new(Shared {
             token: token.clone(),
             bound: local,
