@@ -294,7 +294,8 @@ fn test(extra: &[String]) -> Result<()> {
         ])
         .args(extra);
     status(c)?;
-    // The CUDA 12 bindings build on their own (nst-cuda refuses to build with both). Only
+    // The CUDA 12 bindings on their own (with both CUDA features, as `.ci/run`'s
+    // `--all-features` lint builds, CUDA 13 wins, so this is where the CUDA 12 path compiles). Only
     // nst-cuda: the CLI's and the benchmark's CUDA code is the same under either feature,
     // and checking them again would add more than a minute.
     let mut c = cargo();

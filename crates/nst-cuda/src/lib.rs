@@ -22,13 +22,16 @@
 
 #![warn(missing_docs)]
 
-#[cfg(all(feature = "cuda-12", feature = "cuda-13"))]
-compile_error!(
-    "nst-cuda: the features cuda-12 and cuda-13 exclude each other; for CUDA 12 build with \
-     --no-default-features --features cuda-12 (or a dependent crate's cuda-12 feature)"
-);
 #[cfg(not(any(feature = "cuda-12", feature = "cuda-13")))]
 compile_error!("nst-cuda: enable one of the features cuda-13 (the default) or cuda-12");
+
+// The bindings: cudarc 0.19 built for CUDA 13, or cudarc 0.18 built for CUDA 12.8, each its own
+// crate instance (one crate cannot hold both: cudarc defines its bindings once per enabled
+// version). With both features on (`--all-features`), CUDA 13 wins and the other goes unused.
+#[cfg(all(feature = "cuda-12", not(feature = "cuda-13")))]
+extern crate cudarc_12 as cudarc;
+#[cfg(all(feature = "cuda-12", feature = "cuda-13"))]
+use cudarc_12 as _;
 
 mod dnn;
 pub mod kernels;
@@ -36,10 +39,10 @@ mod ops;
 pub mod probe;
 
 /// The CUDA version of the bindings this crate was built with (`cuda-12` or `cuda-13`).
-pub const BINDINGS: &str = if cfg!(feature = "cuda-12") {
-    "12.8"
-} else {
+pub const BINDINGS: &str = if cfg!(feature = "cuda-13") {
     "13.0"
+} else {
+    "12.8"
 };
 
 use cudarc::cublas::CudaBlas;
@@ -324,7 +327,11 @@ impl Cuda {
     fn mem_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
         use cudarc::driver::sys;
         let ctx = self.inner.stream.context();
-        if !ctx.has_async_alloc() {
+        // The attribute cudarc reads for its own stream-ordered allocations.
+        let pools = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+            .unwrap_or(0);
+        if pools == 0 {
             return Err(Error::Unavailable(
                 "this GPU has no stream-ordered memory pool to measure".into(),
             ));
