@@ -27,20 +27,13 @@ pub(crate) fn vgg19_path(root: &Path) -> PathBuf {
     root.join("weights").join("vgg19.safetensors")
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename.
+/// Writes `bytes` to `path` whole or not at all, durably (nst-io's writer: a unique temporary
+/// file beside it, flushed, renamed, the folder flushed).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("weights path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("weights"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    nst_io::write_atomic::<std::io::Error>(path, |tmp| std::fs::write(tmp, bytes))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Whether a verified VGG19 is already in place.

@@ -240,6 +240,18 @@ fn run_job(job: &Job) -> Result<Outcome> {
         Ok(a) => a,
         Err(first) => return Ok(Outcome::Failed(first)),
     };
+    // A batch over a fresh output tree is the normal case on a cluster, so the folders the
+    // job writes in are made (a lone `nst render` refuses a missing folder instead).
+    for file in args.output_files() {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                return Ok(Outcome::Failed(format!(
+                    "cannot create the folder {}: {e}",
+                    dir.display()
+                )));
+            }
+        }
+    }
     if let Err(e) = crate::render::run(args) {
         if e.downcast_ref::<crate::render::Interrupted>().is_some() {
             return Err(e);

@@ -31,34 +31,16 @@ pub(crate) fn load_image_with(path: &Path, limits: &Limits) -> Result<Loaded> {
     Ok(nst_io::load(path, limits)?)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// failed or interrupted write never leaves a partial file behind.
+/// Writes `path` whole or not at all, durably ([`nst_io::write_atomic`]: a temporary file
+/// of a name unique to the call, flushed, renamed over `path`, the folder flushed). The
+/// temporary file is registered with the signal handler while it exists, so a Ctrl-C in the
+/// middle removes it. A missing folder is an error naming it.
 pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "cannot write {}: folder {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("cannot write {}: not a file path", path.display()))?;
-    // Keep the extension last so that format detection by extension still works.
-    let tmp = dir.join(format!(".nst-tmp-{}-{name}", std::process::id()));
-    let _writing = crate::signals::writing(&tmp);
-    let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut registered = None;
+    nst_io::write_atomic(path, |tmp| {
+        registered = Some(crate::signals::writing(tmp));
+        write(tmp)
+    })
 }
 
 /// Checks that `opts` can be written in `path`'s format.
@@ -81,7 +63,6 @@ pub(crate) fn save_image_with(img: &Image, path: &Path, opts: &SaveOptions) -> R
         let mut file = std::fs::File::create(tmp)
             .with_context(|| format!("cannot write {}", path.display()))?;
         std::io::Write::write_all(&mut file, &bytes)
-            .and_then(|()| file.sync_all())
             .with_context(|| format!("cannot write {}", path.display()))
     })
 }

@@ -195,6 +195,15 @@ impl Args {
         files
     }
 
+    /// The files the render writes (snapshots aside, which go beside the output): the output,
+    /// the checkpoint and the JSON log.
+    pub(crate) fn output_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.out.clone()];
+        files.extend(self.checkpoint.iter().cloned());
+        files.extend(self.json_log.iter().cloned());
+        files
+    }
+
     /// `--max-pixels` (or its default): the most pixels an input or output may have.
     pub(crate) fn max_pixels(&self) -> u64 {
         self.options.model.max_pixels
@@ -695,11 +704,10 @@ fn write_checkpoint<B: nst_tensor::Backend>(
         session
             .write_checkpoint(&mut out)
             .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
-        let file = out.into_inner().map_err(|e| {
+        out.into_inner().map_err(|e| {
             anyhow::anyhow!("cannot write checkpoint {}: {}", path.display(), e.error())
         })?;
-        file.sync_all()
-            .with_context(|| format!("cannot write checkpoint {}", path.display()))
+        Ok(())
     })
 }
 

@@ -8,6 +8,7 @@
 //!
 //! Encoding ([`encode`]) writes 8 or 16 bits per channel and embeds an ICC profile where the
 //! format holds one (PNG, JPEG, TIFF, WebP; BMP has no place for one and is written without).
+//! Files are written whole or not at all, durably, by [`write_atomic`].
 //!
 //! ```
 //! use nst_io::{decode, encode, Limits, SaveOptions};
@@ -20,6 +21,9 @@
 //! ```
 
 #![warn(missing_docs)]
+
+mod atomic;
+pub use atomic::write_atomic;
 
 use image::{ImageDecoder, ImageEncoder, ImageFormat};
 use nst_image::Image;

@@ -1,6 +1,6 @@
 //! `nst batch`: three shards as concurrent processes, one killed mid-job and run again; every
 //! output exactly once and valid, a bad job reported while the rest complete, and a full
-//! rerun that renders nothing.
+//! rerun that renders nothing; the folders a job writes in are made.
 
 use super::{images, weights, weights_path};
 use crate::features::s;
@@ -30,7 +30,8 @@ fn shards_kills_reruns_and_a_bad_job() {
     weights();
     let dir = std::env::temp_dir().join(format!("nst-batch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("out")).unwrap();
+    // No `out/` folder: the three shards make it (concurrently).
+    std::fs::create_dir_all(&dir).unwrap();
     let c = images().join("tubingen.jpg");
     let styles = ["starry_night.jpg", "the_scream.jpg", "shipwreck.jpg"];
     let mut lines = Vec::new();
@@ -161,5 +162,31 @@ fn shards_kills_reruns_and_a_bad_job() {
         (Some(1), Some(5)),
         "{v}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_fresh_output_tree_is_made() {
+    weights();
+    let dir = std::env::temp_dir().join(format!("nst-batch-tree-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = format!(
+        r#"{{"content": "{}", "style": "{}", "out": "renders/a/b/o.png", "checkpoint": "state/c/o.ckpt", "json_log": "logs/d/o.jsonl", "size": 32, "iterations": 2, "threads": 1, "quiet": true}}"#,
+        s(&images().join("tubingen.jpg")),
+        s(&images().join("the_scream.jpg")),
+    );
+    let jobs = dir.join("jobs.jsonl");
+    std::fs::write(&jobs, line + "\n").unwrap();
+    let r = batch(&jobs, &[]).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        image::open(dir.join("renders/a/b/o.png")).unwrap().width(),
+        32
+    );
+    assert!(dir.join("renders/a/b/o.png.nst.json").is_file());
+    assert!(dir.join("state/c/o.ckpt").is_file());
+    let log = std::fs::read_to_string(dir.join("logs/d/o.jsonl")).unwrap();
+    assert!(log.lines().count() >= 2, "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
