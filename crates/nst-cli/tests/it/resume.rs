@@ -552,3 +552,88 @@ fn a_failing_json_log_is_a_warning_and_the_image_is_written() {
     assert!(err.contains("warning: cannot write the JSON log"), "{err}");
     assert_eq!(image::open(&out).unwrap().width(), 96);
 }
+
+/// Resuming holds the checkpoint once, as the plan counts it: a checkpoint of about 660 MB
+/// (4,000 L-BFGS pairs at 96x72) is resumed, the process is killed after its first
+/// iteration, and its peak resident memory must stay within the plan `nst estimate` gives for
+/// the same render plus 64 MB. The peak is the process's own (`VmHWM`, which the JSON log
+/// records): a child's `ru_maxrss` would count the test process's memory too, which a
+/// `vfork`ed child shares until it executes. Reading the whole file before decoding it (the old reader)
+/// holds it twice while the process is otherwise small, and peaks about 300 MB over. (The
+/// checkpoint is read before the weights are loaded, so a checkpoint smaller than the
+/// plan's fixed base would not tell the readers apart.)
+#[test]
+fn resuming_a_large_checkpoint_stays_within_its_plan() {
+    weights();
+    let (out, ck, log) = (tmp("big.png"), tmp("big.ckpt"), tmp("big.jsonl"));
+    let pairs = 4000;
+    let settings = ["--iterations", "4000", "--lbfgs-history", "4000"];
+    let mut first = settings.to_vec();
+    first.extend(["--checkpoint", s(&ck), "--json-log", s(&log)]);
+    let mut child = spawn(&render_args(&out, &first));
+    wait_for_log(&mut child, &log, 3);
+    let k = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    // The history filled to the plan's 4,000 pairs (copies of the first; the memory is the
+    // point, not the direction).
+    let mut c = nst_style::Checkpoint::read_from(std::fs::File::open(&ck).unwrap()).unwrap();
+    let nst_style::OptimizerState::Lbfgs(state) = &mut c.optimizer else {
+        panic!("no L-BFGS state in the checkpoint")
+    };
+    assert!(!state.pairs.is_empty());
+    while state.pairs.len() < pairs {
+        state.pairs.push(state.pairs[0].clone());
+    }
+    let mut bytes = Vec::new();
+    c.write_to(&mut bytes).unwrap();
+    std::fs::write(&ck, &bytes).unwrap();
+    let file = bytes.len() as u64;
+    assert!(file > 600_000_000, "{file} bytes");
+    drop(bytes);
+    drop(c);
+    // The plan of this render, as the CLI makes it.
+    let mut est: Vec<String> = render_args(&out, &settings)
+        .into_iter()
+        .filter(|a| a != "--quiet")
+        .collect();
+    est[0] = "estimate".into();
+    let o = est.iter().position(|a| a == "--out").unwrap();
+    est.drain(o..o + 2);
+    est.push("--json".into());
+    let refs: Vec<&str> = est.iter().map(String::as_str).collect();
+    let r = nst(&refs);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let plan = plan["peak_bytes"].as_u64().unwrap();
+    // The resume, killed once it has made two iterations; its peak is the highest the log
+    // records.
+    let _ = std::fs::remove_file(&log);
+    let mut again = settings.to_vec();
+    again.extend(["--resume", s(&ck), "--json-log", s(&log)]);
+    let mut child = spawn(&render_args(&out, &again));
+    wait_for_log(&mut child, &log, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let peak = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["peak_rss_mb"].as_f64())
+        .fold(0.0f64, f64::max);
+    assert!(
+        peak > 0.0,
+        "the log records no peak (this test needs Linux's /proc)"
+    );
+    let peak = (peak * 1e6) as u64;
+    let slack = 64_000_000;
+    assert!(
+        peak <= plan + slack,
+        "resuming a {file}-byte checkpoint peaked at {peak} bytes, over its plan of {plan} + {slack}"
+    );
+    eprintln!("checkpoint {file} B: resume peak {peak} B, plan {plan} B");
+    let _ = std::fs::remove_file(&ck);
+}
