@@ -344,10 +344,15 @@ fn bench_sized(
     };
     let gpu = device.starts_with("cuda");
     let both = gpu && vs_pytorch;
+    // On a CPU without bf16 instructions PyTorch's bf16 autocast is emulated (minutes per
+    // iteration), so nst's fast mode is held against PyTorch f32 there, as issue targets do.
+    let torch_fast = if cpu_has_bf16() { "bf16" } else { "f32" };
     let precision = if both {
         "strict f32 against PyTorch strict f32, then nst --precision fast against PyTorch TF32 + cudnn.benchmark"
-    } else if fast {
+    } else if fast && torch_fast == "bf16" {
         "nst --precision fast against PyTorch bf16 autocast"
+    } else if fast {
+        "nst --precision fast against PyTorch f32 (this CPU has no bf16 instructions)"
     } else {
         "f32"
     };
@@ -392,7 +397,7 @@ fn bench_sized(
         }
         let (secs, mb) = nst_measure(kind, device, threads, size, reps, fast)?;
         if vs_pytorch {
-            let mode = if fast { "bf16" } else { "f32" };
+            let mode = if fast { torch_fast } else { "f32" };
             let (ts, tmb) = pytorch(kind, device, threads, size, reps, mode)?;
             println!(
                 "{label:>10} {secs:>10.3} {mb:>12.0} {ts:>10.3} {tmb:>12.0} {:>10.2}",
@@ -403,6 +408,19 @@ fn bench_sized(
         }
     }
     Ok(())
+}
+
+/// Whether the CPU computes in bf16 natively (AVX512-BF16, which every CPU with AMX tiles
+/// also has): where PyTorch's bf16 autocast is worth comparing with.
+fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Runs the PyTorch implementation of the same render iteration (`pytorch/render_bench.py`,

@@ -2,6 +2,7 @@
 
 pub(crate) mod conv;
 pub(crate) mod elementwise;
+pub(crate) mod lanes;
 pub(crate) mod matmul;
 pub(crate) mod pool;
 pub(crate) mod reduce;

@@ -18,7 +18,12 @@
 //! each with a single-threaded GEMM, and write disjoint output rows. F(2x2, 3x3)'s transforms
 //! use only `±1` and `½`, so its rounding error is close to the direct method's; both are
 //! measured in the tests against f64.
+//!
+//! The transforms run over runs of tiles eight at a time ([`super::lanes`]), compiled for
+//! AVX2 where the CPU has it (chosen at run time): with the same operations in the same
+//! order, so the bytes do not depend on it (a test compares both paths bit for bit).
 
+use super::lanes::{interleave, map, regions, Arith, Transform};
 use super::matmul::{gemm_with, Mat};
 use crate::Element;
 use rayon::prelude::*;
@@ -71,31 +76,55 @@ const F4_G: [[f64; 3]; 6] = [
     [0.0, 0.0, 1.0],
 ];
 
+/// F(2x2, 3x3)'s `Bᵀ` applied to a column of four inputs.
+struct Bt4;
+impl Transform<4, 4> for Bt4 {
+    #[inline(always)]
+    fn apply<T: Arith>(d: [T; 4]) -> [T; 4] {
+        [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+    }
+}
+
+/// F(2x2, 3x3)'s `Aᵀ` applied to a column of four products.
+struct At4;
+impl Transform<4, 2> for At4 {
+    #[inline(always)]
+    fn apply<T: Arith>(m: [T; 4]) -> [T; 2] {
+        [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+    }
+}
+
 /// F(4x4, 3x3)'s `Bᵀ` applied to a column of six inputs.
-#[inline(always)]
-fn bt6<E: Element>(d: [E; 6]) -> [E; 6] {
-    let (two, four, five) = (E::of(2.0), E::of(4.0), E::of(5.0));
-    [
-        four * d[0] - five * d[2] + d[4],
-        d[3] + d[4] - four * (d[1] + d[2]),
-        four * (d[1] - d[2]) - d[3] + d[4],
-        two * (d[3] - d[1]) - d[2] + d[4],
-        two * (d[1] - d[3]) - d[2] + d[4],
-        four * d[1] - five * d[3] + d[5],
-    ]
+struct Bt6;
+impl Transform<6, 6> for Bt6 {
+    #[inline(always)]
+    fn apply<T: Arith>(d: [T; 6]) -> [T; 6] {
+        let (two, four, five) = (T::splat(2.0), T::splat(4.0), T::splat(5.0));
+        [
+            four * d[0] - five * d[2] + d[4],
+            d[3] + d[4] - four * (d[1] + d[2]),
+            four * (d[1] - d[2]) - d[3] + d[4],
+            two * (d[3] - d[1]) - d[2] + d[4],
+            two * (d[1] - d[3]) - d[2] + d[4],
+            four * d[1] - five * d[3] + d[5],
+        ]
+    }
 }
 
 /// F(4x4, 3x3)'s `Aᵀ` applied to a column of six products.
-#[inline(always)]
-fn at6<E: Element>(m: [E; 6]) -> [E; 4] {
-    let (two, four, eight) = (E::of(2.0), E::of(4.0), E::of(8.0));
-    let (s12, d12, s34, d34) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
-    [
-        m[0] + s12 + s34,
-        d12 + two * d34,
-        s12 + four * s34,
-        d12 + eight * d34 + m[5],
-    ]
+struct At6;
+impl Transform<6, 4> for At6 {
+    #[inline(always)]
+    fn apply<T: Arith>(m: [T; 6]) -> [T; 4] {
+        let (two, four, eight) = (T::splat(2.0), T::splat(4.0), T::splat(8.0));
+        let (s12, d12, s34, d34) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
+        [
+            m[0] + s12 + s34,
+            d12 + two * d34,
+            s12 + four * s34,
+            d12 + eight * d34 + m[5],
+        ]
+    }
 }
 
 /// Filters transformed for a [`Variant`]: (m+2)² matrices `U_e = G g Gᵀ` at tile position
@@ -167,6 +196,34 @@ struct OutPtr<E>(*mut E);
 unsafe impl<E: Send> Send for OutPtr<E> {}
 // SAFETY: as above.
 unsafe impl<E: Sync> Sync for OutPtr<E> {}
+
+/// Runs `f` compiled for AVX2 where the CPU has it (chosen at run time), else as built: the
+/// transforms' loops then run on 8-lane vectors. The arithmetic is the same IEEE operations in
+/// the same order either way (Rust never contracts a multiply and an add into an FMA), so the
+/// bytes are the same on every x86-64 CPU.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    // Tests compare the two paths bit for bit.
+    #[cfg(test)]
+    let plain = tests::plain();
+    #[cfg(not(test))]
+    let plain = false;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && !plain {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(f) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = plain;
+    f()
+}
+
+/// `f`, inlined here and so compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
 
 /// Tile rows per block: enough tiles for an efficient GEMM, few enough that the block's
 /// transformed input and products (`ne·(C+K)` values per tile, `ne` tile positions) stay in a
@@ -240,10 +297,13 @@ pub(crate) fn conv<E: Element>(
         let mut v = pool.scratch(ne * c * nb);
         let mut m = pool.scratch(ne * k * nb);
         let rows = (i0, i1);
-        match f.variant {
-            Variant::F2 => input_f2(x, fused.mask, c, (h, w), rows, &mut v),
-            Variant::F4 => input_f4(x, fused.mask, c, (h, w), rows, &mut v),
-        }
+        simd(
+            #[inline(always)]
+            || match f.variant {
+                Variant::F2 => input_f2(x, fused.mask, c, (h, w), rows, &mut v),
+                Variant::F4 => input_f4(x, fused.mask, c, (h, w), rows, &mut v),
+            },
+        );
         let (vs, us) = (&v[..], &f.u[..]);
         // Mᵀ_e (nb x K) = Vᵀ_e (nb x C) · Uᵀ_e (C x K), all stored row-major as M_e, V_e and
         // U_e, i.e. column-major from the GEMM's point of view.
@@ -290,20 +350,41 @@ pub(crate) fn conv<E: Element>(
         }
         // SAFETY: this block writes only output rows m·i0 .. min(m·i1, h) of every channel,
         // and the blocks' tile-row ranges are disjoint.
-        unsafe {
-            match f.variant {
-                Variant::F2 => {
-                    for_output_rows::<E, 16>(&m, fused, k, (h, w), rows, 2, dst, |mm, b, o| {
-                        tile_row_f2(mm, b, o, tw)
-                    })
+        simd(
+            #[inline(always)]
+            || unsafe {
+                match f.variant {
+                    Variant::F2 => {
+                        let mut t = vec![E::zero(); 10 * tw];
+                        for_output_rows::<E, 16>(
+                            &m,
+                            fused,
+                            k,
+                            (h, w),
+                            rows,
+                            2,
+                            dst,
+                            #[inline(always)]
+                            |mm, b, o| tile_row_f2(mm, b, o, tw, &mut t),
+                        )
+                    }
+                    Variant::F4 => {
+                        let mut t = vec![E::zero(); 28 * tw];
+                        for_output_rows::<E, 36>(
+                            &m,
+                            fused,
+                            k,
+                            (h, w),
+                            rows,
+                            4,
+                            dst,
+                            #[inline(always)]
+                            |mm, b, o| tile_row_f4(mm, b, o, tw, &mut t),
+                        )
+                    }
                 }
-                Variant::F4 => {
-                    for_output_rows::<E, 36>(&m, fused, k, (h, w), rows, 4, dst, |mm, b, o| {
-                        tile_row_f4(mm, b, o, tw)
-                    })
-                }
-            }
-        }
+            },
+        );
         pool.put(v);
         pool.put(m);
     });
@@ -311,7 +392,7 @@ pub(crate) fn conv<E: Element>(
 
 /// Loads input row `r` of channel `ch` into `row` at offset 1 (a padded row: index `q` holds
 /// column `q - 1`), zero where the row is outside the image or `mask` is not positive.
-#[inline]
+#[inline(always)]
 fn load_row<E: Element>(
     plane: &[E],
     mask: Option<&[E]>,
@@ -341,6 +422,7 @@ fn load_row<E: Element>(
 /// F(mt x mt, 3x3) transform, with `p` the tile row's `mt + 2` padded input rows (each
 /// `mt·tw + 2` long, see [`load_row`]) and `n0` the tile row's first tile within the block.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn for_tile_rows<E: Element>(
     x: &[E],
     mask: Option<&[E]>,
@@ -368,6 +450,7 @@ fn for_tile_rows<E: Element>(
 
 /// Fills `v` (16 blocks of `C x nb`) with F(2x2, 3x3)'s `Bᵀ d B` of every tile of tile rows
 /// `i0..i1`, reading `x` as zero where `mask` is not positive.
+#[inline(always)]
 fn input_f2<E: Element>(
     x: &[E],
     mask: Option<&[E]>,
@@ -380,36 +463,35 @@ fn input_f2<E: Element>(
     let nb = (rows.1 - rows.0) * tw;
     let pw = 2 * tw + 2;
     let mut s = vec![E::zero(); 4 * pw];
-    for_tile_rows(x, mask, c, h, w, rows, 2, |ch, n0, p| {
-        // Bᵀ along the rows of the tile, for every column at once.
-        let (p0, rest) = p.split_at(pw);
-        let (p1, rest) = rest.split_at(pw);
-        let (p2, p3) = rest.split_at(pw);
-        let (s0, rest) = s.split_at_mut(pw);
-        let (s1, rest) = rest.split_at_mut(pw);
-        let (s2, s3) = rest.split_at_mut(pw);
-        for q in 0..pw {
-            s0[q] = p0[q] - p2[q];
-            s1[q] = p1[q] + p2[q];
-            s2[q] = p2[q] - p1[q];
-            s3[q] = p1[q] - p3[q];
-        }
-        // B along the columns: tile j reads padded columns 2j .. 2j+3.
-        for (a, sa) in [&*s0, &*s1, &*s2, &*s3].into_iter().enumerate() {
-            let base = |b: usize| ((a * 4 + b) * c + ch) * nb + n0;
-            let (o0, o1, o2, o3) = (base(0), base(1), base(2), base(3));
-            for j in 0..tw {
-                let (q0, q1, q2, q3) = (sa[2 * j], sa[2 * j + 1], sa[2 * j + 2], sa[2 * j + 3]);
-                v[o0 + j] = q0 - q2;
-                v[o1 + j] = q1 + q2;
-                v[o2 + j] = q2 - q1;
-                v[o3 + j] = q1 - q3;
+    let mut d = vec![E::zero(); 2 * (tw + 1)];
+    for_tile_rows(
+        x,
+        mask,
+        c,
+        h,
+        w,
+        rows,
+        2,
+        #[inline(always)]
+        |ch, n0, p| {
+            // Bᵀ along the rows of the tile, for every column at once.
+            let pr: [&[E]; 4] = std::array::from_fn(|a| &p[a * pw..(a + 1) * pw]);
+            map::<E, Bt4, 4, 4>(pr, &mut regions(&mut s, |a| a * pw, pw), pw);
+            // B along the columns: tile j reads padded columns 2j .. 2j+3, i.e. even and odd
+            // columns j and j + 1 (split first, so that the map reads contiguous runs).
+            for (a, sa) in s.chunks_exact(pw).enumerate() {
+                let (ev, od) = d.split_at_mut(tw + 1);
+                deinterleave2(sa, ev, od);
+                let ins = [&ev[..tw], &od[..tw], &ev[1..], &od[1..]];
+                let mut o = regions(v, |b| ((a * 4 + b) * c + ch) * nb + n0, tw);
+                map::<E, Bt4, 4, 4>(ins, &mut o, tw);
             }
-        }
-    });
+        },
+    );
 }
 
 /// [`input_f2`] for F(4x4, 3x3): 36 blocks, 6x6 tiles with stride 4.
+#[inline(always)]
 fn input_f4<E: Element>(
     x: &[E],
     mask: Option<&[E]>,
@@ -422,30 +504,59 @@ fn input_f4<E: Element>(
     let nb = (rows.1 - rows.0) * tw;
     let pw = 4 * tw + 2;
     let mut s = vec![E::zero(); 6 * pw];
-    for_tile_rows(x, mask, c, h, w, rows, 4, |ch, n0, p| {
-        // Bᵀ along the rows of the tile, for every column at once.
-        {
+    let mut d = vec![E::zero(); 4 * (tw + 1)];
+    for_tile_rows(
+        x,
+        mask,
+        c,
+        h,
+        w,
+        rows,
+        4,
+        #[inline(always)]
+        |ch, n0, p| {
+            // Bᵀ along the rows of the tile, for every column at once.
             let pr: [&[E]; 6] = std::array::from_fn(|a| &p[a * pw..(a + 1) * pw]);
-            let mut sr = s.chunks_exact_mut(pw);
-            let mut sr: [&mut [E]; 6] = std::array::from_fn(|_| sr.next().expect("6 rows"));
-            for q in 0..pw {
-                let r = bt6(std::array::from_fn(|a| pr[a][q]));
-                for (row, v) in sr.iter_mut().zip(r) {
-                    row[q] = v;
-                }
+            map::<E, Bt6, 6, 6>(pr, &mut regions(&mut s, |a| a * pw, pw), pw);
+            // B along the columns: tile j reads padded columns 4j .. 4j+5, i.e. column 4j + b
+            // of phase b and the first two phases of tile j + 1 (split first, so that the map
+            // reads contiguous runs).
+            for (r, sa) in s.chunks_exact(pw).enumerate() {
+                let [d0, d1, d2, d3] = deinterleave4(sa, &mut d, tw);
+                let ins = [d0, d1, d2, d3, &d0[1..], &d1[1..]];
+                let mut o = regions(v, |col| ((r * 6 + col) * c + ch) * nb + n0, tw);
+                map::<E, Bt6, 6, 6>(ins, &mut o, tw);
             }
-        }
-        // B along the columns: tile j reads padded columns 4j .. 4j+5.
-        for (r, sa) in s.chunks_exact(pw).enumerate() {
-            let base: [usize; 6] = std::array::from_fn(|col| ((r * 6 + col) * c + ch) * nb + n0);
-            for j in 0..tw {
-                let out = bt6(std::array::from_fn(|b| sa[4 * j + b]));
-                for (&o, val) in base.iter().zip(out) {
-                    v[o + j] = val;
-                }
-            }
-        }
-    });
+        },
+    );
+}
+
+/// Splits a padded row of F(2x2, 3x3) (`2·tw + 2` values) into its even and odd columns
+/// (`tw + 1` each).
+#[inline(always)]
+fn deinterleave2<E: Element>(sa: &[E], ev: &mut [E], od: &mut [E]) {
+    for ((pair, e), o) in sa.chunks_exact(2).zip(ev.iter_mut()).zip(od.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
+/// Splits a padded row of F(4x4, 3x3) (`4·tw + 2` values) into its four column phases
+/// (`d_b[j]` = column `4j + b`; `tw + 1` long, the last two phases' last value unused).
+#[inline(always)]
+fn deinterleave4<'d, E: Element>(sa: &[E], d: &'d mut [E], tw: usize) -> [&'d [E]; 4] {
+    let (d0, rest) = d.split_at_mut(tw + 1);
+    let (d1, rest) = rest.split_at_mut(tw + 1);
+    let (d2, d3) = rest.split_at_mut(tw + 1);
+    for (j, q) in sa.chunks_exact(4).enumerate() {
+        d0[j] = q[0];
+        d1[j] = q[1];
+        d2[j] = q[2];
+        d3[j] = q[3];
+    }
+    d0[tw] = sa[4 * tw];
+    d1[tw] = sa[4 * tw + 1];
+    [&*d0, &*d1, &*d2, &*d3]
 }
 
 /// For every output channel and tile row `i` of `i0..i1` of an F(mt x mt, 3x3) transform
@@ -457,6 +568,7 @@ fn input_f4<E: Element>(
 /// `dst` must point at a `K x h x w` output, and no other thread may touch rows
 /// `mt·i0 .. min(mt·i1, h)` of any channel meanwhile.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn for_output_rows<E: Element, const NE: usize>(
     m: &[E],
     fused: Fused<'_, E>,
@@ -484,32 +596,42 @@ unsafe fn for_output_rows<E: Element, const NE: usize>(
 }
 
 /// F(2x2, 3x3)'s `Aᵀ M A + bias` of the `tw` tiles of one tile row and output channel
-/// (`mm[e]`: their products at tile position `e`) into `out`'s two output rows.
-fn tile_row_f2<E: Element>(mm: &[&[E]; 16], b: E, out: &mut [E], tw: usize) {
-    let (top, bottom) = out.split_at_mut(2 * tw);
-    for j in 0..tw {
-        // Aᵀ along the tile's rows, then A along its columns.
-        let r0: [E; 4] = std::array::from_fn(|c| mm[c][j] + mm[4 + c][j] + mm[8 + c][j]);
-        let r1: [E; 4] = std::array::from_fn(|c| mm[4 + c][j] - mm[8 + c][j] - mm[12 + c][j]);
-        top[2 * j] = r0[0] + r0[1] + r0[2] + b;
-        top[2 * j + 1] = r0[1] - r0[2] - r0[3] + b;
-        bottom[2 * j] = r1[0] + r1[1] + r1[2] + b;
-        bottom[2 * j + 1] = r1[1] - r1[2] - r1[3] + b;
+/// (`mm[e]`: their products at tile position `e`) into `out`'s two output rows. `t` is
+/// scratch of `10·tw` values: `Aᵀ` along the tiles' rows goes there first, position by
+/// position across all tiles, then `A` along their columns, so that both passes map
+/// contiguous runs.
+#[inline(always)]
+fn tile_row_f2<E: Element>(mm: &[&[E]; 16], b: E, out: &mut [E], tw: usize, t: &mut [E]) {
+    let (t, u) = t.split_at_mut(8 * tw);
+    // t[(y·4 + c)·tw + j]: row y of Aᵀ applied to column c of tile j.
+    for c in 0..4 {
+        let ins = std::array::from_fn(|a| mm[a * 4 + c]);
+        map::<E, At4, 4, 2>(ins, &mut regions(t, |y| (y * 4 + c) * tw, tw), tw);
+    }
+    for (y, row) in out.chunks_exact_mut(2 * tw).take(2).enumerate() {
+        let ins = std::array::from_fn(|c| &t[(y * 4 + c) * tw..][..tw]);
+        let mut planes = regions::<E, 2>(u, |x| x * tw, tw);
+        map::<E, At4, 4, 2>(ins, &mut planes, tw);
+        let [p0, p1] = planes;
+        interleave([&*p0, &*p1], b, row, tw);
     }
 }
 
-/// [`tile_row_f2`] for F(4x4, 3x3): four output rows.
-fn tile_row_f4<E: Element>(mm: &[&[E]; 36], b: E, out: &mut [E], tw: usize) {
-    for j in 0..tw {
-        // Aᵀ along the tile's rows (column by column), then A along its columns.
-        let cols: [[E; 4]; 6] =
-            std::array::from_fn(|col| at6(std::array::from_fn(|a| mm[a * 6 + col][j])));
-        for y in 0..4 {
-            let r = at6(std::array::from_fn(|col| cols[col][y]));
-            for (xo, val) in r.into_iter().enumerate() {
-                out[y * 4 * tw + 4 * j + xo] = val + b;
-            }
-        }
+/// [`tile_row_f2`] for F(4x4, 3x3): four output rows, `t` of `28·tw` values.
+#[inline(always)]
+fn tile_row_f4<E: Element>(mm: &[&[E]; 36], b: E, out: &mut [E], tw: usize, t: &mut [E]) {
+    let (t, u) = t.split_at_mut(24 * tw);
+    // t[(y·6 + col)·tw + j]: row y of Aᵀ applied to column col of tile j.
+    for col in 0..6 {
+        let ins = std::array::from_fn(|a| mm[a * 6 + col]);
+        map::<E, At6, 6, 4>(ins, &mut regions(t, |y| (y * 6 + col) * tw, tw), tw);
+    }
+    for (y, row) in out.chunks_exact_mut(4 * tw).take(4).enumerate() {
+        let ins = std::array::from_fn(|col| &t[(y * 6 + col) * tw..][..tw]);
+        let mut planes = regions::<E, 4>(u, |x| x * tw, tw);
+        map::<E, At6, 6, 4>(ins, &mut planes, tw);
+        let [p0, p1, p2, p3] = planes;
+        interleave([&*p0, &*p1, &*p2, &*p3], b, row, tw);
     }
 }
 
@@ -520,6 +642,7 @@ fn tile_row_f4<E: Element>(mm: &[&[E]; 36], b: E, out: &mut [E], tw: usize) {
 /// `dst` must point at a `K x h x w` output whose rows `mt·i .. mt·i + mt` of channel `ch` no
 /// other thread touches meanwhile.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn store_rows<E: Element>(
     rows: &mut [E],
     relu: bool,
@@ -542,6 +665,65 @@ unsafe fn store_rows<E: Element>(
             unsafe {
                 std::ptr::copy_nonoverlapping(row.as_ptr(), dst.0.add((ch * h + oy) * w), w);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set while a test runs the transforms as built, without AVX2.
+    static PLAIN: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn plain() -> bool {
+        PLAIN.load(Ordering::Relaxed)
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut z = seed;
+        (0..n)
+            .map(|_| {
+                z = z
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_vector_path_gives_the_plain_bytes() {
+        // Odd sizes (partial tiles, a partial lane group of tiles), a mask, bias and ReLU:
+        // every output bit equal with and without AVX2, for both variants.
+        let (c, k, h, w) = (5, 6, 13, 37);
+        let x = values(c * h * w, 1);
+        let mask = values(c * h * w, 2);
+        let weights = values(k * c * 9, 3);
+        let bias = values(k, 4);
+        for variant in [Variant::F2, Variant::F4] {
+            let f = Filters::new(&weights, k, c, variant, false);
+            let fused = Fused {
+                bias: Some(&bias),
+                relu: true,
+                mask: Some(&mask),
+            };
+            let run = |plain: bool| {
+                PLAIN.store(plain, Ordering::Relaxed);
+                let mut out = vec![0.0f32; k * h * w];
+                conv(&x, &f, fused, h, w, &mut out);
+                PLAIN.store(false, Ordering::Relaxed);
+                out
+            };
+            let (fast, slow) = (run(false), run(true));
+            assert!(fast.iter().any(|&v| v > 0.0));
+            assert!(
+                fast.iter()
+                    .zip(&slow)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{variant:?}"
+            );
         }
     }
 }
