@@ -300,8 +300,8 @@ pub(crate) fn conv<E: Element>(
         simd(
             #[inline(always)]
             || match f.variant {
-                Variant::F2 => input_f2(x, fused.mask, c, (h, w), rows, &mut v),
-                Variant::F4 => input_f4(x, fused.mask, c, (h, w), rows, &mut v),
+                Variant::F2 => input::<E, Bt4, 4, 2>(x, fused.mask, c, (h, w), rows, &mut v),
+                Variant::F4 => input::<E, Bt6, 6, 4>(x, fused.mask, c, (h, w), rows, &mut v),
             },
         );
         let (vs, us) = (&v[..], &f.u[..]);
@@ -355,7 +355,7 @@ pub(crate) fn conv<E: Element>(
             || unsafe {
                 match f.variant {
                     Variant::F2 => {
-                        let mut t = vec![E::zero(); 10 * tw];
+                        let mut t = vec![E::zero(); 5 * 2 * tw];
                         for_output_rows::<E, 16>(
                             &m,
                             fused,
@@ -365,11 +365,11 @@ pub(crate) fn conv<E: Element>(
                             2,
                             dst,
                             #[inline(always)]
-                            |mm, b, o| tile_row_f2(mm, b, o, tw, &mut t),
+                            |mm, b, o| tile_row::<E, At4, 4, 2, 16>(mm, b, o, tw, &mut t),
                         )
                     }
                     Variant::F4 => {
-                        let mut t = vec![E::zero(); 28 * tw];
+                        let mut t = vec![E::zero(); 7 * 4 * tw];
                         for_output_rows::<E, 36>(
                             &m,
                             fused,
@@ -379,7 +379,7 @@ pub(crate) fn conv<E: Element>(
                             4,
                             dst,
                             #[inline(always)]
-                            |mm, b, o| tile_row_f4(mm, b, o, tw, &mut t),
+                            |mm, b, o| tile_row::<E, At6, 6, 4, 36>(mm, b, o, tw, &mut t),
                         )
                     }
                 }
@@ -448,10 +448,11 @@ fn for_tile_rows<E: Element>(
     }
 }
 
-/// Fills `v` (16 blocks of `C x nb`) with F(2x2, 3x3)'s `Bᵀ d B` of every tile of tile rows
-/// `i0..i1`, reading `x` as zero where `mask` is not positive.
+/// Fills `v` (`A²` blocks of `C x nb`) with `Bᵀ d B` (`K`: `Bᵀ` on a column of `A` values) of
+/// every `A x A` tile of tile rows `i0..i1` (tiles every `MT = A - 2` pixels), reading `x` as
+/// zero where `mask` is not positive.
 #[inline(always)]
-fn input_f2<E: Element>(
+fn input<E: Element, K: Transform<A, A>, const A: usize, const MT: usize>(
     x: &[E],
     mask: Option<&[E]>,
     c: usize,
@@ -459,11 +460,12 @@ fn input_f2<E: Element>(
     rows: (usize, usize),
     v: &mut [E],
 ) {
-    let tw = w.div_ceil(2);
+    debug_assert_eq!(A, MT + 2);
+    let tw = w.div_ceil(MT);
     let nb = (rows.1 - rows.0) * tw;
-    let pw = 2 * tw + 2;
-    let mut s = vec![E::zero(); 4 * pw];
-    let mut d = vec![E::zero(); 2 * (tw + 1)];
+    let pw = MT * tw + 2;
+    let mut s = vec![E::zero(); A * pw];
+    let mut d = vec![E::zero(); MT * (tw + 1)];
     for_tile_rows(
         x,
         mask,
@@ -471,92 +473,38 @@ fn input_f2<E: Element>(
         h,
         w,
         rows,
-        2,
+        MT,
         #[inline(always)]
         |ch, n0, p| {
             // Bᵀ along the rows of the tile, for every column at once.
-            let pr: [&[E]; 4] = std::array::from_fn(|a| &p[a * pw..(a + 1) * pw]);
-            map::<E, Bt4, 4, 4>(pr, &mut regions(&mut s, |a| a * pw, pw), pw);
-            // B along the columns: tile j reads padded columns 2j .. 2j+3, i.e. even and odd
-            // columns j and j + 1 (split first, so that the map reads contiguous runs).
-            for (a, sa) in s.chunks_exact(pw).enumerate() {
-                let (ev, od) = d.split_at_mut(tw + 1);
-                deinterleave2(sa, ev, od);
-                let ins = [&ev[..tw], &od[..tw], &ev[1..], &od[1..]];
-                let mut o = regions(v, |b| ((a * 4 + b) * c + ch) * nb + n0, tw);
-                map::<E, Bt4, 4, 4>(ins, &mut o, tw);
-            }
-        },
-    );
-}
-
-/// [`input_f2`] for F(4x4, 3x3): 36 blocks, 6x6 tiles with stride 4.
-#[inline(always)]
-fn input_f4<E: Element>(
-    x: &[E],
-    mask: Option<&[E]>,
-    c: usize,
-    (h, w): (usize, usize),
-    rows: (usize, usize),
-    v: &mut [E],
-) {
-    let tw = w.div_ceil(4);
-    let nb = (rows.1 - rows.0) * tw;
-    let pw = 4 * tw + 2;
-    let mut s = vec![E::zero(); 6 * pw];
-    let mut d = vec![E::zero(); 4 * (tw + 1)];
-    for_tile_rows(
-        x,
-        mask,
-        c,
-        h,
-        w,
-        rows,
-        4,
-        #[inline(always)]
-        |ch, n0, p| {
-            // Bᵀ along the rows of the tile, for every column at once.
-            let pr: [&[E]; 6] = std::array::from_fn(|a| &p[a * pw..(a + 1) * pw]);
-            map::<E, Bt6, 6, 6>(pr, &mut regions(&mut s, |a| a * pw, pw), pw);
-            // B along the columns: tile j reads padded columns 4j .. 4j+5, i.e. column 4j + b
-            // of phase b and the first two phases of tile j + 1 (split first, so that the map
-            // reads contiguous runs).
+            let pr: [&[E]; A] = std::array::from_fn(|a| &p[a * pw..(a + 1) * pw]);
+            map::<E, K, A, A>(pr, &mut regions(&mut s, |a| a * pw, pw), pw);
+            // B along the columns: column b of tile j is padded column MT·j + b, i.e. phase
+            // b mod MT of the row at j + b / MT (the row split into its phases first, so that
+            // the map reads contiguous runs).
             for (r, sa) in s.chunks_exact(pw).enumerate() {
-                let [d0, d1, d2, d3] = deinterleave4(sa, &mut d, tw);
-                let ins = [d0, d1, d2, d3, &d0[1..], &d1[1..]];
-                let mut o = regions(v, |col| ((r * 6 + col) * c + ch) * nb + n0, tw);
-                map::<E, Bt6, 6, 6>(ins, &mut o, tw);
+                deinterleave::<E, MT>(sa, &mut d, tw);
+                let ins: [&[E]; A] =
+                    std::array::from_fn(|b| &d[(b % MT) * (tw + 1) + b / MT..][..tw]);
+                let mut o = regions(v, |col| ((r * A + col) * c + ch) * nb + n0, tw);
+                map::<E, K, A, A>(ins, &mut o, tw);
             }
         },
     );
 }
 
-/// Splits a padded row of F(2x2, 3x3) (`2·tw + 2` values) into its even and odd columns
-/// (`tw + 1` each).
+/// Splits a padded row (`MT·tw + 2` values) into its `MT` column phases, each `tw + 1` long:
+/// `d[ph·(tw + 1) + j]` = column `MT·j + ph` (the phases past the row's end unset).
 #[inline(always)]
-fn deinterleave2<E: Element>(sa: &[E], ev: &mut [E], od: &mut [E]) {
-    for ((pair, e), o) in sa.chunks_exact(2).zip(ev.iter_mut()).zip(od.iter_mut()) {
-        *e = pair[0];
-        *o = pair[1];
+fn deinterleave<E: Element, const MT: usize>(sa: &[E], d: &mut [E], tw: usize) {
+    for (j, q) in sa.chunks_exact(MT).enumerate() {
+        for (ph, &val) in q.iter().enumerate() {
+            d[ph * (tw + 1) + j] = val;
+        }
     }
-}
-
-/// Splits a padded row of F(4x4, 3x3) (`4·tw + 2` values) into its four column phases
-/// (`d_b[j]` = column `4j + b`; `tw + 1` long, the last two phases' last value unused).
-#[inline(always)]
-fn deinterleave4<'d, E: Element>(sa: &[E], d: &'d mut [E], tw: usize) -> [&'d [E]; 4] {
-    let (d0, rest) = d.split_at_mut(tw + 1);
-    let (d1, rest) = rest.split_at_mut(tw + 1);
-    let (d2, d3) = rest.split_at_mut(tw + 1);
-    for (j, q) in sa.chunks_exact(4).enumerate() {
-        d0[j] = q[0];
-        d1[j] = q[1];
-        d2[j] = q[2];
-        d3[j] = q[3];
+    for (ph, &val) in sa[MT * tw..].iter().enumerate() {
+        d[ph * (tw + 1) + tw] = val;
     }
-    d0[tw] = sa[4 * tw];
-    d1[tw] = sa[4 * tw + 1];
-    [&*d0, &*d1, &*d2, &*d3]
 }
 
 /// For every output channel and tile row `i` of `i0..i1` of an F(mt x mt, 3x3) transform
@@ -595,43 +543,30 @@ unsafe fn for_output_rows<E: Element, const NE: usize>(
     }
 }
 
-/// F(2x2, 3x3)'s `Aᵀ M A + bias` of the `tw` tiles of one tile row and output channel
-/// (`mm[e]`: their products at tile position `e`) into `out`'s two output rows. `t` is
-/// scratch of `10·tw` values: `Aᵀ` along the tiles' rows goes there first, position by
-/// position across all tiles, then `A` along their columns, so that both passes map
-/// contiguous runs.
+/// `Aᵀ M A + bias` (`K`: `Aᵀ` on a column of `A` products, giving `MT` values) of the `tw`
+/// tiles of one tile row and output channel (`mm[e]`: their products at tile position `e`,
+/// `NE = A²`) into `out`'s `MT` output rows. `t` is scratch of `(A + 1)·MT·tw` values: `Aᵀ`
+/// along the tiles' rows goes there first, position by position across all tiles, then `A`
+/// along their columns, so that both passes map contiguous runs.
 #[inline(always)]
-fn tile_row_f2<E: Element>(mm: &[&[E]; 16], b: E, out: &mut [E], tw: usize, t: &mut [E]) {
-    let (t, u) = t.split_at_mut(8 * tw);
-    // t[(y·4 + c)·tw + j]: row y of Aᵀ applied to column c of tile j.
-    for c in 0..4 {
-        let ins = std::array::from_fn(|a| mm[a * 4 + c]);
-        map::<E, At4, 4, 2>(ins, &mut regions(t, |y| (y * 4 + c) * tw, tw), tw);
+fn tile_row<E: Element, K: Transform<A, MT>, const A: usize, const MT: usize, const NE: usize>(
+    mm: &[&[E]; NE],
+    b: E,
+    out: &mut [E],
+    tw: usize,
+    t: &mut [E],
+) {
+    let (t, u) = t.split_at_mut(A * MT * tw);
+    // t[(y·A + col)·tw + j]: row y of Aᵀ applied to column col of tile j.
+    for col in 0..A {
+        let ins = std::array::from_fn(|a| mm[a * A + col]);
+        map::<E, K, A, MT>(ins, &mut regions(t, |y| (y * A + col) * tw, tw), tw);
     }
-    for (y, row) in out.chunks_exact_mut(2 * tw).take(2).enumerate() {
-        let ins = std::array::from_fn(|c| &t[(y * 4 + c) * tw..][..tw]);
-        let mut planes = regions::<E, 2>(u, |x| x * tw, tw);
-        map::<E, At4, 4, 2>(ins, &mut planes, tw);
-        let [p0, p1] = planes;
-        interleave([&*p0, &*p1], b, row, tw);
-    }
-}
-
-/// [`tile_row_f2`] for F(4x4, 3x3): four output rows, `t` of `28·tw` values.
-#[inline(always)]
-fn tile_row_f4<E: Element>(mm: &[&[E]; 36], b: E, out: &mut [E], tw: usize, t: &mut [E]) {
-    let (t, u) = t.split_at_mut(24 * tw);
-    // t[(y·6 + col)·tw + j]: row y of Aᵀ applied to column col of tile j.
-    for col in 0..6 {
-        let ins = std::array::from_fn(|a| mm[a * 6 + col]);
-        map::<E, At6, 6, 4>(ins, &mut regions(t, |y| (y * 6 + col) * tw, tw), tw);
-    }
-    for (y, row) in out.chunks_exact_mut(4 * tw).take(4).enumerate() {
-        let ins = std::array::from_fn(|col| &t[(y * 6 + col) * tw..][..tw]);
-        let mut planes = regions::<E, 4>(u, |x| x * tw, tw);
-        map::<E, At6, 6, 4>(ins, &mut planes, tw);
-        let [p0, p1, p2, p3] = planes;
-        interleave([&*p0, &*p1, &*p2, &*p3], b, row, tw);
+    for (y, row) in out.chunks_exact_mut(MT * tw).take(MT).enumerate() {
+        let ins = std::array::from_fn(|col| &t[(y * A + col) * tw..][..tw]);
+        let mut planes = regions::<E, MT>(u, |x| x * tw, tw);
+        map::<E, K, A, MT>(ins, &mut planes, tw);
+        interleave(planes.each_ref().map(|p| &**p), b, row, tw);
     }
 }
 
