@@ -17,14 +17,11 @@ pub(crate) const LANES: usize = 8;
 pub(crate) trait Arith:
     Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self>
 {
-    /// The scalar type.
-    type Scalar: Element;
     /// The constant `v` in every lane.
     fn splat(v: f64) -> Self;
 }
 
 impl<E: Element> Arith for E {
-    type Scalar = E;
     #[inline(always)]
     fn splat(v: f64) -> Self {
         E::of(v)
@@ -51,7 +48,6 @@ lanewise!(Sub, sub, -);
 lanewise!(Mul, mul, *);
 
 impl<E: Element> Arith for Group<E> {
-    type Scalar = E;
     #[inline(always)]
     fn splat(v: f64) -> Self {
         Group([E::of(v); LANES])

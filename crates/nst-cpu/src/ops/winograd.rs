@@ -354,34 +354,8 @@ pub(crate) fn conv<E: Element>(
             #[inline(always)]
             || unsafe {
                 match f.variant {
-                    Variant::F2 => {
-                        let mut t = vec![E::zero(); 5 * 2 * tw];
-                        for_output_rows::<E, 16>(
-                            &m,
-                            fused,
-                            k,
-                            (h, w),
-                            rows,
-                            2,
-                            dst,
-                            #[inline(always)]
-                            |mm, b, o| tile_row::<E, At4, 4, 2, 16>(mm, b, o, tw, &mut t),
-                        )
-                    }
-                    Variant::F4 => {
-                        let mut t = vec![E::zero(); 7 * 4 * tw];
-                        for_output_rows::<E, 36>(
-                            &m,
-                            fused,
-                            k,
-                            (h, w),
-                            rows,
-                            4,
-                            dst,
-                            #[inline(always)]
-                            |mm, b, o| tile_row::<E, At6, 6, 4, 36>(mm, b, o, tw, &mut t),
-                        )
-                    }
+                    Variant::F2 => output::<E, At4, 4, 2, 16>(&m, fused, k, (h, w), rows, dst),
+                    Variant::F4 => output::<E, At6, 6, 4, 36>(&m, fused, k, (h, w), rows, dst),
                 }
             },
         );
@@ -540,6 +514,44 @@ unsafe fn for_output_rows<E: Element, const NE: usize>(
             // SAFETY: passed through from the caller.
             unsafe { store_rows(&mut rows, fused.relu, mt, ch, i, h, w, dst) };
         }
+    }
+}
+
+/// Writes the output rows of tile rows `i0..i1` from the block's products `m` (`NE = A²`
+/// blocks of `K x nb`) with `K`'s `Aᵀ M A`, adding the bias and applying the ReLU of `fused`.
+///
+/// # Safety
+/// As [`for_output_rows`].
+#[inline(always)]
+unsafe fn output<
+    E: Element,
+    K: Transform<A, MT>,
+    const A: usize,
+    const MT: usize,
+    const NE: usize,
+>(
+    m: &[E],
+    fused: Fused<'_, E>,
+    k: usize,
+    (h, w): (usize, usize),
+    rows: (usize, usize),
+    dst: OutPtr<E>,
+) {
+    let tw = w.div_ceil(MT);
+    let mut t = vec![E::zero(); (A + 1) * MT * tw];
+    // SAFETY: passed through from the caller.
+    unsafe {
+        for_output_rows::<E, NE>(
+            m,
+            fused,
+            k,
+            (h, w),
+            rows,
+            MT,
+            dst,
+            #[inline(always)]
+            |mm, b, o| tile_row::<E, K, A, MT, NE>(mm, b, o, tw, &mut t),
+        )
     }
 }
 
