@@ -177,6 +177,11 @@ fn errors(a: &(Vec<(String, f64)>, Vec<f64>), r: &Reference) -> (f64, f64) {
     (term_err, grad_err)
 }
 
+/// The bounds on the fast mode with bf16 products (docs/benchmarks.md#precision): the largest
+/// relative error of a loss term, and the largest gradient error over the largest entry.
+const BF16_TERMS: f64 = 1e-2;
+const BF16_GRADIENT: f64 = 0.1;
+
 #[test]
 fn objective_matches_numpy() {
     let wpath = weights();
@@ -224,17 +229,25 @@ fn objective_matches_numpy() {
         terms: exact.0,
         grad: exact.1,
     };
-    let fast = Cpu::new(2).with_precision(nst_cpu::Precision::Fast);
-    let vf = Vgg::from_safetensors(&fast, &bytes)
-        .unwrap()
-        .with_pooling(avg);
-    let (tf, gf) = errors(
-        &ours(&fast, &vf, &cfg, &content, &styles, &blend, &image),
-        &exact,
-    );
+    let fast_with = |products| {
+        let fast = Cpu::new(2)
+            .with_precision(nst_cpu::Precision::Fast)
+            .with_products(products);
+        let vf = Vgg::from_safetensors(&fast, &bytes)
+            .unwrap()
+            .with_pooling(avg);
+        errors(
+            &ours(&fast, &vf, &cfg, &content, &styles, &blend, &image),
+            &exact,
+        )
+    };
+    let (tf, gf) = fast_with(nst_cpu::Products::F32);
+    // The fast mode's bf16 products (on this CPU's AMX or AVX512-BF16, else emulated).
+    let (tb, gb) = fast_with(nst_cpu::Products::Bf16);
     eprintln!(
         "f32 vs NumPy f64: terms {t32:.2e}, gradient {g32:.2e}; f64: {t64:.2e}, {g64:.2e}; \
-         fast (avg pooling) vs f64: terms {tf:.2e}, gradient {gf:.2e}"
+         fast (avg pooling) vs f64: terms {tf:.2e}, gradient {gf:.2e}; \
+         fast with bf16 products: terms {tb:.2e}, gradient {gb:.2e}"
     );
     // The documented guarantees (docs/benchmarks.md).
     assert!(
@@ -244,5 +257,9 @@ fn objective_matches_numpy() {
     assert!(
         tf < 1e-5 && gf < 1e-4,
         "fast: terms {tf:e}, gradient {gf:e}"
+    );
+    assert!(
+        tb < BF16_TERMS && gb < BF16_GRADIENT,
+        "fast with bf16 products: terms {tb:e}, gradient {gb:e}"
     );
 }

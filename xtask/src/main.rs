@@ -351,6 +351,19 @@ fn test(extra: &[String]) -> Result<()> {
             "web::",
         ]);
     status(c)?;
+    // Where the CPU multiplies bf16 natively, the tests of those kernels (ignored elsewhere).
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    for (flag, test) in [
+        ("avx512_bf16", "the_avx512_kernel"),
+        ("amx_bf16", "the_amx_kernel"),
+    ] {
+        if has(flag) {
+            let mut c = cargo();
+            c.args(["test", "-p", "nst-cpu", "--lib", "--", "--ignored", test]);
+            status(c)?;
+        }
+    }
     // Where there is a GPU, the CUDA parity tests (ignored elsewhere) run too.
     let gpu = Command::new("nvidia-smi")
         .arg("-L")

@@ -106,15 +106,21 @@ fn bench_conv(threads: usize, size: usize) -> Result<()> {
         ("conv5_1", 512, 512, 16),
     ];
     let direct = be.clone().with_winograd(false);
-    let fast = be.clone().with_precision(nst_cpu::Precision::Fast);
+    let fast = be
+        .clone()
+        .with_precision(nst_cpu::Precision::Fast)
+        .with_products(products());
+    let fast32 = fast.clone().with_products(nst_cpu::Products::F32);
     for (name, cin, cout, div) in layers {
         let hw = size / div;
-        let methods: &[(&str, &Cpu)] = if cin.min(cout) >= nst_cpu::WINOGRAD_MIN_CHANNELS {
-            &[("im2col", &direct), ("winograd", &be), ("wino-fast", &fast)]
-        } else {
-            &[("im2col", &direct)]
-        };
-        for &(method, be) in methods {
+        let mut methods: Vec<(&str, &Cpu)> = vec![("im2col", &direct)];
+        if cin.min(cout) >= nst_cpu::WINOGRAD_MIN_CHANNELS {
+            methods.extend([("winograd", &be), ("wino-fast", &fast)]);
+            if fast.bf16_kernel().is_some() {
+                methods.push(("fast-f32", &fast32));
+            }
+        }
+        for &(method, be) in &methods {
             let x = filled(be, &[1, cin, hw, hw], 3)?;
             let w = filled(be, &[cout, cin, 3, 3], 4)?;
             let b = filled(be, &[cout], 5)?;
@@ -182,7 +188,9 @@ fn measure(
     };
     match device {
         "cpu" => measure_on(
-            &Cpu::new(threads).with_precision(precision),
+            &Cpu::new(threads)
+                .with_precision(precision)
+                .with_products(products()),
             kind,
             size,
             reps,
@@ -273,6 +281,21 @@ fn measure_on<B: nst_tensor::Backend>(
 
 /// One measurement of nst in a fresh process (so that peak memory is per size): (seconds,
 /// peak MB).
+/// What `--precision fast`'s products compute in (`--products auto|f32|bf16`).
+static PRODUCTS: std::sync::OnceLock<nst_cpu::Products> = std::sync::OnceLock::new();
+
+fn products() -> nst_cpu::Products {
+    PRODUCTS.get().copied().unwrap_or_default()
+}
+
+fn products_name() -> &'static str {
+    match products() {
+        nst_cpu::Products::Auto => "auto",
+        nst_cpu::Products::F32 => "f32",
+        nst_cpu::Products::Bf16 => "bf16",
+    }
+}
+
 fn nst_measure(
     kind: &str,
     device: &str,
@@ -290,7 +313,7 @@ fn nst_measure(
             "--size",
             &size.to_string(),
         ])
-        .args(["--reps", &reps.to_string()])
+        .args(["--reps", &reps.to_string(), "--products", products_name()])
         .args(if fast {
             &["--precision", "fast"][..]
         } else {
@@ -355,6 +378,15 @@ fn bench_sized(
         "nst --precision fast against PyTorch f32 (this CPU has no bf16 instructions)"
     } else {
         "f32"
+    };
+    let kernel = Cpu::new(1)
+        .with_precision(nst_cpu::Precision::Fast)
+        .with_products(products())
+        .bf16_kernel();
+    let precision = match (fast && !gpu, kernel) {
+        (true, Some(k)) => format!("{precision} (nst's products in bf16 on {k})"),
+        (true, None) => format!("{precision} (nst's products in f32)"),
+        _ => precision.to_string(),
     };
     println!("{what}, {precision}, {device}, {threads_text} threads (peak MB: process RSS on the CPU, GPU allocation on CUDA)");
     if both {
@@ -583,6 +615,15 @@ fn main() -> Result<()> {
                 Some("default") => fast = false,
                 other => bail!("--precision takes default or fast, got {other:?}"),
             },
+            "--products" => {
+                let p = match it.next().map(String::as_str) {
+                    Some("auto") => nst_cpu::Products::Auto,
+                    Some("f32") => nst_cpu::Products::F32,
+                    Some("bf16") => nst_cpu::Products::Bf16,
+                    other => bail!("--products takes auto, f32 or bf16, got {other:?}"),
+                };
+                PRODUCTS.set(p).ok().context("--products given twice")?;
+            }
             "--measure" => {
                 measure_kind = Some(it.next().context("--measure needs a value")?.clone())
             }
@@ -644,6 +685,6 @@ fn main() -> Result<()> {
             anyhow::ensure!(ttl.every > 0, "--every must be positive");
             time_to_image::bench(&ttl)
         }
-        _ => bail!("usage: nst-bench conv|features|phases|render|gradient|tiled|time-to-image|quality [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast]"),
+        _ => bail!("usage: nst-bench conv|features|phases|render|gradient|tiled|time-to-image|quality [--device cpu|cuda[:N]] [--threads N] [--size N] [--sizes A,B] [--vs-pytorch] [--precision default|fast] [--products auto|f32|bf16]"),
     }
 }

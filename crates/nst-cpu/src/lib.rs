@@ -43,6 +43,7 @@ use nst_tensor::{
     check, BackendCore, BackendExt, BinaryOp, Conv2dParams, Error, Pool2dParams, Result, Shape,
     Tensor, UnaryOp,
 };
+use ops::bf16::Kernel;
 use ops::winograd::{Filters, Fused, Variant};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -84,13 +85,21 @@ impl<E: Element> CpuBuffer<E> {
     }
 
     /// This buffer, as `k x c x 3 x 3` weights, transformed for Winograd `variant` (with
-    /// `rotated`, the input gradient's bank); cached on the buffer.
-    fn filters(&self, k: usize, c: usize, variant: Variant, rotated: bool) -> Arc<Filters<E>> {
-        let make = || Filters::new(self.as_slice(), k, c, variant, rotated);
+    /// `rotated`, the input gradient's bank; with `bf16`, for bf16 products); cached on the
+    /// buffer.
+    fn filters(
+        &self,
+        k: usize,
+        c: usize,
+        variant: Variant,
+        rotated: bool,
+        bf16: bool,
+    ) -> Arc<Filters<E>> {
+        let make = || Filters::new(self.as_slice(), k, c, variant, rotated, bf16);
         let slot = 2 * usize::from(variant == Variant::F4) + usize::from(rotated);
         let f = self.winograd[slot].get_or_init(|| Arc::new(make()));
         let (fk, fc) = if rotated { (c, k) } else { (k, c) };
-        if f.matches(fk, fc, variant) {
+        if f.matches(fk, fc, variant, bf16) {
             Arc::clone(f)
         } else {
             // The same buffer used under another shape: transform without caching.
@@ -118,6 +127,7 @@ pub struct CpuBackend<E: Element> {
     scratch: Arc<Mutex<Vec<E>>>,
     winograd: bool,
     precision: Precision,
+    products: Products,
 }
 
 /// How exactly the CPU backend computes 3x3 convolutions.
@@ -130,6 +140,21 @@ pub enum Precision {
     /// Winograd F(4x4, 3x3): 1.8x fewer multiplications than F(2x2, 3x3), with larger
     /// rounding errors (measured and documented in `docs/benchmarks.md`).
     Fast,
+}
+
+/// What [`Precision::Fast`]'s convolution products (Winograd's batched matrix products)
+/// compute in. The default precision always computes in the element type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Products {
+    /// bf16 operands with f32 sums where the CPU multiplies bf16 natively (AMX tiles, else
+    /// AVX512-BF16, chosen at run time), else f32.
+    #[default]
+    Auto,
+    /// f32 (the element type) always.
+    F32,
+    /// bf16 operands with f32 sums always, emulated in portable code on a CPU without the
+    /// instructions (slow: for testing the numerics anywhere).
+    Bf16,
 }
 
 /// The CPU backend in `f32`, the working precision.
@@ -169,6 +194,7 @@ impl<E: Element> CpuBackend<E> {
             scratch: Arc::new(Mutex::new(Vec::new())),
             winograd: true,
             precision: Precision::Default,
+            products: Products::Auto,
         }
     }
 
@@ -183,10 +209,38 @@ impl<E: Element> CpuBackend<E> {
         self.precision
     }
 
+    /// This backend computing [`Precision::Fast`]'s products as `products` says.
+    pub fn with_products(mut self, products: Products) -> Self {
+        self.products = products;
+        self
+    }
+
+    /// The bf16 kernel the convolutions' products run on, if any: only in `f32` at
+    /// [`Precision::Fast`].
+    fn bf16(&self) -> Option<Kernel> {
+        if self.precision != Precision::Fast || E::NAME != "f32" {
+            return None;
+        }
+        match self.products {
+            Products::F32 => None,
+            Products::Auto => Kernel::detect(),
+            Products::Bf16 => Some(Kernel::detect().unwrap_or(Kernel::Portable)),
+        }
+    }
+
+    /// The name of the bf16 kernel the convolutions' products run on (`amx`, `avx512-bf16`,
+    /// `portable`), or `None` where they compute in the element type.
+    pub fn bf16_kernel(&self) -> Option<&'static str> {
+        self.bf16().map(Kernel::name)
+    }
+
     /// The Winograd variant of the current precision.
     fn variant(&self) -> Variant {
         match self.precision {
             Precision::Default => Variant::F2,
+            // bf16 rounding is amplified by F(4x4, 3x3)'s transform constants (2.5% relative
+            // error per convolution on random data, against 0.4% with F(2x2, 3x3)).
+            Precision::Fast if self.bf16().is_some() => Variant::F2,
             Precision::Fast => Variant::F4,
         }
     }
@@ -210,13 +264,13 @@ impl<E: Element> CpuBackend<E> {
     ) -> CpuBuffer<E> {
         let bias = bias.map(|b| b.as_slice());
         if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, self.variant(), false);
+            let f = self.winograd_filters(w, p, false);
             let fused = Fused {
                 bias,
                 relu,
                 mask: None,
             };
-            return self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p));
+            return self.run(|| ops::conv::winograd(x.as_slice(), &f, fused, p, self.bf16()));
         }
         let mut y = self.run(|| ops::conv::forward(self, x.as_slice(), w.as_slice(), bias, p));
         if relu {
@@ -235,12 +289,12 @@ impl<E: Element> CpuBackend<E> {
         p: &Conv2dParams,
     ) -> CpuBuffer<E> {
         if self.use_winograd(p) {
-            let f = w.filters(p.out_channels, p.in_channels, self.variant(), true);
+            let f = self.winograd_filters(w, p, true);
             let fused = Fused {
                 mask: relu_out.map(|y| y.as_slice()),
                 ..Fused::default()
             };
-            return self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p));
+            return self.run(|| ops::conv::winograd(dy.as_slice(), &f, fused, p, self.bf16()));
         }
         self.run(|| match relu_out {
             None => ops::conv::backward_input(self, dy.as_slice(), w.as_slice(), p),
@@ -249,6 +303,18 @@ impl<E: Element> CpuBackend<E> {
                 ops::conv::backward_input(self, g.as_slice(), w.as_slice(), p)
             }
         })
+    }
+
+    /// `w`'s Winograd filters for this backend's precision and products (with `rotated`, the
+    /// input gradient's bank), cached on the buffer.
+    fn winograd_filters(
+        &self,
+        w: &CpuBuffer<E>,
+        p: &Conv2dParams,
+        rotated: bool,
+    ) -> Arc<Filters<E>> {
+        let bf16 = self.bf16().is_some();
+        w.filters(p.out_channels, p.in_channels, self.variant(), rotated, bf16)
     }
 
     /// Whether a convolution goes through Winograd F(2x2, 3x3): 3x3 kernels, stride 1,
@@ -327,9 +393,12 @@ macro_rules! impl_backend {
             type Buffer = CpuBuffer<$E>;
 
             fn name(&self) -> String {
-                match self.precision {
-                    Precision::Default => format!("cpu-{}", <$E as Element>::NAME),
-                    Precision::Fast => format!("cpu-{}-fast", <$E as Element>::NAME),
+                match (self.precision, self.bf16()) {
+                    (Precision::Default, _) => format!("cpu-{}", <$E as Element>::NAME),
+                    (Precision::Fast, None) => format!("cpu-{}-fast", <$E as Element>::NAME),
+                    (Precision::Fast, Some(k)) => {
+                        format!("cpu-{}-fast-{}", <$E as Element>::NAME, k.name())
+                    }
                 }
             }
 

@@ -594,11 +594,28 @@ fn fast_precision_renders_like_the_default() {
             s(&log),
         ]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        totals(&log)
+        let start: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        let device = start["device"].as_str().unwrap().to_string();
+        (totals(&log), device)
     };
-    let (d, f) = (run("default"), run("fast"));
-    // The same objective: the first evaluation agrees closely, and both renders converge.
-    assert!((d[0] - f[0]).abs() <= 1e-4 * d[0], "{} vs {}", d[0], f[0]);
+    let ((d, _), (f, device)) = (run("default"), run("fast"));
+    // The same objective: the first evaluation agrees closely (within the bf16 products'
+    // bound where the CPU has them, docs/benchmarks.md#precision), and both renders converge.
+    let bf16 = device.starts_with("cpu-f32-fast-");
+    let tol = if bf16 { 1e-2 } else { 1e-4 };
+    assert!(
+        (d[0] - f[0]).abs() <= tol * d[0],
+        "{} vs {} on {device}",
+        d[0],
+        f[0]
+    );
     assert!(
         f[0] > 10.0 * f[29],
         "fast: loss fell only from {} to {}",

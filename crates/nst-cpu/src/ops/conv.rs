@@ -6,6 +6,7 @@
 //! the block buffer is the backend's reusable scratch, so steady-state calls do not allocate
 //! it again.
 
+use super::bf16::Kernel;
 use super::matmul::{gemm, Mat};
 use super::winograd::{Filters, Fused};
 use crate::{CpuBackend, CpuBuffer, Element};
@@ -228,12 +229,13 @@ pub(crate) fn forward<E: Element>(
 /// A 3x3, stride-1, padding-1 convolution of every image of `x` through Winograd F(2x2, 3x3)
 /// with `f`: the forward filters, or the rotated bank for the input gradient (`x` is then the
 /// output gradient); with the bias, ReLU and input mask of `fused`, whose bias is per output
-/// channel and mask is shaped like `x`.
+/// channel and mask is shaped like `x`; the products in bf16 on `bf16`'s kernel when given.
 pub(crate) fn winograd<E: Element>(
     x: &[E],
     f: &Filters<E>,
     fused: Fused<'_, E>,
     p: &Conv2dParams,
+    bf16: Option<Kernel>,
 ) -> CpuBuffer<E> {
     let (h, w) = (p.in_h, p.in_w);
     let (out_img, in_img) = (f.out_channels() * h * w, f.in_channels() * h * w);
@@ -249,6 +251,7 @@ pub(crate) fn winograd<E: Element>(
             h,
             w,
             &mut y[img * out_img..(img + 1) * out_img],
+            bf16,
         );
     }
     CpuBuffer::from_vec(y)

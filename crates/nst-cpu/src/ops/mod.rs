@@ -1,5 +1,6 @@
 //! The CPU implementations of the backend ops, one file per op family.
 
+pub(crate) mod bf16;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod lanes;

@@ -23,10 +23,12 @@
 //! AVX2 where the CPU has it (chosen at run time): with the same operations in the same
 //! order, so the bytes do not depend on it (a test compares both paths bit for bit).
 
+use super::bf16::{self, Kernel, PackedA};
 use super::lanes::{interleave, map, regions, Arith, Transform};
 use super::matmul::{gemm_with, Mat};
 use crate::Element;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Which Winograd algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,10 +130,15 @@ impl Transform<6, 4> for At6 {
 }
 
 /// Filters transformed for a [`Variant`]: (m+2)² matrices `U_e = G g Gᵀ` at tile position
-/// `e`, each `k x c` row-major.
+/// `e`, each `k x c` row-major; for bf16 products, only rounded to bf16 and packed.
 #[derive(Debug)]
 pub(crate) struct Filters<E> {
+    /// The `U_e` in `E`; empty for bf16 products.
     u: Vec<E>,
+    /// The `U_e` packed for bf16 products; empty for products in `E`.
+    packed: Vec<PackedA>,
+    /// Made for bf16 products.
+    bf16: bool,
     k: usize,
     c: usize,
     variant: Variant,
@@ -140,7 +147,16 @@ pub(crate) struct Filters<E> {
 impl<E: Element> Filters<E> {
     /// Transforms OIHW 3x3 weights `w` (`k x c x 3 x 3`), in f64. With `rotated` the result
     /// is the input gradient's bank: `c` outputs and `k` inputs, each filter turned by 180°.
-    pub(crate) fn new(w: &[E], k: usize, c: usize, variant: Variant, rotated: bool) -> Self {
+    /// With `bf16`, for bf16 products: the transformed filters are kept only in their packed
+    /// bf16 form (rounded from `E`).
+    pub(crate) fn new(
+        w: &[E],
+        k: usize,
+        c: usize,
+        variant: Variant,
+        rotated: bool,
+        bf16: bool,
+    ) -> Self {
         let (out, inp) = if rotated { (c, k) } else { (k, c) };
         let g = variant.g();
         let a = variant.alpha();
@@ -165,17 +181,33 @@ impl<E: Element> Filters<E> {
                 }
             }
         }
+        let packed = if bf16 {
+            let n = out * inp;
+            let packed = (0..a * a)
+                .map(|e| {
+                    let u_e: Vec<f32> = u[e * n..(e + 1) * n].iter().map(|v| v.f32()).collect();
+                    PackedA::new(&u_e, out, inp)
+                })
+                .collect();
+            u = Vec::new();
+            packed
+        } else {
+            Vec::new()
+        };
         Filters {
             u,
+            packed,
+            bf16,
             k: out,
             c: inp,
             variant,
         }
     }
 
-    /// Whether these filters have `k` outputs and `c` inputs and are of `variant`.
-    pub(crate) fn matches(&self, k: usize, c: usize, variant: Variant) -> bool {
-        (self.k, self.c, self.variant) == (k, c, variant)
+    /// Whether these filters have `k` outputs and `c` inputs, are of `variant` and for bf16
+    /// products or not.
+    pub(crate) fn matches(&self, k: usize, c: usize, variant: Variant, bf16: bool) -> bool {
+        (self.k, self.c, self.variant, self.bf16) == (k, c, variant, bf16)
     }
 
     /// Output channels.
@@ -258,7 +290,10 @@ impl<E> Default for Fused<'_, E> {
 }
 
 /// `out` (`K x h x w`) = the 3x3, stride-1, padding-1 correlation of one image `x`
-/// (`C x h x w`) with `f`, with the bias, ReLU and input mask of `fused`.
+/// (`C x h x w`) with `f`, with the bias, ReLU and input mask of `fused`; the products in bf16
+/// on `bf16`'s kernel when given (`f` then made for bf16 products, and `E` is `f32`), else
+/// in `E`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv<E: Element>(
     x: &[E],
     f: &Filters<E>,
@@ -266,6 +301,7 @@ pub(crate) fn conv<E: Element>(
     h: usize,
     w: usize,
     out: &mut [E],
+    bf16: Option<Kernel>,
 ) {
     let (k, c) = (f.k, f.c);
     let (mt, alpha) = (f.variant.m(), f.variant.alpha());
@@ -308,6 +344,17 @@ pub(crate) fn conv<E: Element>(
         // Mᵀ_e (nb x K) = Vᵀ_e (nb x C) · Uᵀ_e (C x K), all stored row-major as M_e, V_e and
         // U_e, i.e. column-major from the GEMM's point of view.
         let product = |e: usize, m_e: &mut [E]| {
+            if let Some(kernel) = bf16 {
+                let v_e = as_f32(&vs[e * c * nb..(e + 1) * c * nb]);
+                let m_e = as_f32_mut(m_e);
+                // M_e (K x nb) = U_e (K x C) · V_e (C x nb), in bf16 with f32 sums.
+                PACKED_V.with_borrow_mut(|pv| {
+                    pv.resize(bf16::packed_b_len(c, nb), 0);
+                    bf16::pack_b(kernel, v_e, c, nb, nb, pv);
+                    bf16::gemm(kernel, &f.packed[e], pv, nb, m_e, nb);
+                });
+                return;
+            }
             let (v_e, u_e) = (
                 &vs[e * c * nb..(e + 1) * c * nb],
                 &us[e * k * c..(e + 1) * k * c],
@@ -362,6 +409,28 @@ pub(crate) fn conv<E: Element>(
         pool.put(v);
         pool.put(m);
     });
+}
+
+thread_local! {
+    /// Each thread's buffer for a packed `V_e`.
+    static PACKED_V: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `s` as `f32` values.
+///
+/// # Panics
+/// If `E` is not `f32` (bf16 products are only asked for in `f32`).
+fn as_f32<E: Element>(s: &[E]) -> &[f32] {
+    assert_eq!(std::any::TypeId::of::<E>(), std::any::TypeId::of::<f32>());
+    // SAFETY: E is f32, checked just above.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// `s` as `f32` values; panics unless `E` is `f32`.
+fn as_f32_mut<E: Element>(s: &mut [E]) -> &mut [f32] {
+    assert_eq!(std::any::TypeId::of::<E>(), std::any::TypeId::of::<f32>());
+    // SAFETY: E is f32, checked just above.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
 }
 
 /// Loads input row `r` of channel `ch` into `row` at offset 1 (a padded row: index `q` holds
@@ -650,7 +719,7 @@ mod tests {
         let weights = values(k * c * 9, 3);
         let bias = values(k, 4);
         for variant in [Variant::F2, Variant::F4] {
-            let f = Filters::new(&weights, k, c, variant, false);
+            let f = Filters::new(&weights, k, c, variant, false, false);
             let fused = Fused {
                 bias: Some(&bias),
                 relu: true,
@@ -659,7 +728,7 @@ mod tests {
             let run = |plain: bool| {
                 PLAIN.store(plain, Ordering::Relaxed);
                 let mut out = vec![0.0f32; k * h * w];
-                conv(&x, &f, fused, h, w, &mut out);
+                conv(&x, &f, fused, h, w, &mut out, None);
                 PLAIN.store(false, Ordering::Relaxed);
                 out
             };
