@@ -31,7 +31,8 @@ pub(crate) enum PrecisionArg {
     /// Within 1e-5 of f64 on the losses and 1e-4 on the gradient: Winograd F(2x2, 3x3) on
     /// the CPU, strict f32 (no TF32) on CUDA.
     Default,
-    /// Faster, less exact: Winograd F(4x4, 3x3) on the CPU, TF32 tensor cores on CUDA (see
+    /// Faster, less exact: on the CPU, Winograd F(4x4, 3x3), or bf16 products with f32 sums
+    /// on CPUs with AMX or AVX512-BF16 (chosen at run time); TF32 tensor cores on CUDA (see
     /// docs/benchmarks.md and docs/cuda.md).
     Fast,
 }
