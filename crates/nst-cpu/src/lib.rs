@@ -532,7 +532,9 @@ macro_rules! impl_backend {
                 tb: bool,
             ) -> Result<Self::Buffer> {
                 check::matmul("matmul", a.len(), b.len(), m, k, n)?;
-                Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
+                Ok(self.run(|| {
+                    ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb, self.bf16())
+                }))
             }
 
             fn conv2d(

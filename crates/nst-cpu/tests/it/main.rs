@@ -617,3 +617,44 @@ fn batched_reductions_combinations_scalars_and_the_projection() {
     }
     assert!(img.clamp_channels(&[(1.0, 0.0)]).is_err());
 }
+
+#[test]
+fn bf16_matmuls_match_f64_and_do_not_depend_on_threads() {
+    // A Gram matrix over many positions (several chunks), the shapes of its two gradients,
+    // and a shape left in f32.
+    for (m, k, n, ta, tb, in_bf16) in [
+        (37, 70_000, 37, false, true, true),
+        (64, 64, 5_000, false, false, true),
+        (48, 40, 3_001, true, false, true),
+        (3, 5, 7, false, false, true),
+        (2_000, 3, 2, false, false, false),
+        (30, 20, 10, false, true, false),
+    ] {
+        let a = rand_vec(m * k, 1);
+        let b = rand_vec(k * n, 2);
+        let dims = |t: bool, r: usize, c: usize| if t { [c, r] } else { [r, c] };
+        let exact = {
+            let be = Cpu64::new(2);
+            let ta_t = Tensor::from_f64(&be, &a, dims(ta, m, k)).unwrap();
+            let tb_t = Tensor::from_f64(&be, &b, dims(tb, k, n)).unwrap();
+            ta_t.matmul_t(&tb_t, ta, tb).unwrap().to_f64().unwrap()
+        };
+        let run_with = |threads: usize, products| {
+            let be = Cpu::new(threads)
+                .with_precision(Precision::Fast)
+                .with_products(products);
+            let ta_t = Tensor::from_f64(&be, &a, dims(ta, m, k)).unwrap();
+            let tb_t = Tensor::from_f64(&be, &b, dims(tb, k, n)).unwrap();
+            ta_t.matmul_t(&tb_t, ta, tb).unwrap().to_f32().unwrap()
+        };
+        let run = |threads| run_with(threads, Products::Bf16);
+        let got = run(2);
+        assert_eq!(got, run(1), "{m}x{k}x{n}: bytes depend on the threads");
+        // The style loss's shapes go through bf16, others stay in f32.
+        assert_eq!(got != run_with(2, Products::F32), in_bf16, "{m}x{k}x{n}");
+        let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+        // Sums of products of random signs: the bf16 rounding of each operand (2⁻⁹) averages
+        // out as the sums' own terms do.
+        assert_close(&got, &exact, Tol::Whole(1e-2));
+    }
+}
