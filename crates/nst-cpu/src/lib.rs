@@ -532,9 +532,7 @@ macro_rules! impl_backend {
                 tb: bool,
             ) -> Result<Self::Buffer> {
                 check::matmul("matmul", a.len(), b.len(), m, k, n)?;
-                Ok(self.run(|| {
-                    ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb, self.bf16())
-                }))
+                Ok(self.run(|| ops::matmul::matmul(a.as_slice(), b.as_slice(), m, k, n, ta, tb)))
             }
 
             fn conv2d(

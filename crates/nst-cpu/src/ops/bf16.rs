@@ -55,23 +55,6 @@ pub(crate) fn from_bf16(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
-/// `s` as `f32` values.
-///
-/// # Panics
-/// If `E` is not `f32` (bf16 products are only asked for in `f32`).
-pub(crate) fn as_f32<E: crate::Element>(s: &[E]) -> &[f32] {
-    assert_eq!(std::any::TypeId::of::<E>(), std::any::TypeId::of::<f32>());
-    // SAFETY: E is f32, checked just above.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
-}
-
-/// `s` as `f32` values; panics unless `E` is `f32`.
-pub(crate) fn as_f32_mut<E: crate::Element>(s: &mut [E]) -> &mut [f32] {
-    assert_eq!(std::any::TypeId::of::<E>(), std::any::TypeId::of::<f32>());
-    // SAFETY: E is f32, checked just above.
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
-}
-
 /// Which bf16 kernel computes the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
@@ -139,16 +122,11 @@ impl PackedA {
     /// Packs `a` (`m x k`, row-major).
     pub(crate) fn new(a: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(a.len(), m * k, "packed operand size");
-        Self::from_fn(m, k, |i, p| a[i * k + p])
-    }
-
-    /// Packs the `m x k` matrix whose element (`i`, `p`) is `at(i, p)`.
-    pub(crate) fn from_fn(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Self {
         let (rows, cols) = (m.next_multiple_of(PAD), k.next_multiple_of(PAD));
         let mut data = vec![0u16; rows * cols];
         for i in 0..m {
             for p in 0..k {
-                data[a_at(i, p, cols)] = to_bf16(at(i, p));
+                data[a_at(i, p, cols)] = to_bf16(a[i * k + p]);
             }
         }
         PackedA {
@@ -158,28 +136,6 @@ impl PackedA {
             rows,
             cols,
         }
-    }
-
-    /// Packs the `m x k` matrix whose row `i` is `a[i·lda .. i·lda + k]`, on `kernel`'s
-    /// instructions where it has them.
-    pub(crate) fn from_rows(kernel: Kernel, a: &[f32], m: usize, k: usize, lda: usize) -> Self {
-        assert!(m == 0 || a.len() >= (m - 1) * lda + k, "A too short");
-        #[cfg(target_arch = "x86_64")]
-        if kernel != Kernel::Portable {
-            let (rows, cols) = (m.next_multiple_of(PAD), k.next_multiple_of(PAD));
-            let mut data = vec![0u16; rows * cols];
-            // SAFETY: both AVX-512 kernels imply AVX512-BF16; sizes checked above.
-            unsafe { avx512::pack_rows(a, m, k, lda, &mut data, cols) };
-            return PackedA {
-                data,
-                m,
-                k,
-                rows,
-                cols,
-            };
-        }
-        let _ = kernel;
-        Self::from_fn(m, k, |i, p| a[i * lda + p])
     }
 }
 
@@ -191,43 +147,22 @@ pub(crate) fn packed_b_len(k: usize, n: usize) -> usize {
 /// Packs `b` (`k x n`, row `r` at `b[r·ld..]`) for [`gemm`] into `dst` (of
 /// [`packed_b_len`]`(k, n)`): pairs of rows interleaved, padded with zeros.
 pub(crate) fn pack_b(kernel: Kernel, b: &[f32], k: usize, n: usize, ld: usize, dst: &mut [u16]) {
-    pack(kernel, b, (k, n), ld, false, dst);
-}
-
-/// Packs `B = bᵀ` (`k x n`: element (`p`, `j`) is `b[j·ld + p]`, so `b` holds `n` rows of `k`)
-/// for [`gemm`] into `dst` (of [`packed_b_len`]`(k, n)`), as [`pack_b`] does.
-pub(crate) fn pack_bt(kernel: Kernel, b: &[f32], k: usize, n: usize, ld: usize, dst: &mut [u16]) {
-    pack(kernel, b, (k, n), ld, true, dst);
-}
-
-/// [`pack_b`], or with `transposed` [`pack_bt`].
-fn pack(kernel: Kernel, b: &[f32], (k, n): (usize, usize), ld: usize, t: bool, dst: &mut [u16]) {
     let np = n.next_multiple_of(PAD);
     let kp = k.next_multiple_of(PAD);
     assert!(dst.len() >= kp * np, "packed B buffer too short");
-    let (rows, cols) = if t { (n, k) } else { (k, n) };
-    assert!(
-        rows == 0 || b.len() >= (rows - 1) * ld + cols,
-        "B too short"
-    );
+    assert!(k == 0 || b.len() >= (k - 1) * ld + n, "B too short");
     #[cfg(target_arch = "x86_64")]
     if kernel != Kernel::Portable {
         // SAFETY: the two AVX-512 kernels imply AVX512-BF16 (checked when detected), and the
         // sizes were checked above.
-        unsafe {
-            if t {
-                avx512::pack_bt(b, k, n, ld, dst)
-            } else {
-                avx512::pack_b(b, k, n, ld, dst)
-            }
-        };
+        unsafe { avx512::pack_b(b, k, n, ld, dst) };
         return;
     }
     let _ = kernel;
     for p in 0..kp {
         for j in 0..np {
             dst[b_at(p, j, kp)] = if p < k && j < n {
-                to_bf16(if t { b[j * ld + p] } else { b[p * ld + j] })
+                to_bf16(b[p * ld + j])
             } else {
                 0
             };
@@ -249,29 +184,6 @@ pub(crate) fn gemm(kernel: Kernel, a: &PackedA, b: &[u16], n: usize, out: &mut [
         ldo >= n && out.len() >= (m - 1) * ldo + n,
         "output too short"
     );
-    // SAFETY: the output was checked just above and is borrowed exclusively.
-    unsafe { gemm_raw(kernel, a, b, n, out.as_mut_ptr(), ldo) }
-}
-
-/// [`gemm`] writing through a pointer: for callers whose threads write disjoint columns of
-/// one output.
-///
-/// # Safety
-/// `out` must address `m` rows of `n` writable values, `ldo ≥ n` apart, that nothing else
-/// reads or writes meanwhile.
-pub(crate) unsafe fn gemm_raw(
-    kernel: Kernel,
-    a: &PackedA,
-    b: &[u16],
-    n: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let m = a.m;
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(ldo >= n, "output rows overlap");
     assert!(b.len() >= packed_b_len(a.k, n), "packed B too short");
     assert!(
         kernel.usable(),
@@ -280,8 +192,7 @@ pub(crate) unsafe fn gemm_raw(
     );
     let np = n.next_multiple_of(PAD);
     match kernel {
-        // SAFETY: passed through from the caller.
-        Kernel::Portable => unsafe { portable(a, b, n, out, ldo) },
+        Kernel::Portable => portable(a, b, n, out, ldo),
         // SAFETY: the kernel is usable (checked above); the sizes were checked above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Amx => unsafe { amx::gemm(a, b, n, np, out, ldo) },
@@ -295,14 +206,10 @@ pub(crate) unsafe fn gemm_raw(
 
 /// The emulation: for each output, the pairs in order, each pair's odd product added
 /// before its even one (as `vdpbf16ps` specifies).
-///
-/// # Safety
-/// As [`gemm_raw`].
-unsafe fn portable(a: &PackedA, b: &[u16], n: usize, out: *mut f32, ldo: usize) {
+fn portable(a: &PackedA, b: &[u16], n: usize, out: &mut [f32], ldo: usize) {
     let kp = a.cols;
     for i in 0..a.m {
-        // SAFETY: row i's n values are the caller's to write.
-        let o = unsafe { std::slice::from_raw_parts_mut(out.add(i * ldo), n) };
+        let o = &mut out[i * ldo..i * ldo + n];
         o.fill(0.0);
         for q in 0..kp / 2 {
             let a0 = from_bf16(a.data[a_at(i, 2 * q, kp)]);
@@ -382,89 +289,6 @@ mod avx512 {
         }
     }
 
-    /// [`super::PackedA::from_rows`]: 32 values of a row at a time.
-    ///
-    /// # Safety
-    /// The CPU must have AVX512-BF16; `a` holds `m` rows of `k` values `lda` apart and
-    /// `data` the packed size for `cols` (padded) columns.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_rows(
-        a: &[f32],
-        m: usize,
-        k: usize,
-        lda: usize,
-        data: &mut [u16],
-        cols: usize,
-    ) {
-        for i in 0..m {
-            for p in (0..k).step_by(32) {
-                let (lo, hi) = (
-                    load16(a, i * lda + p, k - p),
-                    load16(a, i * lda + p + 16, k.saturating_sub(p + 16)),
-                );
-                let v = as_int(_mm512_cvtne2ps_pbh(hi, lo));
-                // SAFETY: values p..p+32 of row i are consecutive in their block, inside `data`.
-                unsafe {
-                    _mm512_storeu_si512(data.as_mut_ptr().add(super::a_at(i, p, cols)).cast(), v)
-                };
-            }
-        }
-    }
-
-    /// Up to 16 values of `s` from `at` (the first `valid`, zeros after).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn load16(s: &[f32], at: usize, valid: usize) -> __m512 {
-        let valid = valid.min(16);
-        if valid == 0 {
-            return _mm512_setzero_ps();
-        }
-        assert!(at + valid <= s.len());
-        let mask: __mmask16 = if valid == 16 { !0 } else { (1u16 << valid) - 1 };
-        // SAFETY: the mask limits the load to `valid` values from `at`, checked above.
-        unsafe { _mm512_maskz_loadu_ps(mask, s.as_ptr().add(at)) }
-    }
-
-    /// [`super::pack_bt`]: for each column `j` of `B` (row `j` of `b`), 16 pairs of the
-    /// reduction at a time, converted and scattered to their pair rows.
-    ///
-    /// # Safety
-    /// The CPU must have AVX512-BF16; sizes as checked by the caller.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_bt(b: &[f32], k: usize, n: usize, ld: usize, dst: &mut [u16]) {
-        let np = n.next_multiple_of(super::PAD);
-        let kp = k.next_multiple_of(super::PAD);
-        // Pair row q + t of a block lies 16 words after pair row q + t - 1.
-        let rows = _mm512_set_epi32(
-            240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0,
-        );
-        let zero = _mm512_setzero_ps();
-        for j in 0..np {
-            for p in (0..kp).step_by(32) {
-                let (lo, hi) = if j < n {
-                    (
-                        load16(b, j * ld + p, k.saturating_sub(p)),
-                        load16(b, j * ld + p + 16, k.saturating_sub(p + 16)),
-                    )
-                } else {
-                    (zero, zero)
-                };
-                // Word t: the pair (p + 2t, p + 2t + 1) of column j.
-                let words = as_int(_mm512_cvtne2ps_pbh(hi, lo));
-                let base = super::b_at(p, j, kp) / 2;
-                // SAFETY: the 16 words land in one block of `dst` (pairs p/2..p/2+16 of
-                // column j), inside its kp·np values.
-                unsafe {
-                    _mm512_i32scatter_epi32::<4>(
-                        dst.as_mut_ptr().cast::<i32>().add(base),
-                        rows,
-                        words,
-                    )
-                };
-            }
-        }
-    }
-
     /// Rows of the register block.
     const MR: usize = 8;
 
@@ -478,7 +302,7 @@ mod avx512 {
         b: &[u16],
         n: usize,
         np: usize,
-        out: *mut f32,
+        out: &mut [f32],
         ldo: usize,
     ) {
         let (pairs, kp) = (a.cols / 2, a.cols);
@@ -519,7 +343,9 @@ mod avx512 {
                             let mask: __mmask16 =
                                 if valid == 16 { !0 } else { (1u16 << valid) - 1 };
                             // SAFETY: columns j..j+valid of row m0 + r lie inside `out`.
-                            unsafe { _mm512_mask_storeu_ps(out.add(row + j), mask, *v) };
+                            unsafe {
+                                _mm512_mask_storeu_ps(out.as_mut_ptr().add(row + j), mask, *v)
+                            };
                         }
                     }
                 }
@@ -597,7 +423,7 @@ mod amx {
     /// Tiles configured and computed; `out` as checked by the caller.
     #[inline(always)]
     unsafe fn store<const T: usize>(
-        out: *mut f32,
+        out: &mut [f32],
         ldo: usize,
         m: usize,
         n: usize,
@@ -613,7 +439,7 @@ mod amx {
         let mut tmp = std::mem::MaybeUninit::<[f32; 256]>::uninit();
         let (ptr, stride) = if full {
             // SAFETY: the 16x16 block at (i0, j0) lies inside `out`.
-            (unsafe { out.add(i0 * ldo + j0) }, ldo * 4)
+            (unsafe { out.as_mut_ptr().add(i0 * ldo + j0) }, ldo * 4)
         } else {
             (tmp.as_mut_ptr().cast::<f32>(), 64)
         };
@@ -639,14 +465,7 @@ mod amx {
             let tmp = unsafe { tmp.assume_init() };
             for r in 0..(m - i0).min(16) {
                 let w = (n - j0).min(16);
-                // SAFETY: row i0 + r < m, columns j0..j0+w ≤ n of the caller's output.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        tmp[r * 16..].as_ptr(),
-                        out.add((i0 + r) * ldo + j0),
-                        w,
-                    )
-                };
+                out[(i0 + r) * ldo + j0..][..w].copy_from_slice(&tmp[r * 16..r * 16 + w]);
             }
         }
     }
@@ -660,7 +479,7 @@ mod amx {
         b: &[u16],
         n: usize,
         np: usize,
-        out: *mut f32,
+        out: &mut [f32],
         ldo: usize,
     ) {
         let cfg = Config::new();
@@ -779,24 +598,6 @@ mod tests {
             }
             let mut pb = vec![7u16; packed_b_len(k, n)];
             pack_b(kernel, &bs, k, n, ld, &mut pb);
-            // The other packings give the same bits: A from rows with a stride, and B from
-            // its transpose.
-            let lda = k + 2;
-            let mut ar = vec![0f32; m * lda];
-            for i in 0..m {
-                ar[i * lda..i * lda + k].copy_from_slice(&a[i * k..(i + 1) * k]);
-            }
-            assert_eq!(PackedA::from_rows(kernel, &ar, m, k, lda).data, pa.data);
-            let ldt = k + 1;
-            let mut bt = vec![0f32; n * ldt];
-            for p in 0..k {
-                for j in 0..n {
-                    bt[j * ldt + p] = b[p * n + j];
-                }
-            }
-            let mut pbt = vec![9u16; packed_b_len(k, n)];
-            pack_bt(kernel, &bt, k, n, ldt, &mut pbt);
-            assert_eq!(pbt, pb, "{kernel:?} {m}x{k}x{n}: packing Bᵀ");
             let ldo = n + 5;
             let mut out = vec![f32::NAN; m * ldo];
             gemm(kernel, &pa, &pb, n, &mut out, ldo);

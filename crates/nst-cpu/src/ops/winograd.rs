@@ -23,7 +23,7 @@
 //! AVX2 where the CPU has it (chosen at run time): with the same operations in the same
 //! order, so the bytes do not depend on it (a test compares both paths bit for bit).
 
-use super::bf16::{self, as_f32, as_f32_mut, Kernel, PackedA};
+use super::bf16::{self, Kernel, PackedA};
 use super::lanes::{interleave, map, regions, Arith, Transform};
 use super::matmul::{gemm_with, Mat};
 use crate::Element;
@@ -414,6 +414,23 @@ pub(crate) fn conv<E: Element>(
 thread_local! {
     /// Each thread's buffer for a packed `V_e`.
     static PACKED_V: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `s` as `f32` values.
+///
+/// # Panics
+/// If `E` is not `f32` (bf16 products are only asked for in `f32`).
+fn as_f32<E: Element>(s: &[E]) -> &[f32] {
+    assert_eq!(std::any::TypeId::of::<E>(), std::any::TypeId::of::<f32>());
+    // SAFETY: E is f32, checked just above.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// `s` as `f32` values; panics unless `E` is `f32`.
+fn as_f32_mut<E: Element>(s: &mut [E]) -> &mut [f32] {
+    assert_eq!(std::any::TypeId::of::<E>(), std::any::TypeId::of::<f32>());
+    // SAFETY: E is f32, checked just above.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
 }
 
 /// Loads input row `r` of channel `ch` into `row` at offset 1 (a padded row: index `q` holds
