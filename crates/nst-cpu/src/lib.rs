@@ -7,8 +7,9 @@
 //! weight buffer; other convolutions are lowered to a cache-blocked im2col. Both run on the
 //! `gemm` crate's kernels (AVX-512 chosen at run time where the processor has it); everything
 //! else is parallel loops over large chunks. At [`Precision::Fast`] on a CPU with AMX or
-//! AVX512-BF16, Winograd's products take bf16 operands with f32 sums instead ([`Products`]). All reductions and Winograd's blocks use a fixed
-//! split that does not depend on the thread count, so results are bit-identical across runs.
+//! AVX512-BF16, Winograd's products take bf16 operands with f32 sums instead ([`Products`]).
+//! All reductions and Winograd's blocks use a fixed split that does not depend on the thread
+//! count, so results are bit-identical across runs.
 //!
 //! ```
 //! use nst_cpu::Cpu;

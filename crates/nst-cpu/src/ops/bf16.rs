@@ -107,14 +107,13 @@ impl Kernel {
     }
 }
 
-/// The left operand of bf16 products, packed: `m x k` row-major, padded to
-/// `rows x cols` (multiples of [`PAD`]) with zeros.
+/// The left operand of bf16 products, packed: `m x k`, its rows and columns (`cols`) padded to
+/// multiples of [`PAD`] with zeros, in tile blocks (see the module's documentation).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedA {
     data: Vec<u16>,
     m: usize,
     k: usize,
-    rows: usize,
     cols: usize,
 }
 
@@ -129,13 +128,7 @@ impl PackedA {
                 data[a_at(i, p, cols)] = to_bf16(a[i * k + p]);
             }
         }
-        PackedA {
-            data,
-            m,
-            k,
-            rows,
-            cols,
-        }
+        PackedA { data, m, k, cols }
     }
 }
 
@@ -190,15 +183,14 @@ pub(crate) fn gemm(kernel: Kernel, a: &PackedA, b: &[u16], n: usize, out: &mut [
         "bf16 kernel {} cannot run here",
         kernel.name()
     );
-    let np = n.next_multiple_of(PAD);
     match kernel {
         Kernel::Portable => portable(a, b, n, out, ldo),
         // SAFETY: the kernel is usable (checked above); the sizes were checked above.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Amx => unsafe { amx::gemm(a, b, n, np, out, ldo) },
+        Kernel::Amx => unsafe { amx::gemm(a, b, n, out, ldo) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512::gemm(a, b, n, np, out, ldo) },
+        Kernel::Avx512 => unsafe { avx512::gemm(a, b, n, out, ldo) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("checked usable"),
     }
@@ -297,14 +289,8 @@ mod avx512 {
     /// # Safety
     /// The CPU must have AVX512-BF16; sizes as checked by the caller.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn gemm(
-        a: &PackedA,
-        b: &[u16],
-        n: usize,
-        np: usize,
-        out: &mut [f32],
-        ldo: usize,
-    ) {
+    pub(super) unsafe fn gemm(a: &PackedA, b: &[u16], n: usize, out: &mut [f32], ldo: usize) {
+        let np = n.next_multiple_of(super::PAD);
         let (pairs, kp) = (a.cols / 2, a.cols);
         for n0 in (0..np).step_by(32) {
             for m0 in (0..a.m).step_by(MR) {
@@ -320,7 +306,7 @@ mod avx512 {
                         )
                     };
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        // SAFETY: row m0 + r < a.rows (a multiple of 32 ≥ a.m rounded to 8);
+                        // SAFETY: row m0 + r < a.m rounded up to 32 (the packed rows; 8 divides 32);
                         // the pair's two values are consecutive in their block.
                         let pair = unsafe {
                             a.data
@@ -474,30 +460,22 @@ mod amx {
     ///
     /// # Safety
     /// AMX usable ([`usable`]); sizes as checked by the caller.
-    pub(super) unsafe fn gemm(
-        a: &PackedA,
-        b: &[u16],
-        n: usize,
-        np: usize,
-        out: &mut [f32],
-        ldo: usize,
-    ) {
+    pub(super) unsafe fn gemm(a: &PackedA, b: &[u16], n: usize, out: &mut [f32], ldo: usize) {
+        let np = n.next_multiple_of(super::PAD);
         let cfg = Config::new();
         // Blocks are whole tiles: 16 rows of 64 bytes, one after another.
         let stride = 64usize;
         // The next 16-row band of A, and the next 16-column band of B, lie this far on.
         let band = a.cols / 32 * super::TILE;
         // SAFETY: every tile load reads one whole block of the packed operands: A's rows
-        // m0..m0+32 ≤ a.rows and columns c0..c0+32 ≤ a.cols; B's pairs c0/2..c0/2+16 ≤
+        // m0..m0+32 ≤ a.m rounded up to 32 (the packed rows) and columns c0..c0+32 ≤ a.cols; B's pairs c0/2..c0/2+16 ≤
         // a.cols/2 and columns n0..n0+32 ≤ np. Stores go through `store`.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
             // Row panels outside, so that each 32-row panel of A (32 KB at 512 columns) is
             // read from memory once and reused from the cache across B's columns.
-            for m0 in (0..a.rows).step_by(32) {
-                if m0 >= a.m {
-                    break;
-                }
+            // The packed rows are a multiple of 32, so both A tiles of a panel exist.
+            for m0 in (0..a.m).step_by(32) {
                 for n0 in (0..np).step_by(32) {
                     asm!(
                         "tilezero tmm0",

@@ -135,10 +135,8 @@ impl Transform<6, 4> for At6 {
 pub(crate) struct Filters<E> {
     /// The `U_e` in `E`; empty for bf16 products.
     u: Vec<E>,
-    /// The `U_e` packed for bf16 products; empty for products in `E`.
+    /// The `U_e` packed for bf16 products (one per tile position); empty for products in `E`.
     packed: Vec<PackedA>,
-    /// Made for bf16 products.
-    bf16: bool,
     k: usize,
     c: usize,
     variant: Variant,
@@ -197,7 +195,6 @@ impl<E: Element> Filters<E> {
         Filters {
             u,
             packed,
-            bf16,
             k: out,
             c: inp,
             variant,
@@ -207,7 +204,7 @@ impl<E: Element> Filters<E> {
     /// Whether these filters have `k` outputs and `c` inputs, are of `variant` and for bf16
     /// products or not.
     pub(crate) fn matches(&self, k: usize, c: usize, variant: Variant, bf16: bool) -> bool {
-        (self.k, self.c, self.variant, self.bf16) == (k, c, variant, bf16)
+        (self.k, self.c, self.variant, !self.packed.is_empty()) == (k, c, variant, bf16)
     }
 
     /// Output channels.
@@ -304,6 +301,11 @@ pub(crate) fn conv<E: Element>(
     bf16: Option<Kernel>,
 ) {
     let (k, c) = (f.k, f.c);
+    assert_eq!(
+        bf16.is_some(),
+        !f.packed.is_empty(),
+        "filters made for other products"
+    );
     let (mt, alpha) = (f.variant.m(), f.variant.alpha());
     let ne = alpha * alpha;
     let (th, tw) = (h.div_ceil(mt), w.div_ceil(mt));
