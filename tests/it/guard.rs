@@ -240,6 +240,7 @@ fn plans_take_their_constants_from_the_backends_memory() {
             budget: cfg.memory_budget,
             extra_layers: Vec::new(),
             memory,
+            max_buffer: None,
         };
         let direct = nst_style::memory::plan(&vgg, &cfg.objective, &req).unwrap();
         assert_eq!(plans[1], direct, "{memory:?}");

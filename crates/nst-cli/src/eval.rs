@@ -84,6 +84,7 @@ fn run_on<B: nst_tensor::Backend>(cpu: &B, a: &Args) -> Result<()> {
         budget: Some(a.memory.budget_for(cpu.memory())?.0),
         extra_layers: Vec::new(),
         memory: cpu.memory(),
+        max_buffer: cpu.max_buffer_bytes(),
     };
     let plan = nst_style::memory::plan(&model, &cfg, &req)?;
     cpu.limit_cached(plan.pool_limit);

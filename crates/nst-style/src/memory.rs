@@ -106,6 +106,10 @@ pub struct PlanRequest {
     /// Where the backend keeps its buffers ([`Backend::memory`]): it picks the model's
     /// constants ([`MemoryModel::of`]).
     pub memory: MemoryKind,
+    /// The largest buffer the backend can create ([`Backend::max_buffer_bytes`]), in bytes:
+    /// plans whose largest activation exceeds it are not chosen (`--tile auto` tiles until
+    /// none does). `None`: no limit.
+    pub max_buffer: Option<u64>,
 }
 
 /// A plan: how to evaluate, with what history, and the predicted peak memory.
@@ -139,6 +143,15 @@ pub struct MemoryPlan {
     /// predicted.
     eval_bytes: u64,
     widest_bytes: u64,
+}
+
+/// The layers at these indices as the objective reads them: each at its own positions, and
+/// the image one pixel beyond them (the total-variation term's reach, which widens the
+/// halo).
+fn with_tv(indices: &[usize]) -> Vec<(usize, usize)> {
+    let mut uses: Vec<(usize, usize)> = indices.iter().map(|&i| (i, 0)).collect();
+    uses.push((crate::tiled::IMAGE, 1));
+    uses
 }
 
 /// The per-layer facts the model needs: (stride, channels) of every convolution up to the
@@ -189,7 +202,7 @@ impl Net {
         if idx.is_empty() {
             return Err(Error::Config("no content or style layers".into()));
         }
-        let geometry = Geometry::new(model, &idx)?;
+        let geometry = Geometry::with_reach(model, &with_tv(&idx))?;
         for &i in &idx[..cfg.content_layers.len()] {
             content.push(geometry.layer(i));
         }
@@ -236,7 +249,7 @@ impl Net {
             Some(p) => {
                 let mut uses: Vec<usize> = idx.iter().copied().filter(|&i| i <= p).collect();
                 uses.push(p);
-                let geometry = Geometry::new(model, &uses)?;
+                let geometry = Geometry::with_reach(model, &with_tv(&uses))?;
                 let input = (geometry.layer(p).0, model.channels(p));
                 Some(ShallowNet {
                     geometry,
@@ -496,6 +509,20 @@ fn pooled(k: &MemoryModel, eval: f64, largest_buffer: f64, limit: u64) -> f64 {
     (k.pooled_share * eval).min(room.max(0.0))
 }
 
+/// A size for messages: [`format_bytes`], or in bytes below a megabyte.
+fn exact_bytes(b: u64) -> String {
+    if b < 1_000_000 {
+        format!("{b} bytes")
+    } else {
+        format_bytes(b)
+    }
+}
+
+/// The (height, width) of a plan's crops.
+fn whole_crops(p: &crate::TilePlan) -> Vec<(usize, usize)> {
+    p.tiles.iter().map(|t| (t.crop.h, t.crop.w)).collect()
+}
+
 /// The activations of one evaluation in a plan with these crops (the largest one's), and
 /// its largest buffer.
 fn eval_of(net: &Net, req: &PlanRequest, crops: &[(usize, usize)]) -> (f64, f64) {
@@ -574,6 +601,9 @@ fn choose<B: Backend>(
     match req.tile {
         TileChoice::Off => {
             let p = c.untiled(history);
+            if !c.binds(&p) {
+                return Err(c.too_wide(&p));
+            }
             if c.fits(p.peak_bytes as f64) {
                 return Ok(p);
             }
@@ -585,6 +615,9 @@ fn choose<B: Backend>(
         }
         TileChoice::Size(t) => {
             let p = c.tiled(t, history)?;
+            if !c.binds(&p) {
+                return Err(c.too_wide(&p));
+            }
             if c.fits(p.peak_bytes as f64) {
                 return Ok(p);
             }
@@ -595,8 +628,11 @@ fn choose<B: Backend>(
         }
         TileChoice::Auto => {
             let p = c.untiled(history);
-            if c.fits(p.peak_bytes as f64) {
+            if c.fits(p.peak_bytes as f64) && c.binds(&p) {
                 return Ok(p);
+            }
+            if c.image_bytes() > c.req.max_buffer.unwrap_or(u64::MAX) {
+                return Err(c.too_wide(&p));
             }
             c.auto(history)
         }
@@ -616,6 +652,42 @@ impl Candidates<'_> {
     /// Whether a peak fits the budget (with its headroom).
     fn fits(&self, peak: f64) -> bool {
         self.req.budget.is_none_or(|b| peak <= HEADROOM * b as f64)
+    }
+
+    /// Whether every buffer of a plan fits the backend's largest: its widest activation, and
+    /// the images themselves (whole in every plan).
+    fn binds(&self, p: &MemoryPlan) -> bool {
+        self.req
+            .max_buffer
+            .is_none_or(|m| p.widest_bytes <= m && self.image_bytes() <= m)
+    }
+
+    /// The largest image-sized buffer: the image's, or a larger style image's.
+    fn image_bytes(&self) -> u64 {
+        std::iter::once(self.size)
+            .chain(self.req.style_sizes.iter().copied())
+            .map(|(w, h)| (VECTOR * (w * h) as f64) as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The error of a plan with a buffer larger than the backend's largest.
+    fn too_wide(&self, p: &MemoryPlan) -> Error {
+        let m = self.req.max_buffer.unwrap_or(u64::MAX);
+        if self.image_bytes() > m {
+            return Error::Config(format!(
+                "an image of this size needs buffers of {}, larger than this device's largest \
+                 ({}): render at a smaller size",
+                exact_bytes(self.image_bytes()),
+                exact_bytes(m)
+            ));
+        }
+        Error::Config(format!(
+            "this plan's largest activation needs a buffer of {}, larger than this device's \
+             largest ({}): allow tiling with --tile auto or use smaller tiles",
+            exact_bytes(p.widest_bytes),
+            exact_bytes(m)
+        ))
     }
 
     fn untiled(&self, history: usize) -> MemoryPlan {
@@ -714,7 +786,12 @@ impl Candidates<'_> {
             lowered_from: None,
             pool_limit: pool_limit(req.budget),
             eval_bytes: eval as u64,
-            widest_bytes: net.widest_bytes(largest.0, largest.1) as u64,
+            // The targets (the content's activations) are made in whole-network tiles of
+            // this size, wider crops than the shallow part's.
+            widest_bytes: net
+                .widest_bytes(largest.0, largest.1)
+                .max(eval_of(net, req, &whole_crops(&net.geometry.plan(h, w, t)?)).1)
+                as u64,
         }))
     }
 
@@ -753,6 +830,7 @@ impl Candidates<'_> {
                 }
                 for p in candidates {
                     if self.fits(p.peak_bytes as f64)
+                        && self.binds(&p)
                         && best.as_ref().is_none_or(|b| p.work < b.work)
                     {
                         best = Some(p);
@@ -769,6 +847,15 @@ impl Candidates<'_> {
         if let Some(mut p) = good(effective)? {
             p.history = history;
             return Ok(p);
+        }
+        // Where even the least history has no tiling of at most twice the untiled work (the
+        // backend's largest buffer, not the budget, makes the tiles small), lowering it
+        // would cost the optimizer for nothing.
+        if good(1)?.is_none() {
+            if let Some(mut p) = best(effective)? {
+                p.history = history;
+                return Ok(p);
+            }
         }
         // The largest history with a tiling of at most twice the untiled work.
         let (mut lo, mut hi) = (0, effective);
@@ -788,12 +875,17 @@ impl Candidates<'_> {
         if let Some(p) = best(1)? {
             return Ok(p);
         }
-        let min = sizes
+        let smallest: Vec<MemoryPlan> = sizes
             .iter()
             .filter_map(|&t| self.tiled(t, 1).ok())
-            .map(|p| p.peak_bytes)
-            .min()
-            .unwrap_or(0);
+            .collect();
+        if let Some(p) = smallest
+            .last()
+            .filter(|_| !smallest.iter().any(|p| self.binds(p)))
+        {
+            return Err(self.too_wide(p));
+        }
+        let min = smallest.iter().map(|p| p.peak_bytes).min().unwrap_or(0);
         Err(self.too_big(min))
     }
 }
@@ -908,6 +1000,7 @@ mod tests {
             budget,
             extra_layers: Vec::new(),
             memory,
+            max_buffer: None,
         }
     }
 

@@ -463,6 +463,7 @@ fn plan_scales_with<B: Backend>(
                 budget: Some(budget),
                 extra_layers: extra_layers.to_vec(),
                 memory,
+                max_buffer: model.backend().max_buffer_bytes(),
             };
             crate::memory::plan(model, &cfg.objective, &req)
         })

@@ -260,6 +260,13 @@ pub trait BackendExt: BackendCore {
     fn memory(&self) -> MemoryKind {
         MemoryKind::Host { available: 0 }
     }
+
+    /// The largest buffer this backend can create, in bytes, where it has such a limit (a
+    /// GPU API's storage-binding size): memory plans tile so that no buffer exceeds it. The
+    /// default: no limit.
+    fn max_buffer_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A complete backend: the core and the extensions. Every type implementing both is one; code
@@ -285,6 +292,22 @@ pub enum MemoryKind {
         /// The bytes free when asked.
         free: u64,
     },
+}
+
+impl MemoryKind {
+    /// The host's memory available now, as the operating system reports it (Linux's
+    /// `MemAvailable`; 0 where it cannot be read).
+    pub fn host_now() -> MemoryKind {
+        let available = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                kib.checked_mul(1024)
+            })
+            .unwrap_or(0);
+        MemoryKind::Host { available }
+    }
 }
 
 /// `(Σ |x_i|, max |x_i|)` of host data, NaN-propagating (see [`BackendExt::norms`]).
