@@ -15,6 +15,7 @@
 //! | [`style`] | nst-style | the objective, the memory planner, the render session |
 //! | [`io`] | nst-io | image files with limits, EXIF orientation, 16 bits, ICC |
 //! | `cuda` | nst-cuda | the CUDA backend, with the `cuda` feature |
+//! | `wgpu` | nst-wgpu | the wgpu backend (Vulkan, Metal, DirectX 12), with the `wgpu` feature |
 //!
 //! The examples in `examples/` (`cargo run --release --example NAME`) mix these crates the way
 //! research code does; `docs/research.md` is the guide.
@@ -73,6 +74,8 @@ pub use nst_style as style;
 pub use nst_tensor as tensor;
 pub use nst_vgg as vgg;
 pub use nst_weights as weights;
+#[cfg(feature = "wgpu")]
+pub use nst_wgpu as wgpu;
 
 use std::path::PathBuf;
 

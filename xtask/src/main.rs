@@ -246,6 +246,46 @@ fn ensure_chromium() -> Result<PathBuf> {
     find_chromium().context("chromium was installed but is not on the PATH")
 }
 
+/// Whether a Vulkan driver and the loader are installed (an ICD manifest and `libvulkan.so.1`).
+fn vulkan_present() -> bool {
+    let icd = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| {
+            std::fs::read_dir(d).is_ok_and(|mut e| {
+                e.any(|f| f.is_ok_and(|f| f.path().extension().is_some_and(|x| x == "json")))
+            })
+        });
+    let loader = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ]
+    .iter()
+    .any(|d| Path::new(d).join("libvulkan.so.1").exists());
+    icd && loader
+}
+
+/// A Vulkan driver for the wgpu backend's tests: where the machine has none, Mesa's lavapipe
+/// (a conformant software Vulkan) and the loader, from the OS packages (apt-get, as root).
+fn ensure_vulkan() -> Result<()> {
+    if vulkan_present() {
+        return Ok(());
+    }
+    apt_install(
+        "mesa-vulkan-drivers",
+        "the wgpu backend's tests need a Vulkan driver (lavapipe)",
+    )?;
+    apt_install(
+        "libvulkan1",
+        "the wgpu backend's tests need the Vulkan loader",
+    )?;
+    if !vulkan_present() {
+        bail!("mesa-vulkan-drivers and libvulkan1 were installed but no Vulkan driver is found");
+    }
+    Ok(())
+}
+
 /// Installs a Debian package with apt-get (as root), or says what is missing.
 fn apt_install(package: &str, why: &str) -> Result<()> {
     let root = Command::new("id")
@@ -271,6 +311,7 @@ fn test(extra: &[String]) -> Result<()> {
     let root = root();
     weights::fetch(&root, &[])?;
     ensure_numpy()?;
+    ensure_vulkan()?;
     let nvrtc = ensure_nvrtc(&root)?;
     let ld = match std::env::var_os("LD_LIBRARY_PATH") {
         Some(old) => {
@@ -290,7 +331,7 @@ fn test(extra: &[String]) -> Result<()> {
             "test",
             "--workspace",
             "--features",
-            "nst-cli/cuda,nst-bench/cuda",
+            "nst-cli/cuda,nst-cli/wgpu,nst-bench/cuda",
         ])
         .args(extra);
     status(c)?;
@@ -343,7 +384,7 @@ fn test(extra: &[String]) -> Result<()> {
             "test",
             "--workspace",
             "--features",
-            "nst-cli/cuda,nst-bench/cuda",
+            "nst-cli/cuda,nst-cli/wgpu,nst-bench/cuda",
             "--test",
             "it",
             "--",

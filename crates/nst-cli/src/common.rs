@@ -49,7 +49,8 @@ pub(crate) struct ModelArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) threads: usize,
-    /// The device: cpu (CUDA needs a build with `--features cuda`).
+    /// The device: cpu, cuda[:N] (a build with `--features cuda`) or wgpu[:N] (Vulkan, Metal,
+    /// DirectX 12; a build with `--features wgpu`; `nst devices` lists the adapters).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub(crate) device: String,
     /// Refuse images with more pixels than this.
@@ -67,6 +68,9 @@ pub(crate) enum Device {
     /// An NVIDIA GPU.
     #[cfg(any(feature = "cuda", feature = "cuda-12"))]
     Cuda(nst_cuda::Cuda),
+    /// A GPU (or software adapter) through wgpu: Vulkan, Metal or DirectX 12.
+    #[cfg(feature = "wgpu")]
+    Wgpu(nst_wgpu::Wgpu),
 }
 
 /// Runs `$body` with `$b` bound to the chosen backend (the concrete type is picked once,
@@ -77,6 +81,8 @@ macro_rules! with_backend {
             $crate::common::Device::Cpu($b) => $body,
             #[cfg(any(feature = "cuda", feature = "cuda-12"))]
             $crate::common::Device::Cuda($b) => $body,
+            #[cfg(feature = "wgpu")]
+            $crate::common::Device::Wgpu($b) => $body,
         }
     };
 }
@@ -95,7 +101,10 @@ impl ModelArgs {
             d if d == "cuda" || d.starts_with("cuda:") => {
                 cuda(d, self.precision == PrecisionArg::Fast)
             }
-            d => bail!("unknown device {d:?} (expected cpu, cuda or cuda:N)"),
+            d if d == "wgpu" || d.starts_with("wgpu:") => {
+                wgpu(d, self.precision == PrecisionArg::Fast)
+            }
+            d => bail!("unknown device {d:?} (expected cpu, cuda, cuda:N, wgpu or wgpu:N)"),
         }
     }
 
@@ -106,12 +115,33 @@ impl ModelArgs {
 }
 
 fn cuda_ordinal(d: &str) -> Result<usize> {
-    match d.strip_prefix("cuda:") {
+    ordinal(d, "cuda")
+}
+
+/// N of `kind:N` (0 for `kind` alone).
+fn ordinal(d: &str, kind: &str) -> Result<usize> {
+    match d.strip_prefix(kind).and_then(|r| r.strip_prefix(':')) {
         None => Ok(0),
         Some(n) => n
             .parse()
-            .with_context(|| format!("bad device {d:?} (expected cuda or cuda:N)")),
+            .with_context(|| format!("bad device {d:?} (expected {kind} or {kind}:N)")),
     }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(d: &str, fast: bool) -> Result<Device> {
+    let n = ordinal(d, "wgpu")?;
+    let gpu = nst_wgpu::Wgpu::new(n).map_err(|e| anyhow::anyhow!("device {d}: {e}"))?;
+    if fast {
+        eprintln!("note: --precision fast on wgpu computes in f32 like the default");
+    }
+    Ok(Device::Wgpu(gpu))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(d: &str, _fast: bool) -> Result<Device> {
+    ordinal(d, "wgpu")?;
+    bail!("device {d} is not available: this nst was built without wgpu support (rebuild with `--features wgpu`)")
 }
 
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]

@@ -54,6 +54,9 @@ enum Command {
     /// Stylise the frames in a folder with temporal consistency (optical flow, a temporal
     /// term): `--frames DIR --style S --out DIR [render options]`.
     Video(video::Args),
+    /// List the devices `--device` can name: the CPU, and the CUDA GPUs and wgpu adapters
+    /// where this nst was built with them.
+    Devices,
 }
 
 /// The `nst` command: parses the process's arguments, runs the subcommand and exits with its
@@ -82,6 +85,7 @@ pub fn main() {
         Command::Batch(a) => batch::run(a),
         Command::Video(a) => video::run(a),
         Command::ConvertWeights(a) => convert::run(a),
+        Command::Devices => system::devices(),
     };
     if let Err(e) = result {
         if let Some(i) = e.downcast_ref::<render::Interrupted>() {
