@@ -13,6 +13,25 @@ fn u(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(op, format!("{v} exceeds the device's indices")))
 }
 
+/// The output's length and the parameters of `narrow` and its adjoint: a tensor seen as
+/// `[outer, full, inner]`, the slice `start..start + len` of the middle axis, and an output
+/// whose middle axis has `out_mid` entries.
+fn narrow_params(
+    op: &'static str,
+    (outer, full, inner): (usize, usize, usize),
+    start: usize,
+    len: usize,
+    out_mid: usize,
+) -> Result<(usize, [u32; 6])> {
+    let n = outer * out_mid * inner;
+    let p = [n, outer, full, inner, start, len];
+    let mut out = [0u32; 6];
+    for (o, v) in out.iter_mut().zip(p) {
+        *o = u(op, v)?;
+    }
+    Ok((n, out))
+}
+
 impl Wgpu {
     /// A new output of `len` elements written by `entry` over `len` invocations.
     fn map(
@@ -270,15 +289,7 @@ impl BackendCore for Wgpu {
         const OP: &str = "narrow";
         check::narrow(OP, x.len, shape, axis, start, len)?;
         let (outer, full, inner) = shape.split_at_axis(axis);
-        let n = outer * len * inner;
-        let p = [
-            u(OP, n)?,
-            u(OP, outer)?,
-            u(OP, full)?,
-            u(OP, inner)?,
-            u(OP, start)?,
-            u(OP, len)?,
-        ];
+        let (n, p) = narrow_params(OP, (outer, full, inner), start, len, len)?;
         self.map("narrow", n, &p, &[x])
     }
 
@@ -293,15 +304,7 @@ impl BackendCore for Wgpu {
         const OP: &str = "narrow_backward";
         check::narrow_backward(OP, dy.len, shape, axis, start, full)?;
         let (outer, len, inner) = shape.split_at_axis(axis);
-        let n = outer * full * inner;
-        let p = [
-            u(OP, n)?,
-            u(OP, outer)?,
-            u(OP, full)?,
-            u(OP, inner)?,
-            u(OP, start)?,
-            u(OP, len)?,
-        ];
+        let (n, p) = narrow_params(OP, (outer, full, inner), start, len, full)?;
         self.map("narrow_backward", n, &p, &[dy])
     }
 

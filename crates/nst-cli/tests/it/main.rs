@@ -9,6 +9,7 @@
 mod batch;
 #[cfg(unix)]
 mod cdp;
+mod devices;
 mod features;
 mod plot;
 mod render;
