@@ -106,9 +106,9 @@ pub struct PlanRequest {
     /// Where the backend keeps its buffers ([`Backend::memory`]): it picks the model's
     /// constants ([`MemoryModel::of`]).
     pub memory: MemoryKind,
-    /// The largest buffer the backend can create ([`Backend::max_buffer_bytes`]), in bytes:
-    /// plans whose largest activation exceeds it are not chosen (`--tile auto` tiles until
-    /// none does). `None`: no limit.
+    /// The largest buffer the backend's kernels take whole ([`Backend::max_buffer_bytes`]), in
+    /// bytes: plans whose largest activation exceeds it are not chosen (`--tile auto` tiles
+    /// until none does). `None`: no limit.
     pub max_buffer: Option<u64>,
 }
 
@@ -631,9 +631,6 @@ fn choose<B: Backend>(
             if c.fits(p.peak_bytes as f64) && c.binds(&p) {
                 return Ok(p);
             }
-            if c.image_bytes() > c.req.max_buffer.unwrap_or(u64::MAX) {
-                return Err(c.too_wide(&p));
-            }
             c.auto(history)
         }
     }
@@ -654,39 +651,19 @@ impl Candidates<'_> {
         self.req.budget.is_none_or(|b| peak <= HEADROOM * b as f64)
     }
 
-    /// Whether every buffer of a plan fits the backend's largest: its widest activation, and
-    /// the images themselves (whole in every plan).
+    /// Whether a plan's widest activation fits the backend's largest buffer. (Image-sized
+    /// vectors may be larger: a backend with a limit splits those over several buffers.)
     fn binds(&self, p: &MemoryPlan) -> bool {
-        self.req
-            .max_buffer
-            .is_none_or(|m| p.widest_bytes <= m && self.image_bytes() <= m)
+        self.req.max_buffer.is_none_or(|m| p.widest_bytes <= m)
     }
 
-    /// The largest image-sized buffer: the image's, or a larger style image's.
-    fn image_bytes(&self) -> u64 {
-        std::iter::once(self.size)
-            .chain(self.req.style_sizes.iter().copied())
-            .map(|(w, h)| (VECTOR * (w * h) as f64) as u64)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// The error of a plan with a buffer larger than the backend's largest.
+    /// The error of a plan with an activation larger than the backend's largest buffer.
     fn too_wide(&self, p: &MemoryPlan) -> Error {
-        let m = self.req.max_buffer.unwrap_or(u64::MAX);
-        if self.image_bytes() > m {
-            return Error::Config(format!(
-                "an image of this size needs buffers of {}, larger than this device's largest \
-                 ({}): render at a smaller size",
-                exact_bytes(self.image_bytes()),
-                exact_bytes(m)
-            ));
-        }
         Error::Config(format!(
             "this plan's largest activation needs a buffer of {}, larger than this device's \
              largest ({}): allow tiling with --tile auto or use smaller tiles",
             exact_bytes(p.widest_bytes),
-            exact_bytes(m)
+            exact_bytes(self.req.max_buffer.unwrap_or(u64::MAX))
         ))
     }
 
@@ -1076,6 +1053,36 @@ mod tests {
         assert!(tight.tiles > 1, "{tight:?}");
         assert!(tight.peak_bytes as f64 <= HEADROOM * 5e9, "{tight:?}");
         assert_eq!(tight.pool_limit, pool_limit(Some(5_000_000_000)));
+    }
+
+    /// A 4096 px render on an adapter whose bindings hold 128 MiB: whole, conv1_1 alone would
+    /// need 4.3 GB, so the plan tiles until every activation fits; a limit below the widest
+    /// activation of the smallest tile is refused with the planner's message.
+    #[test]
+    fn a_buffer_limit_tiles_until_every_activation_fits() {
+        let be = nst_cpu::Cpu::new(1);
+        let vgg = Vgg::random_for_tests(&be, nst_vgg::Arch::Vgg19, 1).unwrap();
+        let gpu = MemoryKind::Device {
+            total: 80 << 30,
+            free: 80 << 30,
+        };
+        let mut req = request(4096, 100, 500, Some(60_000_000_000), gpu);
+        req.size = (4096, 4096);
+        req.max_buffer = Some(128 << 20);
+        let p = plan(&vgg, &ObjectiveConfig::default(), &req).unwrap();
+        assert!(p.tiles > 1 && p.widest_bytes <= 128 << 20, "{p:?}");
+        assert_eq!(p.history, 100, "{p:?}");
+        req.max_buffer = Some(1 << 20);
+        let err = plan(&vgg, &ObjectiveConfig::default(), &req)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than this device's largest"), "{err}");
+        req.tile = TileChoice::Off;
+        req.max_buffer = Some(128 << 20);
+        let err = plan(&vgg, &ObjectiveConfig::default(), &req)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow tiling with --tile auto"), "{err}");
     }
 
     #[test]

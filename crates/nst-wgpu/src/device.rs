@@ -143,6 +143,10 @@ const COMMON: &str = include_str!("shaders/common.wgsl");
 pub(crate) struct Inner {
     pub(crate) summary: AdapterSummary,
     pub(crate) max_binding: u64,
+    /// Elements per binding of a buffer split over several (image-sized vectors over the
+    /// largest binding): a multiple of the sums' chunk where the limit allows, so a split sum
+    /// adds the same partial sums as a whole one.
+    pub(crate) chunk: usize,
     pub(crate) max_groups: u32,
     pub(crate) host_memory: bool,
     device: wgpu::Device,
@@ -249,10 +253,19 @@ impl Inner {
             return Err(Error::Device(format!("compiling the kernels: {e}")));
         }
         let adapter_limit = binding_limit(&limits);
+        let max_binding = options
+            .max_binding
+            .map_or(adapter_limit, |m| m.min(adapter_limit))
+            .max(1024);
+        let elements = usize::try_from(max_binding / 4).unwrap_or(usize::MAX);
+        let chunk = if elements >= crate::ops::CHUNK {
+            elements / crate::ops::CHUNK * crate::ops::CHUNK
+        } else {
+            elements / 256 * 256
+        };
         Ok(Inner {
-            max_binding: options
-                .max_binding
-                .map_or(adapter_limit, |m| m.min(adapter_limit)),
+            max_binding,
+            chunk,
             max_groups: limits.max_compute_workgroups_per_dimension.max(1),
             host_memory: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
             summary,
@@ -291,44 +304,89 @@ impl Inner {
         .union(wgpu::BufferUsages::COPY_SRC)
         .union(wgpu::BufferUsages::COPY_DST);
 
-    /// A new buffer of `len` elements, uninitialised (every kernel writes its whole output).
-    pub(crate) fn alloc(&self, len: usize) -> Result<WgpuBuffer, Error> {
-        let size = self.bytes_of(len)?;
+    /// The element ranges of a buffer of `len` elements: one per binding, [`Inner::chunk`]
+    /// elements each but the last.
+    pub(crate) fn ranges(&self, len: usize) -> Vec<std::ops::Range<usize>> {
+        if len == 0 {
+            // One empty binding (every buffer has at least one).
+            return std::iter::once(0..0).collect();
+        }
+        (0..len.div_ceil(self.chunk))
+            .map(|i| i * self.chunk..((i + 1) * self.chunk).min(len))
+            .collect()
+    }
+
+    fn raw(&self, len: usize) -> Result<wgpu::Buffer, Error> {
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            size,
+            size: self.bytes_of(len)?,
             usage: Self::USAGE,
             mapped_at_creation: false,
         });
         self.check()?;
-        Ok(WgpuBuffer { buf, len })
+        Ok(buf)
+    }
+
+    /// A new buffer of `len` elements, uninitialised (every kernel writes its whole output),
+    /// split over bindings where it exceeds the largest.
+    pub(crate) fn alloc(&self, len: usize) -> Result<WgpuBuffer, Error> {
+        let chunks = self
+            .ranges(len)
+            .into_iter()
+            .map(|r| self.raw(r.len()))
+            .collect::<Result<_, _>>()?;
+        Ok(WgpuBuffer { chunks, len })
+    }
+
+    /// A new buffer of `len` elements in one binding (an error where it cannot be).
+    pub(crate) fn alloc_whole(&self, len: usize) -> Result<WgpuBuffer, Error> {
+        Ok(WgpuBuffer {
+            chunks: vec![self.raw(len)?],
+            len,
+        })
     }
 
     pub(crate) fn upload(&self, data: &[f32]) -> Result<WgpuBuffer, Error> {
-        self.bytes_of(data.len())?;
-        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        if bytes.is_empty() {
-            bytes.resize(4, 0);
+        let mut chunks = Vec::new();
+        for r in self.ranges(data.len()) {
+            self.bytes_of(r.len())?;
+            let mut bytes: Vec<u8> = data[r].iter().flat_map(|v| v.to_le_bytes()).collect();
+            if bytes.is_empty() {
+                bytes.resize(4, 0);
+            }
+            chunks.push(
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents: &bytes,
+                        usage: Self::USAGE,
+                    }),
+            );
+            self.check()?;
         }
-        let buf = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: &bytes,
-                usage: Self::USAGE,
-            });
-        self.check()?;
         Ok(WgpuBuffer {
-            buf,
+            chunks,
             len: data.len(),
         })
     }
 
     pub(crate) fn download(&self, x: &WgpuBuffer) -> Result<Vec<f32>, Error> {
-        if x.len == 0 {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(x.len);
+        for (r, chunk) in self.ranges(x.len).into_iter().zip(&x.chunks) {
+            if !r.is_empty() {
+                self.download_chunk(chunk, r.len(), &mut out)?;
+            }
         }
-        let size = x.len as u64 * 4;
+        Ok(out)
+    }
+
+    fn download_chunk(
+        &self,
+        buf: &wgpu::Buffer,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Error> {
+        let size = len as u64 * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("download"),
             size,
@@ -336,7 +394,7 @@ impl Inner {
             mapped_at_creation: false,
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&x.buf, 0, &staging, 0, size);
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
         let _one = self.submit.lock().unwrap_or_else(|p| p.into_inner());
         self.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -353,13 +411,44 @@ impl Inner {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Device(e.to_string()))?;
-        let out = view
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        out.extend(
+            view.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
         drop(view);
         staging.unmap();
-        Ok(out)
+        Ok(())
+    }
+
+    /// Copies element ranges `(from, to, len)` of `src` into `dst`, across their bindings, in
+    /// one submission.
+    pub(crate) fn copy(
+        &self,
+        src: &WgpuBuffer,
+        dst: &WgpuBuffer,
+        segments: &[(usize, usize, usize)],
+    ) -> Result<(), Error> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        for &(mut from, mut to, mut len) in segments {
+            while len > 0 {
+                let (sc, so) = (from / self.chunk, from % self.chunk);
+                let (dc, dof) = (to / self.chunk, to % self.chunk);
+                let n = len.min(self.chunk - so).min(self.chunk - dof);
+                enc.copy_buffer_to_buffer(
+                    &src.chunks[sc],
+                    so as u64 * 4,
+                    &dst.chunks[dc],
+                    dof as u64 * 4,
+                    n as u64 * 4,
+                );
+                from += n;
+                to += n;
+                len -= n;
+            }
+        }
+        let _one = self.submit.lock().unwrap_or_else(|p| p.into_inner());
+        self.queue.submit([enc.finish()]);
+        self.check()
     }
 
     /// Runs `entry` with parameters `params` (at most 32), operands `inputs` (at most 3) and
@@ -368,8 +457,8 @@ impl Inner {
         &self,
         entry: &str,
         params: &[u32],
-        inputs: &[&WgpuBuffer],
-        out: &WgpuBuffer,
+        inputs: &[&wgpu::Buffer],
+        out: &wgpu::Buffer,
         groups: (u32, u32, u32),
     ) -> Result<(), Error> {
         debug_assert!(params.len() <= 32 && inputs.len() <= 3);
@@ -390,7 +479,7 @@ impl Inner {
                 contents: &bytes,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let operand = |i: usize| inputs.get(i).map_or(&self.dummy, |b| &b.buf);
+        let operand = |i: usize| inputs.get(i).copied().unwrap_or(&self.dummy);
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &self.layout,
@@ -413,7 +502,7 @@ impl Inner {
                 },
                 wgpu::BindGroupEntry {
                     binding: 4,
-                    resource: out.buf.as_entire_binding(),
+                    resource: out.as_entire_binding(),
                 },
             ],
         });

@@ -62,9 +62,11 @@ impl std::fmt::Debug for Wgpu {
     }
 }
 
-/// A buffer of `f32` on the device (at least 4 bytes: the APIs refuse empty bindings).
+/// A buffer of `f32` on the device: one binding, or several where it exceeds the adapter's
+/// largest (image-sized vectors at large sizes; see [`Wgpu::max_binding`]). At least 4 bytes
+/// each: the APIs refuse empty bindings.
 pub struct WgpuBuffer {
-    buf: wgpu::Buffer,
+    chunks: Vec<wgpu::Buffer>,
     len: usize,
 }
 

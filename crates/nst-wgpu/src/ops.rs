@@ -7,7 +7,7 @@ use nst_tensor::{
 };
 
 /// Elements per workgroup in a pass of `sum_chunks`.
-const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 
 fn u(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(op, format!("{v} exceeds the device's indices")))
@@ -33,19 +33,69 @@ fn narrow_params(
 }
 
 impl Wgpu {
-    /// A new output of `len` elements written by `entry` over `len` invocations.
+    /// A buffer in one binding, or an error naming the op: kernels other than the
+    /// elementwise ones and the copies read their operands whole.
+    fn whole<'a>(&self, op: &'static str, b: &'a WgpuBuffer) -> Result<&'a wgpu::Buffer> {
+        match b.chunks.as_slice() {
+            [one] => Ok(one),
+            _ => Err(Error::invalid(
+                op,
+                format!(
+                    "an operand of {} elements is larger than this adapter's largest binding \
+                     ({} bytes)",
+                    b.len, self.inner.max_binding
+                ),
+            )),
+        }
+    }
+
+    /// A new output of `len` elements in one binding, written by `entry` over `len`
+    /// invocations from whole operands.
     fn map(
         &self,
-        entry: &str,
+        entry: &'static str,
         len: usize,
         params: &[u32],
         inputs: &[&WgpuBuffer],
     ) -> Result<WgpuBuffer> {
-        let out = self.inner.alloc(len).map_err(|e| self.err(e))?;
+        let ins = inputs
+            .iter()
+            .map(|b| self.whole(entry, b))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.inner.alloc_whole(len).map_err(|e| self.err(e))?;
         let grid = self.inner.grid(len).map_err(|e| self.err(e))?;
         self.inner
-            .dispatch(entry, params, inputs, &out, grid)
+            .dispatch(entry, params, &ins, &out.chunks[0], grid)
             .map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// A new output of `len` elements, split over bindings like any buffer of that length,
+    /// written binding by binding by `entry`: `params(first, count)` for the binding holding
+    /// elements `first..first + count`, whose operands are the same bindings of `split` (all
+    /// of length `len`) followed by the whole buffers `whole`.
+    fn map_split(
+        &self,
+        entry: &'static str,
+        len: usize,
+        params: impl Fn(u32, u32) -> Vec<u32>,
+        split: &[&WgpuBuffer],
+        whole: &[&WgpuBuffer],
+    ) -> Result<WgpuBuffer> {
+        let whole = whole
+            .iter()
+            .map(|b| self.whole(entry, b))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.inner.alloc(len).map_err(|e| self.err(e))?;
+        for (i, r) in self.inner.ranges(len).into_iter().enumerate() {
+            let mut ins: Vec<&wgpu::Buffer> = split.iter().map(|b| &b.chunks[i]).collect();
+            ins.extend(&whole);
+            let grid = self.inner.grid(r.len()).map_err(|e| self.err(e))?;
+            let p = params(u(entry, r.start)?, u(entry, r.len())?);
+            self.inner
+                .dispatch(entry, &p, &ins, &out.chunks[i], grid)
+                .map_err(|e| self.err(e))?;
+        }
         Ok(out)
     }
 
@@ -60,7 +110,11 @@ impl Wgpu {
         inputs: &[&WgpuBuffer],
     ) -> Result<WgpuBuffer> {
         const OP: &str = "gemm";
-        let out = self.inner.alloc(len).map_err(|e| self.err(e))?;
+        let ins = inputs
+            .iter()
+            .map(|b| self.whole(OP, b))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.inner.alloc_whole(len).map_err(|e| self.err(e))?;
         if m == 0 || n == 0 {
             return Ok(out);
         }
@@ -72,7 +126,7 @@ impl Wgpu {
         let (x, z, _) = self.inner.spread(n.div_ceil(64)).map_err(|e| self.err(e))?;
         let y = u(OP, m.div_ceil(64))?;
         self.inner
-            .dispatch("gemm", &p, inputs, &out, (x, y, z))
+            .dispatch("gemm", &p, &ins, &out.chunks[0], (x, y, z))
             .map_err(|e| self.err(e))?;
         Ok(out)
     }
@@ -180,8 +234,8 @@ impl BackendCore for Wgpu {
     }
 
     fn full(&self, len: usize, value: f64) -> Result<WgpuBuffer> {
-        let n = u("full", len)?;
-        self.map("fill", len, &[n, (value as f32).to_bits()], &[])
+        let v = (value as f32).to_bits();
+        self.map_split("fill", len, |_, n| vec![n, v], &[], &[])
     }
 
     fn unary(&self, op: UnaryOp, x: &WgpuBuffer) -> Result<WgpuBuffer> {
@@ -192,16 +246,12 @@ impl BackendCore for Wgpu {
             UnaryOp::Neg => 3,
             UnaryOp::Sqrt => 4,
         };
-        self.map("unary", x.len, &[u("unary", x.len)?, code], &[x])
+        self.map_split("unary", x.len, |_, n| vec![n, code], &[x], &[])
     }
 
     fn affine(&self, x: &WgpuBuffer, mul: f64, add: f64) -> Result<WgpuBuffer> {
-        let p = [
-            u("affine", x.len)?,
-            (mul as f32).to_bits(),
-            (add as f32).to_bits(),
-        ];
-        self.map("affine", x.len, &p, &[x])
+        let (m, a) = ((mul as f32).to_bits(), (add as f32).to_bits());
+        self.map_split("affine", x.len, |_, n| vec![n, m, a], &[x], &[])
     }
 
     fn binary(&self, op: BinaryOp, a: &WgpuBuffer, b: &WgpuBuffer) -> Result<WgpuBuffer> {
@@ -219,33 +269,50 @@ impl BackendCore for Wgpu {
             BinaryOp::Div => 3,
             BinaryOp::ReluGrad => 4,
         };
-        self.map("binary", a.len, &[u("binary", a.len)?, code], &[a, b])
+        self.map_split("binary", a.len, |_, n| vec![n, code], &[a, b], &[])
     }
 
     fn sum_all(&self, x: &WgpuBuffer) -> Result<WgpuBuffer> {
-        // Passes of fixed chunks until one value is left: the same order every time.
-        let mut n = x.len;
-        let mut cur: Option<WgpuBuffer> = None;
-        loop {
-            let groups = n.div_ceil(CHUNK).max(1);
-            let out = self.inner.alloc(groups).map_err(|e| self.err(e))?;
-            let grid = self.inner.spread(groups).map_err(|e| self.err(e))?;
-            let src = cur.as_ref().unwrap_or(x);
+        const OP: &str = "sum_all";
+        // Passes of fixed chunks until one value is left: the same order every time. The
+        // first pass reads each binding of a split buffer into its place among the partial
+        // sums (the bindings hold whole chunks, so the partials are a whole buffer's).
+        let first = self.inner.ranges(x.len);
+        let groups: usize = first.iter().map(|r| r.len().div_ceil(CHUNK).max(1)).sum();
+        let mut cur = self.inner.alloc_whole(groups).map_err(|e| self.err(e))?;
+        let mut at = 0usize;
+        for (r, chunk) in first.iter().zip(&x.chunks) {
+            let g = r.len().div_ceil(CHUNK).max(1);
+            let grid = self.inner.spread(g).map_err(|e| self.err(e))?;
             self.inner
                 .dispatch(
                     "sum_chunks",
-                    &[u("sum_all", n)?, CHUNK as u32],
-                    &[src],
-                    &out,
+                    &[u(OP, r.len())?, CHUNK as u32, u(OP, at)?],
+                    &[chunk],
+                    &cur.chunks[0],
                     grid,
                 )
                 .map_err(|e| self.err(e))?;
-            if groups == 1 {
-                return Ok(out);
-            }
-            n = groups;
-            cur = Some(out);
+            at += g;
         }
+        let mut n = groups;
+        while n > 1 {
+            let g = n.div_ceil(CHUNK);
+            let out = self.inner.alloc_whole(g).map_err(|e| self.err(e))?;
+            let grid = self.inner.spread(g).map_err(|e| self.err(e))?;
+            self.inner
+                .dispatch(
+                    "sum_chunks",
+                    &[u(OP, n)?, CHUNK as u32, 0],
+                    &[&cur.chunks[0]],
+                    &out.chunks[0],
+                    grid,
+                )
+                .map_err(|e| self.err(e))?;
+            n = g;
+            cur = out;
+        }
+        Ok(cur)
     }
 
     fn sum_axis(&self, x: &WgpuBuffer, shape: &Shape, axis: usize) -> Result<WgpuBuffer> {
@@ -264,8 +331,7 @@ impl BackendCore for Wgpu {
             return Err(Error::invalid(OP, "more than 8 dimensions"));
         }
         let len = to.numel();
-        let mut p = vec![0u32; 18];
-        p[0] = u(OP, len)?;
+        let mut p = vec![0u32; 19];
         p[1] = to.rank() as u32;
         let same_rank = from.rank() == to.rank() && x.len != 1;
         let mut stride = 1usize;
@@ -275,7 +341,13 @@ impl BackendCore for Wgpu {
             p[10 + d] = if f == 1 { 0 } else { u(OP, stride)? };
             stride *= f;
         }
-        self.map("broadcast", len, &p, &[x])
+        let params = |first: u32, n: u32| {
+            let mut q = p.clone();
+            q[0] = n;
+            q[18] = first;
+            q
+        };
+        self.map_split("broadcast", len, params, &[], &[x])
     }
 
     fn narrow(
@@ -290,7 +362,16 @@ impl BackendCore for Wgpu {
         check::narrow(OP, x.len, shape, axis, start, len)?;
         let (outer, full, inner) = shape.split_at_axis(axis);
         let (n, p) = narrow_params(OP, (outer, full, inner), start, len, len)?;
-        self.map("narrow", n, &p, &[x])
+        if x.chunks.len() == 1 && n <= self.inner.chunk {
+            return self.map("narrow", n, &p, &[x]);
+        }
+        // Split buffers: one copy per contiguous run.
+        let out = self.inner.alloc(n).map_err(|e| self.err(e))?;
+        let runs: Vec<(usize, usize, usize)> = (0..outer)
+            .map(|o| ((o * full + start) * inner, o * len * inner, len * inner))
+            .collect();
+        self.inner.copy(x, &out, &runs).map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     fn narrow_backward(
@@ -305,7 +386,16 @@ impl BackendCore for Wgpu {
         check::narrow_backward(OP, dy.len, shape, axis, start, full)?;
         let (outer, len, inner) = shape.split_at_axis(axis);
         let (n, p) = narrow_params(OP, (outer, full, inner), start, len, full)?;
-        self.map("narrow_backward", n, &p, &[dy])
+        if dy.chunks.len() == 1 && n <= self.inner.chunk {
+            return self.map("narrow_backward", n, &p, &[dy]);
+        }
+        // Split buffers: zeros, then one copy per contiguous run.
+        let out = self.full(n, 0.0)?;
+        let runs: Vec<(usize, usize, usize)> = (0..outer)
+            .map(|o| (o * len * inner, (o * full + start) * inner, len * inner))
+            .collect();
+        self.inner.copy(dy, &out, &runs).map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     fn transpose(&self, x: &WgpuBuffer, rows: usize, cols: usize) -> Result<WgpuBuffer> {
@@ -449,8 +539,14 @@ impl BackendExt for Wgpu {
         check::clamp_channels(OP, x.len, plane, ranges)?;
         let flat: Vec<f32> = ranges.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
         let r = self.upload_f32(&flat)?;
-        let p = [u(OP, x.len)?, u(OP, plane)?, u(OP, ranges.len())?];
-        self.map("clamp_channels", x.len, &p, &[x, &r])
+        let (plane, channels) = (u(OP, plane)?, u(OP, ranges.len())?);
+        self.map_split(
+            "clamp_channels",
+            x.len,
+            |first, n| vec![n, plane, channels, first],
+            &[x],
+            &[&r],
+        )
     }
 
     fn batches_reductions(&self) -> bool {

@@ -56,13 +56,13 @@ fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 // Planes of p(1) elements, plane k in channel k % p(2), clamped into [b[2c], b[2c+1]];
-// NaN stays NaN.
+// NaN stays NaN. p(3): the global index of this binding's first element.
 @compute @workgroup_size(256)
 fn clamp_channels(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
     if (i >= p(0u)) { return; }
-    let ch = (i / p(1u)) % p(2u);
+    let ch = ((i + p(3u)) / p(1u)) % p(2u);
     let lo = b[2u * ch];
     let hi = b[2u * ch + 1u];
     let x = a[i];

@@ -1,13 +1,14 @@
 // Data movement. p(0): the output's element count.
 
 // p(1): the rank r (at most 8); p(2 + d): the output's dims; p(10 + d): the input's stride of
-// dim d (0 where the input's dim is 1).
+// dim d (0 where the input's dim is 1); p(18): the global index of the output binding's first
+// element.
 @compute @workgroup_size(256)
 fn broadcast(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
     if (i >= p(0u)) { return; }
-    var rest = i;
+    var rest = i + p(18u);
     var src = 0u;
     for (var d = i32(p(1u)) - 1; d >= 0; d--) {
         let dim = p(2u + u32(d));

@@ -2,8 +2,8 @@
 
 var<workgroup> part: array<f32, 256>;
 
-// Workgroup g sums a[g * p(1) .. min(p(0), (g + 1) * p(1))] into out[g]: each invocation
-// strides through the chunk, then a tree in workgroup memory.
+// Workgroup g sums a[g * p(1) .. min(p(0), (g + 1) * p(1))] into out[p(2) + g]: each
+// invocation strides through the chunk, then a tree in workgroup memory.
 @compute @workgroup_size(256)
 fn sum_chunks(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -25,7 +25,7 @@ fn sum_chunks(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         workgroupBarrier();
     }
     if (lid == 0u && start < max(n, 1u)) {
-        out[g] = part[0];
+        out[p(2u) + g] = part[0];
     }
 }
 

@@ -215,10 +215,57 @@ fn a_small_binding_limit_tiles_the_render_and_changes_nothing() {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
     assert!(worst <= 0.5, "tiled and untiled images differ by {worst}");
-    // Where tiles cannot help (the image itself is over the limit: 160x120x3 floats), a
-    // clear error before any work.
-    let err = nst_style::plan_scales(&vgg, &image(160, 120, 4), &style, &cfg)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("larger than this device's largest"), "{err}");
+}
+
+/// Bindings of 64 KB, under the image's own vectors (96x72x3 floats, 83 KB, split over two)
+/// and under conv1_1's whole-image output: a network a sixteenth of VGG19's width (whose
+/// weights fit) renders in tiles like the untiled render without a limit.
+#[test]
+fn image_vectors_larger_than_a_binding_are_split() {
+    let small = Wgpu::open(
+        0,
+        Options {
+            max_binding: Some(64 * 1024),
+        },
+    )
+    .unwrap();
+    let size = (96, 72);
+    let narrow16 = |b: &Wgpu| Vgg::random_narrow_for_tests(b, Arch::Vgg19, 16, 3).unwrap();
+    let run = |b: &Wgpu, tile: TileChoice| {
+        let vgg = narrow16(b);
+        let cfg = RenderConfig {
+            tile,
+            memory_budget: Some(4_000_000_000),
+            objective: shallow_layers(),
+            ..RenderConfig::single_scale(5)
+        };
+        let mut s = RenderSession::new(
+            b,
+            &vgg,
+            &image(size.0, size.1, 4),
+            &[image(48, 48, 5)],
+            &cfg,
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        while let Some(p) = s.step().unwrap() {
+            losses.push(p.total);
+        }
+        (losses, s.finish().unwrap().image)
+    };
+    let (tiled, a) = run(&small, TileChoice::Auto);
+    let (whole, b) = run(gpu(), TileChoice::Off);
+    for (x, y) in whole.iter().zip(&tiled) {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "untiled {whole:?}, tiled {tiled:?}"
+        );
+    }
+    let worst = a
+        .data()
+        .iter()
+        .zip(b.data())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 0.5, "split and whole images differ by {worst}");
 }
