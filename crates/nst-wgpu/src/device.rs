@@ -28,6 +28,10 @@ pub struct AdapterSummary {
     pub driver: String,
     /// The largest storage binding, in bytes.
     pub max_binding: u64,
+    /// The device-local memory in bytes, and how much of it is free now, where the API says
+    /// (Vulkan: the heaps, and their budget where the driver has `VK_EXT_memory_budget`; 0
+    /// where unknown).
+    pub memory: (u64, u64),
 }
 
 impl std::fmt::Display for AdapterSummary {
@@ -45,7 +49,17 @@ impl std::fmt::Display for AdapterSummary {
                 format!(", {}", self.driver)
             },
             size_text(self.max_binding)
-        )
+        )?;
+        match self.memory {
+            (0, _) => Ok(()),
+            (total, 0) => write!(f, ", memory {}", nst_tensor::format_bytes(total)),
+            (total, free) => write!(
+                f,
+                ", memory {} ({} free)",
+                nst_tensor::format_bytes(total),
+                nst_tensor::format_bytes(free)
+            ),
+        }
     }
 }
 
@@ -87,7 +101,18 @@ fn summary(ordinal: usize, a: &wgpu::Adapter) -> AdapterSummary {
             .collect::<Vec<_>>()
             .join(" "),
         max_binding: binding_limit(&a.limits()),
+        memory: adapter_memory(a),
     }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn adapter_memory(a: &wgpu::Adapter) -> (u64, u64) {
+    crate::memory::of(a).unwrap_or((0, 0))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn adapter_memory(_: &wgpu::Adapter) -> (u64, u64) {
+    (0, 0)
 }
 
 /// The adapters wgpu finds (Vulkan, Metal, DirectX 12), in the order `--device wgpu:N`
@@ -149,6 +174,8 @@ pub(crate) struct Inner {
     pub(crate) chunk: usize,
     pub(crate) max_groups: u32,
     pub(crate) host_memory: bool,
+    /// The adapter, for its memory now.
+    adapter: wgpu::Adapter,
     device: wgpu::Device,
     queue: wgpu::Queue,
     layout: wgpu::BindGroupLayout,
@@ -173,6 +200,7 @@ impl Inner {
             )));
         }
         let adapter = list.swap_remove(ordinal);
+        let adapter_for_memory = adapter.clone();
         let summary = summary(ordinal, &adapter);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -268,6 +296,7 @@ impl Inner {
             chunk,
             max_groups: limits.max_compute_workgroups_per_dimension.max(1),
             host_memory: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
+            adapter: adapter_for_memory,
             summary,
             device,
             queue,
@@ -277,6 +306,11 @@ impl Inner {
             errors,
             submit: Mutex::new(()),
         })
+    }
+
+    /// The device-local memory and how much is free now (see [`AdapterSummary::memory`]).
+    pub(crate) fn memory_now(&self) -> (u64, u64) {
+        adapter_memory(&self.adapter)
     }
 
     /// The error the device reported since the last check, if any.

@@ -28,6 +28,8 @@
 #![warn(missing_docs)]
 
 mod device;
+#[cfg(not(target_arch = "wasm32"))]
+mod memory;
 mod ops;
 
 pub use device::{adapters, AdapterSummary, Options};

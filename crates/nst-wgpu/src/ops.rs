@@ -558,8 +558,10 @@ impl BackendExt for Wgpu {
             // A software adapter (lavapipe, WARP) keeps its buffers in the host's memory.
             MemoryKind::host_now()
         } else {
-            // wgpu does not report a device's memory: the budget must be given.
-            MemoryKind::Device { total: 0, free: 0 }
+            // Read through the API where it can (Vulkan); otherwise 0, and a budget must be
+            // given.
+            let (total, free) = self.inner.memory_now();
+            MemoryKind::Device { total, free }
         }
     }
 

@@ -72,6 +72,11 @@ fn the_adapter_is_listed_and_named() {
     assert!(g.max_binding() >= 1 << 20, "{}", g.max_binding());
     let name = nst_tensor::BackendCore::name(g);
     assert!(name.starts_with("wgpu:0:"), "{name}");
+    // Vulkan adapters report their device-local memory (read through wgpu-hal).
+    if list[0].api == "Vulkan" {
+        assert!(list[0].memory.0 > 0, "{:?}", list[0]);
+        assert!(list[0].to_string().contains(", memory "), "{}", list[0]);
+    }
     eprintln!("{}", list[0]);
 }
 
