@@ -6,6 +6,9 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "parity")]
+pub mod parity;
+
 /// The workspace's root (the folder of the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

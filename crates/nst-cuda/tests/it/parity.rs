@@ -1,12 +1,14 @@
-//! Every backend op on CUDA against the CPU backend on the same host-generated inputs.
+//! Every backend op on CUDA against the CPU backend on the same host-generated inputs: the
+//! shared suite (`nst_testkit::parity`, which the wgpu backend runs too), then what is
+//! CUDA's own (the im2col fallback, TF32, the batched reductions).
 //!
 //! Tolerance: `|cuda − cpu| <= 1e-4 · (1 + |cpu|)` for elementwise ops and pooling, and
 //! `1e-4 · max|cpu|` for GEMM-based ops (different summation orders in f32).
 
 use nst_cpu::Cpu;
 use nst_cuda::Cuda;
-use nst_tensor::{Backend, PoolKind, Tensor};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use nst_tensor::{Backend, Tensor};
+use nst_testkit::parity::{self, close, data, pair, Tol, Tolerances};
 use std::sync::OnceLock;
 
 /// The GPU. The parity tests are `#[ignore]`d (a machine without a GPU counts them as
@@ -39,147 +41,26 @@ fn worst<B: Backend>(cpu: &Tensor<Cpu>, cuda: &Tensor<B>) -> f32 {
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs() / scale))
 }
 
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
-}
-
-fn pair(dims: &[usize], seed: u64, g: &Cuda) -> (Tensor<Cpu>, Tensor<Cuda>) {
-    let d = data(dims.iter().product(), seed);
-    (
-        Tensor::from_f32(&Cpu::new(2), &d, dims.to_vec()).unwrap(),
-        Tensor::from_f32(g, &d, dims.to_vec()).unwrap(),
-    )
-}
-
-fn close<B: Backend>(what: &str, cpu: &Tensor<Cpu>, cuda: &Tensor<B>, gemm: bool) {
-    assert_eq!(cpu.dims(), cuda.dims(), "{what}");
-    let a = cpu.to_f32().unwrap();
-    let b = cuda.to_f32().unwrap();
-    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let tol = if gemm {
-            1e-4 * scale.max(1.0)
-        } else {
-            1e-4 * (1.0 + x.abs())
-        };
-        assert!((x - y).abs() <= tol, "{what}[{i}]: cpu {x} cuda {y}");
-    }
-}
+/// `1e-4 · (1 + |cpu|)` entry by entry for elementwise ops and pooling, `1e-4 · max|cpu|`
+/// (at least 1e-4) for GEMM-based ops: different summation orders in f32.
+const T: Tolerances = Tolerances {
+    elementwise: Tol::RelativeOrAbsolute(1e-4),
+    gemm: Tol::OfLargestOrOne(1e-4),
+};
 
 #[test]
 #[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
 fn elementwise_and_reductions() {
     let g = gpu();
-    let (a, ga) = pair(&[3, 5, 7], 1, g);
-    let (b, gb) = pair(&[3, 5, 7], 2, g);
-    close("relu", &a.relu().unwrap(), &ga.relu().unwrap(), false);
-    close("square", &a.square().unwrap(), &ga.square().unwrap(), false);
-    close("exp", &a.exp().unwrap(), &ga.exp().unwrap(), false);
-    close(
-        "affine",
-        &a.affine(-1.5, 0.25).unwrap(),
-        &ga.affine(-1.5, 0.25).unwrap(),
-        false,
-    );
-    close("add", &a.add(&b).unwrap(), &ga.add(&gb).unwrap(), false);
-    close("sub", &a.sub(&b).unwrap(), &ga.sub(&gb).unwrap(), false);
-    close("mul", &a.mul(&b).unwrap(), &ga.mul(&gb).unwrap(), false);
-    close(
-        "relu_grad",
-        &a.binary(nst_tensor::BinaryOp::ReluGrad, &b).unwrap(),
-        &ga.binary(nst_tensor::BinaryOp::ReluGrad, &gb).unwrap(),
-        false,
-    );
-    close("div", &a.div(&b).unwrap(), &ga.div(&gb).unwrap(), false);
-    let (pa, gpa) = (a.square().unwrap(), ga.square().unwrap());
-    close("sqrt", &pa.sqrt().unwrap(), &gpa.sqrt().unwrap(), false);
-    close(
-        "axpy",
-        &a.axpy(-0.75, &b).unwrap(),
-        &ga.axpy(-0.75, &gb).unwrap(),
-        false,
-    );
-    let (d1, d2) = (a.dot(&b).unwrap(), ga.dot(&gb).unwrap());
-    assert!((d1 - d2).abs() < 1e-9 * (1.0 + d1.abs()), "dot {d1} {d2}");
-    let (n1, n2) = (a.norms().unwrap(), ga.norms().unwrap());
-    assert!((n1.0 - n2.0).abs() < 1e-9 * n1.0, "norm1 {n1:?} {n2:?}");
-    assert_eq!(n1.1, n2.1, "max norm");
-    let mut nan = data(1000, 4);
-    nan[517] = f32::NAN;
-    let gnan = Tensor::from_f32(g, &nan, [1000]).unwrap().norms().unwrap();
-    assert!(
-        gnan.0.is_nan() && gnan.1.is_nan(),
-        "NaN propagates: {gnan:?}"
-    );
-    close("sum", &a.sum().unwrap(), &ga.sum().unwrap(), true);
-    for axis in 0..3 {
-        close(
-            "sum_axis",
-            &a.sum_axis(axis).unwrap(),
-            &ga.sum_axis(axis).unwrap(),
-            true,
-        );
-        close(
-            "narrow",
-            &a.narrow(axis, 1, 2).unwrap(),
-            &ga.narrow(axis, 1, 2).unwrap(),
-            false,
-        );
-        let n = a.narrow(axis, 1, 2).unwrap();
-        let gn = ga.narrow(axis, 1, 2).unwrap();
-        let full = a.dims()[axis];
-        close(
-            "narrow_backward",
-            &n.narrow_backward(axis, 1, full).unwrap(),
-            &gn.narrow_backward(axis, 1, full).unwrap(),
-            false,
-        );
-    }
-    let (m, gm) = pair(&[37, 19], 14, g);
-    close(
-        "transpose",
-        &m.transpose().unwrap(),
-        &gm.transpose().unwrap(),
-        false,
-    );
-    let (c, gc) = pair(&[3, 1, 7], 3, g);
-    close(
-        "broadcast",
-        &c.broadcast_to([3, 5, 7]).unwrap(),
-        &gc.broadcast_to([3, 5, 7]).unwrap(),
-        false,
-    );
-    let big = data(1_000_003, 9);
-    let s1 = Tensor::from_f32(&Cpu::new(2), &big, [big.len()])
-        .unwrap()
-        .sum()
-        .unwrap();
-    let s2 = Tensor::from_f32(g, &big, [big.len()])
-        .unwrap()
-        .sum()
-        .unwrap();
-    assert!((s1.scalar().unwrap() - s2.scalar().unwrap()).abs() < 1e-2);
+    parity::elementwise(g, T);
+    // Dot products and norms accumulate in f64 on the GPU, as on the CPU.
+    parity::reductions_and_movement(g, T, 1e-9);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
 fn matmul_with_transposes() {
-    let g = gpu();
-    for (m, k, n) in [(1, 1, 1), (7, 5, 3), (64, 33, 17)] {
-        for ta in [false, true] {
-            for tb in [false, true] {
-                let (a, ga) = pair(&if ta { [k, m] } else { [m, k] }, 4, g);
-                let (b, gb) = pair(&if tb { [n, k] } else { [k, n] }, 5, g);
-                close(
-                    "matmul",
-                    &a.matmul_t(&b, ta, tb).unwrap(),
-                    &ga.matmul_t(&gb, ta, tb).unwrap(),
-                    true,
-                );
-            }
-        }
-    }
+    parity::matmul(gpu(), T);
 }
 
 #[test]
@@ -215,48 +96,9 @@ fn the_im2col_fallback_in_bands_matches_the_cpu() {
     conv_parity(&g);
 }
 
-/// Every convolution op on `g` against the CPU, on shapes with strides, padding and 1x1
-/// kernels.
+/// Every convolution op on `g` against the CPU (the shared suite).
 fn conv_parity(g: &Cuda) {
-    for (n, cin, cout, h, w, k, s, p) in [
-        (1, 3, 8, 17, 13, 3, 1, 1),
-        (2, 4, 5, 9, 11, 3, 2, 0),
-        (1, 2, 3, 6, 6, 1, 1, 0),
-        // Winograd on the CPU side.
-        (1, 32, 16, 15, 10, 3, 1, 1),
-    ] {
-        let (x, gx) = pair(&[n, cin, h, w], 6, g);
-        let (wt, gw) = pair(&[cout, cin, k, k], 7, g);
-        let (b, gb) = pair(&[cout], 8, g);
-        let y = x.conv2d(&wt, Some(&b), s, p).unwrap();
-        let gy = gx.conv2d(&gw, Some(&gb), s, p).unwrap();
-        close("conv2d", &y, &gy, true);
-        let pr = x.conv2d_params(&wt, s, p).unwrap();
-        let (dy, gdy) = pair(y.dims(), 9, g);
-        close(
-            "conv2d_backward_input",
-            &dy.conv2d_backward_input(&wt, &pr).unwrap(),
-            &gdy.conv2d_backward_input(&gw, &pr).unwrap(),
-            true,
-        );
-        close(
-            "conv2d_backward_weight",
-            &dy.conv2d_backward_weight(&x, &pr).unwrap(),
-            &gdy.conv2d_backward_weight(&gx, &pr).unwrap(),
-            true,
-        );
-        let yr = x.conv2d_relu(&wt, Some(&b), s, p).unwrap();
-        let gyr = gx.conv2d_relu(&gw, Some(&gb), s, p).unwrap();
-        close("conv2d_relu", &yr, &gyr, true);
-        // The same mask on both sides (an output within rounding of 0 could flip it).
-        let gyr = Tensor::from_f32(g, &yr.to_f32().unwrap(), yr.dims().to_vec()).unwrap();
-        close(
-            "conv2d_relu_backward_input",
-            &dy.conv2d_relu_backward_input(&yr, &wt, &pr).unwrap(),
-            &gdy.conv2d_relu_backward_input(&gyr, &gw, &pr).unwrap(),
-            true,
-        );
-    }
+    parity::convolutions(g, T);
 }
 
 #[test]
@@ -333,82 +175,24 @@ fn batched_reductions_and_the_projection() {
         "combine",
         &Tensor::combine(&coeffs, &all_cpu).unwrap(),
         &Tensor::combine(&coeffs, &all).unwrap(),
-        false,
+        T.elementwise,
     );
     let sums: Vec<Tensor<Cuda>> = dev.iter().map(|t| t.sum().unwrap()).collect();
     let gathered = Tensor::scalars(&sums.iter().collect::<Vec<_>>()).unwrap();
     for (got, t) in gathered.iter().zip(&sums) {
         assert_eq!(got.to_bits(), t.scalar().unwrap().to_bits());
     }
-    let img = data(3 * 50 * 40, 40)
-        .iter()
-        .map(|v| v * 200.0)
-        .collect::<Vec<_>>();
-    let ranges = [(-100.0f32, 150.0f32), (-20.0, 30.0), (0.0, 1.0)];
-    let a = Tensor::from_f32(&cpu, &img, [1, 3, 50, 40])
-        .unwrap()
-        .clamp_channels(&ranges)
-        .unwrap();
-    let b = Tensor::from_f32(g, &img, [1, 3, 50, 40])
-        .unwrap()
-        .clamp_channels(&ranges)
-        .unwrap();
-    assert_eq!(a.to_f32().unwrap(), b.to_f32().unwrap());
+    parity::projection(g);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
 fn pooling_forward_and_backward() {
-    let g = gpu();
-    for kind in [PoolKind::Max, PoolKind::Avg] {
-        for (h, w, k, s) in [(8, 8, 2, 2), (7, 9, 2, 2), (9, 7, 3, 2)] {
-            let (x, gx) = pair(&[2, 3, h, w], 10, g);
-            let y = x.pool2d(kind, k, s).unwrap();
-            close("pool2d", &y, &gx.pool2d(kind, k, s).unwrap(), false);
-            let pp = x.pool2d_params(kind, k, s).unwrap();
-            let (dy, gdy) = pair(y.dims(), 11, g);
-            close(
-                "pool2d_backward",
-                &x.pool2d_backward(&dy, &pp).unwrap(),
-                &gx.pool2d_backward(&gdy, &pp).unwrap(),
-                false,
-            );
-        }
-    }
+    parity::pooling(gpu(), T);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU: run with --include-ignored where there is one"]
 fn taped_gradients_agree() {
-    let g = gpu();
-    fn loss<B: Backend>(x: Tensor<B>, w: Tensor<B>) -> Vec<f32> {
-        let tape = nst_autodiff::Tape::new();
-        let xv = tape.var(x);
-        let wv = tape.constant(w);
-        let f = xv
-            .conv2d(&wv, None, 1, 1)
-            .unwrap()
-            .relu()
-            .unwrap()
-            .pool2d(PoolKind::Max, 2, 2)
-            .unwrap();
-        let d = f.shape().dims().to_vec();
-        let f = f.reshape([d[1], d[2] * d[3]]).unwrap();
-        let gram = f.matmul_t(&f, false, true).unwrap();
-        let l = gram.square().unwrap().mean().unwrap();
-        tape.backward(&l)
-            .unwrap()
-            .get(&xv)
-            .unwrap()
-            .to_f32()
-            .unwrap()
-    }
-    let (x, gx) = pair(&[1, 3, 12, 10], 12, g);
-    let (w, gw) = pair(&[4, 3, 3, 3], 13, g);
-    let a = loss(x, w);
-    let b = loss(gx, gw);
-    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    for (p, q) in a.iter().zip(&b) {
-        assert!((p - q).abs() <= 1e-3 * scale, "{p} vs {q}");
-    }
+    parity::taped_gradients(gpu(), 1e-3);
 }

@@ -2,12 +2,13 @@
 //! (every layer's geometry, an eighth of the channels): the taped gradient, a 20-iteration
 //! render's loss curve, bytes repeated, and tiling forced by a small binding limit.
 
-use crate::{data, gpu};
+use crate::gpu;
 use nst_cpu::Cpu;
 use nst_style::{
     Image, Objective, ObjectiveConfig, OptimizerKind, RenderConfig, RenderSession, TileChoice,
 };
 use nst_tensor::Backend;
+use nst_testkit::parity::data;
 use nst_vgg::{Arch, Vgg};
 use nst_wgpu::{Options, Wgpu};
 
@@ -63,29 +64,78 @@ fn the_objective_and_its_taped_gradient_match_the_cpu() {
     assert!(e <= 1e-4, "the gradients differ by {e:e}");
 }
 
-/// The loss of every iteration and the final image of a single-scale render of `size`.
-fn render<B: Backend>(
-    b: &B,
+/// A single-scale render on the narrow test network (`divisor` times narrower than VGG19).
+#[derive(Clone)]
+struct Run {
     iterations: usize,
     optimizer: OptimizerKind,
     tile: TileChoice,
-    (w, h): (usize, usize),
-    objective: &ObjectiveConfig,
-) -> (Vec<f64>, Image) {
-    let vgg = net(b);
-    let cfg = RenderConfig {
-        tile,
-        memory_budget: Some(4_000_000_000),
-        optimizer,
-        objective: objective.clone(),
-        ..RenderConfig::single_scale(iterations)
-    };
-    let mut s = RenderSession::new(b, &vgg, &image(w, h, 4), &[image(48, 48, 5)], &cfg).unwrap();
-    let mut losses = Vec::new();
-    while let Some(p) = s.step().unwrap() {
-        losses.push(p.total);
+    size: (usize, usize),
+    objective: ObjectiveConfig,
+    divisor: usize,
+}
+
+impl Run {
+    fn new(iterations: usize, optimizer: OptimizerKind, size: (usize, usize)) -> Self {
+        Run {
+            iterations,
+            optimizer,
+            tile: TileChoice::Off,
+            size,
+            objective: ObjectiveConfig::default(),
+            divisor: 8,
+        }
     }
-    (losses, s.finish().unwrap().image)
+
+    fn config(&self) -> RenderConfig {
+        RenderConfig {
+            tile: self.tile,
+            memory_budget: Some(4_000_000_000),
+            optimizer: self.optimizer,
+            objective: self.objective.clone(),
+            ..RenderConfig::single_scale(self.iterations)
+        }
+    }
+
+    /// The loss of every iteration and the final image.
+    fn on<B: Backend>(&self, b: &B) -> (Vec<f64>, Image) {
+        let vgg = Vgg::random_narrow_for_tests(b, Arch::Vgg19, self.divisor, 3).unwrap();
+        let (w, h) = self.size;
+        let mut s = RenderSession::new(
+            b,
+            &vgg,
+            &image(w, h, 4),
+            &[image(48, 48, 5)],
+            &self.config(),
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        while let Some(p) = s.step().unwrap() {
+            losses.push(p.total);
+        }
+        (losses, s.finish().unwrap().image)
+    }
+}
+
+/// Two renders of the same objective, one tiled or split: the losses within 1e-4, the pixels
+/// within half a level.
+fn same_render(whole: &(Vec<f64>, Image), other: &(Vec<f64>, Image)) {
+    for (x, y) in whole.0.iter().zip(&other.0) {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "whole {:?}, other {:?}",
+            whole.0,
+            other.0
+        );
+    }
+    let worst = whole
+        .1
+        .data()
+        .iter()
+        .zip(other.1.data())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 0.5, "the images differ by {worst}");
 }
 
 /// Adam: the classic L-BFGS (step 1, no line search) amplifies the last bits in which two
@@ -94,28 +144,9 @@ fn render<B: Backend>(
 /// above.
 #[test]
 fn a_render_follows_the_cpus_loss_curve_and_repeats_its_bytes() {
-    let run = |b: &dyn Fn() -> (Vec<f64>, Image)| b();
-    let size = (64, 48);
-    let (cpu, _) = run(&|| {
-        render(
-            &Cpu::new(2),
-            20,
-            OptimizerKind::Adam,
-            TileChoice::Off,
-            size,
-            &ObjectiveConfig::default(),
-        )
-    });
-    let (first, im1) = run(&|| {
-        render(
-            gpu(),
-            20,
-            OptimizerKind::Adam,
-            TileChoice::Off,
-            size,
-            &ObjectiveConfig::default(),
-        )
-    });
+    let adam = Run::new(20, OptimizerKind::Adam, (64, 48));
+    let (cpu, _) = adam.on(&Cpu::new(2));
+    let (first, im1) = adam.on(gpu());
     assert_eq!((cpu.len(), first.len()), (20, 20));
     for (i, (a, b)) in cpu.iter().zip(&first).enumerate() {
         assert!(
@@ -125,34 +156,15 @@ fn a_render_follows_the_cpus_loss_curve_and_repeats_its_bytes() {
         );
     }
     assert!(first[19] < 0.5 * first[0], "the loss fell: {first:?}");
-    let (again, im2) = render(
-        gpu(),
-        20,
-        OptimizerKind::Adam,
-        TileChoice::Off,
-        size,
-        &ObjectiveConfig::default(),
-    );
+    let (again, im2) = adam.on(gpu());
     assert_eq!(first, again);
     assert!(im1 == im2, "the same inputs gave other bytes");
     // The classic optimizer repeats its bytes too.
-    let a = render(
-        gpu(),
-        6,
-        OptimizerKind::Lbfgs,
-        TileChoice::Off,
-        size,
-        &ObjectiveConfig::default(),
+    let lbfgs = Run::new(6, OptimizerKind::Lbfgs, (64, 48));
+    assert!(
+        lbfgs.on(gpu()) == lbfgs.on(gpu()),
+        "L-BFGS on wgpu gave other bytes"
     );
-    let b = render(
-        gpu(),
-        6,
-        OptimizerKind::Lbfgs,
-        TileChoice::Off,
-        size,
-        &ObjectiveConfig::default(),
-    );
-    assert!(a == b, "L-BFGS on wgpu gave other bytes");
 }
 
 /// Layers to relu2_2: a halo small enough for tiles of a small image.
@@ -164,57 +176,42 @@ fn shallow_layers() -> ObjectiveConfig {
     }
 }
 
+/// A 5-iteration L-BFGS render of 96x72 on the shallow layers, on a network `divisor` times
+/// narrower than VGG19.
+fn shallow_run(divisor: usize, tile: TileChoice) -> Run {
+    Run {
+        tile,
+        objective: shallow_layers(),
+        divisor,
+        ..Run::new(5, OptimizerKind::Lbfgs, (96, 72))
+    }
+}
+
 #[test]
 fn a_small_binding_limit_tiles_the_render_and_changes_nothing() {
     // conv1_1's output of the whole 96x72 image (8 channels here) is 221 KB; the largest
     // weights (64 x 64 x 3 x 3) are 147 KB: a limit of 160 KB forces tiles.
-    let limit = 160 * 1024;
     let small = Wgpu::open(
         0,
         Options {
-            max_binding: Some(limit),
+            max_binding: Some(160 * 1024),
         },
     )
     .unwrap();
-    let vgg = net(&small);
-    let cfg = RenderConfig {
-        memory_budget: Some(4_000_000_000),
-        objective: shallow_layers(),
-        ..RenderConfig::single_scale(5)
-    };
-    let style = [image(48, 48, 5)];
-    let plans = nst_style::plan_scales(&vgg, &image(96, 72, 4), &style, &cfg).unwrap();
+    let tiled = shallow_run(8, TileChoice::Auto);
+    let vgg = Vgg::random_narrow_for_tests(&small, Arch::Vgg19, 8, 3).unwrap();
+    let plans = nst_style::plan_scales(
+        &vgg,
+        &image(96, 72, 4),
+        &[image(48, 48, 5)],
+        &tiled.config(),
+    )
+    .unwrap();
     assert!(plans[0].tiles > 1, "{:?}", plans[0]);
-    let size = (96, 72);
-    let (tiled, a) = render(
-        &small,
-        5,
-        OptimizerKind::Lbfgs,
-        TileChoice::Auto,
-        size,
-        &cfg.objective,
+    same_render(
+        &shallow_run(8, TileChoice::Off).on(gpu()),
+        &tiled.on(&small),
     );
-    let (whole, b) = render(
-        gpu(),
-        5,
-        OptimizerKind::Lbfgs,
-        TileChoice::Off,
-        size,
-        &cfg.objective,
-    );
-    for (x, y) in whole.iter().zip(&tiled) {
-        assert!(
-            (x - y).abs() <= 1e-4 * x.abs(),
-            "untiled {whole:?}, tiled {tiled:?}"
-        );
-    }
-    let worst = a
-        .data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst <= 0.5, "tiled and untiled images differ by {worst}");
 }
 
 /// Bindings of 64 KB, under the image's own vectors (96x72x3 floats, 83 KB, split over two)
@@ -229,43 +226,8 @@ fn image_vectors_larger_than_a_binding_are_split() {
         },
     )
     .unwrap();
-    let size = (96, 72);
-    let narrow16 = |b: &Wgpu| Vgg::random_narrow_for_tests(b, Arch::Vgg19, 16, 3).unwrap();
-    let run = |b: &Wgpu, tile: TileChoice| {
-        let vgg = narrow16(b);
-        let cfg = RenderConfig {
-            tile,
-            memory_budget: Some(4_000_000_000),
-            objective: shallow_layers(),
-            ..RenderConfig::single_scale(5)
-        };
-        let mut s = RenderSession::new(
-            b,
-            &vgg,
-            &image(size.0, size.1, 4),
-            &[image(48, 48, 5)],
-            &cfg,
-        )
-        .unwrap();
-        let mut losses = Vec::new();
-        while let Some(p) = s.step().unwrap() {
-            losses.push(p.total);
-        }
-        (losses, s.finish().unwrap().image)
-    };
-    let (tiled, a) = run(&small, TileChoice::Auto);
-    let (whole, b) = run(gpu(), TileChoice::Off);
-    for (x, y) in whole.iter().zip(&tiled) {
-        assert!(
-            (x - y).abs() <= 1e-4 * x.abs(),
-            "untiled {whole:?}, tiled {tiled:?}"
-        );
-    }
-    let worst = a
-        .data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst <= 0.5, "split and whole images differ by {worst}");
+    same_render(
+        &shallow_run(16, TileChoice::Off).on(gpu()),
+        &shallow_run(16, TileChoice::Auto).on(&small),
+    );
 }
