@@ -3,16 +3,16 @@
 
 /// The memory available now (`MemAvailable`), in bytes; `None` where it cannot be read.
 pub fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    kib_field(&meminfo, "MemAvailable:")
+    match memory() {
+        nst_tensor::MemoryKind::Host { available } if available > 0 => Some(available),
+        _ => None,
+    }
 }
 
 /// The host's memory as a backend reports it: what is available now (0 where it cannot be
-/// read).
+/// read; the rule is nst-tensor's, which every backend on host memory shares).
 pub fn memory() -> nst_tensor::MemoryKind {
-    nst_tensor::MemoryKind::Host {
-        available: available_memory().unwrap_or(0),
-    }
+    nst_tensor::MemoryKind::host_now()
 }
 
 /// The machine's memory (`MemTotal`), in bytes; `None` where it cannot be read.

@@ -200,7 +200,6 @@ impl Inner {
             )));
         }
         let adapter = list.swap_remove(ordinal);
-        let adapter_for_memory = adapter.clone();
         let summary = summary(ordinal, &adapter);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -296,7 +295,7 @@ impl Inner {
             chunk,
             max_groups: limits.max_compute_workgroups_per_dimension.max(1),
             host_memory: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
-            adapter: adapter_for_memory,
+            adapter,
             summary,
             device,
             queue,

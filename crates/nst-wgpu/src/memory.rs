@@ -31,7 +31,6 @@ pub(crate) fn of(adapter: &wgpu::Adapter) -> Option<(u64, u64)> {
         let mut props2 = ash::vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
         // SAFETY: Vulkan 1.1 and the extension are present (checked above).
         unsafe { instance.get_physical_device_memory_properties2(phd, &mut props2) };
-        let _ = props2;
         free = (0..heaps.len())
             .filter(|&i| local(i))
             .map(|i| budget.heap_budget[i].saturating_sub(budget.heap_usage[i]))

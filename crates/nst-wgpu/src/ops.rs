@@ -114,12 +114,13 @@ impl Wgpu {
             .iter()
             .map(|b| self.whole(OP, b))
             .collect::<Result<Vec<_>>>()?;
+        if k == 0 && m > 0 && n > 0 {
+            // An empty sum: zeros.
+            return self.full(len, 0.0);
+        }
         let out = self.inner.alloc_whole(len).map_err(|e| self.err(e))?;
         if m == 0 || n == 0 {
             return Ok(out);
-        }
-        if k == 0 {
-            return self.full(len, 0.0);
         }
         let mut p = vec![mode, u(OP, m)?, u(OP, n)?, u(OP, k)?];
         p.extend_from_slice(params);
