@@ -18,6 +18,7 @@ mod plot;
 mod record;
 mod render;
 mod signals;
+mod studio;
 mod system;
 mod video;
 mod web;
@@ -57,6 +58,9 @@ enum Command {
     /// List the devices `--device` can name: the CPU, and the CUDA GPUs and wgpu adapters
     /// where this nst was built with them.
     Devices,
+    /// A local app in the browser: upload a photo and paintings, queue renders, watch them
+    /// paint, keep a history (`--data DIR`, `--addr 127.0.0.1:8080`; docs/studio.md).
+    Studio(Box<studio::Args>),
 }
 
 /// The `nst` command: parses the process's arguments, runs the subcommand and exits with its
@@ -86,6 +90,7 @@ pub fn main() {
         Command::Video(a) => video::run(a),
         Command::ConvertWeights(a) => convert::run(a),
         Command::Devices => system::devices(),
+        Command::Studio(a) => studio::run(*a),
     };
     if let Err(e) = result {
         if let Some(i) = e.downcast_ref::<render::Interrupted>() {

@@ -147,6 +147,11 @@ pub(crate) struct Args {
     /// [default: 127.0.0.1:8080]; the URL with its token is printed at start.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::web::DEFAULT_ADDR, value_parser = crate::web::parse_addr)]
     web: Option<std::net::SocketAddr>,
+    /// Keep a preview of the current image (at most 1024 px, 8-bit PNG) in FILE, rewritten
+    /// atomically every 5 iterations and at every scale's end (for programs that watch the
+    /// render, such as `nst studio`).
+    #[arg(long, value_name = "FILE")]
+    preview: Option<PathBuf>,
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
@@ -788,6 +793,7 @@ struct Cli<'a> {
     save: io::SaveOptions,
     reporter: Reporter,
     web: Option<crate::web::WebView>,
+    preview: Option<crate::web::PreviewFile>,
     /// Taken (so stopped) when the drive ends.
     watch: Option<crate::grace::Watch>,
     clock: CheckpointClock,
@@ -855,6 +861,10 @@ impl<'a> Cli<'a> {
             }
             None => None,
         };
+        let preview = match &a.preview {
+            Some(p) => Some(crate::web::PreviewFile::start(p.clone())?),
+            None => None,
+        };
         crate::signals::install();
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         session.set_cancel(cancel.clone());
@@ -871,6 +881,7 @@ impl<'a> Cli<'a> {
             save,
             reporter,
             web,
+            preview,
             watch: Some(crate::grace::Watch::start(a.grace, cancel)),
             clock: CheckpointClock::new(a.checkpoint_every, Instant::now()),
             checkpoint_path: a.checkpoint.clone().or_else(|| a.resume.clone()),
@@ -888,15 +899,24 @@ impl<'a> Cli<'a> {
         session: &nst_style::RenderSession<B>,
         p: &Progress,
     ) -> nst_style::Result<()> {
-        let Some(w) = &self.web else {
+        if self.web.is_none() && self.preview.is_none() {
             return Ok(());
-        };
+        }
         let (it, n) = p.iteration;
         // The preview every few iterations and at every scale's first and last.
         if it == 1 || it % 5 == 0 || it == n || self.shown_scale != Some(p.scale.0) {
             self.shown_scale = Some(p.scale.0);
-            w.image(session.image()?);
+            let image = session.image()?;
+            if let Some(f) = &self.preview {
+                f.offer(image.clone());
+            }
+            if let Some(w) = &self.web {
+                w.image(image);
+            }
         }
+        let Some(w) = &self.web else {
+            return Ok(());
+        };
         let step = self.scale_iterations[..p.scale.0].iter().sum::<usize>() + it;
         let rate_eta = self.reporter.rate_eta(p);
         w.progress(web_record(p, step, rate_eta, record::State::Running, w));
@@ -959,6 +979,9 @@ impl<'a> Cli<'a> {
         }
         let rendered = session.finish()?;
         io::save_image_with(&rendered.image, &a.out, &self.save)?;
+        if let Some(f) = &mut self.preview {
+            f.finish(rendered.image.clone());
+        }
         if let Some(w) = &mut self.web {
             w.final_image(rendered.image.clone());
             w.progress(web_done(record::State::Done, w));
@@ -1009,6 +1032,9 @@ impl<'a> Cli<'a> {
             "{why}: wrote the current image to {}",
             a.out.display()
         ));
+        if let Some(f) = &mut self.preview {
+            f.finish(image.clone());
+        }
         if let Some(w) = &mut self.web {
             w.final_image(image);
             w.progress(web_done(record::State::Stopped, w));

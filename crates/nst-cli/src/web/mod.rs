@@ -61,9 +61,85 @@ struct Shared {
 /// A running web view.
 pub(crate) struct WebView {
     shared: Arc<Shared>,
-    frames: Option<SyncSender<Image>>,
-    encoder: Option<std::thread::JoinHandle<()>>,
+    encoder: Encoder,
     url: String,
+}
+
+/// A thread that scales images to at most [`PREVIEW_MAX`] px, encodes them as PNG and hands
+/// the bytes to a sink. One frame in flight at most: frames offered while it works are
+/// dropped (the next one will do), so the render never waits for it.
+pub(crate) struct Encoder {
+    frames: Option<SyncSender<Image>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Encoder {
+    /// Starts the thread; `sink` gets every encoded preview.
+    pub(crate) fn start(
+        name: &str,
+        mut sink: impl FnMut(Vec<u8>) + Send + 'static,
+    ) -> Result<Encoder> {
+        let (frames, rx) = sync_channel::<Image>(1);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Ok(img) = rx.recv() {
+                    if let Some(png) = preview_png(&img) {
+                        sink(png);
+                    }
+                }
+            })
+            .with_context(|| format!("cannot start the {name} thread"))?;
+        Ok(Encoder {
+            frames: Some(frames),
+            thread: Some(thread),
+        })
+    }
+
+    /// Offers an image (dropped when the thread is busy).
+    pub(crate) fn offer(&self, img: Image) {
+        if let Some(f) = &self.frames {
+            match f.try_send(img) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Encodes `img` and waits until the sink has it (the last image must not be dropped);
+    /// the thread ends.
+    pub(crate) fn finish(&mut self, img: Image) {
+        if let Some(f) = self.frames.take() {
+            let _ = f.send(img);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `nst render --preview FILE`: the current image, at most [`PREVIEW_MAX`] px, written to
+/// FILE atomically every few iterations (for a program that watches the render, such as
+/// `nst studio`).
+pub(crate) struct PreviewFile {
+    encoder: Encoder,
+}
+
+impl PreviewFile {
+    pub(crate) fn start(path: std::path::PathBuf) -> Result<PreviewFile> {
+        let encoder = Encoder::start("nst-preview", move |png| {
+            // A preview is a convenience: one that cannot be written is skipped.
+            let _ = nst_io::write_atomic(&path, |tmp| std::fs::write(tmp, &png));
+        })?;
+        Ok(PreviewFile { encoder })
+    }
+
+    pub(crate) fn offer(&self, img: Image) {
+        self.encoder.offer(img);
+    }
+
+    pub(crate) fn finish(&mut self, img: Image) {
+        self.encoder.finish(img);
+    }
 }
 
 /// Parses `--web`'s address (`HOST:PORT`, or a port alone for 127.0.0.1).
@@ -75,7 +151,7 @@ pub(crate) fn parse_addr(s: &str) -> std::result::Result<SocketAddr, String> {
         .map_err(|_| format!("expected HOST:PORT (e.g. {DEFAULT_ADDR}) or a port, got {s:?}"))
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -126,22 +202,12 @@ impl WebView {
                 })
             })
             .context("--web: cannot start the server thread")?;
-        // The encoder: one frame in flight at most; frames arriving while it works are
-        // dropped (the next one will do).
-        let (frames, rx) = sync_channel::<Image>(1);
         let enc_shared = shared.clone();
-        let encoder = std::thread::Builder::new()
-            .name("nst-web-png".into())
-            .spawn(move || {
-                while let Ok(img) = rx.recv() {
-                    if let Some(png) = preview_png(&img) {
-                        *enc_shared.image.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(Arc::new(png));
-                        enc_shared.image_version.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            })
-            .context("--web: cannot start the encoder thread")?;
+        let encoder = Encoder::start("nst-web-png", move |png| {
+            *enc_shared.image.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(png));
+            enc_shared.image_version.fetch_add(1, Ordering::SeqCst);
+        })
+        .context("--web")?;
         let host = if local.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -154,8 +220,7 @@ impl WebView {
         };
         Ok(WebView {
             shared,
-            frames: Some(frames),
-            encoder: Some(encoder),
+            encoder,
             url: format!("http://{host}:{}/?token={token}", local.port()),
         })
     }
@@ -178,22 +243,13 @@ impl WebView {
 
     /// Offers the current image to the encoder (dropped when it is busy).
     pub(crate) fn image(&self, img: Image) {
-        if let Some(f) = &self.frames {
-            match f.try_send(img) {
-                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-            }
-        }
+        self.encoder.offer(img);
     }
 
     /// Encodes `img` now, waiting for the encoder (the final image must be what the page
     /// shows).
     pub(crate) fn final_image(&mut self, img: Image) {
-        if let Some(f) = self.frames.take() {
-            let _ = f.send(img);
-        }
-        if let Some(e) = self.encoder.take() {
-            let _ = e.join();
-        }
+        self.encoder.finish(img);
     }
 
     /// How many previews have been encoded so far.
@@ -217,10 +273,15 @@ impl WebView {
 
 /// The image scaled to at most [`PREVIEW_MAX`] px on its longer side, as 8-bit PNG bytes.
 fn preview_png(img: &Image) -> Option<Vec<u8>> {
+    scaled_png(img, PREVIEW_MAX)
+}
+
+/// The image scaled to at most `max` px on its longer side, as 8-bit PNG bytes.
+pub(crate) fn scaled_png(img: &Image, max: usize) -> Option<Vec<u8>> {
     let (w, h) = (img.width(), img.height());
     let long = w.max(h).max(1);
-    let img = if long > PREVIEW_MAX {
-        let s = PREVIEW_MAX as f64 / long as f64;
+    let img = if long > max {
+        let s = max as f64 / long as f64;
         img.resize(
             ((w as f64 * s).round() as usize).max(1),
             ((h as f64 * s).round() as usize).max(1),
@@ -284,7 +345,7 @@ pub(crate) fn same_token(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The token a request carries: `?token=` or an `X-Nst-Token` header.
-fn given_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+pub(crate) fn given_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
     let from_query = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
     from_query.or_else(|| headers.get("x-nst-token").and_then(|v| v.to_str().ok()))
 }

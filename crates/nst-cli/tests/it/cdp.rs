@@ -159,6 +159,31 @@ impl Chromium {
         r["result"]["value"].clone()
     }
 
+    /// Evaluates a JavaScript expression and waits for its promise; the value it resolves to.
+    pub(crate) fn eval_async(&mut self, js: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": js, "returnByValue": true, "awaitPromise": true }),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Puts `files` in the file input `selector`, as a user picking them would (the page
+    /// gets its `change` event).
+    pub(crate) fn set_files(&mut self, selector: &str, files: &[&Path]) {
+        let found = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": format!("document.querySelector({selector:?})") }),
+        );
+        let object = found["result"]["objectId"].clone();
+        assert!(object.is_string(), "no element {selector}");
+        let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        self.call(
+            "DOM.setFileInputFiles",
+            json!({ "objectId": object, "files": files }),
+        );
+    }
+
     /// Clicks the middle of the element `selector` with the mouse, as a user would (so the
     /// element must be visible and on top there).
     pub(crate) fn click(&mut self, selector: &str) {

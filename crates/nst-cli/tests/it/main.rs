@@ -14,6 +14,7 @@ mod features;
 mod plot;
 mod render;
 mod resume;
+mod studio;
 mod tiling;
 mod video;
 mod web;

@@ -367,7 +367,7 @@ fn a_bad_or_busy_address_is_an_error_before_any_work() {
 
 /// Chromium: `$NST_CHROMIUM`, else the first of the usual names on the PATH.
 #[cfg(unix)]
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("NST_CHROMIUM") {
         return PathBuf::from(p);
     }
