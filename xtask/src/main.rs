@@ -372,9 +372,10 @@ fn test(extra: &[String]) -> Result<()> {
         "--tests",
     ]);
     status(c)?;
-    // The web view in a real browser (ignored by a plain `cargo test`: it needs Chromium).
-    // The same packages and features as the first run, so nothing is built again: every
-    // package's `it` binary runs, and only nst-cli's has tests under `web::`.
+    // The web view and the studio in a real browser (ignored by a plain `cargo test`: they
+    // need Chromium). The same packages and features as the first run, so nothing is built
+    // again: every package's `it` binary runs, and only nst-cli's has tests under `web::`
+    // and `studio::`.
     let browser = ensure_chromium()?;
     let mut c = cargo();
     c.env("NST_WEIGHTS", weights::vgg19_path(&root))
@@ -390,6 +391,7 @@ fn test(extra: &[String]) -> Result<()> {
             "--",
             "--ignored",
             "web::",
+            "studio::",
         ]);
     status(c)?;
     // Where the CPU multiplies bf16 natively, the tests of those kernels (ignored elsewhere).

@@ -113,6 +113,12 @@ impl Spec {
                 self.styles.len()
             ));
         }
+        if !self.masks.is_empty() && self.styles.iter().any(|s| s.weight != 1.0) {
+            return Err(
+                "with region masks the masks are the blend: leave each painting's weight at 1"
+                    .into(),
+            );
+        }
         if !(16..=MAX_SIZE).contains(&self.size) {
             return Err(format!("the size must be 16 to {MAX_SIZE} px"));
         }
@@ -174,8 +180,10 @@ impl Spec {
         for s in &self.styles {
             push("--style", input(&s.upload).into());
         }
-        let weights: Vec<String> = self.styles.iter().map(|s| s.weight.to_string()).collect();
-        push("--style-blend", weights.join(",").into());
+        if self.masks.is_empty() {
+            let weights: Vec<String> = self.styles.iter().map(|s| s.weight.to_string()).collect();
+            push("--style-blend", weights.join(",").into());
+        }
         for m in &self.masks {
             push("--content-mask", input(m).into());
         }

@@ -43,7 +43,8 @@ fn start(data: &Path, extra: &[&str]) -> Studio {
         ])
         .arg(data)
         .arg("--weights")
-        .arg(weights_path())
+        // NST_STUDIO_WEIGHTS: the real network, for the README's screenshot.
+        .arg(std::env::var_os("NST_STUDIO_WEIGHTS").unwrap_or_else(|| weights_path().into()))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -430,6 +431,57 @@ fn every_refusal_has_its_status_and_leaves_nothing_behind() {
         (img.width(), img.height(), img.color()),
         (64, 48, image::ColorType::Rgb8)
     );
+    // Two paintings in regions: masks are uploads too.
+    let scream = st.upload(&images().join("the_scream.jpg"));
+    let masks: Vec<String> = [false, true]
+        .iter()
+        .map(|&right| {
+            let m = image::GrayImage::from_fn(64, 48, |x, _| {
+                image::Luma([if (x >= 32) == right { 255 } else { 0 }])
+            });
+            let mut png = std::io::Cursor::new(Vec::new());
+            m.write_to(&mut png, image::ImageFormat::Png).unwrap();
+            let (code, v) = st.api("POST", "/api/uploads", &png.into_inner());
+            assert_eq!(code, 201, "{v}");
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let regions = st.create(&json!({
+        "content": photo,
+        "styles": [{ "upload": painting }, { "upload": scream }],
+        "masks": masks,
+        "size": 64,
+        "iterations": 3,
+    }));
+    st.wait_state(regions, "done", 60);
+    // The masks change the picture: the same paintings blended everywhere differ.
+    let blended = st.create(&json!({
+        "content": photo,
+        "styles": [{ "upload": painting }, { "upload": scream }],
+        "size": 64,
+        "iterations": 3,
+    }));
+    st.wait_state(blended, "done", 60);
+    assert_ne!(st.result(regions), st.result(blended));
+    // Uploads at once from several clients: one file, one id, nothing partial.
+    let bytes = std::fs::read(images().join("shipwreck.jpg")).unwrap();
+    let ids: Vec<String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                sc.spawn(|| {
+                    let (code, v) = st.api("POST", "/api/uploads", &bytes);
+                    assert_eq!(code, 201, "{v}");
+                    v["id"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let (code, thumb) = st.api_raw(&format!("/api/uploads/{}/thumb.png", ids[0]));
+    assert_eq!(code, 200);
+    let t = image::load_from_memory(&thumb).unwrap();
+    assert_eq!(t.width().max(t.height()), 256);
     // Again, then delete.
     let (code, v) = st.api("POST", &format!("/api/jobs/{c}/again"), b"");
     assert_eq!(code, 201);
@@ -595,6 +647,24 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         60,
         "document.readyState === 'complete' && !!document.getElementById('start')",
     );
+    if std::env::var_os("NST_STUDIO_SCREENSHOT").is_some() {
+        // Two earlier renders for the history in the picture.
+        for (c, p) in [
+            ("golden_gate.jpg", "the_scream.jpg"),
+            ("hoovertowernight.jpg", "woman-with-hat-matisse.jpg"),
+        ] {
+            let mut v = spec(
+                &st.upload(&images().join(c)),
+                &st.upload(&images().join(p)),
+                1,
+            );
+            v["size"] = json!(256);
+            v["quality"] = json!("draft");
+            v.as_object_mut().unwrap().remove("iterations");
+            let id = st.create(&v);
+            st.wait_state(id, "done", 900);
+        }
+    }
     // A user picks a photo and a painting.
     // Chromium reads picked files itself; the shared images' folder is a mount it refuses
     // to read from ("NotReadableError"), so the test picks copies in its own folder.
@@ -608,7 +678,17 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
     wait_js(&mut tab, "the photo's thumbnail", 60, "!!document.querySelector('#photo-thumb img') && document.querySelector('#photo-thumb img').naturalWidth > 0");
     tab.set_files("#paintings", &[&painting]);
     wait_js(&mut tab, "the painting's thumbnail", 60, "!!document.querySelector('#painting-thumbs img') && document.querySelector('#painting-thumbs img').naturalWidth > 0");
-    tab.eval("document.getElementById('size').value = 96; document.getElementById('iterations').value = 1500; document.getElementById('size').dispatchEvent(new Event('change'))");
+    // NST_STUDIO_SIZE and NST_STUDIO_SCREENSHOT make the README's screenshot.
+    let size: u32 = std::env::var("NST_STUDIO_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96);
+    let iterations = if size > 96 { 300 } else { 1500 };
+    tab.eval(&format!(
+        "document.getElementById('size').value = {size}; \
+         document.getElementById('iterations').value = {iterations}; \
+         document.getElementById('size').dispatchEvent(new Event('change'))"
+    ));
     wait_js(
         &mut tab,
         "the estimate",
@@ -623,6 +703,10 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         120,
         "document.getElementById('live').naturalWidth === 96",
     );
+    let id = tab
+        .eval("+document.getElementById('live-stop').dataset.job")
+        .as_i64()
+        .expect("the running render's id");
     let first = tab
         .eval("+document.getElementById('live').dataset.version")
         .as_f64()
@@ -637,13 +721,15 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         &mut tab,
         "the progress",
         30,
-        "/^\\d+ \\/ 1500$/.test(document.getElementById('live-step').textContent)",
+        &format!(
+            "/^\\d+ \\/ {iterations}$/.test(document.getElementById('live-step').textContent)"
+        ),
     );
     if let Some(path) = std::env::var_os("NST_STUDIO_SCREENSHOT") {
         until("a picture worth showing", 120, || {
             let t = tab.eval("document.getElementById('live-step').textContent");
             let n: u64 = t.as_str()?.split(' ').next()?.parse().ok()?;
-            (n >= 400).then_some(())
+            (n >= 150).then_some(())
         });
         std::thread::sleep(Duration::from_millis(1500));
         std::fs::write(path, tab.screenshot()).unwrap();
@@ -656,18 +742,18 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         60,
         "[...document.querySelectorAll('#queue .state')].some(e => e.textContent === 'stopped')",
     );
-    assert_eq!(st.job(1)["state"], "stopped");
+    assert_eq!(st.job(id)["state"], "stopped");
     tab.click("#queue [data-act=resume]");
     wait_js(
         &mut tab,
         "the render to finish",
         300,
-        "!!document.querySelector('#history [data-open=\"1\"]')",
+        &format!("!!document.querySelector('#history [data-open=\"{id}\"]')"),
     );
-    assert_eq!(st.job(1)["state"], "done");
+    assert_eq!(st.job(id)["state"], "done");
     // Open it: before/after, and the download is the server's file.
-    tab.click("#history [data-open=\"1\"]");
-    wait_js(&mut tab, "the comparison", 30, "document.getElementById('after').naturalWidth === 96 && document.getElementById('before').naturalWidth > 0");
+    tab.click(&format!("#history [data-open=\"{id}\"]"));
+    wait_js(&mut tab, "the comparison", 30, &format!("document.getElementById('after').naturalWidth === {size} && document.getElementById('before').naturalWidth > 0"));
     let bytes = tab.eval_async(
         "fetch(document.getElementById('download16').href).then(r => r.arrayBuffer()).then(b => Array.from(new Uint8Array(b)))",
     );
@@ -677,7 +763,7 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u8)
         .collect();
-    assert_eq!(bytes, st.result(1), "the download is the rendered file");
+    assert_eq!(bytes, st.result(id), "the download is the rendered file");
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!(img.color(), image::ColorType::Rgb16);
     drop(tab);
@@ -686,7 +772,13 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
     let st = start(&data, &[]);
     let url = format!("http://{}/?token={}", st.addr, st.token);
     let mut tab = Chromium::open(&chromium(), &url, (1400, 1000));
-    wait_js(&mut tab, "the history after a restart", 60, "!!document.querySelector('#history [data-open=\"1\"] img') && document.querySelector('#history [data-open=\"1\"] img').naturalWidth > 0");
+    let card = format!("document.querySelector('#history [data-open=\"{id}\"] img')");
+    wait_js(
+        &mut tab,
+        "the history after a restart",
+        60,
+        &format!("!!{card} && {card}.naturalWidth > 0"),
+    );
 }
 
 #[test]
@@ -700,4 +792,46 @@ fn the_page_is_served_whole_with_no_external_resource() {
     for external in ["http://", "https://", "//cdn", "<link"] {
         assert!(!page.contains(external), "{external}");
     }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_terminated_server_stops_its_render_at_a_checkpoint_and_resumes_it_next_time() {
+    let data = fresh("studio-term");
+    let mut st = start(&data, &[]);
+    let photo = st.upload(&images().join("tubingen.jpg"));
+    let painting = st.upload(&images().join("starry_night.jpg"));
+    let id = st.create(&spec(&photo, &painting, 400));
+    until("some iterations", 120, || {
+        let step = st.job(id)["live"]["step"].as_u64().unwrap_or(0);
+        (step >= 10).then_some(())
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &st.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = st.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the studio did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(143));
+    let job_dir = data.join("jobs").join(id.to_string());
+    assert!(
+        job_dir.join("render.ckpt").is_file(),
+        "stopped at a checkpoint"
+    );
+    drop(st);
+    let st = start(&data, &[]);
+    st.wait_state(id, "done", 300);
+    let log = std::fs::read_to_string(job_dir.join("log.jsonl")).unwrap();
+    assert_eq!(log.matches("\"event\":\"start\"").count(), 2, "resumed");
+    assert!(
+        !job_dir.join("render.ckpt").exists(),
+        "a finished render keeps no checkpoint"
+    );
 }
