@@ -1,6 +1,7 @@
 //! Entry points for `nst-fuzz` into what the CLI reads from untrusted text: a batch file's
 //! lines, the `--scales` and `--style-layers` values (through the same clap definition and
-//! checks as the command line), and the web view's HTTP server (raw requests on loopback).
+//! checks as the command line), the studio's render settings (JSON from its clients) and the
+//! web view's HTTP server (raw requests on loopback).
 //!
 //! Each takes one input and returns whether it was accepted; an error is a fine answer, a
 //! panic, a hang or a runaway allocation is what the fuzzer reports.
@@ -90,6 +91,29 @@ pub fn style_layers(input: &[u8]) -> bool {
     cfg.style_layers
         .iter()
         .all(|(n, w)| w.is_finite() && names.contains(n))
+}
+
+/// A render's settings as `nst studio` takes them from a client (`POST /api/jobs`): parsed
+/// and checked; an accepted one must make an `nst render` command line that clap accepts
+/// (a panic otherwise: the studio would queue a render that cannot start).
+pub fn studio_spec(input: &[u8]) -> bool {
+    let Ok(spec) = crate::studio::spec::Spec::parse(input) else {
+        return false;
+    };
+    let machine = crate::studio::spec::Machine {
+        threads: 2,
+        device: "cpu".into(),
+        max_pixels: crate::io::DEFAULT_MAX_PIXELS,
+        weights: None,
+        checkpoint_every: "auto".into(),
+    };
+    let mut argv: Vec<std::ffi::OsString> = vec!["nst render".into()];
+    argv.extend(spec.options(|id| format!("{id}.png").into(), &machine));
+    argv.extend(["--out".into(), "o.png".into()]);
+    if let Err(e) = Line::try_parse_from(&argv) {
+        panic!("accepted settings make a command line clap refuses: {e}");
+    }
+    true
 }
 
 /// A web view serving for the whole run, with the placeholders its seeds use replaced.

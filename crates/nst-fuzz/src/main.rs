@@ -4,7 +4,8 @@
 //! weights (conversion and the model loader), the checkpoint reader, PNG, JPEG, TIFF
 //! and WebP decoding through `nst-io` (the CLI's image path, with its limits), and the CLI's
 //! untrusted text and sockets: a batch file's lines, the `--scales` and `--style-layers`
-//! values, and raw HTTP requests to the web view (`nst_cli::fuzz`).
+//! values, the studio's render settings, and raw HTTP requests to the web view
+//! (`nst_cli::fuzz`).
 //!
 //! Each target starts from valid inputs built here and mutates them: bit flips, interesting
 //! bytes, integer fields overwritten (little- and big-endian: lengths, offsets, dimensions),
@@ -116,6 +117,11 @@ fn targets() -> Vec<Target> {
             name: "style-layers",
             kind: Kind::Bytes,
             run: nst_cli::fuzz::style_layers,
+        },
+        Target {
+            name: "studio-spec",
+            kind: Kind::Bytes,
+            run: nst_cli::fuzz::studio_spec,
         },
         Target {
             name: "http",

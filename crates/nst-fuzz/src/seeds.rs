@@ -300,6 +300,11 @@ pub(crate) fn for_target(name: &str) -> Vec<Vec<u8>> {
             "relu1_1:1,relu2_1:0.3,relu3_1:0.1,relu4_1:0.1",
             "conv3_4:2.5, pool2:1e-3",
         ]),
+        "studio-spec" => texts(&[
+            r#"{"content":"0123456789abcdef0123456789abcdef","styles":[{"upload":"fedcba9876543210fedcba9876543210"}]}"#,
+            r#"{"content":"0123456789abcdef0123456789abcdef","styles":[{"upload":"fedcba9876543210fedcba9876543210","weight":2.5},{"upload":"00000000000000000000000000000000","weight":0.5}],"size":1024,"quality":"high","style_loss":"w2","color":"match","strength":-0.4,"seed":7,"iterations":300}"#,
+            r#"{"content":"0123456789abcdef0123456789abcdef","styles":[{"upload":"fedcba9876543210fedcba9876543210"},{"upload":"00000000000000000000000000000000"}],"masks":["11111111111111111111111111111111","22222222222222222222222222222222"],"style_loss":"nn","strength":1}"#,
+        ]),
         "http" => http_requests(),
         _ => Vec::new(),
     }
