@@ -35,6 +35,7 @@ pub(super) fn router(studio: Arc<Studio>) -> Router {
         .route("/", get(page))
         .route("/api/status", get(status))
         .route("/api/uploads", post(upload))
+        .route("/api/uploads/{id}", get(upload_info))
         .route("/api/uploads/{id}/{file}", get(upload_file))
         .route("/api/estimate", post(estimate))
         .route("/api/jobs", get(jobs).post(create))
@@ -326,6 +327,24 @@ fn file_response(path: &std::path::Path, mime: &'static str, download: Option<St
             r
         }
         Err(_) => fail(StatusCode::NOT_FOUND, "not there (yet)"),
+    }
+}
+
+/// `GET /api/uploads/{id}`: what was uploaded (name, format, size).
+async fn upload_info(State(s): S, Path(id): Path<String>) -> Response {
+    if !is_upload_id(&id) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an upload id"),
+        );
+    }
+    match s.with_db(|db| db.upload(&id)) {
+        Ok(Some(u)) => json(
+            StatusCode::OK,
+            serde_json::to_value(&u).expect("serialises"),
+        ),
+        Ok(None) => fail(StatusCode::NOT_FOUND, format!("no upload {id}")),
+        Err(e) => internal(e),
     }
 }
 

@@ -130,6 +130,17 @@ fn default_data() -> Result<PathBuf> {
     }
 }
 
+/// The executable renders run: this very program. On Linux `/proc/self/exe`, which still
+/// names it after an upgrade replaced the file (so a render and its resume run the version
+/// that started them, and never a half-copied binary).
+fn own_executable() -> Result<PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe().context("cannot find the nst executable")
+}
+
 /// Holds the data folder for this server alone (another studio on it is refused).
 struct DataLock {
     _file: std::fs::File,
@@ -172,7 +183,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let _lock = lock_data(&data)?;
     let db = db::Db::open(&data.join("studio.sqlite"))?;
     let recovered = db.recover()?;
-    let exe = std::env::current_exe().context("cannot find the nst executable")?;
+    let exe = own_executable()?;
     let listener = std::net::TcpListener::bind(a.addr)
         .with_context(|| format!("cannot listen on {}", a.addr))?;
     listener

@@ -342,6 +342,9 @@ fn every_refusal_has_its_status_and_leaves_nothing_behind() {
             .as_bytes(),
     );
     assert_eq!(code, 400);
+    let (code, info) = st.api("GET", &format!("/api/uploads/{photo}"), b"");
+    assert_eq!((code, info["width"].as_u64()), (200, Some(1024)), "{info}");
+    assert_eq!(st.api("GET", "/api/uploads/..%2Fstudio.sqlite", b"").0, 400);
     assert_eq!(st.api("GET", "/api/jobs/999", b"").0, 404);
     assert_eq!(st.api("GET", "/api/jobs/..%2F..%2Fetc", b"").0, 400);
     assert_eq!(st.api("GET", "/api/jobs/999/result.png", b"").0, 404);
@@ -634,7 +637,12 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
                     "JSON.stringify({error: document.getElementById('new-error').textContent, \
                      conn: document.getElementById('conn').textContent, \
                      photo: document.getElementById('photo-thumb').innerHTML, \
-                     queue: document.getElementById('queue').textContent})",
+                     queue: document.getElementById('queue').textContent, \
+                     live: document.getElementById('live').src, \
+                     step: document.getElementById('live-step').textContent, \
+                     running: document.getElementById('live-box').style.display, \
+                     natural: document.getElementById('live').naturalWidth, \
+                     complete: document.getElementById('live').complete})",
                 );
                 panic!("timed out waiting for {what}; the page shows {shown}");
             }
@@ -701,7 +709,7 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         &mut tab,
         "the live image",
         120,
-        "document.getElementById('live').naturalWidth === 96",
+        &format!("document.getElementById('live').naturalWidth === {size}"),
     );
     let id = tab
         .eval("+document.getElementById('live-stop').dataset.job")
@@ -726,7 +734,7 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         ),
     );
     if let Some(path) = std::env::var_os("NST_STUDIO_SCREENSHOT") {
-        until("a picture worth showing", 120, || {
+        until("a picture worth showing", 600, || {
             let t = tab.eval("document.getElementById('live-step').textContent");
             let n: u64 = t.as_str()?.split(' ').next()?.parse().ok()?;
             (n >= 150).then_some(())
@@ -766,6 +774,28 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
     assert_eq!(bytes, st.result(id), "the download is the rendered file");
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!(img.color(), image::ColorType::Rgb16);
+    // "Edit settings" puts the render's settings back in a changed form.
+    tab.eval(
+        "document.getElementById('size').value = 512; \
+         document.querySelector('#painting-thumbs [data-remove]').click(); 1",
+    );
+    wait_js(
+        &mut tab,
+        "the painting removed",
+        10,
+        "document.querySelectorAll('#painting-thumbs img').length === 0",
+    );
+    tab.click("#edit");
+    wait_js(
+        &mut tab,
+        "the settings back in the form",
+        30,
+        &format!(
+            "document.getElementById('size').value === '{size}' && \
+             document.getElementById('iterations').value === '{iterations}' && \
+             document.querySelectorAll('#painting-thumbs img').length === 1"
+        ),
+    );
     drop(tab);
     // After a restart the history is there.
     drop(st);
