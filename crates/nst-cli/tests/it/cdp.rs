@@ -184,11 +184,13 @@ impl Chromium {
         );
     }
 
-    /// Clicks the middle of the element `selector` with the mouse, as a user would (so the
-    /// element must be visible and on top there).
+    /// Scrolls the element `selector` into view and clicks its middle with the mouse, as a
+    /// user would (so the element must be visible and on top there).
     pub(crate) fn click(&mut self, selector: &str) {
         let js = format!(
-            "(() => {{ const r = document.querySelector({selector:?}).getBoundingClientRect(); \
+            "(() => {{ const e = document.querySelector({selector:?}); \
+             e.scrollIntoView({{ block: 'center', behavior: 'instant' }}); \
+             const r = e.getBoundingClientRect(); \
              return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
         );
         let at = self.eval(&js);

@@ -642,7 +642,11 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
                      step: document.getElementById('live-step').textContent, \
                      running: document.getElementById('live-box').style.display, \
                      natural: document.getElementById('live').naturalWidth, \
-                     complete: document.getElementById('live').complete})",
+                     complete: document.getElementById('live').complete, \
+                     size: document.getElementById('size').value, \
+                     iterations: document.getElementById('iterations').value, \
+                     paintings: document.querySelectorAll('#painting-thumbs img').length, \
+                     edit: JSON.stringify(document.getElementById('edit').getBoundingClientRect())})",
                 );
                 panic!("timed out waiting for {what}; the page shows {shown}");
             }
