@@ -130,6 +130,9 @@ impl LogFollower {
         live.height = r.height;
         live.loss = r.total;
         live.elapsed_s = r.elapsed_s;
+        // A run resumed from a checkpoint repeats the iterations its predecessor logged after
+        // that checkpoint: the plot keeps one value a step.
+        live.losses.truncate(live.step.saturating_sub(1));
         if let Some(t) = r.total {
             live.losses.push(t);
         }
@@ -378,4 +381,52 @@ fn spawn(exe: &std::path::Path, args: &[std::ffi::OsString]) -> Result<Child> {
     }
     cmd.spawn()
         .with_context(|| format!("cannot start {}", exe.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iteration(scale: usize, it: usize, total: f64) -> String {
+        format!(
+            "{{\"scale\":{scale},\"width\":64,\"height\":48,\"iteration\":{it},\"elapsed_s\":{it}.0,\"total\":{total},\"tv\":1.0}}"
+        )
+    }
+
+    #[test]
+    fn the_log_gives_the_step_across_scales_and_a_resume_does_not_repeat_the_plot() {
+        let dir = std::env::temp_dir().join(format!("nst-studio-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.jsonl");
+        let start = "{\"event\":\"start\",\"scales\":[32,64],\"iterations\":500,\"scale_iterations\":[3,4]}";
+        let mut text = format!("{start}\n");
+        for it in 1..=3 {
+            text += &(iteration(0, it, 100.0 - it as f64) + "\n");
+        }
+        text += &(iteration(1, 1, 50.0) + "\n");
+        text += &iteration(1, 2, 49.0)[..20]; // half a line: not read yet
+        std::fs::write(&path, &text).unwrap();
+        let mut f = LogFollower::new(path.clone());
+        let mut live = Live::default();
+        f.follow(&mut live);
+        assert_eq!(
+            (live.step, live.steps, live.scale, live.scales),
+            (4, 7, 2, 2)
+        );
+        assert_eq!(live.losses, [99.0, 98.0, 97.0, 50.0]);
+        // The line completes; then the render is resumed from a checkpoint at step 3.
+        text = iteration(1, 2, 49.0)[20..].to_string() + "\n" + start + "\n";
+        text += &(iteration(1, 1, 50.0) + "\n");
+        text += &(iteration(1, 2, 49.0) + "\n");
+        text += &(iteration(1, 3, 48.0) + "\n");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        f.follow(&mut live);
+        assert_eq!(live.step, 6);
+        assert_eq!(live.losses, [99.0, 98.0, 97.0, 50.0, 49.0, 48.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
