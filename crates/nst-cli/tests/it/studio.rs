@@ -695,7 +695,7 @@ fn the_app_in_a_real_browser_renders_stops_resumes_and_keeps_its_history() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(96);
-    let iterations = if size > 96 { 300 } else { 1500 };
+    let iterations = if size > 96 { 300 } else { 400 };
     tab.eval(&format!(
         "document.getElementById('size').value = {size}; \
          document.getElementById('iterations').value = {iterations}; \
