@@ -210,22 +210,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         bound,
     });
     crate::signals::install();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .context("cannot start the server's runtime")?;
-    let app = api::router(studio.clone());
-    std::thread::Builder::new()
-        .name("nst-studio-http".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
-                    let _ = axum::serve(l, app).await;
-                }
-            })
-        })
-        .context("cannot start the server thread")?;
+    crate::web::serve(listener, api::router(studio.clone()), "nst-studio-http")?;
     let w = studio.clone();
     let worker = std::thread::Builder::new()
         .name("nst-studio-worker".into())

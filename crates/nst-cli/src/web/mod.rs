@@ -142,6 +142,27 @@ impl PreviewFile {
     }
 }
 
+/// Serves `app` on `listener` (non-blocking) from a thread of its own, named `name`, with a
+/// single-threaded tokio runtime (the web view's and the studio's server).
+pub(crate) fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the server's runtime")?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+                    let _ = axum::serve(l, app).await;
+                }
+            })
+        })
+        .context("cannot start the server thread")?;
+    Ok(())
+}
+
 /// Parses `--web`'s address (`HOST:PORT`, or a port alone for 127.0.0.1).
 pub(crate) fn parse_addr(s: &str) -> std::result::Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
@@ -186,22 +207,7 @@ impl WebView {
             image_version: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .context("--web: cannot start the server's runtime")?;
-        let app = router(shared.clone());
-        std::thread::Builder::new()
-            .name("nst-web".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
-                        let _ = axum::serve(l, app).await;
-                    }
-                })
-            })
-            .context("--web: cannot start the server thread")?;
+        serve(listener, router(shared.clone()), "nst-web").context("--web")?;
         let enc_shared = shared.clone();
         let encoder = Encoder::start("nst-web-png", move |png| {
             *enc_shared.image.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(png));

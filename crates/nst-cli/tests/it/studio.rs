@@ -7,6 +7,7 @@ use super::{images, weights_path};
 #[cfg(unix)]
 use crate::cdp::Chromium;
 use crate::features::tmp;
+use crate::web::until;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -180,17 +181,6 @@ impl Studio {
                 .join("result.png"),
         )
         .unwrap()
-    }
-}
-
-fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -148,7 +148,7 @@ fn wait(child: &mut Child, secs: u64) -> std::process::ExitStatus {
     }
 }
 
-fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
