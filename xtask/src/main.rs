@@ -307,6 +307,9 @@ fn apt_install(package: &str, why: &str) -> Result<()> {
     status(install)
 }
 
+/// The features `cargo xtask test` builds the workspace with (and `cargo xtask fuzz` reuses).
+const TEST_FEATURES: &str = "nst-cli/cuda,nst-cli/wgpu,nst-bench/cuda";
+
 fn test(extra: &[String]) -> Result<()> {
     let root = root();
     weights::fetch(&root, &[])?;
@@ -327,12 +330,7 @@ fn test(extra: &[String]) -> Result<()> {
         .env("NST_REQUIRE_WEIGHTS", "1")
         .env("NST_REQUIRE_NVRTC", "1")
         .env("LD_LIBRARY_PATH", &ld)
-        .args([
-            "test",
-            "--workspace",
-            "--features",
-            "nst-cli/cuda,nst-cli/wgpu,nst-bench/cuda",
-        ])
+        .args(["test", "--workspace", "--features", TEST_FEATURES])
         .args(extra);
     status(c)?;
     // The CUDA 12 bindings on their own (with both CUDA features, as `.ci/run`'s
@@ -385,7 +383,7 @@ fn test(extra: &[String]) -> Result<()> {
             "test",
             "--workspace",
             "--features",
-            "nst-cli/cuda,nst-cli/wgpu,nst-bench/cuda",
+            TEST_FEATURES,
             "--test",
             "it",
             "--",
@@ -433,14 +431,23 @@ fn fuzz(args: &[String]) -> Result<()> {
     let release = args.iter().any(|a| a == "--release");
     let rest: Vec<&String> = args.iter().filter(|a| *a != "--release").collect();
     let mut build = cargo();
-    build.args(["build", "-p", "nst-fuzz"]);
     if release {
-        build.arg("--release");
+        build.args(["build", "-p", "nst-fuzz", "--release"]);
     } else {
-        // The test profile (the dev profile's checks, integer overflow included), whose
-        // workspace crates `cargo xtask test` may have built already. (In a fresh CI clone
-        // the fuzz build still took 133 s: the CLI's features differ from the test build's.)
-        build.args(["--profile", "test"]);
+        // The fuzzer as `cargo xtask test` builds it for nst-fuzz's own test (the test profile,
+        // with the dev profile's checks, integer overflow included): the same packages,
+        // features and dev-dependencies, so after `cargo xtask test` (as in CI) nothing is
+        // built again. (`cargo build -p nst-fuzz` resolves features for nst-fuzz alone and
+        // rebuilt the CLI and five more crates: 133 s in a fresh CI clone.)
+        build.args([
+            "test",
+            "--workspace",
+            "--features",
+            TEST_FEATURES,
+            "--test",
+            "seeds",
+            "--no-run",
+        ]);
     }
     status(build)?;
     let bin = root
