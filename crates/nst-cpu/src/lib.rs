@@ -3,8 +3,8 @@
 //!
 //! [`Cpu`] (`f32`, the working precision) and [`Cpu64`] (`f64`, for gradient checks) implement
 //! [`nst_tensor::Backend`]. 3x3 stride-1 convolutions with enough channels use Winograd
-//! F(2x2, 3x3), or F(4x4, 3x3) with [`Precision::Fast`], with the filters transformed once per
-//! weight buffer; other convolutions are lowered to a cache-blocked im2col. Both run on the
+//! F(2x2, 3x3) (the input gradients of small layers F(3x3, 3x3), [`F3_MAX_CHANNEL_PAIRS`]), or
+//! F(4x4, 3x3) with [`Precision::Fast`], with the filters transformed once per weight buffer; other convolutions are lowered to a cache-blocked im2col. Both run on the
 //! `gemm` crate's kernels (AVX-512 chosen at run time where the processor has it); everything
 //! else is parallel loops over large chunks. At [`Precision::Fast`] on a CPU with AMX or
 //! AVX512-BF16, Winograd's products take bf16 operands with f32 sums instead ([`Products`]).
@@ -54,9 +54,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct CpuBuffer<E: Element> {
     data: Array1<E>,
     /// This buffer's Winograd transforms as 3x3 convolution weights, made on first use
-    /// (buffers never change, so the cache never goes stale): F(2x2) forward and input
-    /// gradient, then F(4x4) forward and input gradient.
-    winograd: [OnceLock<Arc<Filters<E>>>; 4],
+    /// (buffers never change, so the cache never goes stale): F(2x2), F(3x3) and F(4x4), each
+    /// forward then input gradient.
+    winograd: [OnceLock<Arc<Filters<E>>>; 6],
 }
 
 impl<E: Element> CpuBuffer<E> {
@@ -98,7 +98,12 @@ impl<E: Element> CpuBuffer<E> {
         bf16: bool,
     ) -> Arc<Filters<E>> {
         let make = || Filters::new(self.as_slice(), k, c, variant, rotated, bf16);
-        let slot = 2 * usize::from(variant == Variant::F4) + usize::from(rotated);
+        let v = match variant {
+            Variant::F2 => 0,
+            Variant::F3 => 1,
+            Variant::F4 => 2,
+        };
+        let slot = 2 * v + usize::from(rotated);
         let f = self.winograd[slot].get_or_init(|| Arc::new(make()));
         let (fk, fc) = if rotated { (c, k) } else { (k, c) };
         if f.matches(fk, fc, variant, bf16) {
@@ -121,6 +126,29 @@ impl<E: Element> Drop for CpuBuffer<E> {
 /// The fewest input and output channels for which a 3x3 convolution uses Winograd.
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
+/// At the default precision in f32, the most input-output channel pairs (`C·K`) for which a
+/// convolution's input gradient uses Winograd F(3x3, 3x3) instead of F(2x2, 3x3): VGG19's
+/// conv1_2 to conv4_1 (conv1_1, with 3 input channels, is below [`WINOGRAD_MIN_CHANNELS`]).
+///
+/// F(3x3, 3x3) takes 25 products per 3x3 output tile and channel pair, 2.8 per output,
+/// against F(2x2, 3x3)'s 4, and its transformed input is 2.8 values per pixel against 4. Its
+/// rounding error is about 3x F(2x2, 3x3)'s per convolution (9.0e-7 against 2.8e-7 relative,
+/// f32, random data); in the gradient that stays far inside the default precision's bounds
+/// against f64 (`docs/benchmarks.md#precision`).
+///
+/// Only the input gradient: the forward pass stays on F(2x2, 3x3), whose transforms use only
+/// ±1 and ½. Max pooling picks the largest of activations that can be equal up to rounding,
+/// and F(3x3, 3x3)'s larger rounding breaks such near-ties differently from the direct
+/// method, sending the gradient to another pixel of the window (measured: one such pixel made
+/// the gradient differ from NumPy's by 8.8e-2 of its largest entry on the reference crop).
+/// The input gradient's rounding moves no maximum.
+///
+/// Its cached filters are 25/9 of the weights against 16/9, so only where the weights are
+/// small: on all layers the bank would grow by 52 MB, 6% of a 512 px render's peak memory.
+/// Measured side by side, 2 threads, medians of five alternating runs: a render iteration
+/// 3.7% faster at 512x512 and 6% at 1024x1024, peak memory +3% (docs/benchmarks.md).
+pub const F3_MAX_CHANNEL_PAIRS: usize = 256 * 512;
+
 /// The CPU backend, generic over its element type.
 #[derive(Clone)]
 pub struct CpuBackend<E: Element> {
@@ -135,7 +163,8 @@ pub struct CpuBackend<E: Element> {
 /// How exactly the CPU backend computes 3x3 convolutions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
-    /// Winograd F(2x2, 3x3): as exact as the direct method in practice (see
+    /// Winograd F(2x2, 3x3), with the input gradients of layers with small weights in
+    /// F(3x3, 3x3) ([`F3_MAX_CHANNEL_PAIRS`]): about as exact as the direct method (see
     /// `docs/benchmarks.md` for the measured errors against f64).
     #[default]
     Default,
@@ -236,9 +265,19 @@ impl<E: Element> CpuBackend<E> {
         self.bf16().map(Kernel::name)
     }
 
-    /// The Winograd variant of the current precision.
-    fn variant(&self) -> Variant {
+    /// The Winograd variant of the current precision for a convolution of `p`'s shape, or (with
+    /// `rotated`) for its input gradient.
+    fn variant(&self, p: &Conv2dParams, rotated: bool) -> Variant {
         match self.precision {
+            // The input gradient of layers with small weights in F(3x3, 3x3), the rest in
+            // F(2x2, 3x3): see [`F3_MAX_CHANNEL_PAIRS`].
+            Precision::Default
+                if rotated
+                    && E::NAME == "f32"
+                    && p.in_channels * p.out_channels <= F3_MAX_CHANNEL_PAIRS =>
+            {
+                Variant::F3
+            }
             Precision::Default => Variant::F2,
             // bf16 rounding is amplified by F(4x4, 3x3)'s transform constants (2.5% relative
             // error per convolution on random data, against 0.4% with F(2x2, 3x3)).
@@ -247,7 +286,7 @@ impl<E: Element> CpuBackend<E> {
         }
     }
 
-    /// This backend with Winograd F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions turned
+    /// This backend with Winograd for 3x3 stride-1 padding-1 convolutions turned
     /// on (the default) or off (every convolution through im2col and GEMM), e.g. to compare.
     pub fn with_winograd(mut self, on: bool) -> Self {
         self.winograd = on;
@@ -316,7 +355,13 @@ impl<E: Element> CpuBackend<E> {
         rotated: bool,
     ) -> Arc<Filters<E>> {
         let bf16 = self.bf16().is_some();
-        w.filters(p.out_channels, p.in_channels, self.variant(), rotated, bf16)
+        w.filters(
+            p.out_channels,
+            p.in_channels,
+            self.variant(p, rotated),
+            rotated,
+            bf16,
+        )
     }
 
     /// Whether a convolution goes through Winograd F(2x2, 3x3): 3x3 kernels, stride 1,
