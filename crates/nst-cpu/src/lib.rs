@@ -4,8 +4,9 @@
 //! [`Cpu`] (`f32`, the working precision) and [`Cpu64`] (`f64`, for gradient checks) implement
 //! [`nst_tensor::Backend`]. 3x3 stride-1 convolutions with enough channels use Winograd
 //! F(2x2, 3x3) (the input gradients of small layers F(3x3, 3x3), [`F3_MAX_CHANNEL_PAIRS`]), or
-//! F(4x4, 3x3) with [`Precision::Fast`], with the filters transformed once per weight buffer; other convolutions are lowered to a cache-blocked im2col. Both run on the
-//! `gemm` crate's kernels (AVX-512 chosen at run time where the processor has it); everything
+//! F(4x4, 3x3) with [`Precision::Fast`], with the filters transformed once per weight buffer;
+//! other convolutions are lowered to a cache-blocked im2col. Both run on the `gemm` crate's
+//! kernels (AVX-512 chosen at run time where the processor has it); everything
 //! else is parallel loops over large chunks. At [`Precision::Fast`] on a CPU with AMX or
 //! AVX512-BF16, Winograd's products take bf16 operands with f32 sums instead ([`Products`]).
 //! All reductions and Winograd's blocks use a fixed split that does not depend on the thread
@@ -364,7 +365,7 @@ impl<E: Element> CpuBackend<E> {
         )
     }
 
-    /// Whether a convolution goes through Winograd F(2x2, 3x3): 3x3 kernels, stride 1,
+    /// Whether a convolution goes through Winograd: 3x3 kernels, stride 1,
     /// padding 1, and at least [`WINOGRAD_MIN_CHANNELS`] channels on both sides (below that
     /// the transforms cost more than they save).
     fn use_winograd(&self, p: &Conv2dParams) -> bool {

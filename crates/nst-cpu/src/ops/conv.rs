@@ -227,9 +227,10 @@ pub(crate) fn forward<E: Element>(
 }
 
 /// A 3x3, stride-1, padding-1 convolution of every image of `x` through Winograd (the variant
-/// `f` was made for) with `f`: the forward filters, or the rotated bank for the input gradient (`x` is then the
-/// output gradient); with the bias, ReLU and input mask of `fused`, whose bias is per output
-/// channel and mask is shaped like `x`; the products in bf16 on `bf16`'s kernel when given.
+/// `f` was made for) with `f`: the forward filters, or the rotated bank for the input gradient
+/// (`x` is then the output gradient); with the bias, ReLU and input mask of `fused`, whose
+/// bias is per output channel and mask is shaped like `x`; the products in bf16 on `bf16`'s
+/// kernel when given.
 pub(crate) fn winograd<E: Element>(
     x: &[E],
     f: &Filters<E>,

@@ -8,8 +8,8 @@
 //! With `d` an (m+2)x(m+2) input tile and `g` a 3x3 filter, the m x m output tile is
 //! `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. For F(2x2, 3x3),
 //! `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`, `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`,
-//! `Aᵀ = [1 1 1 0; 0 1 -1 -1]`; F(3x3, 3x3) uses the points 0, ±1, -2 and F(4x4, 3x3) 0, ±1, ±2 (with ∞, as in Lavin &
-//! Gray, 2016).
+//! `Aᵀ = [1 1 1 0; 0 1 -1 -1]`; F(3x3, 3x3) uses the points 0, ±1, -2 and F(4x4, 3x3)
+//! 0, ±1, ±2 (with ∞, as in Lavin & Gray, 2016).
 //! Summed over input channels, the elementwise product becomes (m+2)² independent matrix
 //! products `M_e = U_e · V_e` (`U_e`: K x C filters, `V_e`: C x tiles), one per tile
 //! position `e`.
